@@ -1,0 +1,111 @@
+"""PointReach: a damped point mass on a plane that must reach a fixed goal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
+
+ASSET = Path(__file__).parent / "assets" / "point_reach.xml"
+TARGET_DISTANCE = 0.5
+TARGETS: dict[str, tuple[float, float]] = {
+    "north": (0.0, TARGET_DISTANCE),
+    "east": (TARGET_DISTANCE, 0.0),
+    "south": (0.0, -TARGET_DISTANCE),
+    "west": (-TARGET_DISTANCE, 0.0),
+}
+
+
+def resolve_target(target: str | tuple[float, float] | list[float]) -> np.ndarray:
+    """Goal position, shape (2,), from a compass name or an explicit (x, y)."""
+    if isinstance(target, str):
+        if target not in TARGETS:
+            raise ValueError(
+                f"unknown target {target!r}; expected one of {sorted(TARGETS)} or an (x, y) pair"
+            )
+        return np.asarray(TARGETS[target], dtype=np.float64)
+    goal = np.asarray(target, dtype=np.float64)
+    if goal.shape != (2,) or not np.all(np.isfinite(goal)):
+        raise ValueError(f"target must be a compass name or a finite (x, y) pair, got {target!r}")
+    return goal
+
+
+class PointReachEnv(MujocoEnv):
+    """Drive a point mass to ``target`` within the episode.
+
+    Observation groups: ``policy`` = [x, y, vx, vy] (4,), ``privileged`` = [target_x, target_y] (2,).
+    Action: motor commands (2,) in [-1, 1]. Reward: ``-distance - ctrl_cost_weight * |a|^2``.
+    ``info["is_success"]`` is true while the point is within ``success_radius`` of the goal.
+    Every task starts from the same state distribution (uniform +-``reset_noise`` around the origin,
+    zero velocity), so the goal is only visible through ``privileged`` (or a task id added later).
+    """
+
+    metadata = {"render_modes": ["human", "rgb_array", "depth_array"], "render_fps": 25}
+
+    def __init__(
+        self,
+        target: str | tuple[float, float] = "north",
+        success_radius: float = 0.05,
+        ctrl_cost_weight: float = 0.01,
+        reset_noise: float = 0.05,
+        frame_skip: int = 4,
+        render_mode: str | None = None,
+        width: int = 160,
+        height: int = 120,
+    ) -> None:
+        self.goal = resolve_target(target)
+        self.success_radius = float(success_radius)
+        self.ctrl_cost_weight = float(ctrl_cost_weight)
+        self.reset_noise = float(reset_noise)
+        observation_space = spaces.Dict(
+            {
+                "policy": spaces.Box(-np.inf, np.inf, shape=(4,), dtype=np.float32),
+                "privileged": spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32),
+            }
+        )
+        self.metadata = {**self.metadata, "render_fps": int(round(1.0 / (0.01 * frame_skip)))}
+        super().__init__(
+            str(ASSET),
+            frame_skip,
+            observation_space,
+            render_mode=render_mode,
+            width=width,
+            height=height,
+            camera_name="top",
+        )
+        self.model.site_pos[self.model.site("target").id, :2] = self.goal
+
+    def distance(self) -> float:
+        """Euclidean distance from the point to the goal."""
+        return float(np.linalg.norm(self.data.qpos[:2] - self.goal))
+
+    def _get_obs(self) -> dict[str, np.ndarray]:
+        return {
+            "policy": np.concatenate([self.data.qpos[:2], self.data.qvel[:2]]).astype(np.float32),
+            "privileged": self.goal.astype(np.float32),
+        }
+
+    def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        action = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
+        self.do_simulation(action, self.frame_skip)
+        dist = self.distance()
+        ctrl_cost = self.ctrl_cost_weight * float(np.sum(action**2))
+        reward = -dist - ctrl_cost
+        info = {"distance": dist, "ctrl_cost": ctrl_cost, "is_success": bool(dist < self.success_radius)}
+        if self.render_mode == "human":
+            self.render()
+        return self._get_obs(), reward, False, False, info
+
+    def reset_model(self) -> dict[str, np.ndarray]:
+        qpos = self.init_qpos + self.np_random.uniform(
+            -self.reset_noise, self.reset_noise, size=self.model.nq
+        )
+        self.set_state(qpos, np.zeros(self.model.nv))
+        return self._get_obs()
+
+    def _get_reset_info(self) -> dict[str, Any]:
+        dist = self.distance()
+        return {"distance": dist, "is_success": bool(dist < self.success_radius)}

@@ -1,0 +1,308 @@
+"""Policy bundles: a directory with ``policy.json`` and ``model.safetensors``; never pickled.
+
+``policy.json`` holds the schema version, the policy class (from the allow-list
+:data:`POLICY_CLASSES`), its config (spaces, observation groups in reading order, normalisation,
+action post-processing), the control period, the caller's meta (training config, ...), the library
+versions and the sha256 of ``model.safetensors``.
+
+A save builds the bundle in a sibling temp dir, fsyncs it, renames an existing bundle aside
+(``.<name>.old``), renames the new one in and removes the old one; a kill at any moment leaves the
+complete old bundle or the complete new one (a load finding only the aside copy restores it).
+One writer per bundle path at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import os
+import platform
+import shutil
+import uuid
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Protocol, TypeVar, overload
+
+import torch
+from safetensors.torch import load_file, save_file
+
+import policydistill
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+POLICY_JSON = "policy.json"
+WEIGHTS = "model.safetensors"
+_BUNDLE_FILES = {POLICY_JSON, WEIGHTS}
+_ASIDE = ".old"
+_TMP = ".tmp-"
+
+POLICY_CLASSES: dict[str, type | str] = {"MLPPolicy": "policydistill.models.mlp_policy:MLPPolicy"}
+"""Allow-list of policy classes a bundle may name: a class, or ``"module:Class"`` imported on first use."""
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be saved or loaded; the message names the file and the problem."""
+
+
+class BundlePolicy(Protocol):
+    """What a policy class needs to be saved as a bundle (``torch.nn.Module`` gives the state dict)."""
+
+    groups: tuple[str, ...]
+
+    def config(self) -> dict[str, Any]: ...
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], device: str | torch.device = "cpu") -> BundlePolicy: ...
+
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True) -> Any: ...
+
+
+T = TypeVar("T", bound=type)
+
+
+@overload
+def register_policy_class(cls: T, name: str | None = None) -> T: ...
+
+
+@overload
+def register_policy_class(cls: str, name: str | None = None) -> str: ...
+
+
+def register_policy_class(cls: T | str, name: str | None = None) -> T | str:
+    """Add a class (usable as a decorator) or a lazy ``"module:Class"`` to :data:`POLICY_CLASSES`."""
+    if isinstance(cls, str):
+        key = name or cls.rpartition(":")[2]
+    else:
+        needed = ("config", "from_config", "state_dict", "load_state_dict")
+        missing = [m for m in needed if not hasattr(cls, m)]
+        if missing:
+            raise TypeError(f"{cls.__name__} cannot be bundled: it lacks {missing}")
+        key = name or cls.__name__
+    POLICY_CLASSES[key] = cls
+    return cls
+
+
+def policy_class(name: str) -> type:
+    """The allow-listed class called ``name``."""
+    entry = POLICY_CLASSES.get(name)
+    if entry is None:
+        raise BundleError(f"unknown policy class '{name}'; allowed: {sorted(POLICY_CLASSES)}")
+    if isinstance(entry, str):
+        module, _, attr = entry.partition(":")
+        entry = getattr(importlib.import_module(module), attr)
+        POLICY_CLASSES[name] = entry
+    return entry
+
+
+def _class_name(policy: Any) -> str:
+    for name in list(POLICY_CLASSES):
+        if policy_class(name) is type(policy):
+            return name
+    raise BundleError(f"cannot save a {type(policy).__name__}: it is not in the allow-list "
+                      f"{sorted(POLICY_CLASSES)} (add it with register_policy_class)")
+
+
+def library_versions() -> dict[str, str | None]:
+    """Versions of python and the libraries a bundle depends on (None when not installed)."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for dist in ("torch", "numpy", "gymnasium", "stable-baselines3", "safetensors"):
+        try:
+            out[dist.replace("-", "_")] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist.replace("-", "_")] = None
+    out["policydistill"] = policydistill.__version__
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    return [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def _aside(path: Path) -> Path:
+    return path.parent / f".{path.name}{_ASIDE}"
+
+
+def _recover(path: Path) -> None:
+    """Restore the old bundle if a save was killed between renaming it aside and renaming the new one in."""
+    aside = _aside(path)
+    if not path.exists() and (aside / POLICY_JSON).is_file():
+        os.rename(aside, path)
+        log.warning("restored bundle %s from %s left by an interrupted save", path, aside)
+
+
+def is_bundle(path: str | Path) -> bool:
+    """True if ``path`` is a bundle directory (or one an interrupted save left recoverable)."""
+    path = Path(path)
+    return (path / POLICY_JSON).is_file() or (not path.exists() and (_aside(path) / POLICY_JSON).is_file())
+
+
+def save_bundle(policy: Any, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
+    """Write ``policy`` as a bundle at ``path`` atomically, replacing an existing bundle there.
+
+    ``meta["control_period"]`` (seconds) is stored at the top level; the rest of ``meta`` (training
+    config, task, ...) under ``"meta"``. Non-finite weights or non-JSON meta are refused.
+    """
+    path = Path(path)
+    name = _class_name(policy)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in policy.state_dict().items()}
+    bad = _non_finite(tensors)
+    if bad:
+        raise BundleError(f"refusing to save {path}: non-finite values in tensors {bad}")
+    meta = dict(meta or {})
+    control_period = meta.pop("control_period", None)
+    doc: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION, "policy_class": name, "groups": list(policy.groups),
+        "config": policy.config(), "control_period": control_period, "meta": meta,
+        "versions": library_versions(), "weights": {"file": WEIGHTS, "sha256": ""},
+    }
+    try:
+        json.dumps(doc, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise BundleError(f"refusing to save {path}: policy.json content is not strict JSON ({e})") from e
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _recover(path)
+    if path.exists() and not (path.is_dir() and {p.name for p in path.iterdir()} <= _BUNDLE_FILES):
+        raise BundleError(f"refusing to replace {path}: it exists and is not a policy bundle")
+    for stale in path.parent.iterdir():
+        if stale.name.startswith(f".{path.name}{_TMP}"):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = path.parent / f".{path.name}{_TMP}{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()
+    try:
+        save_file(tensors, str(tmp / WEIGHTS), metadata={"policy_class": name})
+        _fsync(tmp / WEIGHTS)
+        doc["weights"]["sha256"] = _sha256(tmp / WEIGHTS)
+        with open(tmp / POLICY_JSON, "w") as f:
+            f.write(json.dumps(doc, indent=2, allow_nan=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync(tmp)
+        _swap_in(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("saved %s bundle %s", name, path)
+    return path
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    aside = _aside(path)
+    if path.exists():
+        if aside.exists():
+            shutil.rmtree(aside)
+        os.rename(path, aside)
+    os.rename(tmp, path)
+    _fsync(path.parent)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def read_bundle_info(path: str | Path) -> dict[str, Any]:
+    """The validated content of a bundle's ``policy.json`` (no weights are read)."""
+    path = Path(path)
+    _recover(path)
+    file = path / POLICY_JSON
+    if not path.is_dir():
+        raise BundleError(f"no bundle at {path}: not a directory")
+    if not file.is_file():
+        raise BundleError(f"{file}: missing (not a policy bundle)")
+    try:
+        doc = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{file}: not valid JSON ({e})") from e
+    if not isinstance(doc, dict):
+        raise BundleError(f"{file}: expected a JSON object, got {type(doc).__name__}")
+    version = doc.get("schema_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise BundleError(f"{file}: missing or invalid schema_version {version!r}")
+    if version > SCHEMA_VERSION:
+        raise BundleError(f"{file}: schema_version {version} is newer than this policydistill supports "
+                          f"({SCHEMA_VERSION}); upgrade policydistill")
+    if version < 1:
+        raise BundleError(f"{file}: invalid schema_version {version}")
+    for key, kind in (("policy_class", str), ("config", dict), ("weights", dict)):
+        if not isinstance(doc.get(key), kind):
+            raise BundleError(f"{file}: missing or invalid '{key}' (expected {kind.__name__})")
+    if not isinstance(doc["weights"].get("sha256"), str):
+        raise BundleError(f"{file}: missing weights.sha256")
+    return doc
+
+
+def load_bundle(path: str | Path, device: str | torch.device = "auto", frozen: bool = True) -> Any:
+    """Load, verify and build the policy of a bundle (eval mode; weights frozen unless ``frozen=False``)."""
+    path = Path(path)
+    doc = read_bundle_info(path)
+    cls = policy_class(doc["policy_class"])
+    weights = path / WEIGHTS
+    if not weights.is_file():
+        raise BundleError(f"{weights}: missing")
+    sha = _sha256(weights)
+    if sha != doc["weights"]["sha256"]:
+        raise BundleError(f"{weights}: sha256 {sha[:16]}… does not match {doc['weights']['sha256'][:16]}… "
+                          f"recorded in {POLICY_JSON} (truncated or modified weights)")
+    try:
+        tensors = load_file(str(weights))
+    except Exception as e:  # safetensors raises its own error types
+        raise BundleError(f"{weights}: unreadable safetensors file ({e})") from e
+    try:
+        policy = cls.from_config(doc["config"], device=device)
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"{path / POLICY_JSON}: config does not build a {doc['policy_class']}: {e}") from e
+    expected = policy.state_dict()
+    missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise BundleError(f"{weights}: tensors do not match the {doc['policy_class']} config: "
+                          f"missing {missing}, unexpected {extra}")
+    wrong = [f"{k} {tuple(v.shape)} != {tuple(expected[k].shape)}" for k, v in tensors.items()
+             if v.shape != expected[k].shape]
+    if wrong:
+        raise BundleError(f"{weights}: tensor shapes do not match the config: {wrong}")
+    bad = _non_finite(tensors)
+    if bad:
+        raise BundleError(f"{weights}: non-finite values in tensors {bad}")
+    policy.load_state_dict(tensors)
+    if isinstance(policy, torch.nn.Module):
+        policy.eval()
+        if frozen:
+            policy.requires_grad_(False)
+    return policy
+
+
+def find_bundles(root: str | Path) -> dict[str, Path]:
+    """Bundles in a folder by name: ``root/<name>/policy.json`` or ``root/<name>/bundle/policy.json``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no folder of bundles at {root}")
+    names = set()
+    for child in root.iterdir():
+        if not child.name.startswith("."):
+            names.add(child.name)
+        elif child.name.endswith(_ASIDE) and _TMP not in child.name:
+            names.add(child.name[1:-len(_ASIDE)])
+    found: dict[str, Path] = {}
+    for name in sorted(names):
+        for candidate in (root / name, root / name / "bundle"):
+            if is_bundle(candidate):
+                found[name] = candidate
+                break
+    return found

@@ -1,0 +1,60 @@
+"""What each CLI subcommand does with its (already validated) config."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from policydistill.config import EvaluateConfig, ImportSB3Config, PipelineConfig, TrainExpertsConfig
+from policydistill.eval.evaluate import evaluate, format_table, policies_for_suite
+from policydistill.io import atomic_write_json
+from policydistill.suite import load_suite
+
+log = logging.getLogger(__name__)
+
+
+def train_experts_cmd(cfg: TrainExpertsConfig) -> None:
+    from policydistill.train.experts import train_experts
+
+    suite = load_suite(cfg.suite)
+    summary = train_experts(suite, cfg.expert, cfg.out, workers=cfg.workers, seed=cfg.seed, device=cfg.device,
+                            tasks=cfg.tasks)
+    for name, r in summary["tasks"].items():
+        log.info("%-12s %s %7d steps %6.0f s  return %8.2f ± %.2f  success %.2f", name, r["algo"],
+                 r["env_steps"], r["wall_time_s"], r["return_mean"], r["return_std"], r["success_rate"])
+    log.info("summary: %s", Path(cfg.out) / "experts.json")
+
+
+def evaluate_cmd(cfg: EvaluateConfig) -> None:
+    suite = load_suite(cfg.suite)
+    policies = policies_for_suite(cfg.policy, suite, device=cfg.device)
+    teachers = policies_for_suite(cfg.teachers, suite, device=cfg.device) if cfg.teachers else None
+    video_dir = (Path(cfg.out).parent if cfg.out else Path(".")) / "videos" if cfg.video else None
+    result = evaluate(suite, policies, episodes=cfg.episodes, n_envs=cfg.n_envs, seed=cfg.seed,
+                      teachers=teachers, video_dir=video_dir)
+    result["policy"] = cfg.policy
+    print(format_table(result))
+    if cfg.out:
+        atomic_write_json(cfg.out, result)
+        log.info("wrote %s", cfg.out)
+
+
+def pipeline_cmd(cfg: PipelineConfig) -> None:
+    from policydistill.pipeline import run_pipeline
+
+    run_pipeline(cfg)
+
+
+def import_sb3_cmd(cfg: ImportSB3Config) -> None:
+    from gymnasium import spaces
+
+    from policydistill.teachers.sb3 import import_sb3_zip
+
+    suite = load_suite(cfg.suite)
+    task = cfg.task or suite.task_names[0]
+    env = suite.make_env(task)
+    obs_space = spaces.Dict({g: env.observation_space[g] for g in cfg.groups})
+    env.close()
+    path = import_sb3_zip(cfg.model, cfg.out, obs_space, cfg.groups, vecnormalize_path=cfg.vecnormalize,
+                          algo=cfg.algo)
+    log.info("imported %s as bundle %s (task %s of suite %s)", cfg.model, path, task, suite.name)

@@ -1,0 +1,88 @@
+"""Config schemas. Hydra composes them at the entry point; the library receives these dataclasses.
+
+Every field is typed, so an unknown key or a wrong type in a config file or override is an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class ExpertConfig:
+    """How one specialist is trained with stable-baselines3.
+
+    ``total_steps`` None uses the suite task's ``train_steps``. ``hyperparams`` go to the SB3
+    algorithm's constructor. ``groups``: observation groups the expert reads (in order).
+    """
+
+    algo: str = "ppo"
+    total_steps: int | None = None
+    n_envs: int = 8
+    groups: list[str] = field(default_factory=lambda: ["policy", "privileged"])
+    net: list[int] = field(default_factory=lambda: [64, 64])
+    activation: str = "tanh"
+    normalize_obs: bool = True
+    normalize_reward: bool = True
+    hyperparams: dict[str, Any] = field(default_factory=dict)
+    eval_every: int = 10_000
+    eval_episodes: int = 10
+    checkpoint_every: int = 10_000
+    stop_at_threshold: bool = False
+
+
+@dataclass
+class TrainExpertsConfig:
+    suite: str = "default"
+    out: str = "runs/experts"
+    workers: int = 2
+    seed: int = 0
+    device: str = "auto"
+    tasks: list[str] | None = None
+    expert: ExpertConfig = field(default_factory=ExpertConfig)
+
+
+@dataclass
+class EvaluateConfig:
+    policy: str = "???"
+    suite: str = "default"
+    episodes: int = 20
+    out: str | None = None
+    teachers: str | None = None
+    video: bool = False
+    n_envs: int = 8
+    seed: int = 1000
+    device: str = "auto"
+
+
+@dataclass
+class PipelineConfig:
+    suite: str = "default"
+    out: str = "runs/pipeline"
+    workers: int = 2
+    seed: int = 0
+    episodes: int = 20
+    eval_seed: int = 1000
+    video: bool = True
+    device: str = "auto"
+    expert: ExpertConfig = field(default_factory=ExpertConfig)
+
+
+@dataclass
+class ImportSB3Config:
+    model: str = "???"
+    out: str = "???"
+    suite: str = "default"
+    task: str | None = None
+    vecnormalize: str | None = None
+    algo: str | None = None
+    groups: list[str] = field(default_factory=lambda: ["policy"])
+
+
+COMMANDS: dict[str, type] = {
+    "train-experts": TrainExpertsConfig,
+    "evaluate": EvaluateConfig,
+    "pipeline": PipelineConfig,
+    "import-sb3": ImportSB3Config,
+}

@@ -1,0 +1,1 @@
+"""Rollouts, metrics, videos and reports."""

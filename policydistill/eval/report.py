@@ -1,0 +1,83 @@
+"""The run report: markdown sections written by each pipeline stage, with PNG plots beside it."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from policydistill.io import atomic_write_text  # noqa: E402
+
+
+@dataclass
+class Report:
+    """Sections in the order the stages add them; ``write`` renders ``report.md`` atomically."""
+
+    title: str
+    sections: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, heading: str, body: str) -> None:
+        self.sections.append((heading, body.strip()))
+
+    def write(self, path: str | Path) -> Path:
+        text = f"# {self.title}\n\n" + "\n\n".join(f"## {h}\n\n{b}" for h, b in self.sections) + "\n"
+        atomic_write_text(path, text)
+        return Path(path)
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    def cell(v: Any) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else ("–" if v is None else str(v))
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def read_curve(path: str | Path) -> list[dict[str, float]]:
+    """Rows of a task's ``curve.csv`` as floats (empty when the file does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    with open(path) as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def plot_experts(path: str | Path, curves: dict[str, list[dict[str, float]]], experts: dict[str, Any],
+                 baseline: dict[str, Any] | None = None) -> Path:
+    """Learning curves (return and success vs env steps) and per-task bars (expert vs baseline)."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for name, rows in curves.items():
+        if rows:
+            steps = [r["env_steps"] for r in rows]
+            axes[0].plot(steps, [r["return_mean"] for r in rows], marker=".", label=name)
+            axes[1].plot(steps, [r["success_rate"] for r in rows], marker=".", label=name)
+    axes[0].set(title="expert return during training", xlabel="env steps", ylabel="return")
+    axes[1].set(title="expert success during training", xlabel="env steps", ylabel="success rate",
+                ylim=(-0.05, 1.05))
+    axes[0].legend(fontsize=8)
+    names = list(experts["tasks"])
+    x = range(len(names))
+    width = 0.4 if baseline else 0.8
+    axes[2].bar([i - (width / 2 if baseline else 0) for i in x],
+                [experts["tasks"][n]["return_mean"] for n in names], width,
+                yerr=[experts["tasks"][n]["return_ci95"] for n in names], label="expert", capsize=3)
+    if baseline:
+        axes[2].bar([i + width / 2 for i in x], [baseline["tasks"][n]["return_mean"] for n in names], width,
+                    yerr=[baseline["tasks"][n]["return_ci95"] for n in names], label="random", capsize=3)
+    axes[2].set_xticks(list(x), names, rotation=20)
+    axes[2].set(title="evaluation return per task (95% CI)", ylabel="return")
+    axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

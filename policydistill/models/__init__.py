@@ -1,0 +1,20 @@
+"""Neural policies and their parts (normaliser, MLP). Models live in their own modules."""
+
+from __future__ import annotations
+
+import torch
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` is CUDA when available, else CPU; any other torch device string is checked and used."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"unknown device '{device}': expected 'auto', 'cpu', 'cuda' or 'cuda:<i>'") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device '{device}' requested but CUDA is not available; use 'cpu' or 'auto'")
+    return dev

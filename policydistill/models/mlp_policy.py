@@ -1,0 +1,187 @@
+"""An MLP policy over observation groups: normaliser -> MLP -> action post-processing, all in torch.
+
+It is the form every SB3 expert is converted to and the simplest student. ``forward`` holds the
+whole deterministic path, so exporting the module exports normalisation and post-processing too.
+
+``post`` maps the network output ``y`` (n, act_dim) to the env's action space [low, high]:
+
+- ``"clip"``: ``clip(y, low, high)`` (SB3 PPO's ``predict``);
+- ``"tanh_unscale"``: ``low + (tanh(y) + 1) / 2 * (high - low)`` (SAC);
+- ``"unscale"``: ``low + (clip(y, -1, 1) + 1) / 2 * (high - low)``, for a network whose output is
+  already in [-1, 1] (TD3's actor ends in ``out_activation="tanh"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import nn
+
+from policydistill.models import resolve_device
+from policydistill.models.normalizer import ObsNormalizer
+from policydistill.spaces import space_from_json, space_to_json
+from policydistill.types import ActionLabel, ObsGroups, check_groups, concat_groups
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
+POSTS = ("clip", "tanh_unscale", "unscale")
+OUT_ACTIVATIONS = ("none", "tanh")
+NORMALIZER_KEYS = {"enabled", "clip", "eps"}
+CONFIG_KEYS = {"groups", "observation_space", "action_space", "hidden", "activation", "post",
+               "out_activation", "normalizer", "log_std"}
+
+
+def _choice(name: str, value: str, allowed: Sequence[str]) -> str:
+    if value not in allowed:
+        raise ValueError(f"MLPPolicy {name} '{value}' is not one of {list(allowed)}")
+    return value
+
+
+class MLPPolicy(nn.Module):
+    """A stateless MLP policy and teacher.
+
+    Reads ``groups`` (concatenated in that order, each a 1-D Box of ``observation_space``) and acts
+    in ``action_space``. With ``log_std`` it has a state-independent Gaussian (as SB3 PPO), used
+    for sampling and as the teacher's label std.
+    """
+
+    def __init__(self, groups: Sequence[str], observation_space: spaces.Dict, action_space: spaces.Box,
+                 hidden: Sequence[int] = (64, 64), activation: str = "tanh", post: str = "clip",
+                 out_activation: str = "none", normalizer: dict[str, Any] | None = None,
+                 log_std: bool = False) -> None:
+        super().__init__()
+        self.groups = check_groups(groups)
+        if not isinstance(observation_space, spaces.Dict) or set(observation_space) != set(self.groups):
+            raise ValueError(f"MLPPolicy observation_space must be a Dict of exactly the groups "
+                             f"{list(self.groups)}, got {observation_space}")
+        for g in self.groups:
+            space = observation_space[g]
+            if not isinstance(space, spaces.Box) or len(space.shape) != 1:
+                raise ValueError(f"MLPPolicy observation group '{g}' must be a 1-D Box, got {space}")
+        if not isinstance(action_space, spaces.Box) or len(action_space.shape) != 1:
+            raise ValueError(f"MLPPolicy action_space must be a 1-D Box, got {action_space}")
+        self.observation_space, self.action_space = observation_space, action_space
+        self.hidden = [int(h) for h in hidden]
+        self.activation = _choice("activation", activation, list(ACTIVATIONS))
+        self.post = _choice("post", post, POSTS)
+        self.out_activation = _choice("out_activation", out_activation, OUT_ACTIVATIONS)
+        finite = np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))
+        if post != "clip" and not finite:
+            raise ValueError(f"MLPPolicy post '{post}' needs finite action bounds, got {action_space}")
+        norm = dict(normalizer or {})
+        unknown = set(norm) - NORMALIZER_KEYS
+        if unknown:
+            raise ValueError(f"unknown normalizer keys {sorted(unknown)}; "
+                             f"valid keys are {sorted(NORMALIZER_KEYS)}")
+
+        self.obs_dim = sum(int(observation_space[g].shape[0]) for g in self.groups)
+        self.act_dim = int(action_space.shape[0])
+        self.normalizer = ObsNormalizer(self.obs_dim, **norm)
+        layers: list[nn.Module] = []
+        last = self.obs_dim
+        for h in self.hidden:
+            layers += [nn.Linear(last, h), ACTIVATIONS[self.activation]()]
+            last = h
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(last, self.act_dim)
+        self.log_std = nn.Parameter(torch.zeros(self.act_dim)) if log_std else None
+        low = torch.as_tensor(action_space.low, dtype=torch.float32)
+        high = torch.as_tensor(action_space.high, dtype=torch.float32)
+        self.register_buffer("action_low", low, persistent=False)
+        self.register_buffer("action_high", high, persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
+    # ---- torch path (exportable) -------------------------------------------------------------
+
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
+        """Network output before post-processing: x (n, obs_dim) -> y (n, act_dim)."""
+        y = self.head(self.body(self.normalizer(x)))
+        return torch.tanh(y) if self.out_activation == "tanh" else y
+
+    def postprocess(self, y: torch.Tensor) -> torch.Tensor:
+        """Network output y (n, act_dim) -> action (n, act_dim) in the action space."""
+        if self.post == "clip":
+            return torch.clamp(y, self.action_low, self.action_high)
+        u = torch.tanh(y) if self.post == "tanh_unscale" else torch.clamp(y, -1.0, 1.0)
+        return self.action_low + 0.5 * (u + 1.0) * (self.action_high - self.action_low)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Deterministic action: x (n, obs_dim) -> action (n, act_dim)."""
+        return self.postprocess(self.raw(x))
+
+    def std(self, n: int) -> torch.Tensor | None:
+        """The Gaussian's std broadcast to (n, act_dim), or None without ``log_std``."""
+        return None if self.log_std is None else torch.exp(self.log_std).expand(n, self.act_dim)
+
+    # ---- Policy / Teacher protocol (numpy in, numpy out) --------------------------------------
+
+    def obs_tensor(self, obs: ObsGroups) -> torch.Tensor:
+        """``groups`` of ``obs`` (each (n, dim)) concatenated: float32 tensor (n, obs_dim) on the device."""
+        for g in self.groups:
+            if g in obs and np.shape(obs[g])[1:] != self.observation_space[g].shape:
+                raise ValueError(f"observation group '{g}' has shape {np.shape(obs[g])}, "
+                                 f"expected (n, {self.observation_space[g].shape[0]})")
+        return torch.as_tensor(concat_groups(obs, self.groups), device=self.device)
+
+    def act(self, obs: ObsGroups, deterministic: bool = True) -> np.ndarray:
+        """obs {group: (n, dim)} -> actions float32 (n, act_dim).
+
+        Non-deterministic sampling draws from N(y, std) before post-processing when the policy
+        has ``log_std``; without it, acting is always deterministic.
+        """
+        with torch.inference_mode():
+            x = self.obs_tensor(obs)
+            y = self.raw(x)
+            if not deterministic and self.log_std is not None:
+                y = y + torch.exp(self.log_std) * torch.randn_like(y)
+            return self.postprocess(y).cpu().numpy().astype(np.float32, copy=False)
+
+    def label(self, obs: ObsGroups) -> ActionLabel:
+        """mean: the deterministic action (n, act_dim) as ``act`` returns it; std: exp(log_std) or None."""
+        with torch.inference_mode():
+            x = self.obs_tensor(obs)
+            mean = self.forward(x).cpu().numpy().astype(np.float32, copy=False)
+            std = self.std(len(x))
+            return ActionLabel(mean=mean, std=None if std is None else std.cpu().numpy().astype(np.float32))
+
+    def reset(self, env_mask: np.ndarray | None = None) -> None:
+        """Stateless (no history, hidden state or action queue): nothing to forget."""
+
+    def frozen(self) -> MLPPolicy:
+        """Eval mode with every parameter's ``requires_grad`` off, as a teacher; returns self."""
+        self.eval()
+        self.requires_grad_(False)
+        return self
+
+    # ---- config ------------------------------------------------------------------------------
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able description from which :meth:`from_config` rebuilds the module (weights aside)."""
+        return {"groups": list(self.groups), "observation_space": space_to_json(self.observation_space),
+                "action_space": space_to_json(self.action_space), "hidden": list(self.hidden),
+                "activation": self.activation, "post": self.post, "out_activation": self.out_activation,
+                "normalizer": self.normalizer.config(), "log_std": self.log_std is not None}
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], device: str | torch.device = "cpu") -> MLPPolicy:
+        """Build an (untrained) policy from :meth:`config` output on ``device`` ("auto"|"cpu"|"cuda")."""
+        unknown = set(cfg) - CONFIG_KEYS
+        missing = {"groups", "observation_space", "action_space"} - set(cfg)
+        if unknown or missing:
+            raise ValueError(f"MLPPolicy config has unknown keys {sorted(unknown)}, lacks "
+                             f"{sorted(missing)}; valid keys are {sorted(CONFIG_KEYS)}")
+        kwargs = dict(cfg)
+        kwargs["observation_space"] = space_from_json(cfg["observation_space"])
+        kwargs["action_space"] = space_from_json(cfg["action_space"])
+        return cls(**kwargs).to(resolve_device(device))
+
+    def extra_repr(self) -> str:
+        return (f"groups={list(self.groups)}, post={self.post!r}, obs_dim={self.obs_dim}, "
+                f"act_dim={self.act_dim}")
+

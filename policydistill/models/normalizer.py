@@ -1,0 +1,36 @@
+"""Observation normalisation that lives inside the model, as SB3's VecNormalize applies it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class ObsNormalizer(nn.Module):
+    """``clip((x - mean) / sqrt(var + eps), -clip, clip)``; the identity when disabled.
+
+    ``mean`` and ``var`` (dim,) are buffers, so they are saved with the weights and exported with
+    the graph. ``enabled``, ``clip`` and ``eps`` are configuration (see :meth:`config`).
+    """
+
+    def __init__(self, dim: int, enabled: bool = False, clip: float = 10.0, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.enabled, self.clip, self.eps = bool(enabled), float(clip), float(eps)
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("var", torch.ones(dim))
+
+    def set_stats(self, mean: Any, var: Any) -> None:
+        """Set the statistics from arrays of shape (dim,)."""
+        self.mean.copy_(torch.as_tensor(mean, dtype=self.mean.dtype).reshape(self.mean.shape))
+        self.var.copy_(torch.as_tensor(var, dtype=self.var.dtype).reshape(self.var.shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (n, dim) -> normalised x (n, dim)."""
+        if not self.enabled:
+            return x
+        return torch.clamp((x - self.mean) / torch.sqrt(self.var + self.eps), -self.clip, self.clip)
+
+    def config(self) -> dict[str, Any]:
+        return {"enabled": self.enabled, "clip": self.clip, "eps": self.eps}

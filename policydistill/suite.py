@@ -1,0 +1,149 @@
+"""Task suites: named lists of tasks, each an env (gymnasium id or factory) with its success test.
+
+A suite is a YAML file (``envs/suites/<name>.yaml`` for the bundled ones, or any path)::
+
+    name: default
+    tasks:
+      - {name: north, env: policydistill/PointReach-v0, kwargs: {target: north}, train_steps: 60000}
+
+Any registered gymnasium id (e.g. ``Hopper-v5``) is also a one-task suite.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import yaml
+from gymnasium import spaces
+
+from policydistill.wrappers import BoxToGroups, SafeEpisodes, TaskGroup
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task: ``env`` is a gymnasium id or ``"module:factory"``; ``kwargs`` go to it.
+
+    ``success_threshold``: the success rate an expert must reach; ``train_steps``: default expert
+    budget; ``teacher``: optional policy spec (bundle dir or ``module:callable``).
+    """
+
+    name: str
+    env: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    success_threshold: float = 0.9
+    train_steps: int = 100_000
+    max_episode_steps: int | None = None
+    teacher: str | None = None
+
+
+@dataclass(frozen=True)
+class Suite:
+    """An ordered tuple of tasks; a task's index is its ``task`` one-hot position."""
+
+    name: str
+    tasks: tuple[TaskSpec, ...]
+    description: str = ""
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def index(self, task: str) -> int:
+        if task not in self.task_names:
+            raise KeyError(f"suite '{self.name}' has no task '{task}'; its tasks are {self.task_names}")
+        return self.task_names.index(task)
+
+    def make_env(self, task: int | str, render_mode: str | None = None) -> gym.Env:
+        """Build the env of one task, yielding the groups ``policy`` [``privileged``] and ``task``.
+
+        A step that raises or returns non-finite values ends the episode with
+        ``info["episode_error"]`` (see :class:`SafeEpisodes`).
+        """
+        i = self.index(task) if isinstance(task, str) else task
+        spec = self.tasks[i]
+        kwargs = dict(spec.kwargs)
+        if render_mode is not None:
+            kwargs["render_mode"] = render_mode
+        if spec.max_episode_steps is not None:
+            kwargs["max_episode_steps"] = spec.max_episode_steps
+        env = _env_factory(spec.env)(**kwargs)
+        if isinstance(env.observation_space, spaces.Box):
+            env = BoxToGroups(env)
+        return SafeEpisodes(TaskGroup(env, i, len(self.tasks)))
+
+
+def _env_factory(env: str) -> Callable[..., gym.Env]:
+    if ":" in env and "/" not in env.split(":")[0]:
+        module, _, attr = env.partition(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"env factory '{env}' cannot be imported: {e}") from e
+    _register_builtin_envs()
+    if env not in gym.registry:
+        raise ValueError(f"unknown env id '{env}'. Registered policydistill envs: {builtin_env_ids()}; "
+                         "any other registered gymnasium id (e.g. Hopper-v5) or 'module:factory' works too")
+    return lambda **kw: gym.make(env, **kw)
+
+
+def _register_builtin_envs() -> None:
+    importlib.import_module("policydistill_envs")
+
+
+def builtin_env_ids() -> list[str]:
+    _register_builtin_envs()
+    return sorted(k for k in gym.registry if k.startswith("policydistill/"))
+
+
+def _suite_dir() -> Path:
+    return Path(str(resources.files("policydistill_envs") / "suites"))
+
+
+def builtin_suites() -> list[str]:
+    return sorted(p.stem for p in _suite_dir().glob("*.yaml"))
+
+
+def suite_from_dict(data: dict[str, Any], where: str) -> Suite:
+    """Validate a parsed suite file (unknown keys are errors that list the valid ones)."""
+    valid_suite, valid_task = {"name", "tasks", "description"}, {f.name for f in dataclasses.fields(TaskSpec)}
+    if not isinstance(data, dict) or "tasks" not in data:
+        raise ValueError(f"{where}: a suite needs a 'tasks' list; valid keys are {sorted(valid_suite)}")
+    unknown = set(data) - valid_suite
+    if unknown:
+        raise ValueError(f"{where}: unknown suite keys {sorted(unknown)}; valid keys are {sorted(valid_suite)}")
+    tasks = []
+    for i, t in enumerate(data["tasks"]):
+        if isinstance(t, str):
+            t = {"name": t, "env": t}
+        unknown = set(t) - valid_task
+        if unknown or "env" not in t:
+            raise ValueError(f"{where}: task {i} has unknown keys {sorted(unknown)} or no 'env'; "
+                             f"valid keys are {sorted(valid_task)}")
+        tasks.append(TaskSpec(**{"name": t["env"], **t}))
+    names = [t.name for t in tasks]
+    if not tasks or len(set(names)) != len(names):
+        raise ValueError(f"{where}: a suite needs at least one task and unique task names, got {names}")
+    return Suite(name=str(data.get("name", Path(where).stem)), tasks=tuple(tasks),
+                 description=str(data.get("description", "")))
+
+
+def load_suite(name: str) -> Suite:
+    """Resolve a suite by bundled name, YAML path, or gymnasium env id (a one-task suite)."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return suite_from_dict(yaml.safe_load(path.read_text()), str(path))
+    bundled = _suite_dir() / f"{name}.yaml"
+    if bundled.is_file():
+        return suite_from_dict(yaml.safe_load(bundled.read_text()), str(bundled))
+    _register_builtin_envs()
+    if name in gym.registry:
+        return Suite(name=name, tasks=(TaskSpec(name=name, env=name),))
+    raise ValueError(f"unknown suite '{name}': expected one of {builtin_suites()}, a suite .yaml file, "
+                     "or a registered gymnasium env id (e.g. Hopper-v5)")

@@ -1,0 +1,1 @@
+"""Training of per-task specialists."""

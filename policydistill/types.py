@@ -1,0 +1,62 @@
+"""Observation groups and the small records passed between the parts.
+
+An observation is a dict of named groups, each batched: ``{group: array (n_envs, dim)}``.
+``policy`` is what a deployed robot senses, ``privileged`` is simulator-only state, ``task`` is the
+task id (one-hot over the suite's tasks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+POLICY = "policy"
+PRIVILEGED = "privileged"
+TASK = "task"
+GROUPS: tuple[str, ...] = (POLICY, PRIVILEGED, TASK)
+
+ObsGroups = Mapping[str, np.ndarray]
+
+
+def check_groups(groups: Sequence[str]) -> tuple[str, ...]:
+    """Validate a list of group names (known, non-empty, no repeats) and return it as a tuple."""
+    groups = tuple(groups)
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown or not groups or len(set(groups)) != len(groups):
+        raise ValueError(f"invalid observation groups {list(groups)}: expected a non-empty, "
+                         f"repeat-free list drawn from {list(GROUPS)}")
+    return groups
+
+
+def select_groups(obs: ObsGroups, groups: Sequence[str]) -> dict[str, np.ndarray]:
+    """Keep only ``groups`` of ``obs``; a missing group is an error naming what exists."""
+    missing = [g for g in groups if g not in obs]
+    if missing:
+        raise KeyError(f"observation lacks groups {missing}; it has {sorted(obs)}")
+    return {g: obs[g] for g in groups}
+
+
+def concat_groups(obs: ObsGroups, groups: Sequence[str]) -> np.ndarray:
+    """Concatenate ``groups`` of ``obs`` in the given order: (n_envs, sum of group dims)."""
+    return np.concatenate([np.asarray(obs[g], dtype=np.float32) for g in select_groups(obs, groups)], axis=-1)
+
+
+def stack_obs(obs_list: Sequence[ObsGroups]) -> dict[str, np.ndarray]:
+    """Stack per-env unbatched observations into one batched observation: {group: (n_envs, dim)}."""
+    return {g: np.stack([np.asarray(o[g], dtype=np.float32) for o in obs_list]) for g in obs_list[0]}
+
+
+@dataclass(frozen=True)
+class ActionLabel:
+    """A teacher's label for a batch of states: ``mean`` (n, act_dim) and, if it has one, ``std``."""
+
+    mean: np.ndarray
+    std: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.mean.ndim != 2:
+            raise ValueError(f"ActionLabel.mean must be (n, act_dim), got shape {self.mean.shape}")
+        if self.std is not None and self.std.shape != self.mean.shape:
+            raise ValueError(f"ActionLabel.std shape {self.std.shape} != mean shape {self.mean.shape}")

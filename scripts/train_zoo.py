@@ -1,0 +1,50 @@
+"""Reproduce the committed expert zoo: train every suite's experts, evaluate them, copy the bundles.
+
+    .venv/bin/python scripts/train_zoo.py [--suites default locomotion] [--workers 2] [--episodes 20]
+
+Writes ``envs/zoo/<suite>/<task>/`` (policy.json + model.safetensors) and ``envs/zoo/<suite>/zoo.json``
+(training summary and evaluation numbers). Training runs under ``runs/zoo`` and resumes after a kill.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+from pathlib import Path
+
+from policydistill.bundle import load_bundle
+from policydistill.cli import compose_config
+from policydistill.eval.evaluate import evaluate, format_table
+from policydistill.io import atomic_write_json
+from policydistill.suite import load_suite
+from policydistill.train.experts import train_experts
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--suites", nargs="+", default=["default", "locomotion"])
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--episodes", type=int, default=20)
+    p.add_argument("--runs", default=str(ROOT / "runs/zoo"))
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in args.suites:
+        suite = load_suite(name)
+        cfg = compose_config("train-experts", [f"suite={name}"])
+        summary = train_experts(suite, cfg.expert, Path(args.runs) / name, workers=args.workers, seed=cfg.seed)
+        zoo = ROOT / "envs/zoo" / name
+        for task in suite.task_names:
+            dest = zoo / task
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.copytree(Path(args.runs) / name / task / "bundle", dest)
+        policies = {t: load_bundle(zoo / t, device="cpu") for t in suite.task_names}
+        result = evaluate(suite, policies, episodes=args.episodes, seed=1000)
+        print(format_table(result))
+        atomic_write_json(zoo / "zoo.json", {"suite": name, "training": summary["tasks"], "evaluation": result})
+
+
+if __name__ == "__main__":
+    main()

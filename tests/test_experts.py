@@ -1,0 +1,105 @@
+"""Expert training end to end with real SB3: summary, bundles, resume after a kill, SB3 parity."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from stable_baselines3 import PPO
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+from policydistill.bundle import load_bundle
+from policydistill.cli import main
+from policydistill.io import read_json
+from policydistill.suite import load_suite
+from policydistill.types import stack_obs
+from policydistill.wrappers import FlattenGroups
+
+TINY = ["expert.n_envs=4", "expert.eval_every=1024", "expert.eval_episodes=4", "expert.checkpoint_every=1024",
+        "expert.hyperparams.n_steps=128", "expert.hyperparams.batch_size=128", "expert.hyperparams.n_epochs=2"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("experts")
+    args = ["train-experts", "suite=default", f"out={out}", "workers=2", "tasks=[north,east]",
+            "expert.total_steps=2048", *TINY]
+    assert main(args) == 0
+    return out
+
+
+def test_summary_bundles_curves_and_logs(trained):
+    summary = read_json(trained / "experts.json")
+    assert summary["suite"] == "default" and list(summary["tasks"]) == ["north", "east"]
+    for name, row in summary["tasks"].items():
+        assert row["algo"] == "ppo" and row["env_steps"] >= 2048 and row["wall_time_s"] > 0
+        assert {"return_mean", "return_std", "success_rate", "steps_to_threshold"} <= set(row)
+        policy = load_bundle(trained / name / "bundle", device="cpu")
+        assert policy.groups == ("policy", "privileged")
+        curve = (trained / name / "curve.csv").read_text().splitlines()
+        assert curve[0].startswith("env_steps") and len(curve) >= 3
+        assert any((trained / name / "tb").rglob("events.out.tfevents.*"))
+
+
+def test_rerun_skips_finished_tasks(trained):
+    before = (trained / "north" / "result.json").stat().st_mtime_ns
+    t0 = time.perf_counter()
+    assert main(["train-experts", "suite=default", f"out={trained}", "tasks=[north]", "expert.total_steps=2048"]) == 0
+    assert time.perf_counter() - t0 < 15
+    assert (trained / "north" / "result.json").stat().st_mtime_ns == before
+
+
+def test_bundle_acts_exactly_like_the_sb3_model(trained):
+    """The last checkpoint holds the same weights as the bundle: compare their actions."""
+    suite = load_suite("default")
+    task_dir = trained / "east"
+    files = read_json(task_dir / "checkpoint.json")["files"]
+    flat_env = DummyVecEnv([lambda: FlattenGroups(suite.make_env(1), ["policy", "privileged"])])
+    venv = VecNormalize.load(str(task_dir / files["vecnormalize"]), flat_env)
+    model = PPO.load(task_dir / files["model"], device="cpu")
+    bundle = load_bundle(task_dir / "bundle", device="cpu")
+    env = suite.make_env(1)
+    obs_list = []
+    obs, _ = env.reset(seed=0)
+    for _ in range(50):
+        obs_list.append(obs)
+        obs, *_ = env.step(env.action_space.sample())
+    batch = stack_obs(obs_list)
+    flat = np.concatenate([batch["policy"], batch["privileged"]], axis=1)
+    expected, _ = model.predict(venv.normalize_obs(flat), deterministic=True)
+    np.testing.assert_allclose(bundle.act(batch), expected, atol=1e-5)
+
+
+def test_mismatched_suite_in_out_dir_is_refused(trained, caplog):
+    assert main(["train-experts", "suite=locomotion", f"out={trained}"]) == 2
+    assert "holds experts of suite 'default'" in caplog.text
+
+
+def test_killed_training_resumes_from_its_checkpoint(tmp_path):
+    out = tmp_path / "kill"
+    cmd = [sys.executable, "-m", "policydistill.cli", "train-experts", "suite=default", f"out={out}",
+           "workers=1", "tasks=[south]", *TINY]
+    proc = subprocess.Popen([*cmd, "expert.total_steps=200000"], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    index = out / "south" / "checkpoint.json"
+    deadline = time.time() + 120
+    while not (index.exists() and read_json(index)["env_steps"] >= 2048):
+        assert time.time() < deadline and proc.poll() is None, "no checkpoint was written"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = read_json(index)["env_steps"]
+    assert not (out / "south" / "result.json").exists()
+    done = subprocess.run([*cmd, f"expert.total_steps={killed_at + 1024}"], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = read_json(out / "south" / "result.json")
+    assert result["resumed_from"] == [killed_at]
+    assert killed_at + 1024 <= result["env_steps"] < killed_at + 2 * 1024
+    steps = [int(line.split(",")[0]) for line in (out / "south" / "curve.csv").read_text().splitlines()[1:]]
+    assert steps == sorted(set(steps))
+    load_bundle(out / "south" / "bundle", device="cpu")

@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+from policydistill.suite import builtin_suites, load_suite, suite_from_dict
+from policydistill.types import GROUPS
+
+
+def test_builtin_suites_are_listed():
+    assert {"default", "locomotion"} <= set(builtin_suites())
+
+
+def test_default_suite_has_four_tasks_with_identical_spaces(default_suite):
+    assert len(default_suite.tasks) >= 4
+    envs = [default_suite.make_env(i) for i in range(len(default_suite.tasks))]
+    assert all(e.observation_space == envs[0].observation_space for e in envs)
+    assert all(e.action_space == envs[0].action_space for e in envs)
+    for i, env in enumerate(envs):
+        obs, _ = env.reset(seed=0)
+        assert set(obs) == set(GROUPS)
+        assert np.argmax(obs["task"]) == i and obs["task"].sum() == 1
+
+
+@pytest.mark.parametrize("suite", ["default", "locomotion"])
+def test_suite_envs_pass_env_checker(suite):
+    s = load_suite(suite)
+    for i in range(len(s.tasks)):
+        check_env(s.make_env(i), skip_render_check=True)
+
+
+def test_gym_id_is_a_one_task_suite_with_groups():
+    s = load_suite("Pendulum-v1")
+    env = s.make_env(0)
+    obs, _ = env.reset(seed=0)
+    assert s.task_names == ["Pendulum-v1"] and set(obs) == {"policy", "task"}
+    mujoco = load_suite("Hopper-v5").make_env(0)
+    obs, _ = mujoco.reset(seed=0)
+    assert set(obs) == set(GROUPS)  # MuJoCo's full state becomes the privileged group
+
+
+def test_suite_from_yaml_file(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("name: mine\ntasks:\n  - Pendulum-v1\n  - {name: p2, env: Pendulum-v1, kwargs: {g: 5.0}}\n")
+    s = load_suite(str(f))
+    assert s.name == "mine" and s.task_names == ["Pendulum-v1", "p2"]
+    assert s.make_env("p2").unwrapped.g == 5.0
+
+
+def test_env_factory_task():
+    s = suite_from_dict({"tasks": [{"name": "f", "env": "faulty_envs:FaultyEnv", "kwargs": {"length": 4}}]}, "x")
+    env = s.make_env("f")
+    env.reset(seed=0)
+    assert env.step(np.zeros(1, dtype=np.float32))[0]["policy"].shape == (1,)
+
+
+def test_unknown_suite_lists_what_exists():
+    with pytest.raises(ValueError, match="unknown suite 'nope': expected one of") as e:
+        load_suite("nope")
+    assert "default" in str(e.value) and "locomotion" in str(e.value)
+
+
+def test_unknown_task_and_env_are_clear_errors(default_suite):
+    with pytest.raises(KeyError, match=r"no task 'up'.*\['north', 'east', 'south', 'west'\]"):
+        default_suite.make_env("up")
+    bad = suite_from_dict({"tasks": [{"name": "t", "env": "policydistill/Nope-v0"}]}, "x")
+    with pytest.raises(ValueError, match="unknown env id 'policydistill/Nope-v0'.*PointReach"):
+        bad.make_env(0)
+
+
+def test_suite_file_with_unknown_key_lists_valid_keys():
+    with pytest.raises(ValueError, match="unknown keys \\['trian_steps'\\].*valid keys.*train_steps"):
+        suite_from_dict({"tasks": [{"name": "t", "env": "Pendulum-v1", "trian_steps": 3}]}, "x")
+    with pytest.raises(ValueError, match="unknown suite keys"):
+        suite_from_dict({"tasks": ["Pendulum-v1"], "taks": []}, "x")
+
+
+def test_suite_envs_are_deterministic_under_seed(default_suite):
+    def run(seed):
+        env = default_suite.make_env(1)
+        obs, _ = env.reset(seed=seed)
+        env.action_space.seed(seed)
+        out = [obs["policy"]]
+        for _ in range(10):
+            obs, r, *_ = env.step(env.action_space.sample())
+            out.append(np.append(obs["policy"], r))
+        return np.concatenate(out)
+
+    assert np.array_equal(run(3), run(3)) and not np.array_equal(run(3), run(4))
