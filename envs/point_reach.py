@@ -37,7 +37,9 @@ class PointReachEnv(MujocoEnv):
     """Drive a point mass to ``target`` within the episode.
 
     Observation groups: ``policy`` = [x, y, vx, vy] (4,), ``privileged`` = [target_x, target_y] (2,).
-    Action: motor commands (2,) in [-1, 1]. Reward: ``-distance - ctrl_cost_weight * |a|^2``.
+    Action: motor commands (2,) in [-1, 1]. Reward: ``1 - distance / |goal| - ctrl_cost_weight * |a|^2``:
+    about 0 at the start, 1 at the goal, so a good return is positive and teacher-normalised scores
+    (student return / teacher return) are meaningful.
     ``info["is_success"]`` is true while the point is within ``success_radius`` of the goal.
     Every task starts from the same state distribution (uniform +-``reset_noise`` around the origin,
     zero velocity), so the goal is only visible through ``privileged`` (or a task id added later).
@@ -57,6 +59,7 @@ class PointReachEnv(MujocoEnv):
         height: int = 120,
     ) -> None:
         self.goal = resolve_target(target)
+        self.reward_scale = max(float(np.linalg.norm(self.goal)), 0.1)
         self.success_radius = float(success_radius)
         self.ctrl_cost_weight = float(ctrl_cost_weight)
         self.reset_noise = float(reset_noise)
@@ -93,7 +96,7 @@ class PointReachEnv(MujocoEnv):
         self.do_simulation(action, self.frame_skip)
         dist = self.distance()
         ctrl_cost = self.ctrl_cost_weight * float(np.sum(action**2))
-        reward = -dist - ctrl_cost
+        reward = 1.0 - dist / self.reward_scale - ctrl_cost
         info = {"distance": dist, "ctrl_cost": ctrl_cost, "is_success": bool(dist < self.success_radius)}
         if self.render_mode == "human":
             self.render()

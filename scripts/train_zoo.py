@@ -13,6 +13,8 @@ import logging
 import shutil
 from pathlib import Path
 
+import torch
+
 from policydistill.bundle import load_bundle
 from policydistill.cli import compose_config
 from policydistill.eval.evaluate import evaluate, format_table
@@ -30,6 +32,7 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--runs", default=str(ROOT / "runs/zoo"))
     args = p.parse_args()
+    torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in args.suites:
         suite = load_suite(name)

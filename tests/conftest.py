@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
+from pathlib import Path
+
+from policydistill.cli import main
 from policydistill.policy import CallablePolicy
 from policydistill.suite import Suite, load_suite
+
+
+torch.set_num_threads(1)  # as the CLI does: small-batch inference is far faster on one thread
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +34,17 @@ def goal_seeker(gain: float = 8.0) -> CallablePolicy:
 @pytest.fixture
 def seeker() -> CallablePolicy:
     return goal_seeker()
+
+
+TINY = ["expert.n_envs=4", "expert.eval_every=1024", "expert.eval_episodes=4", "expert.checkpoint_every=1024",
+        "expert.hyperparams.n_steps=128", "expert.hyperparams.batch_size=128", "expert.hyperparams.n_epochs=2"]
+
+
+@pytest.fixture(scope="session")
+def tiny_experts(tmp_path_factory) -> Path:
+    """Experts for the default suite's north and east tasks, trained for 2048 steps by the real CLI."""
+    out = tmp_path_factory.mktemp("experts")
+    args = ["train-experts", "suite=default", f"out={out}", "workers=2", "tasks=[north,east]",
+            "expert.total_steps=2048", *TINY]
+    assert main(args) == 0
+    return out

@@ -8,19 +8,22 @@ from gymnasium import spaces
 
 
 class FaultyEnv(gym.Env):
-    """A 1-D env whose episodes with odd seeds fail at step 3: NaN observation or an exception."""
+    """A 1-D env whose episodes fail at step 3 (NaN observation or an exception): those reset with an
+    odd seed, and with ``every`` > 0 also every ``every``-th episode of the instance."""
 
     metadata = {"render_modes": []}
 
-    def __init__(self, fault: str = "nan", length: int = 5) -> None:
+    def __init__(self, fault: str = "nan", length: int = 5, every: int = 0) -> None:
         self.observation_space = spaces.Box(-np.inf, np.inf, shape=(1,), dtype=np.float32)
         self.action_space = spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
-        self.fault, self.length = fault, length
-        self.t, self.bad = 0, False
+        self.fault, self.length, self.every = fault, length, every
+        self.t, self.bad, self.episodes = 0, False, 0
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        self.t, self.bad = 0, seed is not None and seed % 2 == 1
+        self.episodes += 1
+        self.t = 0
+        self.bad = (seed is not None and seed % 2 == 1) or (self.every > 0 and self.episodes % self.every == 0)
         return np.zeros(1, dtype=np.float32), {}
 
     def step(self, action):

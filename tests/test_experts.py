@@ -19,17 +19,12 @@ from policydistill.suite import load_suite
 from policydistill.types import stack_obs
 from policydistill.wrappers import FlattenGroups
 
-TINY = ["expert.n_envs=4", "expert.eval_every=1024", "expert.eval_episodes=4", "expert.checkpoint_every=1024",
-        "expert.hyperparams.n_steps=128", "expert.hyperparams.batch_size=128", "expert.hyperparams.n_epochs=2"]
+from conftest import TINY
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("experts")
-    args = ["train-experts", "suite=default", f"out={out}", "workers=2", "tasks=[north,east]",
-            "expert.total_steps=2048", *TINY]
-    assert main(args) == 0
-    return out
+@pytest.fixture
+def trained(tiny_experts) -> Path:
+    return tiny_experts
 
 
 def test_summary_bundles_curves_and_logs(trained):
@@ -103,3 +98,14 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path):
     steps = [int(line.split(",")[0]) for line in (out / "south" / "curve.csv").read_text().splitlines()[1:]]
     assert steps == sorted(set(steps))
     load_bundle(out / "south" / "bundle", device="cpu")
+
+
+def test_env_faults_during_training_are_dropped_and_reported(tmp_path):
+    suite = tmp_path / "faulty.yaml"
+    suite.write_text("name: faulty\ntasks:\n  - {name: f, env: 'faulty_envs:FaultyEnv', "
+                     "kwargs: {fault: raise, length: 10, every: 3}, train_steps: 1024}\n")
+    out = tmp_path / "out"
+    assert main(["train-experts", f"suite={suite}", f"out={out}", "workers=1", *TINY, "expert.groups=[policy]"]) == 0
+    row = read_json(out / "experts.json")["tasks"]["f"]
+    assert row["env_steps"] >= 1024 and row["dropped_episodes"] > 0
+    load_bundle(out / "f" / "bundle", device="cpu")

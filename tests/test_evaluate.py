@@ -1,0 +1,65 @@
+"""The evaluate command on real trained experts: per-task numbers, teacher scores, videos, bad input."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+from gymnasium import spaces
+
+from policydistill.bundle import save_bundle
+from policydistill.cli import main
+from policydistill.eval.evaluate import evaluate, policies_for_suite
+from policydistill.models.mlp_policy import MLPPolicy
+from policydistill.suite import load_suite
+
+
+@pytest.fixture
+def two_tasks(tmp_path):
+    path = tmp_path / "two.yaml"
+    path.write_text("name: two\ntasks:\n"
+                    "  - {name: north, env: policydistill/PointReach-v0, kwargs: {target: north}}\n"
+                    "  - {name: east, env: policydistill/PointReach-v0, kwargs: {target: east}}\n")
+    return str(path)
+
+
+def test_evaluate_writes_per_task_numbers_and_teacher_scores(tiny_experts, two_tasks, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", f"policy={tiny_experts}", f"suite={two_tasks}", "episodes=6", f"out={out}",
+                 f"teachers={tiny_experts}", "video=true"]) == 0
+    result = json.loads(out.read_text())
+    assert list(result["tasks"]) == ["north", "east"]
+    for row in result["tasks"].values():
+        assert row["episodes"] == 6 and row["length_mean"] == 100
+        assert {"return_mean", "return_std", "return_ci95", "success_rate"} <= set(row)
+        # same policy, same seeds: the teacher's numbers are the student's (the score is None while
+        # barely trained experts still have negative returns, 1.0 otherwise)
+        assert row["teacher"]["teacher_return_mean"] == row["return_mean"] and row["teacher"]["success_diff"] == 0
+        assert row["teacher"]["score"] in (None, pytest.approx(1.0))
+        video = tmp_path / "videos" / ("north.mp4" if row is result["tasks"]["north"] else "east.mp4")
+        assert video.stat().st_size > 1000
+    table = capsys.readouterr().out
+    assert "north" in table and "score" in table
+
+
+def test_one_bundle_serves_every_task(tiny_experts, two_tasks):
+    suite = load_suite(two_tasks)
+    policies = policies_for_suite(tiny_experts / "north" / "bundle", suite, device="cpu")
+    assert policies["north"] is policies["east"]
+    result = evaluate(suite, policies, episodes=3)
+    assert set(result["tasks"]) == {"north", "east"}
+
+
+def test_folder_missing_a_task_is_a_clear_error(tiny_experts, caplog):
+    caplog.set_level(logging.ERROR)
+    assert main(["evaluate", f"policy={tiny_experts}", "suite=default"]) == 2
+    assert "no bundle for tasks ['south', 'west']" in caplog.text and "north" in caplog.text
+
+
+def test_bundle_whose_spaces_do_not_match_is_refused_before_any_rollout(tmp_path, caplog):
+    obs = spaces.Dict({"policy": spaces.Box(-np.inf, np.inf, (3,), np.float32)})
+    pendulum = MLPPolicy(("policy",), obs, spaces.Box(-2.0, 2.0, (1,), np.float32))
+    save_bundle(pendulum, tmp_path / "pendulum")
+    caplog.set_level(logging.ERROR)
+    assert main(["evaluate", f"policy={tmp_path / 'pendulum'}", "suite=default", "episodes=1"]) == 2
+    assert "policy" in caplog.text and "(3,)" in caplog.text and "(4,)" in caplog.text

@@ -1,0 +1,24 @@
+"""The main job end to end on a two-task suite with a tiny budget."""
+
+import json
+
+from conftest import TINY
+
+from policydistill.cli import main
+
+
+def test_pipeline_trains_evaluates_and_reports(tmp_path):
+    suite = tmp_path / "two.yaml"
+    suite.write_text("name: two\ntasks:\n"
+                     "  - {name: north, env: policydistill/PointReach-v0, kwargs: {target: north}, train_steps: 2048}\n"
+                     "  - {name: south, env: policydistill/PointReach-v0, kwargs: {target: south}, train_steps: 2048}\n")
+    out = tmp_path / "run"
+    assert main(["pipeline", f"suite={suite}", f"out={out}", "episodes=4", "video=true", *TINY]) == 0
+    report = (out / "report.md").read_text()
+    for heading in ("## Experts", "## Does the suite need the task id?", "## Stage times"):
+        assert heading in report
+    assert "| north | ppo |" in report and "(videos/north.mp4)" in report
+    assert (out / "experts.png").stat().st_size > 10_000
+    assert (out / "videos" / "south.mp4").stat().st_size > 1000
+    matrix = json.loads((out / "cross_task_success.json").read_text())
+    assert matrix["tasks"] == ["north", "south"] and len(matrix["success"]) == 2
