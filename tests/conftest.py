@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
-from pathlib import Path
-
 from policydistill.cli import main
 from policydistill.policy import CallablePolicy
 from policydistill.suite import Suite, load_suite
-
 
 torch.set_num_threads(1)  # as the CLI does: small-batch inference is far faster on one thread
 

@@ -63,3 +63,32 @@ def test_bundle_whose_spaces_do_not_match_is_refused_before_any_rollout(tmp_path
     caplog.set_level(logging.ERROR)
     assert main(["evaluate", f"policy={tmp_path / 'pendulum'}", "suite=default", "episodes=1"]) == 2
     assert "policy" in caplog.text and "(3,)" in caplog.text and "(4,)" in caplog.text
+
+
+def test_suite_teachers_and_callables_evaluate_like_bundles(tmp_path, capsys):
+    """A suite file names a scripted teacher per task; ``teachers=suite`` scores a policy against them."""
+    suite = tmp_path / "scripted.yaml"
+    suite.write_text("name: scripted\ntasks:\n"
+                     "  - {name: west, env: policydistill/PointReach-v0, kwargs: {target: west}, "
+                     "teacher: 'conftest:goal_seeker'}\n")
+    out = tmp_path / "e.json"
+    assert main(["evaluate", "policy=conftest:goal_seeker", f"suite={suite}", "teachers=suite", "episodes=4",
+                 f"out={out}"]) == 0
+    row = json.loads(out.read_text())["tasks"]["west"]
+    assert row["success_rate"] == 1.0 and row["teacher"]["score"] == pytest.approx(1.0)
+
+
+def test_import_sb3_zip_gives_the_same_policy_as_the_trained_bundle(tiny_experts, tmp_path):
+    from policydistill.bundle import load_bundle
+    from policydistill.io import read_json
+    from policydistill.types import stack_obs
+
+    files = read_json(tiny_experts / "east" / "checkpoint.json")["files"]
+    out = tmp_path / "imported"
+    assert main(["import-sb3", f"model={tiny_experts / 'east' / files['model']}", f"out={out}", "suite=default",
+                 "task=east", f"vecnormalize={tiny_experts / 'east' / files['vecnormalize']}",
+                 "groups=[policy,privileged]"]) == 0
+    imported, trained = load_bundle(out, device="cpu"), load_bundle(tiny_experts / "east" / "bundle", device="cpu")
+    env = load_suite("default").make_env("east")
+    obs = stack_obs([env.reset(seed=s)[0] for s in range(16)])
+    np.testing.assert_allclose(imported.act(obs), trained.act(obs), atol=1e-6)

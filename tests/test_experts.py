@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
@@ -18,8 +19,6 @@ from policydistill.io import read_json
 from policydistill.suite import load_suite
 from policydistill.types import stack_obs
 from policydistill.wrappers import FlattenGroups
-
-from conftest import TINY
 
 
 @pytest.fixture
@@ -109,3 +108,19 @@ def test_env_faults_during_training_are_dropped_and_reported(tmp_path):
     row = read_json(out / "experts.json")["tasks"]["f"]
     assert row["env_steps"] >= 1024 and row["dropped_episodes"] > 0
     load_bundle(out / "f" / "bundle", device="cpu")
+
+
+@pytest.mark.parametrize("algo", ["sac", "td3"])
+def test_sac_and_td3_experts_train_checkpoint_and_bundle(algo, tmp_path):
+    out = tmp_path / algo
+    args = ["train-experts", "suite=Pendulum-v1", f"out={out}", "workers=1", f"expert={algo}",
+            "expert.total_steps=600", "expert.eval_every=300", "expert.checkpoint_every=300", "expert.eval_episodes=2",
+            "expert.hyperparams.learning_starts=100", "expert.net=[32,32]", "expert.groups=[policy]"]
+    assert main(args) == 0
+    row = read_json(out / "experts.json")["tasks"]["Pendulum-v1"]
+    assert row["algo"] == algo and row["env_steps"] == 600
+    files = read_json(out / "Pendulum-v1" / "checkpoint.json")["files"]
+    assert "replay_buffer" in files and (out / "Pendulum-v1" / files["replay_buffer"]).exists()
+    policy = load_bundle(out / "Pendulum-v1" / "bundle", device="cpu")
+    obs = stack_obs([load_suite("Pendulum-v1").make_env(0).reset(seed=0)[0]])
+    assert np.all(np.abs(policy.act(obs)) <= 2.0)

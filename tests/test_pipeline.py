@@ -9,9 +9,8 @@ from policydistill.cli import main
 
 def test_pipeline_trains_evaluates_and_reports(tmp_path):
     suite = tmp_path / "two.yaml"
-    suite.write_text("name: two\ntasks:\n"
-                     "  - {name: north, env: policydistill/PointReach-v0, kwargs: {target: north}, train_steps: 2048}\n"
-                     "  - {name: south, env: policydistill/PointReach-v0, kwargs: {target: south}, train_steps: 2048}\n")
+    task = "  - {{name: {0}, env: policydistill/PointReach-v0, kwargs: {{target: {0}}}, train_steps: 2048}}\n"
+    suite.write_text("name: two\ntasks:\n" + task.format("north") + task.format("south"))
     out = tmp_path / "run"
     assert main(["pipeline", f"suite={suite}", f"out={out}", "episodes=4", "video=true", *TINY]) == 0
     report = (out / "report.md").read_text()

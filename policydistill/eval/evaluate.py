@@ -14,18 +14,29 @@ from policydistill.eval.rollout import run_episodes
 from policydistill.eval.video import record_video
 from policydistill.policy import Policy
 from policydistill.suite import Suite
+from policydistill.teachers import load_policy
 
 log = logging.getLogger(__name__)
 
 
-def policies_for_suite(path: str | Path, suite: Suite, device: str = "auto") -> dict[str, Policy]:
-    """One bundle serves every task; a folder of bundles must hold one per task, named by task."""
-    path = Path(path)
-    if is_bundle(path):
-        policy = load_bundle(path, device=device)
+def policies_for_suite(spec: str | Path, suite: Suite, device: str = "auto") -> dict[str, Policy]:
+    """The policy of every task of ``suite`` from ``spec``.
+
+    ``spec``: one bundle or ``module:callable`` (serves every task); a folder of bundles named by task
+    (one per task); or ``suite`` (each task's own ``teacher`` from the suite file).
+    """
+    if str(spec) == "suite":
+        missing = [t.name for t in suite.tasks if not t.teacher]
+        if missing:
+            raise ValueError(f"suite '{suite.name}' names no teacher for tasks {missing}")
+        return {t.name: load_policy(t.teacher, device=device) for t in suite.tasks}
+    path = Path(spec)
+    if is_bundle(path) or (not path.exists() and ":" in str(spec)):
+        policy = load_policy(str(spec), device=device)
         return {name: policy for name in suite.task_names}
     if not path.is_dir():
-        raise FileNotFoundError(f"no policy bundle or folder of bundles at '{path}'")
+        raise FileNotFoundError(f"no policy bundle or folder of bundles at '{path}' "
+                                "(expected a bundle, a folder of bundles, 'module:callable' or 'suite')")
     found = find_bundles(path)
     missing = [n for n in suite.task_names if n not in found]
     if missing:
