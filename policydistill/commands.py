@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from policydistill.config import EvaluateConfig, ImportSB3Config, PipelineConfig, TrainExpertsConfig
+from policydistill.config import DistillConfig, EvaluateConfig, ImportSB3Config, PipelineConfig, TrainExpertsConfig
 from policydistill.eval.evaluate import evaluate, format_table, policies_for_suite
 from policydistill.io import atomic_write_json
 from policydistill.suite import load_suite
@@ -58,3 +58,20 @@ def import_sb3_cmd(cfg: ImportSB3Config) -> None:
     path = import_sb3_zip(cfg.model, cfg.out, obs_space, cfg.groups, vecnormalize_path=cfg.vecnormalize,
                           algo=cfg.algo)
     log.info("imported %s as bundle %s (task %s of suite %s)", cfg.model, path, task, suite.name)
+
+
+def distill_cmd(cfg: DistillConfig) -> None:
+    from policydistill.distill.dagger import distill
+
+    if not cfg.teachers:
+        raise ValueError("'distill' needs teachers=<folder of bundles, one per task | bundle | module:callable "
+                         "| suite>")
+    suite = load_suite(cfg.suite)
+    teachers = policies_for_suite(cfg.teachers, suite, device=cfg.device)
+    summary = distill(cfg, suite, teachers)
+    last = summary["rounds"][-1]
+    for name, t in last["tasks"].items():
+        score = "n/a" if t["score"] is None else f"{t['score']:.3f}"
+        log.info("%-12s student return %8.2f  teacher %8.2f  score %s  success %.2f (teacher %.2f)", name,
+                 t["return_mean"], t["teacher_return_mean"], score, t["success_rate"], t["teacher_success_rate"])
+    log.info("student bundle: %s  summary: %s", Path(cfg.out) / "student", Path(cfg.out) / "distill.json")

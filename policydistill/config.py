@@ -57,19 +57,6 @@ class EvaluateConfig:
 
 
 @dataclass
-class PipelineConfig:
-    suite: str = "default"
-    out: str = "runs/pipeline"
-    workers: int = 2
-    seed: int = 0
-    episodes: int = 20
-    eval_seed: int = 1000
-    video: bool = True
-    device: str = "auto"
-    expert: ExpertConfig = field(default_factory=ExpertConfig)
-
-
-@dataclass
 class ImportSB3Config:
     model: str = "???"
     out: str = "???"
@@ -80,9 +67,66 @@ class ImportSB3Config:
     groups: list[str] = field(default_factory=lambda: ["policy"])
 
 
+
+
+@dataclass
+class StudentConfig:
+    """The student network: an MLP over ``groups`` (normaliser inside), optionally with a learned std."""
+
+    groups: list[str] = field(default_factory=lambda: ["policy", "task"])
+    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    activation: str = "relu"
+    learn_std: bool = False
+
+
+@dataclass
+class DistillConfig:
+    """Teacher-student distillation. ``method``: ``bc`` (teacher always acts, data aggregated),
+    ``dagger`` (``schedule`` decides who acts, data aggregated), ``onpolicy`` (student always acts,
+    buffer cleared after each update). ``max_steps`` caps the aggregated data (oldest rounds evicted)."""
+
+    method: str = "dagger"
+    suite: str = "default"
+    teachers: str = ""
+    out: str = "runs/distill"
+    seed: int = 0
+    device: str = "auto"
+    rounds: int = 6
+    episodes_per_task: int = 4
+    n_envs: int = 8
+    schedule: str = "linear"
+    schedule_params: dict[str, Any] = field(default_factory=lambda: {"rounds": 4})
+    loss: str = "mse"
+    loss_params: dict[str, Any] = field(default_factory=dict)
+    updates_per_round: int = 500
+    batch_size: int = 256
+    lr: float = 1e-3
+    max_steps: int = 200_000
+    balance_tasks: bool = True
+    success_filter: bool = False
+    eval_episodes: int = 10
+    student: StudentConfig = field(default_factory=StudentConfig)
+
+
+
+@dataclass
+class PipelineConfig:
+    suite: str = "default"
+    out: str = "runs/pipeline"
+    workers: int = 2
+    seed: int = 0
+    episodes: int = 20
+    eval_seed: int = 1000
+    video: bool = True
+    device: str = "auto"
+    expert: ExpertConfig = field(default_factory=ExpertConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+
 COMMANDS: dict[str, type] = {
     "train-experts": TrainExpertsConfig,
     "evaluate": EvaluateConfig,
     "pipeline": PipelineConfig,
     "import-sb3": ImportSB3Config,
+    "distill": DistillConfig,
 }

@@ -1,4 +1,4 @@
-"""The main job: train experts -> evaluate them (with baselines) -> report.md with plots.
+"""The main job: train experts -> evaluate them (with baselines) -> distil a generalist -> report.md.
 
 Each stage is a function that reads and writes under ``out`` and adds its section to the report;
 a rerun skips what is already done (finished experts are not retrained).
@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from policydistill.config import PipelineConfig
 from policydistill.eval.evaluate import evaluate, format_table, policies_for_suite
 from policydistill.eval.metrics import summarise
-from policydistill.eval.report import Report, markdown_table, plot_experts, read_curve
+from policydistill.eval.report import Report, markdown_table, plot_distill, plot_experts, read_curve
 from policydistill.eval.rollout import run_episodes
 from policydistill.io import atomic_write_json
 from policydistill.policy import RandomPolicy
@@ -80,6 +81,42 @@ def stage_task_blindness(cfg: PipelineConfig, suite: Suite, out: Path, report: R
                  "succeeds on its own task and fails the others.")
 
 
+def stage_distill(cfg: PipelineConfig, suite: Suite, out: Path, report: Report) -> None:
+    """DAgger generalist (reads ``policy`` + ``task``) and, beside it, the same student without ``task``."""
+    from policydistill.distill.dagger import distill
+
+    teachers = policies_for_suite(out / "experts", suite, device=cfg.device)
+    runs = {}
+    variants = {"dagger": cfg.distill.student.groups,
+                "dagger, no task id": [g for g in cfg.distill.student.groups if g != "task"]}
+    for name, groups in variants.items():
+        if name != "dagger" and (len(suite.tasks) < 2 or groups == cfg.distill.student.groups):
+            continue
+        dcfg = replace(cfg.distill, suite=cfg.suite, seed=cfg.seed, device=cfg.device,
+                       out=str(out / "distill" / name.replace(", ", "_").replace(" ", "_")),
+                       student=replace(cfg.distill.student, groups=list(groups)))
+        runs[name] = distill(dcfg, suite, teachers)
+    plot_distill(out / "distill.png", runs)
+    rows = []
+    for t in suite.task_names:
+        teacher = runs["dagger"]["teacher"][t]
+        row = [t, f"{teacher['return_mean']:.2f}", teacher["success_rate"]]
+        for run in runs.values():
+            final = run["rounds"][-1]["tasks"][t]
+            row += [f"{final['return_mean']:.2f}", final["score"], final["success_rate"]]
+        rows.append(row)
+    header = ["task", "teacher return", "teacher success"]
+    for name in runs:
+        header += [f"{name}: return", f"{name}: score", f"{name}: success"]
+    last = runs["dagger"]["rounds"][-1]
+    report.add("DAgger generalist", markdown_table(header, rows) + (
+        f"\n\nOne student for all {len(suite.tasks)} tasks, {cfg.distill.method} with a "
+        f"{cfg.distill.schedule} beta schedule, {len(runs['dagger']['rounds'])} rounds, {last['labels_used']} "
+        f"teacher labels, {last['wall_time_s']:.0f} s. Score: student return / teacher return on the same "
+        f"{cfg.distill.eval_episodes} seeded episodes per task. 'no task id': the same student without the "
+        "`task` group.\n\n![distill](distill.png)"))
+
+
 def run_pipeline(cfg: PipelineConfig) -> Path:
     """Run every stage on ``cfg.suite`` under ``cfg.out``; returns the path of report.md."""
     suite = load_suite(cfg.suite)
@@ -87,7 +124,8 @@ def run_pipeline(cfg: PipelineConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     report = Report(f"policydistill report: suite '{suite.name}'")
     timings = []
-    for name, stage in [("experts", stage_experts), ("task blindness", stage_task_blindness)]:
+    stages = [("experts", stage_experts), ("task blindness", stage_task_blindness), ("distill", stage_distill)]
+    for name, stage in stages:
         t0 = time.perf_counter()
         log.info("stage %s", name)
         stage(cfg, suite, out, report)

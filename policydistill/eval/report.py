@@ -75,6 +75,36 @@ def plot_experts(path: str | Path, curves: dict[str, list[dict[str, float]]], ex
     axes[2].set(title="evaluation return per task (95% CI)", ylabel="return")
     axes[2].legend(fontsize=8)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_distill(path: str | Path, runs: dict[str, dict[str, Any]]) -> Path:
+    """Left: mean teacher-normalised score against teacher labels used, one line per run.
+    Right: per-task return of each run's final student beside its teacher."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for name, run in runs.items():
+        rows = [r for r in run["rounds"] if r["mean_score"] is not None]
+        axes[0].plot([r["labels_used"] for r in rows], [r["mean_score"] for r in rows], marker="o", label=name)
+    axes[0].axhline(1.0, color="grey", lw=0.8, ls="--")
+    axes[0].set(title="student / teacher return vs labels", xlabel="teacher labels used", ylabel="mean score")
+    axes[0].legend(fontsize=8)
+    first = next(iter(runs.values()))
+    tasks = list(first["teacher"])
+    width = 0.8 / (len(runs) + 1)
+    axes[1].bar([i for i in range(len(tasks))], [first["teacher"][t]["return_mean"] for t in tasks], width,
+                label="teacher")
+    for k, (name, run) in enumerate(runs.items(), start=1):
+        axes[1].bar([i + k * width for i in range(len(tasks))],
+                    [run["rounds"][-1]["tasks"][t]["return_mean"] for t in tasks], width, label=name)
+    axes[1].set_xticks([i + 0.4 - width / 2 for i in range(len(tasks))], tasks, rotation=20)
+    axes[1].set(title="final student vs teacher return per task", ylabel="return")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    """Write the figure as PNG atomically and close it."""
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp, dpi=100)

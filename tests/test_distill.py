@@ -1,0 +1,138 @@
+"""Teacher-student distillation on the default suite with real envs, teachers, shards and training."""
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import goal_seeker
+
+from policydistill.bundle import load_bundle
+from policydistill.cli import main
+from policydistill.config import DistillConfig, StudentConfig
+from policydistill.data.shards import EpisodeStore
+from policydistill.distill.collect import collect
+from policydistill.distill.dagger import build_student, distill
+from policydistill.eval.metrics import summarise
+from policydistill.eval.rollout import run_episodes
+from policydistill.io import read_json
+from policydistill.policy import RandomPolicy
+from policydistill.teachers import TeacherBank
+from policydistill.types import stack_obs
+
+ZOO = Path(__file__).resolve().parents[1] / "envs" / "zoo" / "default"
+
+
+def quick(tmp_path: Path, **kw) -> DistillConfig:
+    base = DistillConfig(teachers="-", out=str(tmp_path / "run"), rounds=2, episodes_per_task=2, updates_per_round=50,
+                         eval_episodes=2, schedule="linear", schedule_params={"rounds": 2})
+    return replace(base, **kw)
+
+
+def scripted_teachers(suite) -> dict:
+    return {n: goal_seeker() for n in suite.task_names}
+
+
+@pytest.mark.slow
+def test_dagger_generalist_learns_every_task_and_beats_random(default_suite, tmp_path):
+    cfg = quick(tmp_path, rounds=4, episodes_per_task=4, updates_per_round=400, eval_episodes=5,
+                schedule_params={"rounds": 3})
+    summary = distill(cfg, default_suite, scripted_teachers(default_suite))
+    student = load_bundle(tmp_path / "run" / "student", device="cpu")
+    env = default_suite.make_env(0)
+    for name in default_suite.task_names:
+        s = summarise(run_episodes(default_suite, name, student, 5, seed=77))
+        r = summarise(run_episodes(default_suite, name, RandomPolicy(env.action_space), 5, seed=77))
+        assert s["success_rate"] >= 0.8 and r["success_rate"] == 0.0
+        assert s["return_mean"] > r["return_mean"] + s["return_ci95"] + r["return_ci95"]
+    last = summary["rounds"][-1]
+    assert last["mean_score"] > 0.9 and last["labels_used"] == 4 * 4 * 4 * 100
+
+
+def test_rounds_follow_the_schedule_and_count_labels(default_suite, tmp_path):
+    summary = distill(quick(tmp_path, rounds=3, schedule_params={"rounds": 2}), default_suite,
+                      scripted_teachers(default_suite))
+    assert [r["beta"] for r in summary["rounds"]] == [1.0, 0.5, 0.0]
+    assert [r["labels_used"] for r in summary["rounds"]] == [800, 1600, 2400]
+    store = EpisodeStore(tmp_path / "run" / "episodes")
+    actors = {m["round"]: m for m in store.episodes()}
+    assert set(actors) == {0, 1, 2}
+    data = store.load(["actor"], where=lambda m: m["round"] == 0)
+    assert not data["actor"].any()  # beta 1: the teacher acted on every step
+    data = store.load(["actor"], where=lambda m: m["round"] == 2)
+    assert data["actor"].all()  # beta 0: the student acted on every step
+
+
+def test_teacher_weights_never_change_and_labels_match_the_teacher(default_suite, tmp_path):
+    teachers = {n: load_bundle(ZOO / n, device="cpu") for n in default_suite.task_names}
+    before = {n: {k: v.clone() for k, v in t.state_dict().items()} for n, t in teachers.items()}
+    distill(quick(tmp_path), default_suite, teachers)
+    for n, t in teachers.items():
+        assert all(torch.equal(v, t.state_dict()[k]) for k, v in before[n].items())
+        assert not t.training and not any(p.requires_grad for p in t.parameters())
+    data = EpisodeStore(tmp_path / "run" / "episodes").load()
+    obs = {g: data[f"obs/{g}"] for g in ("policy", "privileged", "task")}
+    label = TeacherBank([teachers[n] for n in default_suite.task_names]).label(obs)
+    np.testing.assert_allclose(data["label_mean"], label.mean, atol=1e-6)
+    np.testing.assert_allclose(data["label_std"], label.std, atol=1e-6)
+    executed_by_teacher = data["actor"] == 0
+    np.testing.assert_array_equal(data["action"][executed_by_teacher], data["label_mean"][executed_by_teacher])
+
+
+class _GroupSpy:
+    """Wraps a student and records which observation groups it is handed."""
+
+    def __init__(self, student):
+        self.student, self.groups, self.seen = student, student.groups, set()
+        self.observation_space, self.action_space = student.observation_space, student.action_space
+
+    def act(self, obs, deterministic=True):
+        self.seen |= set(obs)
+        return self.student.act(obs, deterministic)
+
+    def reset(self, env_mask=None):
+        self.student.reset(env_mask)
+
+
+def test_student_without_privileged_never_receives_it(default_suite, tmp_path):
+    student = build_student(default_suite, StudentConfig(groups=["policy", "task"]), "cpu")
+    assert student.obs_dim == 4 + 4  # policy (4) + task one-hot (4): no privileged input at all
+    spy = _GroupSpy(student)
+    bank = TeacherBank(list(scripted_teachers(default_suite).values()))
+    collect(default_suite, [0, 1], bank, spy, beta=0.0, episodes_per_task=1, n_envs=2, seed=0,
+            rng=np.random.default_rng(0))
+    run_episodes(default_suite, "south", spy, episodes=1)
+    assert spy.seen == {"policy", "task"}
+
+
+def test_onpolicy_keeps_only_the_last_round_and_the_cap_evicts_oldest(default_suite, tmp_path):
+    distill(quick(tmp_path / "on", method="onpolicy", rounds=2), default_suite, scripted_teachers(default_suite))
+    store = EpisodeStore(tmp_path / "on" / "run" / "episodes")
+    assert {m["round"] for m in store.episodes()} == {1} and store.steps == 800
+    distill(quick(tmp_path / "cap", rounds=3, max_steps=1000), default_suite, scripted_teachers(default_suite))
+    store = EpisodeStore(tmp_path / "cap" / "run" / "episodes")
+    assert {m["round"] for m in store.episodes()} == {2} and store.steps <= 1000
+
+
+def test_rerun_resumes_after_the_last_finished_round(default_suite, tmp_path):
+    teachers = scripted_teachers(default_suite)
+    first = distill(quick(tmp_path, rounds=1), default_suite, teachers)
+    resumed = distill(quick(tmp_path, rounds=2), default_suite, teachers)
+    assert len(resumed["rounds"]) == 2 and resumed["rounds"][0] == first["rounds"][0]
+    assert resumed["rounds"][1]["labels_used"] == 1600
+
+
+def test_distill_cli_and_bad_input(tmp_path, caplog):
+    out = tmp_path / "cli"
+    assert main(["distill", "suite=default", f"teachers={ZOO}", f"out={out}", "rounds=1", "updates_per_round=20",
+                 "eval_episodes=1", "episodes_per_task=1"]) == 0
+    assert read_json(out / "distill.json")["rounds"][0]["labels_used"] == 400
+    load_bundle(out / "student", device="cpu").act(stack_obs([
+        {"policy": np.zeros(4, np.float32), "task": np.eye(4, dtype=np.float32)[0]}]))
+    assert main(["distill", "method=ppo", f"teachers={ZOO}", f"out={tmp_path / 'x'}"]) == 2
+    assert "unknown distillation method 'ppo'" in caplog.text
+    assert main(["distill", "teachers=conftest:goal_seeker", "loss=forward_kl", f"out={tmp_path / 'y'}"]) == 2
+    assert "needs a teacher std and a student std" in caplog.text and "['huber', 'mse']" in caplog.text
+    assert main(["distill", f"out={tmp_path / 'z'}"]) == 2
+    assert "'distill' needs teachers=" in caplog.text
