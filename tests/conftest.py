@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from policydistill.cli import main
+from policydistill.eval.video import configure_headless_gl
 from policydistill.policy import CallablePolicy
 from policydistill.suite import Suite, load_suite
 
 torch.set_num_threads(1)  # as the CLI does: small-batch inference is far faster on one thread
+configure_headless_gl()  # EGL with a GPU driver, OSMesa otherwise, as the library picks for videos
 
 
 @pytest.fixture(scope="session")

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
-if not os.environ.get("DISPLAY"):
-    os.environ.setdefault("MUJOCO_GL", "egl")
-
 import gymnasium as gym
 import numpy as np
 import policydistill_envs
