@@ -35,7 +35,31 @@ class Teacher(Policy, Protocol):
     def label(self, obs: ObsGroups) -> ActionLabel: ...
 
 
-class CallablePolicy:
+class _DeterministicTeacher:
+    """Shared by the adapters below: ``groups`` in, ``_actions(x (n, dim)) -> (n, act_dim)`` out,
+    clipped to ``action_space`` when given; the label is the action itself; no state to reset."""
+
+    groups: tuple[str, ...]
+    action_space: gym.spaces.Box | None
+
+    def _actions(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def act(self, obs: ObsGroups, deterministic: bool = True) -> np.ndarray:
+        x = concat_groups(obs, self.groups)
+        out = np.asarray(self._actions(x), dtype=np.float32).reshape(len(x), -1)
+        if self.action_space is not None:
+            out = np.clip(out, self.action_space.low, self.action_space.high)
+        return out
+
+    def label(self, obs: ObsGroups) -> ActionLabel:
+        return ActionLabel(mean=self.act(obs))
+
+    def reset(self, env_mask: np.ndarray | None = None) -> None:
+        """Stateless: nothing to forget."""
+
+
+class CallablePolicy(_DeterministicTeacher):
     """A plain Python callable ``obs -> action`` (e.g. a scripted controller) as a Policy/Teacher.
 
     ``fn`` receives the concatenated ``groups`` (n_envs, dim) when ``batched`` is True, else one
@@ -49,19 +73,28 @@ class CallablePolicy:
         self.action_space = action_space
         self.batched = batched
 
-    def act(self, obs: ObsGroups, deterministic: bool = True) -> np.ndarray:
-        x = concat_groups(obs, self.groups)
-        out = np.asarray(self.fn(x) if self.batched else np.stack([self.fn(row) for row in x]),
-                         dtype=np.float32).reshape(len(x), -1)
-        if self.action_space is not None:
-            out = np.clip(out, self.action_space.low, self.action_space.high)
-        return out
+    def _actions(self, x: np.ndarray) -> np.ndarray:
+        return self.fn(x) if self.batched else np.stack([self.fn(row) for row in x])
 
-    def label(self, obs: ObsGroups) -> ActionLabel:
-        return ActionLabel(mean=self.act(obs))
 
-    def reset(self, env_mask: np.ndarray | None = None) -> None:
-        """Stateless: nothing to forget."""
+class ModulePolicy(_DeterministicTeacher):
+    """A plain torch module ``(n, obs_dim) -> (n, act_dim)`` over the concatenated ``groups``, as a
+    frozen Policy/Teacher (eval mode, no gradients). Actions are clipped to ``action_space``."""
+
+    def __init__(self, module, groups: Sequence[str] = ("policy",), action_space: gym.spaces.Box | None = None,
+                 device: str = "cpu") -> None:
+        import torch
+
+        self.module = module.to(device).eval().requires_grad_(False)
+        self.groups = check_groups(groups)
+        self.action_space = action_space
+        self.device = torch.device(device)
+
+    def _actions(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self.module(torch.as_tensor(x, device=self.device)).float().cpu().numpy()
 
 
 class RandomPolicy:
@@ -76,36 +109,6 @@ class RandomPolicy:
         n = len(next(iter(obs.values())))
         low, high = self.action_space.low, self.action_space.high
         return self.rng.uniform(low, high, size=(n, *low.shape)).astype(np.float32)
-
-    def reset(self, env_mask: np.ndarray | None = None) -> None:
-        """Stateless: nothing to forget."""
-
-
-class ModulePolicy:
-    """A plain torch module ``(n, obs_dim) -> (n, act_dim)`` over the concatenated ``groups``, as a
-    frozen Policy/Teacher (eval mode, no gradients). Actions are clipped to ``action_space``."""
-
-    def __init__(self, module, groups: Sequence[str] = ("policy",), action_space: gym.spaces.Box | None = None,
-                 device: str = "cpu") -> None:
-        import torch
-
-        self.module = module.to(device).eval().requires_grad_(False)
-        self.groups = check_groups(groups)
-        self.action_space = action_space
-        self.device = torch.device(device)
-
-    def act(self, obs: ObsGroups, deterministic: bool = True) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            x = torch.as_tensor(concat_groups(obs, self.groups), device=self.device)
-            out = self.module(x).float().cpu().numpy()
-        if self.action_space is not None:
-            out = np.clip(out, self.action_space.low, self.action_space.high)
-        return out
-
-    def label(self, obs: ObsGroups) -> ActionLabel:
-        return ActionLabel(mean=self.act(obs))
 
     def reset(self, env_mask: np.ndarray | None = None) -> None:
         """Stateless: nothing to forget."""
