@@ -1,0 +1,49 @@
+"""Collection semantics: every recorded step belongs to its episode, terminated and truncated stay apart."""
+
+import numpy as np
+from conftest import goal_seeker
+
+from policydistill.data.shards import EpisodeStore, ShardWriter
+from policydistill.distill.collect import collect
+from policydistill.policy import CallablePolicy, RandomPolicy
+from policydistill.suite import load_suite
+from policydistill.teachers import TeacherBank
+
+
+def test_recorded_steps_replay_exactly_from_their_episode_reset(default_suite):
+    """No observation (or label) is ever taken from another episode: replaying each episode's
+    executed actions from its seeded reset reproduces every recorded observation."""
+    bank = TeacherBank([goal_seeker() for _ in default_suite.tasks])
+    env = default_suite.make_env(0)
+    student = RandomPolicy(env.action_space, groups=("policy", "task"), seed=3)
+    records = collect(default_suite, [0, 1, 2, 3], bank, student, beta=0.5, episodes_per_task=2, n_envs=3, seed=10,
+                      rng=np.random.default_rng(0))
+    assert len(records) == 8
+    for rec in records:
+        env = default_suite.make_env(rec.task_index)
+        obs, _ = env.reset(seed=rec.episode.seed)
+        for t in range(rec.episode.length):
+            for g in ("policy", "privileged", "task"):
+                np.testing.assert_array_equal(rec.steps[f"obs/{g}"][t], obs[g])
+            obs, *_ = env.step(rec.steps["action"][t])
+        label = bank.label({g: rec.steps[f"obs/{g}"] for g in ("policy", "privileged", "task")})
+        np.testing.assert_array_equal(rec.steps["label_mean"], label.mean)
+        assert set(np.unique(rec.steps["actor"])) <= {0, 1}
+
+
+def test_terminated_and_truncated_stay_distinct_to_the_store(tmp_path):
+    suite = load_suite("InvertedPendulum-v5")
+    idle = CallablePolicy(lambda x: np.full((len(x), 1), 3.0), groups=("policy",), batched=True)
+    records = collect(suite, [0], TeacherBank([idle]), None, beta=1.0, episodes_per_task=3, n_envs=3, seed=0,
+                      rng=np.random.default_rng(0))
+    with ShardWriter(tmp_path) as writer:
+        for rec in records:
+            assert rec.steps["terminated"][-1] and not rec.steps["truncated"].any()  # it falls over
+            assert not rec.steps["terminated"][:-1].any() and rec.episode.length < 1000
+            writer.add(rec.steps, {"task": rec.episode.task, "task_index": 0, "seed": rec.episode.seed,
+                                   "success": rec.episode.success, "round": 0, "beta": 1.0})
+    data = EpisodeStore(tmp_path).load(["terminated", "truncated"])
+    assert data["terminated"].sum() == 3 and data["truncated"].sum() == 0
+    pointreach = collect(load_suite("default"), [0], TeacherBank([goal_seeker()] * 4), None, 1.0, 1, 1, 0,
+                         np.random.default_rng(0))[0]
+    assert pointreach.steps["truncated"][-1] and not pointreach.steps["terminated"].any()
