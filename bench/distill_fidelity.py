@@ -28,6 +28,17 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"default": {"mean": 0.98, "min": 0.95, "success_gap": 0.02}, "locomotion": {"mean": 0.95}}
 
 
+def run_distill(suite, teachers, seed: int, method: str, groups: list[str], rounds: int, episodes_per_task: int,
+                updates: int, eval_episodes: int) -> dict:
+    """One distillation run in a temporary folder; returns its distill.json content."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = replace(DistillConfig(), method=method, suite=suite.name, teachers="zoo", out=tmp, seed=seed,
+                      device="cpu", rounds=rounds, episodes_per_task=episodes_per_task, updates_per_round=updates,
+                      eval_episodes=eval_episodes, schedule_params={"rounds": max(1, rounds - 2)},
+                      student=StudentConfig(groups=list(groups)))
+        return distill(cfg, suite, teachers)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--suite", default="default")
@@ -43,13 +54,8 @@ def main() -> None:
     teachers = policies_for_suite(ROOT / "envs/zoo" / args.suite, suite, device="cpu")
     runs = []
     for seed in args.seeds:
-        with tempfile.TemporaryDirectory() as tmp:
-            cfg = replace(DistillConfig(), suite=args.suite, teachers="zoo", out=tmp, seed=seed, device="cpu",
-                          rounds=args.rounds, episodes_per_task=args.episodes_per_task,
-                          updates_per_round=args.updates, eval_episodes=args.eval_episodes,
-                          schedule_params={"rounds": max(1, args.rounds - 2)},
-                          student=StudentConfig(groups=list(args.groups)))
-            last = distill(cfg, suite, teachers)["rounds"][-1]
+        last = run_distill(suite, teachers, seed, "dagger", args.groups, args.rounds, args.episodes_per_task,
+                           args.updates, args.eval_episodes)["rounds"][-1]
         tasks = last["tasks"]
         runs.append({"seed": seed, "labels_used": last["labels_used"], "wall_time_s": last["wall_time_s"],
                      "mean_score": last["mean_score"], "min_score": min(t["score"] for t in tasks.values()),
