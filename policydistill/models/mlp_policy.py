@@ -23,6 +23,7 @@ from torch import nn
 
 from policydistill.models import resolve_device
 from policydistill.models.normalizer import ObsNormalizer
+from policydistill.runtime.graph import OBS, ExportGraph, TensorSpec
 from policydistill.spaces import space_from_json, space_to_json
 from policydistill.types import ActionLabel, ObsGroups, check_groups, concat_groups
 
@@ -152,6 +153,19 @@ class MLPPolicy(nn.Module):
 
     def reset(self, env_mask: np.ndarray | None = None) -> None:
         """Stateless (no history, hidden state or action queue): nothing to forget."""
+
+    def export_graph(self) -> ExportGraph:
+        """``forward`` as an export graph: ``obs`` (n, obs_dim) -> ``action`` (n, act_dim), stateless.
+
+        Example inputs spread around the normaliser's statistics, past its clip range too."""
+
+        def example(graph: ExportGraph, n: int, generator: torch.Generator) -> tuple[torch.Tensor]:
+            z = 3.0 * torch.randn(n, self.obs_dim, generator=generator)
+            norm = self.normalizer
+            return (norm.mean.cpu() + z * torch.sqrt(norm.var.cpu() + norm.eps) if norm.enabled else z,)
+
+        return ExportGraph(self, (TensorSpec(OBS, (self.obs_dim,), "observation"),),
+                           (TensorSpec("action", (self.act_dim,), "action"),), example=example)
 
     def frozen(self) -> MLPPolicy:
         """Eval mode with every parameter's ``requires_grad`` off, as a teacher; returns self."""

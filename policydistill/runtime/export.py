@@ -1,0 +1,237 @@
+"""Export a policy's deterministic path to TorchScript or ONNX, with a JSON description beside it.
+
+Any policy class with ``export_graph()`` (see :mod:`policydistill.runtime.graph`) can be exported:
+the graph maps ``obs`` (n, obs_dim) float32, the concatenated observation groups with n dynamic, plus
+any ``state`` and ``noise`` inputs, to the ``action`` (n, act_dim) or ``chunk`` (n, horizon, act_dim)
+in the env's action space, and the next ``state``: normalisation and action post-processing are
+inside it. ``<out>.json`` (written atomically after the model) describes it::
+
+    schema_version, format, model_file, model_sha256,
+    groups: [{name, dim, start}, ...]   (reading order, slice of obs)
+    obs_dim, act_dim, observation_space, action_space   (spaces as in policydistill.spaces)
+    inputs / outputs: [{name, role, shape, dtype}, ...]   (shape entries: int or "n")
+    stateful, state: [{input, output, shape, init}, ...]   (empty for stateless policies)
+    source: {bundle, policy_class, weights_sha256, control_period}, policy_config,
+    exporter, versions
+
+``state`` pairs a graph input with the graph output that feeds it at the next step (history or
+recurrent students); it starts at ``init`` (0) after a reset. A runtime that does not handle state
+refuses a file with ``stateful: true``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from policydistill.bundle import POLICY_CLASSES, library_versions, load_bundle, policy_class, read_bundle_info
+from policydistill.io import atomic_write_json
+from policydistill.runtime.graph import ExportGraph
+from policydistill.spaces import space_to_json
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("torchscript", "onnx")
+EXPORT_SCHEMA_VERSION = 1
+BATCH = "n"
+DEFAULT_OPSET = 17
+TOLERANCE = {"torchscript": 1e-5, "onnx": 1e-4}
+"""Largest |exported - torch| action difference accepted by the check after export."""
+
+_QUIET = (r".*legacy TorchScript-based ONNX export.*", r".*torch\.jit\.\w+` is deprecated.*",
+          r".*The feature will be removed.*")
+
+
+class ExportError(ValueError):
+    """A policy or request that cannot be exported; the message says what is supported."""
+
+
+def sidecar_path(out: str | Path) -> Path:
+    """The JSON description written beside an exported model: ``<out>.json``."""
+    return Path(f"{out}.json")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _versions() -> dict[str, str | None]:
+    out = library_versions()
+    for dist in ("onnx", "onnxruntime"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def exportable_classes() -> list[str]:
+    """Names of the allow-listed bundle policy classes that implement ``export_graph``."""
+    return sorted(name for name in POLICY_CLASSES if hasattr(policy_class(name), "export_graph"))
+
+
+def _resolve(source: Any) -> tuple[Any, dict[str, Any]]:
+    """The policy to export and where it came from."""
+    if isinstance(source, (str, Path)):
+        info = read_bundle_info(source)
+        if info["policy_class"] not in POLICY_CLASSES or info["policy_class"] not in exportable_classes():
+            raise ExportError(f"cannot export bundle {source}: policy class '{info['policy_class']}' is not "
+                              f"supported; supported policy classes are {exportable_classes()}")
+        policy = load_bundle(source, device="cpu")
+        return policy, {"bundle": str(source), "policy_class": info["policy_class"],
+                        "weights_sha256": info["weights"]["sha256"], "control_period": info.get("control_period")}
+    if not hasattr(source, "export_graph"):
+        raise ExportError(f"cannot export a {type(source).__name__}: supported policy classes are "
+                          f"{exportable_classes()} (an instance or a bundle directory)")
+    return source, {"bundle": None, "policy_class": type(source).__name__, "weights_sha256": None,
+                    "control_period": None}
+
+
+def _write_temp(out: Path, write: Callable[[Path], None]) -> Path:
+    """Run ``write(tmp)`` on a fresh temp file beside ``out`` and fsync it; the caller renames it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _export_torchscript(graph: ExportGraph, path: Path) -> dict[str, Any]:
+    traced = torch.jit.trace(graph.module, graph.example_inputs(4, seed=1),
+                             check_inputs=[graph.example_inputs(1, seed=2)])
+    torch.jit.save(traced, str(path))
+    return {"name": "torch.jit.trace"}
+
+
+def _export_onnx(graph: ExportGraph, path: Path, opset: int) -> dict[str, Any]:
+    import onnx
+
+    names_in, names_out = [s.name for s in graph.inputs], [s.name for s in graph.outputs]
+    torch.onnx.export(graph.module, graph.example_inputs(4, seed=1), str(path), dynamo=False,
+                      opset_version=opset, input_names=names_in, output_names=names_out, do_constant_folding=True,
+                      dynamic_axes={name: {0: BATCH} for name in (*names_in, *names_out)})
+    onnx.checker.check_model(str(path))
+    return {"name": "torch.onnx.export(dynamo=False)", "opset": opset}
+
+
+def _run_exported(fmt: str, graph: ExportGraph, path: Path, inputs: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
+    if fmt == "torchscript":
+        loaded = torch.jit.load(str(path), map_location="cpu")
+        with torch.inference_mode():
+            out = loaded(*inputs)
+        return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    feed = {s.name: x.numpy() for s, x in zip(graph.inputs, inputs, strict=True)}
+    return session.run([s.name for s in graph.outputs], feed)
+
+
+def _check(fmt: str, graph: ExportGraph, path: Path) -> float:
+    """Largest |exported - torch| output difference on batches of 1 and 33; raise above the tolerance."""
+    worst = 0.0
+    for n, seed in ((1, 3), (33, 4)):
+        inputs = graph.example_inputs(n, seed)
+        want = [t.numpy() for t in graph.run(*inputs)]
+        got = _run_exported(fmt, graph, path, inputs)
+        for spec, w, g in zip(graph.outputs, want, got, strict=True):
+            if g.shape != w.shape:
+                raise ExportError(f"exported {fmt} model returns '{spec.name}' of shape {g.shape} for batch {n}, "
+                                  f"expected {w.shape}")
+            worst = max(worst, float(np.max(np.abs(g - w))))
+    if not worst <= TOLERANCE[fmt]:
+        raise ExportError(f"exported {fmt} model differs from the torch policy by {worst:.3g} "
+                          f"(tolerance {TOLERANCE[fmt]:g})")
+    return worst
+
+
+def _describe(fmt: str, policy: Any, graph: ExportGraph, out: Path, source: dict[str, Any],
+              exporter: dict[str, Any]) -> dict[str, Any]:
+    groups, start = [], 0
+    for name in policy.groups:
+        dim = int(policy.observation_space[name].shape[0])
+        groups.append({"name": name, "dim": dim, "start": start})
+        start += dim
+    specs = {s.name: s for s in graph.inputs}
+    return {
+        "schema_version": EXPORT_SCHEMA_VERSION, "format": fmt, "model_file": out.name,
+        "model_sha256": _sha256(out), "groups": groups, "obs_dim": graph.inputs[0].shape[0],
+        "act_dim": graph.outputs[0].shape[-1],
+        "observation_space": space_to_json(policy.observation_space),
+        "action_space": space_to_json(policy.action_space),
+        "inputs": [s.to_json() for s in graph.inputs], "outputs": [s.to_json() for s in graph.outputs],
+        "stateful": graph.stateful,
+        "state": [{"input": i, "output": o, "shape": [BATCH, *specs[i].shape], "init": 0.0} for i, o in graph.state],
+        "deterministic": not any(s.role == "noise" for s in graph.inputs),
+        "source": source, "policy_config": policy.config(), "exporter": exporter, "versions": _versions(),
+    }
+
+
+def export_policy(source: Any, format: str, out: str | Path, *, opset: int = DEFAULT_OPSET,
+                  check: bool = True) -> Path:
+    """Export the ``export_graph()`` of a policy (instance or bundle directory) to ``out``.
+
+    ``format``: ``"torchscript"`` (``torch.jit.trace``) or ``"onnx"`` (the TorchScript-based
+    ``torch.onnx.export``, needing ``onnx``; ``opset`` is the ONNX opset). With ``check``, the
+    exported model is reloaded (ONNX with ``onnxruntime``) and compared with the torch module on
+    example inputs before it replaces ``out``. Writes ``out`` and ``<out>.json`` atomically and
+    returns ``out``.
+    """
+    if format not in FORMATS:
+        raise ExportError(f"unknown export format '{format}'; expected one of {list(FORMATS)}")
+    out = Path(out)
+    policy, origin = _resolve(source)
+    policy = copy.deepcopy(policy).to(device="cpu", dtype=torch.float32).eval().requires_grad_(False)
+    graph = policy.export_graph()
+
+    exporter: dict[str, Any] = {}
+
+    def write(path: Path) -> None:
+        if format == "torchscript":
+            exporter.update(_export_torchscript(graph, path))
+        else:
+            exporter.update(_export_onnx(graph, path, opset))
+
+    with warnings.catch_warnings():
+        for pattern in _QUIET:
+            warnings.filterwarnings("ignore", message=pattern)
+        tmp = _write_temp(out, write)
+        try:
+            if check:
+                exporter["check_max_abs_diff"] = _check(format, graph, tmp)
+            os.replace(tmp, out)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    exporter["torch"] = torch.__version__
+    atomic_write_json(sidecar_path(out), _describe(format, policy, graph, out, origin, exporter))
+    log.info("exported %s (%s) to %s (%s)", origin["bundle"] or origin["policy_class"], origin["policy_class"], out,
+             format)
+    return out
