@@ -71,12 +71,28 @@ class ImportSB3Config:
 
 @dataclass
 class StudentConfig:
-    """The student network: an MLP over ``groups`` (normaliser inside), optionally with a learned std."""
+    """The student network over ``groups`` (normaliser inside), optionally with a learned std.
+
+    ``kind``: ``mlp`` (stateless), ``history_mlp`` (last ``history`` frames stacked into an MLP),
+    ``tcn`` (1-D temporal convolution over them), ``gru`` (recurrent, ``rnn_hidden`` wide, trained
+    with truncated BPTT over ``tbptt`` steps) or ``latent`` (a ``latent_encoder`` history encoder
+    regressing the teachers' privileged latent, acting through their frozen heads; the last
+    ``latent_action_rounds`` rounds fine-tune it on action labels). ``check_predictable``: after
+    the first round, compare held-out action loss with and without ``privileged`` and warn when the
+    student's groups cannot predict the teacher (see ``policydistill.distill.predictability``).
+    """
 
     groups: list[str] = field(default_factory=lambda: ["policy", "task"])
     hidden: list[int] = field(default_factory=lambda: [256, 256])
     activation: str = "relu"
     learn_std: bool = False
+    kind: str = "mlp"
+    history: int = 16
+    rnn_hidden: int = 128
+    tbptt: int = 32
+    latent_encoder: str = "tcn"
+    latent_action_rounds: int = 0
+    check_predictable: bool = True
 
 
 @dataclass

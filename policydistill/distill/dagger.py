@@ -41,7 +41,7 @@ from policydistill.models.mlp_policy import MLPPolicy
 from policydistill.policy import Policy
 from policydistill.suite import Suite
 from policydistill.teachers import TeacherBank
-from policydistill.types import TASK, check_groups, stack_obs
+from policydistill.types import PRIVILEGED, TASK, check_groups, stack_obs
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,11 @@ class _Trainer:
         self.student, self.cfg, self.loss_fn, self.rng = student, cfg, loss_fn, rng
         self.opt = torch.optim.Adam(student.parameters(), lr=cfg.lr)
 
-    def fit(self, data: dict[str, np.ndarray], set_stats: bool) -> float:
-        """``updates_per_round`` minibatch steps; returns the mean loss of the last 10% of them."""
+    extra_fields: list[str] = []
+
+    def fit(self, data: dict[str, np.ndarray], set_stats: bool, lengths: Any = None, round_index: int = 0) -> float:
+        """``updates_per_round`` minibatch steps; returns the mean loss of the last 10% of them.
+        (``lengths`` and ``round_index`` are for history students' trainers; steps are i.i.d. here.)"""
         dev = self.student.device
         x_np = np.concatenate([data[f"obs/{g}"] for g in self.student.groups], axis=1)
         if set_stats:
@@ -137,9 +140,15 @@ def distill(cfg: DistillConfig, suite: Suite, teachers: dict[str, Policy]) -> di
     schedule, aggregate = method_schedule(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    bank = TeacherBank([teachers[n] for n in suite.task_names])
-    student = build_student(suite, cfg.student, cfg.device)
-    loss_fn = make_loss(cfg.loss, teacher_has_std=_teacher_has_std(bank, suite),
+    from policydistill.distill.predictability import check_predictable
+    from policydistill.distill.students import make_student, make_trainer  # they build on this module
+
+    ordered = [teachers[n] for n in suite.task_names]
+    bank = TeacherBank(ordered)
+    torch.manual_seed(cfg.seed)  # the student's initial weights follow the seed
+    student = make_student(suite, cfg.student, cfg.device, ordered)
+    teacher_has_std = _teacher_has_std(bank, suite)
+    loss_fn = make_loss(cfg.loss, teacher_has_std=teacher_has_std,
                         student_has_std=cfg.student.learn_std, **dict(cfg.loss_params))
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -156,7 +165,7 @@ def distill(cfg: DistillConfig, suite: Suite, teachers: dict[str, Policy]) -> di
         teacher_eval = evaluate_per_task(suite, teachers, cfg.eval_episodes)
         summary = {"method": cfg.method, "suite": suite.name, "config": asdict(cfg), "teacher": teacher_eval,
                    "rounds": []}
-    trainer = _Trainer(student, cfg, loss_fn, rng)
+    trainer = make_trainer(student, cfg, loss_fn, rng, ordered)
     writer = ShardWriter(out / "episodes")
     tb = SummaryWriter(str(out / "tb"))
     tasks = list(range(len(suite.tasks)))
@@ -182,12 +191,19 @@ def distill(cfg: DistillConfig, suite: Suite, teachers: dict[str, Policy]) -> di
         writer.flush()
         evict(out / "episodes", cfg.max_steps if aggregate else kept)
         store = EpisodeStore(out / "episodes")
-        fields = [f"obs/{g}" for g in dict.fromkeys([*student.groups, TASK])] + ["label_mean"]
+        diagnose = cfg.student.check_predictable and "predictability" not in summary \
+            and f"obs/{PRIVILEGED}" in store.fields
+        groups = [*student.groups, TASK, *([PRIVILEGED] if diagnose else [])]
+        fields = [f"obs/{g}" for g in dict.fromkeys(groups)] + trainer.extra_fields + ["label_mean"]
         fields += ["label_std"] if "label_std" in store.fields else []
-        data = store.load(fields, where=lambda m: m["round"] < first_round or m.get("attempt") == attempt)
+        where = lambda m: m["round"] < first_round or m.get("attempt") == attempt  # noqa: E731
+        data = store.load(list(dict.fromkeys(fields)), where=where)
         if len(data["label_mean"]) == 0:
             raise RuntimeError(f"round {r}: no episodes to train on (all dropped or filtered out)")
-        loss = trainer.fit(data, set_stats=r == 0)
+        lengths = store.lengths(where)
+        loss = trainer.fit(data, set_stats=r == 0, lengths=lengths, round_index=r)
+        if diagnose:
+            summary["predictability"] = check_predictable(cfg, suite, ordered, data, lengths, teacher_has_std)
         evals = evaluate_per_task(suite, student, cfg.eval_episodes)
         per_task = {n: {"return_mean": e["return_mean"], "success_rate": e["success_rate"],
                         **teacher_normalised(e, summary["teacher"][n])} for n, e in evals.items()}
