@@ -22,6 +22,7 @@ import logging
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
@@ -35,6 +36,7 @@ from policydistill.config import DistillConfig, StudentConfig  # noqa: E402
 from policydistill.distill.dagger import distill, evaluate_per_task  # noqa: E402
 from policydistill.eval.evaluate import policies_for_suite  # noqa: E402
 from policydistill.io import atomic_write_json, read_json  # noqa: E402
+from policydistill.privileged_stage import student_config  # noqa: E402
 from policydistill.suite import Suite, load_suite  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,11 +46,10 @@ TARGET = 0.90
 TRAIN_MASS = (0.7, 1.3)
 
 
-def student_config(kind: str) -> StudentConfig:
+def bench_student(kind: str) -> StudentConfig:
     if kind == "mlp_privileged":
-        return StudentConfig(kind="mlp", groups=["policy", "privileged", "task"], check_predictable=False)
-    hidden = [256, 256] if kind == "mlp" else [256]
-    return StudentConfig(kind=kind, groups=["policy", "task"], hidden=hidden, check_predictable=False)
+        return replace(student_config("mlp", ["policy", "privileged", "task"]), check_predictable=False)
+    return replace(student_config(kind, ["policy", "task"]), check_predictable=False)
 
 
 def with_mass(suite: Suite, scale: float) -> Suite:
@@ -75,7 +76,7 @@ def run_piece(kind: str, seed: int, args, suite: Suite, teachers: dict, cache: P
         cfg = DistillConfig(suite=suite.name, teachers="zoo", out=tmp, seed=seed, device="cpu", rounds=args.rounds,
                             episodes_per_task=args.episodes_per_task, updates_per_round=args.updates,
                             eval_episodes=args.eval_episodes, schedule_params={"rounds": max(1, args.rounds // 2)},
-                            student=student_config(kind))
+                            student=bench_student(kind))
         summary = distill(cfg, suite, teachers)
         last = summary["rounds"][-1]
         student = load_bundle(Path(tmp) / "student", device="cpu")

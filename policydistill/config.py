@@ -77,8 +77,8 @@ class StudentConfig:
     ``tcn`` (1-D temporal convolution over them), ``gru`` (recurrent, ``rnn_hidden`` wide, trained
     with truncated BPTT over ``tbptt`` steps) or ``latent`` (a ``latent_encoder`` history encoder
     regressing the teachers' privileged latent, acting through their frozen heads; the last
-    ``latent_action_rounds`` rounds fine-tune it on action labels). ``check_predictable``: after
-    the first round, compare held-out action loss with and without ``privileged`` and warn when the
+    ``latent_action_rounds`` rounds fine-tune it on action labels). ``check_predictable``: once
+    10 episodes are stored, compare held-out action loss with and without ``privileged`` and warn when the
     student's groups cannot predict the teacher (see ``policydistill.distill.predictability``).
     """
 
@@ -126,6 +126,23 @@ class DistillConfig:
 
 
 @dataclass
+class PrivilegedStageConfig:
+    """The pipeline's privileged-students stage: each student ``kinds`` reading ``groups`` is distilled
+    by DAgger from the teachers (``zoo``: the committed ``envs/zoo/<suite>``) on ``suite``, with a small
+    budget (``bench/privileged_students.py`` runs the full comparison)."""
+
+    enabled: bool = True
+    suite: str = "locomotion"
+    teachers: str = "zoo"
+    kinds: list[str] = field(default_factory=lambda: ["mlp", "history_mlp", "tcn", "gru", "latent"])
+    groups: list[str] = field(default_factory=lambda: ["policy", "task"])
+    rounds: int = 3
+    episodes_per_task: int = 2
+    updates_per_round: int = 300
+    eval_episodes: int = 5
+
+
+@dataclass
 class PipelineConfig:
     suite: str = "default"
     out: str = "runs/pipeline"
@@ -137,6 +154,7 @@ class PipelineConfig:
     device: str = "auto"
     expert: ExpertConfig = field(default_factory=ExpertConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    privileged: PrivilegedStageConfig = field(default_factory=PrivilegedStageConfig)
 
 
 COMMANDS: dict[str, type] = {

@@ -140,7 +140,7 @@ def distill(cfg: DistillConfig, suite: Suite, teachers: dict[str, Policy]) -> di
     schedule, aggregate = method_schedule(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    from policydistill.distill.predictability import check_predictable
+    from policydistill.distill.predictability import MIN_EPISODES, check_predictable
     from policydistill.distill.students import make_student, make_trainer  # they build on this module
 
     ordered = [teachers[n] for n in suite.task_names]
@@ -192,7 +192,7 @@ def distill(cfg: DistillConfig, suite: Suite, teachers: dict[str, Policy]) -> di
         evict(out / "episodes", cfg.max_steps if aggregate else kept)
         store = EpisodeStore(out / "episodes")
         diagnose = cfg.student.check_predictable and "predictability" not in summary \
-            and f"obs/{PRIVILEGED}" in store.fields
+            and f"obs/{PRIVILEGED}" in store.fields and len(store) >= MIN_EPISODES
         groups = [*student.groups, TASK, *([PRIVILEGED] if diagnose else [])]
         fields = [f"obs/{g}" for g in dict.fromkeys(groups)] + trainer.extra_fields + ["label_mean"]
         fields += ["label_std"] if "label_std" in store.fields else []

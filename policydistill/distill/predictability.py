@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 RATIO = 2.0
 """Held-out MSE ratio (student / with privileged) above which the warning is logged."""
 HELD_OUT = 0.2
+MIN_EPISODES = 10
+"""The check runs after the first round whose stored data holds at least this many episodes."""
 
 
 def replay_mse(policy: Policy, data: dict[str, np.ndarray], lengths: Sequence[int]) -> float:
