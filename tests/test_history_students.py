@@ -190,9 +190,9 @@ def test_latent_student_acts_through_its_tasks_teacher_head(episodes):
         x = torch.as_tensor(np.concatenate([ep["policy"], ep["task"]], 1))
         assert ep["task"][0].argmax() == i
         with torch.no_grad():
-            head_out = policy.teacher_heads[i](x[:, :16], z)
-            routed = [policy.teacher_heads[k](x[:, :16], z) for k in range(3)]
-            onehot = torch.nn.functional.one_hot(x[:, 16:].argmax(-1), 3).float()
+            head_out = policy.teacher_heads[i](x[:, :9], z)
+            routed = [policy.teacher_heads[k](x[:, :9], z) for k in range(3)]
+            onehot = torch.nn.functional.one_hot(x[:, 9:].argmax(-1), 3).float()
             mixed = (torch.stack(routed, -1) * onehot.unsqueeze(-2)).sum(-1)
         np.testing.assert_allclose(teacher.postprocess(head_out).numpy(),
                                    teacher.act({g: ep[g] for g in ("policy", "privileged")}), atol=1e-6)
@@ -249,7 +249,7 @@ def test_exported_stateful_student_steps_as_the_torch_policy(kind, episodes, tmp
         path = export_policy(tmp_path / "b", fmt, tmp_path / f"m.{ext}")
         info = json.loads(Path(f"{path}.json").read_text())
         assert info["stateful"] is True and [g["name"] for g in info["groups"]] == ["policy", "task"]
-        assert info["obs_dim"] == 19 and info["inputs"][1]["role"] == "state"
+        assert info["obs_dim"] == 9 + 3 and info["inputs"][1]["role"] == "state"
         got = _step_exported(fmt, path, episodes)
         for w, g in zip(want, got, strict=True):
             np.testing.assert_allclose(g, w, rtol=0, atol=tol)

@@ -175,9 +175,9 @@ def test_latent_student_regresses_the_teachers_latent_and_never_reads_privileged
     trainer.fit(train, set_stats=True, lengths=lengths, round_index=0)
     after = latent_mse()
     assert after < 0.5 * before
-    assert widths == {16 + 3}
+    assert widths == {9 + 3}
     run_episodes(suite, 0, student, 1)
-    assert widths == {16 + 3}
+    assert widths == {9 + 3}
 
 
 def test_student_kinds_on_the_command_line(tmp_path, caplog):

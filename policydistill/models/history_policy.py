@@ -26,7 +26,7 @@ from torch import nn
 
 from policydistill.models import resolve_device
 from policydistill.models.history_encoders import WINDOW_KINDS, GRUEncoder, WindowEncoder
-from policydistill.models.mlp_policy import ACTIVATIONS, NORMALIZER_KEYS, POSTS
+from policydistill.models.mlp_policy import ACTIVATIONS, NORMALIZER_KEYS
 from policydistill.models.normalizer import ObsNormalizer
 from policydistill.models.teacher_split import TeacherHead
 from policydistill.runtime.graph import OBS, ExportGraph, TensorSpec
@@ -76,7 +76,6 @@ class HistoryPolicy(nn.Module):
                                      ("post", post, ("clip",))):
             if value not in allowed:
                 raise ValueError(f"HistoryPolicy {name} '{value}' is not one of {list(allowed)}")
-        assert post in POSTS
         norm = dict(normalizer or {})
         if set(norm) - NORMALIZER_KEYS:
             raise ValueError(f"unknown normalizer keys {sorted(set(norm) - NORMALIZER_KEYS)}; "
