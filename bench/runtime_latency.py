@@ -20,13 +20,13 @@ import json
 import logging
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import torch
+from runtime_setup import time_calls
 
 from policydistill.bundle import load_bundle
 from policydistill.runtime import OnnxPolicy, export_policy
@@ -34,19 +34,6 @@ from policydistill.types import concat_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench.runtime_latency")
-
-
-def time_calls(fn: Callable[[], object], iters: int) -> list[float]:
-    """Per-call wall times in microseconds of ``iters`` calls of ``fn`` (after a warm-up)."""
-    for _ in range(min(iters, 500)):
-        fn()
-    out = []
-    clock = time.perf_counter_ns
-    for _ in range(iters):
-        t0 = clock()
-        fn()
-        out.append((clock() - t0) / 1000.0)
-    return out
 
 
 def main() -> None:

@@ -47,6 +47,14 @@ def record_default(policy, episodes: int = 2, seed: int = 300) -> list[list[dict
     return out
 
 
+def _mlp(width: int, hidden: int, layers: int, out: int, activation: type[nn.Module]) -> nn.Sequential:
+    parts: list[nn.Module] = []
+    for _ in range(layers):
+        parts += [nn.Linear(width, hidden), activation()]
+        width = hidden
+    return nn.Sequential(*parts, nn.Linear(width, out))
+
+
 class FixturePolicy(nn.Module):
     """Shared parts: groups, spaces, a normaliser with non-trivial statistics, tanh-unscale to the bounds."""
 
@@ -145,11 +153,12 @@ class HistoryFixture(FixturePolicy):
 class NoiseChunkFixture(FixturePolicy):
     """A generator of chunks: ``obs`` (n, n_obs_steps * obs_dim), ``noise`` (n, horizon, act_dim) -> ``chunk``."""
 
-    def __init__(self, horizon: int = 8, n_action_steps: int = 4, n_obs_steps: int = 1, seed: int = 2) -> None:
+    def __init__(self, horizon: int = 8, n_action_steps: int = 4, n_obs_steps: int = 1, seed: int = 2,
+                 hidden: int = 64, layers: int = 1) -> None:
         super().__init__(seed)
         self.horizon, self.n_action_steps, self.n_obs_steps = horizon, n_action_steps, n_obs_steps
-        width = n_obs_steps * self.obs_dim + horizon * self.act_dim
-        self.net = nn.Sequential(nn.Linear(width, 64), nn.Tanh(), nn.Linear(64, horizon * self.act_dim))
+        self.net = _mlp(n_obs_steps * self.obs_dim + horizon * self.act_dim, hidden, layers, horizon * self.act_dim,
+                        nn.Tanh)
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         obs = self.normalizer(x.reshape(-1, self.obs_dim)).reshape(-1, self.n_obs_steps * self.obs_dim)
@@ -167,14 +176,13 @@ class DenoiserFixture(FixturePolicy):
     :meth:`sample` is the same loop in torch."""
 
     def __init__(self, horizon: int = 8, n_action_steps: int = 4, steps: int = 10, eta: float = 0.0,
-                 seed: int = 3) -> None:
+                 seed: int = 3, hidden: int = 64, layers: int = 1) -> None:
         super().__init__(seed)
         self.horizon, self.n_action_steps, self.n_obs_steps = horizon, n_action_steps, 1
         self.spec = SamplerSpec.ddim(alphas_cumprod("squaredcos_cap_v2", 100), steps, action_scale=[0.8, 0.9],
                                      action_offset=[0.1, -0.1], eta=eta, action_low=self.action_space.low.tolist(),
                                      action_high=self.action_space.high.tolist())
-        width = self.obs_dim + horizon * self.act_dim + 1
-        self.net = nn.Sequential(nn.Linear(width, 64), nn.Mish(), nn.Linear(64, horizon * self.act_dim))
+        self.net = _mlp(self.obs_dim + horizon * self.act_dim + 1, hidden, layers, horizon * self.act_dim, nn.Mish)
 
     def forward(self, x: torch.Tensor, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         h = torch.cat([self.normalizer(x), sample.flatten(1), timestep / 100.0], dim=1)

@@ -130,7 +130,7 @@ def test_chunk_policy_on_an_observation_window_gets_the_last_ticks_oldest_first(
     replica = np.random.default_rng(2)
     assert runner.n_obs_steps == 2 and runner.info["obs_dim"] == 12
     ep = recorded[0]
-    x = [runner.prepare(o) for o in ep[:6]]
+    x = [runner.prepare(o).copy() for o in ep[:6]]
 
     def chunk(window):
         with torch.inference_mode():

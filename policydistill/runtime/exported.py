@@ -128,15 +128,17 @@ class ExportedPolicy:
     """An export graph as a Policy over numpy arrays (see the module docstring).
 
     ``info``: the export description; ``call(feed)``: runs the graph on ``{input name: array}`` and
-    returns its outputs in the description's order. ``seed`` seeds the noise generator;
-    ``sampler_steps`` runs a denoiser's sampler with that many steps instead of the exported ones.
+    returns its outputs in the description's order; ``call_obs(x)``, optional, the same for a graph
+    whose only input is ``obs``, returning the first output (the per-tick fast path). ``seed`` seeds
+    the noise generator; ``sampler_steps`` runs a denoiser's sampler with that many steps instead of
+    the exported ones.
 
     Attributes: ``kind`` (``"action"`` or ``"chunk"``), ``groups``, ``obs_dim`` (one tick's groups),
     ``act_dim``, ``horizon``, ``n_action_steps``, ``n_obs_steps``, ``action_low``/``action_high``.
     """
 
     def __init__(self, info: dict[str, Any], call: Call, seed: int = 0, where: str = "exported policy",
-                 sampler_steps: int | None = None) -> None:
+                 sampler_steps: int | None = None, call_obs: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
         self.info, self._call, self.where = info, call, where
         ins, outs = info["inputs"], info["outputs"]
         roles_in = {s.get("role") for s in ins}
@@ -185,13 +187,17 @@ class ExportedPolicy:
                 self.sampler = self.sampler.with_steps(sampler_steps)
             self._sample_name = next(s["name"] for s in ins if s["role"] == "sample")
             self._timestep_name = next(s["name"] for s in ins if s["role"] == "timestep")
-        self._plain = not self._pairs and not self._noise and self.sampler is None
+        self._plain = not self._pairs and not self._noise and self.sampler is None and len(ins) == 1
+        obs_name = self._obs_name
+        self._call_obs = call_obs or (lambda x: call({obs_name: x})[0])
         self.rng = np.random.default_rng(seed)
         self._state: dict[str, np.ndarray] | None = None
         self._window = ObsWindow(self.n_obs_steps) if self.n_obs_steps > 1 else None
         self._queue: ActionQueue | None = None
         self._tick = 0
         self._spaces: tuple[Any, Any] | None = None
+        self._x: np.ndarray | None = None
+        self._shapes: list[tuple[int, ...]] = []
 
     @property
     def stateful(self) -> bool:
@@ -207,7 +213,7 @@ class ExportedPolicy:
         ``"sample"`` is the sampler's initial x).
         """
         if self._plain:
-            return self._call({self._obs_name: x})[0]
+            return self._call_obs(x)
         n = len(x)
         if self.sampler is not None:
             return self._sample(x, noise or {})
@@ -250,17 +256,26 @@ class ExportedPolicy:
     # ---- Policy protocol --------------------------------------------------------------------
 
     def prepare(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
-        """The groups of ``obs`` in reading order: float32 (n, obs_dim); extra groups are ignored."""
-        missing = [g for g in self.groups if g not in obs]
-        if missing:
-            raise KeyError(f"observation lacks groups {missing}; it has {sorted(obs)}")
-        parts = [obs[g] for g in self.groups]
-        for g, a in zip(self.groups, parts, strict=True):
-            if a.ndim != 2 or a.shape[1] != self.group_dims[g] or len(a) != len(parts[0]):
-                raise ValueError(f"observation group '{g}' has shape {a.shape}, expected "
-                                 f"({len(parts[0])}, {self.group_dims[g]})")
-        x = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
-        return np.ascontiguousarray(x, dtype=np.float32)
+        """The groups of ``obs`` in reading order: float32 (n, obs_dim); extra groups are ignored.
+
+        The result is written into a buffer that the next call overwrites (copy it to keep it).
+        """
+        try:
+            parts = [obs[g] for g in self.groups]
+        except KeyError:
+            raise KeyError(f"observation lacks groups {[g for g in self.groups if g not in obs]}; it has "
+                           f"{sorted(obs)}") from None
+        shapes = [a.shape for a in parts]
+        if shapes != self._shapes:  # checked once per batch shape
+            n = len(parts[0])
+            for g, shape in zip(self.groups, shapes, strict=True):
+                if shape != (n, self.group_dims[g]):
+                    raise ValueError(f"observation group '{g}' has shape {shape}, expected ({n}, {self.group_dims[g]})")
+            self._shapes, self._x = shapes, np.empty((n, self.obs_dim), np.float32)
+        if len(parts) > 1:
+            return np.concatenate(parts, axis=1, out=self._x, casting="unsafe")
+        self._x[:] = parts[0]
+        return self._x
 
     concat = prepare
 

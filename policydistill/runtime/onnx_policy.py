@@ -54,10 +54,15 @@ class OnnxPolicy(ExportedPolicy):
         names = [o["name"] for o in info["outputs"]]
         run = self._session.run
 
+        first, obs_name = names[:1], info["inputs"][0]["name"]
+
         def call(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
             return run(names, feed)
 
-        super().__init__(info, call, seed=seed, where=str(desc), sampler_steps=sampler_steps)
+        def call_obs(x: np.ndarray) -> np.ndarray:
+            return run(first, {obs_name: x})[0]
+
+        super().__init__(info, call, seed=seed, where=str(desc), sampler_steps=sampler_steps, call_obs=call_obs)
         self.path = model
         inputs = {i.name: i.shape for i in self._session.get_inputs()}
         outputs = {o.name: o.shape for o in self._session.get_outputs()}

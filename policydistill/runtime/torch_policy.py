@@ -21,15 +21,25 @@ from policydistill.runtime.exported import ExportedPolicy, description_path, mod
 log = logging.getLogger(__name__)
 
 
-def _torch_call(module: Any, input_names: list[str]):
-    """``call(feed)`` for a torch module taking the inputs positionally, under ``inference_mode``."""
+def _torch_calls(module: Any, input_names: list[str]) -> dict[str, Any]:
+    """``call(feed)`` and ``call_obs(x)`` for a torch module taking the inputs positionally, under
+    ``inference_mode`` (see :class:`ExportedPolicy`)."""
 
     def call(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         with torch.inference_mode():
             out = module(*[torch.from_numpy(feed[name]) for name in input_names])
         return [t.numpy() for t in out] if isinstance(out, tuple) else [out.numpy()]
 
-    return call
+    view: list = [None, None]  # the last x and its tensor view (ExportedPolicy.prepare reuses one buffer)
+
+    def call_obs(x: np.ndarray) -> np.ndarray:
+        if x is not view[0]:
+            view[:] = x, torch.from_numpy(x)
+        with torch.inference_mode():
+            out = module(view[1])
+        return (out[0] if isinstance(out, tuple) else out).numpy()
+
+    return {"call": call, "call_obs": call_obs}
 
 
 class GraphPolicy(ExportedPolicy):
@@ -42,7 +52,7 @@ class GraphPolicy(ExportedPolicy):
         graph = policy.export_graph()
         info = describe_graph(policy, graph)
         graph.module.eval()
-        self = cls(info, _torch_call(graph.module, [s.name for s in graph.inputs]), seed=seed,
+        self = cls(info, **_torch_calls(graph.module, [s.name for s in graph.inputs]), seed=seed,
                    where=f"{type(policy).__name__} export graph", sampler_steps=sampler_steps)
         self.module = graph.module
         return self
@@ -54,7 +64,7 @@ class GraphPolicy(ExportedPolicy):
         info = read_export_info(path)
         model = model_path(path, info, "torchscript", verify)
         module = torch.jit.load(str(model), map_location="cpu").eval()
-        self = cls(info, _torch_call(module, [s["name"] for s in info["inputs"]]), seed=seed,
+        self = cls(info, **_torch_calls(module, [s["name"] for s in info["inputs"]]), seed=seed,
                    where=str(description_path(path)), sampler_steps=sampler_steps)
         self.module = module
         return self
