@@ -38,8 +38,14 @@ class Robot(Protocol):
 
 
 def pin_to_cpu(cpu: int | None, realtime: bool = False) -> dict[str, Any]:
-    """Pin the calling thread to ``cpu`` and, with ``realtime``, ask for SCHED_FIFO; returns what was done."""
-    done: dict[str, Any] = {"cpu": None, "realtime": False}
+    """Pin the calling thread to ``cpu`` and, with ``realtime``, ask for SCHED_FIFO.
+
+    Returns what was done and, under ``previous``, what :func:`restore_scheduling` puts back.
+    """
+    done: dict[str, Any] = {"cpu": None, "realtime": False,
+                            "previous": {"affinity": sorted(os.sched_getaffinity(0)),
+                                         "policy": os.sched_getscheduler(0),
+                                         "priority": os.sched_getparam(0).sched_priority}}
     if cpu is not None:
         if cpu not in os.sched_getaffinity(0):
             raise ValueError(f"cannot pin to CPU {cpu}: this process may use CPUs {sorted(os.sched_getaffinity(0))}")
@@ -52,6 +58,15 @@ def pin_to_cpu(cpu: int | None, realtime: bool = False) -> dict[str, Any]:
         except (OSError, AttributeError) as e:
             log.warning("real-time scheduling (SCHED_FIFO) refused: %s; running with normal priority", e)
     return done
+
+
+def restore_scheduling(pinned: dict[str, Any]) -> None:
+    """Undo :func:`pin_to_cpu` (its return value) for the calling thread."""
+    prev = pinned["previous"]
+    if pinned["realtime"]:
+        os.sched_setscheduler(0, prev["policy"], os.sched_param(prev["priority"]))
+    if pinned["cpu"] is not None:
+        os.sched_setaffinity(0, prev["affinity"])
 
 
 def wait_until(t: float, spin_s: float) -> None:

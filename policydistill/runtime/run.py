@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from policydistill.eval.metrics import Episode
 from policydistill.runtime.controller import Controller, make_source
-from policydistill.runtime.loop import FixedRateLoop, pin_to_cpu
+from policydistill.runtime.loop import FixedRateLoop, pin_to_cpu, restore_scheduling
 from policydistill.suite import Suite, load_suite
 from policydistill.types import stack_obs
 
@@ -87,18 +87,21 @@ def run_policy(policy: str | Path | Any, suite: str | Suite, rate_hz: float, tic
 
         check_spaces(source.observation_space, source.action_space, robot.observation_space, robot.action_space,
                      f"policy on task '{task}' of suite '{suite.name}'")
-    pinned = pin_to_cpu(cpu, realtime)
     loop = FixedRateLoop(rate_hz, log_every_s=log_every_s)
     log.info("running %s on %s/%s: %d env(s), %g Hz, %d ticks", source.describe(), suite.name, task, n_envs,
              rate_hz, ticks)
     try:
         with Controller(source, 1.0 / rate_hz, **(controller or {})) as ctrl, \
                 tqdm(total=ticks, desc="run", unit="tick", leave=False, mininterval=1.0, disable=not progress) as bar:
-            stats = loop.run(ctrl, robot, ticks, progress=bar.update if progress else None)
+            pinned = pin_to_cpu(cpu, realtime)  # the control thread only: an inference thread runs anywhere
+            try:
+                stats = loop.run(ctrl, robot, ticks, progress=bar.update if progress else None)
+            finally:
+                restore_scheduling(pinned)
     finally:
         robot.close()
     eps = robot.episodes
-    stats["pinned"] = pinned
+    stats["pinned"] = {k: v for k, v in pinned.items() if k != "previous"}
     stats["episodes"] = {"count": len(eps), "return_mean": float(np.mean([e.ret for e in eps])) if eps else None,
                          "success_rate": float(np.mean([e.success for e in eps])) if eps else None}
     lat, c = stats["latency"], stats["controller"]
