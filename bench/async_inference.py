@@ -30,7 +30,7 @@ import torch
 from runtime_setup import ROOT, STAND_IN, stand_in_chunk_policy, time_calls, versions
 
 from policydistill.runtime import export_policy, make_source
-from policydistill.runtime.loop import format_stats
+from policydistill.runtime.loop import format_stats, pin_to_cpu, restore_scheduling
 from policydistill.runtime.run import run_policy
 
 log = logging.getLogger("bench.async_inference")
@@ -72,15 +72,19 @@ def main() -> None:
                                            layers=3)
             source_path = export_policy(policy, "onnx" if args.backend == "onnx" else "torchscript",
                                         Path(tmp) / ("policy.onnx" if args.backend == "onnx" else "policy.pt"))
+        realtime = not args.normal_priority
+        cpu = max(os.sched_getaffinity(0)) if realtime else None
         probe = make_source(source_path)
         x = np.zeros((1, probe.n_obs_steps * probe.obs_dim), np.float32)
-        latency = statistics.median(time_calls(lambda: probe.predict(x), 50, warmup=5)) / 1e6
+        pinned = pin_to_cpu(cpu, realtime)  # measured as the control thread runs it in sync mode
+        try:
+            latency = statistics.median(time_calls(lambda: probe.predict(x), 50, warmup=5)) / 1e6
+        finally:
+            restore_scheduling(pinned)
         rate = args.rate_hz or args.periods_per_chunk / latency
         log.info("%s: median inference %.2f ms; running at %.1f Hz (%.2f periods per chunk)", label,
                  latency * 1e3, rate, latency * rate)
         runs: dict[str, list[dict]] = {"sync": [], "async": []}
-        realtime = not args.normal_priority
-        cpu = max(os.sched_getaffinity(0)) if realtime else None
         for r in range(args.runs):
             for mode in runs:
                 stats = run_policy(source_path, args.suite, rate, args.ticks, backend="torch", progress=False,

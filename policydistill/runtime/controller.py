@@ -152,13 +152,14 @@ class Controller:
     ``n_action_steps``: ticks between chunk requests (default: the source's); ``latency_budget_s``:
     the inference latency async requests plan for (default: ``max(1, horizon - n_action_steps)``
     periods); ``safe_action`` (act_dim,): the fallback action of ``fallback="safe"`` and of ``hold``
-    before any action.
+    before any action; ``realtime_inference``: run the inference thread with SCHED_FIFO, below a
+    real-time control loop, so that other processes cannot stall it while it holds the GIL.
     """
 
     def __init__(self, source: Any, period_s: float, *, queue: str = "replace", ensemble_m: float = 0.0,
                  blend_steps: int = 0, n_action_steps: int | None = None, async_inference: bool = False,
                  latency_budget_s: float | None = None, fallback: str = "hold",
-                 safe_action: Any = None) -> None:
+                 safe_action: Any = None, realtime_inference: bool = False) -> None:
         if not period_s > 0:
             raise ValueError(f"control period must be > 0 s, got {period_s}")
         if fallback not in FALLBACKS:
@@ -203,6 +204,7 @@ class Controller:
         self._requests: collections.deque = collections.deque()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self.realtime_inference = bool(realtime_inference)
         if self.async_inference:
             self._thread = threading.Thread(target=self._worker, name="policydistill-inference", daemon=True)
             self._thread.start()
@@ -383,6 +385,10 @@ class Controller:
             self._fresh &= ~same
 
     def _worker(self) -> None:
+        if self.realtime_inference:
+            from policydistill.runtime.loop import INFERENCE_PRIORITY, set_realtime
+
+            self.realtime_inference = set_realtime(INFERENCE_PRIORITY)
         while True:
             self._wake.wait()
             self._wake.clear()
@@ -422,6 +428,7 @@ class Controller:
         """Counters and latency summaries (microseconds) as a JSON-able dict."""
         out: dict[str, Any] = {"source": self._describe_source(), "kind": self.kind,
                                "inference_mode": "async" if self.async_inference else "sync",
+                               "realtime_inference": self.realtime_inference,
                                "fallback": self.fallback, **self.counts, "compute": self.compute.summary()}
         if self.kind == "chunk":
             out.update({"queue": self.queue_mode, "horizon": self.horizon, "n_action_steps": self.replan,

@@ -52,12 +52,22 @@ def pin_to_cpu(cpu: int | None, realtime: bool = False) -> dict[str, Any]:
         os.sched_setaffinity(0, {cpu})
         done["cpu"] = cpu
     if realtime:
-        try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(os.sched_get_priority_min(os.SCHED_FIFO) + 9))
-            done["realtime"] = True
-        except (OSError, AttributeError) as e:
-            log.warning("real-time scheduling (SCHED_FIFO) refused: %s; running with normal priority", e)
+        done["realtime"] = set_realtime(CONTROL_PRIORITY)
     return done
+
+
+CONTROL_PRIORITY, INFERENCE_PRIORITY = 9, 4
+"""SCHED_FIFO priorities above the minimum: the control loop preempts a background inference thread."""
+
+
+def set_realtime(priority: int) -> bool:
+    """Ask SCHED_FIFO at ``priority`` above the minimum for the calling thread; False (logged) if refused."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(os.sched_get_priority_min(os.SCHED_FIFO) + priority))
+        return True
+    except (OSError, AttributeError) as e:
+        log.warning("real-time scheduling (SCHED_FIFO) refused: %s; running with normal priority", e)
+        return False
 
 
 def restore_scheduling(pinned: dict[str, Any]) -> None:

@@ -75,6 +75,8 @@ def run_policy(policy: str | Path | Any, suite: str | Suite, rate_hz: float, tic
                controller: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
     """Drive ``ticks`` control ticks of a simulated robot (``n_envs`` envs of ``task``, default the
     suite's first) through a :class:`Controller` at ``rate_hz``; ``controller`` holds its options.
+    The control thread is pinned to ``cpu``; ``realtime`` gives it SCHED_FIFO (and an async
+    inference thread a lower SCHED_FIFO priority).
 
     Returns the loop statistics with the finished episodes (return, success) under ``episodes``.
     """
@@ -91,7 +93,9 @@ def run_policy(policy: str | Path | Any, suite: str | Suite, rate_hz: float, tic
     log.info("running %s on %s/%s: %d env(s), %g Hz, %d ticks", source.describe(), suite.name, task, n_envs,
              rate_hz, ticks)
     try:
-        with Controller(source, 1.0 / rate_hz, **(controller or {})) as ctrl, \
+        options = {"realtime_inference": realtime and bool((controller or {}).get("async_inference")),
+                   **(controller or {})}
+        with Controller(source, 1.0 / rate_hz, **options) as ctrl, \
                 tqdm(total=ticks, desc="run", unit="tick", leave=False, mininterval=1.0, disable=not progress) as bar:
             pinned = pin_to_cpu(cpu, realtime)  # the control thread only: an inference thread runs anywhere
             try:
