@@ -17,7 +17,15 @@ import torch
 from runtime_fixtures import DenoiserFixture, GRUFixture, HistoryFixture, NoiseChunkFixture, record_default
 
 from policydistill.bundle import load_bundle
-from policydistill.runtime import ExportedModelError, ExportError, ExportGraph, OnnxPolicy, SamplerSpec, export_policy
+from policydistill.runtime import (
+    Controller,
+    ExportedModelError,
+    ExportError,
+    ExportGraph,
+    OnnxPolicy,
+    SamplerSpec,
+    export_policy,
+)
 from policydistill.runtime.exported import ExportedPolicy
 from policydistill.runtime.graph import TensorSpec
 from policydistill.runtime.sampler import alphas_cumprod
@@ -142,6 +150,9 @@ def test_chunk_policy_on_an_observation_window_gets_the_last_ticks_oldest_first(
     got = [runner.act(o) for o in ep[:6]]
     np.testing.assert_allclose(np.concatenate(got[:4]), first[0, :4], atol=1e-4)
     np.testing.assert_allclose(got[4], second[:, 0], atol=1e-4)
+    runner.reset(np.array([True]))  # the window restarts from the next observation, the queue is forgotten
+    x6 = runner.prepare(ep[6]).copy()
+    np.testing.assert_allclose(runner.act(ep[6]), chunk([x6, x6])[:, 0], atol=1e-4)
 
 
 @pytest.mark.parametrize("fmt", list(EXT))
@@ -259,3 +270,15 @@ def test_exported_runners_need_no_torch(exported, recorded):
     for name, value in want.items():
         np.testing.assert_array_equal(np.array(got[name], np.float32), np.array(value, np.float32))
     np.testing.assert_array_equal(np.array(got["controller"], np.float32), np.array(want["chunk"], np.float32))
+
+
+def test_controller_keeps_a_recurrent_state_per_env_and_resets_it(modules, exported, recorded):
+    module = modules["gru"]
+    ctrl = Controller(OnnxPolicy(exported["gru", "onnx"]), 0.01)
+    module.reset()
+    for k, episode in enumerate(recorded):
+        if k:
+            ctrl.reset(np.array([True]))
+            module.reset(np.array([True]))
+        for obs in episode[:50]:
+            np.testing.assert_allclose(ctrl.step(obs), module.act(obs), rtol=0, atol=1e-4)

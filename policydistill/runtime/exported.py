@@ -277,8 +277,6 @@ class ExportedPolicy:
         self._x[:] = parts[0]
         return self._x
 
-    concat = prepare
-
     def act(self, obs: Mapping[str, np.ndarray], deterministic: bool = True) -> np.ndarray:
         """obs {group: (n, dim)} -> actions float32 (n, act_dim).
 

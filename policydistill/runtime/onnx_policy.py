@@ -75,12 +75,5 @@ class OnnxPolicy(ExportedPolicy):
                                      f"({want_in} -> {want_out})")
         log.debug("loaded %s: %s", model, self.describe())
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """Concatenated observations x (n, obs_dim) -> the graph's first output (see :meth:`predict`)."""
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] != self.n_obs_steps * self.obs_dim:
-            raise ValueError(f"observation has shape {x.shape}, expected (n, {self.n_obs_steps * self.obs_dim})")
-        return self.predict(x)
-
     def __repr__(self) -> str:
         return f"OnnxPolicy({str(self.path)!r}, {self.describe()})"
