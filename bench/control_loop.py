@@ -24,7 +24,7 @@ import statistics
 from pathlib import Path
 
 import torch
-from runtime_setup import ROOT, student_bundle, versions
+from runtime_setup import ROOT, shown, student_bundle, versions
 
 from policydistill.runtime.loop import format_stats
 from policydistill.runtime.run import run_policy
@@ -72,7 +72,7 @@ def main() -> None:
             "cpu_busy": [s["machine"]["cpu_busy"] for s in rs], "others_cpu": [s["machine"]["others_cpu"] for s in rs],
             "involuntary_switches": [s["machine"]["involuntary_switches"] for s in rs],
             "realtime_granted": [s["pinned"]["realtime"] for s in rs]}
-    result = {"bench": "control_loop", "bundle": str(bundle), "suite": "default", "rate_hz": args.rate_hz,
+    result = {"bench": "control_loop", "bundle": shown(bundle), "suite": "default", "rate_hz": args.rate_hz,
               "ticks": args.ticks, "runs_per_variant": args.runs, "cpu": cpu, "summary": summary,
               "runs": {k: [{kk: vv for kk, vv in s.items() if kk != "episodes"} for s in v] for k, v in runs.items()},
               "versions": versions()}

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from runtime_setup import ROOT, student_bundle, summarise, time_calls, versions
+from runtime_setup import ROOT, shown, student_bundle, summarise, time_calls, versions
 
 from policydistill.bundle import load_bundle
 from policydistill.runtime import Controller, OnnxPolicy, export_policy, make_source
@@ -101,7 +101,7 @@ def main() -> None:
              "controller_onnx_over_bare_forward": {
                  "median": stats["controller_onnx"]["median_us"] / stats["bare_forward"]["median_us"]}}
     passed = ratio["controller_torch_over_bare_forward"]["median_of_round_medians"] <= TARGET
-    result = {"bench": "runtime_overhead", "bundle": str(bundle), "policy_class": type(policy).__name__,
+    result = {"bench": "runtime_overhead", "bundle": shown(bundle), "policy_class": type(policy).__name__,
               "hidden": policy.hidden, "obs_dim": policy.obs_dim, "act_dim": policy.act_dim, "batch": 1,
               "threads": 1, "cpu": cpu, "iters_per_round": args.iters, "rounds": args.rounds, "latency": stats,
               "per_round": per_round, "ratios": ratio, "target": TARGET, "passed": passed, "machine": machine,

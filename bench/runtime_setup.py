@@ -77,5 +77,11 @@ def summarise(times: list[float]) -> dict[str, float]:
             "mean_us": statistics.fmean(times), "calls": len(times)}
 
 
+def shown(path: str | Path) -> str:
+    """``path`` relative to the repository when it lies inside it (results never name this machine's paths)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def versions() -> dict[str, str]:
     return {d: metadata.version(d) for d in ("torch", "onnxruntime", "onnx", "numpy")}
