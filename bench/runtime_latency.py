@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from runtime_setup import time_calls
+from runtime_setup import shown, time_calls
 
 from policydistill.bundle import load_bundle
 from policydistill.runtime import OnnxPolicy, export_policy
@@ -78,7 +78,7 @@ def main() -> None:
                     "mean_us": statistics.fmean(t)} for name, t in times.items()}
     onnx = stats["onnx_act"]
     result = {
-        "bench": "runtime_latency", "bundle": str(Path(args.bundle).resolve().relative_to(ROOT)) if Path(args.bundle).resolve().is_relative_to(ROOT) else str(args.bundle), "batch": 1, "threads": 1,
+        "bench": "runtime_latency", "bundle": shown(args.bundle), "batch": 1, "threads": 1,
         "obs_dim": policy.obs_dim, "act_dim": policy.act_dim, "hidden": policy.hidden,
         "iters_per_round": args.iters, "rounds": args.rounds, "latency": stats,
         "ratio_onnx_act_over_torch_act": {k: onnx[k] / stats["torch_act"][k] for k in ("median_us", "p99_us")},
