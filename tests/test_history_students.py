@@ -14,7 +14,7 @@ from policydistill.bundle import load_bundle, save_bundle
 from policydistill.distill.history_trainer import window_index
 from policydistill.models.history_policy import HistoryPolicy
 from policydistill.models.teacher_split import split_teacher
-from policydistill.runtime import export_policy
+from policydistill.runtime import OnnxPolicy, export_policy
 from policydistill.suite import load_suite
 from policydistill.types import stack_obs
 
@@ -253,3 +253,7 @@ def test_exported_stateful_student_steps_as_the_torch_policy(kind, episodes, tmp
         got = _step_exported(fmt, path, episodes)
         for w, g in zip(want, got, strict=True):
             np.testing.assert_allclose(g, w, rtol=0, atol=tol)
+        if fmt == "onnx":  # the runtime's stateful runner keeps and resets the state itself
+            runner = OnnxPolicy(path)
+            for w, e in zip(want, episodes, strict=True):
+                np.testing.assert_allclose(run_parallel(runner, [e]), [w], rtol=0, atol=tol)
