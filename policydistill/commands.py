@@ -18,7 +18,7 @@ def train_experts_cmd(cfg: TrainExpertsConfig) -> None:
 
     suite = load_suite(cfg.suite)
     summary = train_experts(suite, cfg.expert, cfg.out, workers=cfg.workers, seed=cfg.seed, device=cfg.device,
-                            tasks=cfg.tasks)
+                            tasks=cfg.tasks, launcher=cfg.launcher, ray=cfg.ray)
     for name, r in summary["tasks"].items():
         log.info("%-12s %s %7d steps %6.0f s  return %8.2f ± %.2f  success %.2f", name, r["algo"],
                  r["env_steps"], r["wall_time_s"], r["return_mean"], r["return_std"], r["success_rate"])

@@ -33,6 +33,23 @@ class ExpertConfig:
 
 
 @dataclass
+class RayConfig:
+    """Where Ray work runs (``launcher=ray`` / ``collector=ray``; needs ``pip install policydistill[ray]``).
+
+    ``address`` None starts a local Ray instance of ``num_cpus`` CPUs (default: all) for the run;
+    ``auto`` or ``host:port`` / ``ray://host:10001`` joins an existing cluster. Each expert task asks for
+    ``cpus_per_task``/``gpus_per_task``; ``workers`` rollout actors collect DAgger rounds, each asking
+    ``cpus_per_task``.
+    """
+
+    address: str | None = None
+    num_cpus: int | None = None
+    cpus_per_task: float = 1.0
+    gpus_per_task: float = 0.0
+    workers: int = 2
+
+
+@dataclass
 class TrainExpertsConfig:
     suite: str = "default"
     out: str = "runs/experts"
@@ -41,6 +58,8 @@ class TrainExpertsConfig:
     device: str = "auto"
     tasks: list[str] | None = None
     expert: ExpertConfig = field(default_factory=ExpertConfig)
+    launcher: str = "local"  # local (worker processes) | ray
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
 @dataclass
@@ -106,6 +125,8 @@ class DistillConfig:
     success_filter: bool = False
     eval_episodes: int = 10
     student: StudentConfig = field(default_factory=StudentConfig)
+    collector: str = "local"  # local (in this process) | ray (rollout actors)
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
 
@@ -121,6 +142,8 @@ class PipelineConfig:
     device: str = "auto"
     expert: ExpertConfig = field(default_factory=ExpertConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    launcher: str = "local"  # where experts train: local | ray
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
 COMMANDS: dict[str, type] = {
