@@ -5,7 +5,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from policydistill.config import DistillConfig, EvaluateConfig, ImportSB3Config, PipelineConfig, TrainExpertsConfig
+from policydistill.config import (
+    DistillConfig,
+    EvaluateConfig,
+    ImportSB3Config,
+    PipelineConfig,
+    TrainExpertsConfig,
+    TrainStudentConfig,
+)
 from policydistill.eval.evaluate import evaluate, format_table, policies_for_suite
 from policydistill.io import atomic_write_json
 from policydistill.suite import load_suite
@@ -75,3 +82,9 @@ def distill_cmd(cfg: DistillConfig) -> None:
         log.info("%-12s student return %8.2f  teacher %8.2f  score %s  success %.2f (teacher %.2f)", name,
                  t["return_mean"], t["teacher_return_mean"], score, t["success_rate"], t["teacher_success_rate"])
     log.info("student bundle: %s  summary: %s", Path(cfg.out) / "student", Path(cfg.out) / "distill.json")
+
+
+def train_student_cmd(cfg: TrainStudentConfig) -> None:
+    from policydistill.scale.ddp_train import launch
+
+    launch(cfg)

@@ -146,10 +146,30 @@ class PipelineConfig:
     ray: RayConfig = field(default_factory=RayConfig)
 
 
+@dataclass
+class TrainStudentConfig:
+    """Student updates over a distillation run's stored episodes, on ``nproc`` processes (DDP through
+    torch.distributed.run; 1 = this process). ``run``: a ``distill`` output folder (its student bundle is
+    the starting point, its loss and sampling settings are used). Writes ``out`` (default
+    ``<run>/student_ddp``): ``bundle/``, ``checkpoint.pt`` (a rerun resumes from it), ``train_student.json``,
+    ``tb/``. ``batch_size`` is global (split across processes)."""
+
+    run: str = "???"
+    out: str | None = None
+    updates: int = 1000
+    batch_size: int = 256
+    lr: float | None = None
+    seed: int = 0
+    checkpoint_every: int = 200
+    nproc: int = 1
+    device: str = "auto"
+
+
 COMMANDS: dict[str, type] = {
     "train-experts": TrainExpertsConfig,
     "evaluate": EvaluateConfig,
     "pipeline": PipelineConfig,
     "import-sb3": ImportSB3Config,
     "distill": DistillConfig,
+    "train-student": TrainStudentConfig,
 }
