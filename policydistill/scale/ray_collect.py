@@ -35,6 +35,8 @@ from policydistill.suite import Suite
 
 log = logging.getLogger(__name__)
 
+START_TIMEOUT_S = 120
+
 
 class _Kept:
     """A batched env whose ``close`` is a no-op: the holder closes it."""
@@ -122,6 +124,13 @@ class RayCollector:
         cpu_student = copy.deepcopy(student).to("cpu") if isinstance(student, torch.nn.Module) else student
         self._init = (self.ray.put(suite), self.ray.put(bank), self.ray.put(cpu_student))
         self.workers = [self._start() for _ in range(cfg.ray.workers)]
+        try:  # a cluster without room for the actors would leave them pending forever
+            self.ray.get([w.pid.remote() for w in self.workers], timeout=START_TIMEOUT_S)
+        except self.ray.exceptions.GetTimeoutError:
+            self.close()
+            raise RuntimeError(f"{cfg.ray.workers} rollout workers of {cfg.ray.cpus_per_task} CPU each did not start "
+                               f"within {START_TIMEOUT_S} s: the Ray cluster has no room for them (its resources: "
+                               f"{self.ray.available_resources()}); lower ray.workers or ray.cpus_per_task") from None
         log.info("started %d Ray rollout workers", len(self.workers))
 
     def _start(self) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -42,8 +43,10 @@ def ray_session(cfg: RayConfig) -> Iterator[Any]:
             ray.init(address=cfg.address, log_to_driver=False)
         else:
             log.info("starting a local Ray instance (%s CPUs)", cfg.num_cpus or "all")
+            # Ray runs workers at niceness 15 by default; on a shared machine that puts the rollouts this
+            # run asks for behind every other job, so its workers get the driver's own priority instead.
             ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-                     log_to_driver=False)
+                     log_to_driver=False, _system_config={"worker_niceness": os.nice(0)})
     try:
         yield ray
     finally:
