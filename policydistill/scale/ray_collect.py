@@ -36,6 +36,7 @@ from policydistill.suite import Suite
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 120
+MAX_ITEM_FAILURES = 3  # the same episodes killing more workers than this is not bad luck
 
 
 class _Kept:
@@ -169,6 +170,9 @@ class RayCollector:
                 log.warning("round %d: rollout worker %d died (%s); its episodes %d..%d are redone on a new worker",
                             round_index, w, type(e).__name__, episodes[0], episodes[1] - 1)
                 self._event("failed", w, item)
+                if sum(f["episodes"] == episodes for f in failures) > MAX_ITEM_FAILURES:
+                    raise RuntimeError(f"round {round_index}: episodes {episodes[0]}..{episodes[1] - 1} killed "
+                                       f"{MAX_ITEM_FAILURES + 1} rollout workers; giving up") from e
                 self.workers[w] = self._start()
                 todo.insert(0, item)
             idle.append(w)
