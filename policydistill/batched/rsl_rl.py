@@ -1,4 +1,4 @@
-"""The batched protocol <-> rsl_rl.s ``VecEnv`` (rsl-rl-lib >= 5.5: observations as a TensorDict of groups).
+"""The batched protocol <-> rsl_rl's ``VecEnv`` (rsl-rl-lib >= 5.5: observations as a TensorDict of groups).
 
 - :func:`to_rsl_rl` lets rsl_rl's runners train on any protocol env: finished rows are reset at once
   (rsl_rl's convention), ``dones = terminated | truncated`` and ``extras["time_outs"] = truncated``.
