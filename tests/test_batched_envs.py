@@ -192,3 +192,33 @@ def test_isaacgym_absent_gives_a_clear_error():
 
     with pytest.raises(ImportError, match="IsaacGym is not available"):
         load_isaacgym_task("Ant", {})
+
+
+@pytest.mark.slow
+def test_rsl_rl_ppo_learns_on_a_protocol_env():
+    """rsl_rl's own PPO runner trains through to_rsl_rl on the VecTask-style PointReach."""
+    from rsl_rl.runners import OnPolicyRunner
+
+    from policydistill.batched.rsl_rl import to_rsl_rl
+
+    def mean_reward(policy) -> float:
+        env = to_rsl_rl(make_batched(load_suite("default_vectask"), [0] * 32), seed=123)
+        obs, total = env.get_observations(), 0.0
+        with torch.inference_mode():
+            for _ in range(100):
+                obs, reward, _, _ = env.step(policy(obs))
+                total += reward.mean().item()
+        return total / 100
+
+    torch.manual_seed(0)
+    groups = ["policy", "privileged"]
+    cfg = {"num_steps_per_env": 24, "save_interval": 1000, "obs_groups": {"actor": groups, "critic": groups},
+           "algorithm": {"class_name": "PPO", "learning_rate": 1e-3, "num_learning_epochs": 4, "num_mini_batches": 4},
+           "actor": {"class_name": "MLPModel", "hidden_dims": [64, 64],
+                     "distribution_cfg": {"class_name": "GaussianDistribution", "init_std": 0.5}},
+           "critic": {"class_name": "MLPModel", "hidden_dims": [64, 64]}, "multi_gpu": None}
+    runner = OnPolicyRunner(to_rsl_rl(make_batched(load_suite("default_vectask"), [0] * 64), seed=0), cfg,
+                            log_dir=None, device="cpu")
+    before = mean_reward(runner.get_inference_policy())
+    runner.learn(30)
+    assert mean_reward(runner.get_inference_policy()) > before + 0.2
