@@ -8,8 +8,10 @@ from pathlib import Path
 from policydistill.config import (
     DistillConfig,
     EvaluateConfig,
+    ExportConfig,
     ImportSB3Config,
     PipelineConfig,
+    RunConfig,
     TrainExpertsConfig,
     TrainStudentConfig,
 )
@@ -82,6 +84,34 @@ def distill_cmd(cfg: DistillConfig) -> None:
         log.info("%-12s student return %8.2f  teacher %8.2f  score %s  success %.2f (teacher %.2f)", name,
                  t["return_mean"], t["teacher_return_mean"], score, t["success_rate"], t["teacher_success_rate"])
     log.info("student bundle: %s  summary: %s", Path(cfg.out) / "student", Path(cfg.out) / "distill.json")
+
+
+def run_cmd(cfg: RunConfig) -> None:
+    from dataclasses import asdict
+
+    from policydistill.runtime.loop import format_stats
+    from policydistill.runtime.run import run_policy
+
+    options = asdict(cfg.runtime)
+    budget = options.pop("latency_budget_ms")
+    options["latency_budget_s"] = None if budget is None else budget / 1e3
+    stats = run_policy(cfg.policy, cfg.suite, cfg.rate_hz, cfg.ticks, task=cfg.task, n_envs=cfg.n_envs,
+                       backend=cfg.backend, seed=cfg.seed, cpu=cfg.cpu, realtime=cfg.realtime,
+                       log_every_s=cfg.log_every_s, sampler_steps=cfg.sampler_steps, controller=options)
+    print(format_stats(stats))
+    eps = stats["episodes"]
+    if eps["count"]:
+        print(f"  episodes {eps['count']}: return {eps['return_mean']:.2f}, success {eps['success_rate']:.2f}")
+    if cfg.out:
+        atomic_write_json(cfg.out, {"config": asdict(cfg), **stats})
+        log.info("wrote %s", cfg.out)
+
+
+def export_cmd(cfg: ExportConfig) -> None:
+    from policydistill.runtime.export import export_policy, sidecar_path
+
+    out = export_policy(cfg.policy, cfg.format, cfg.out, opset=cfg.opset, check=cfg.check)
+    log.info("exported %s -> %s (description %s)", cfg.policy, out, sidecar_path(out))
 
 
 def train_student_cmd(cfg: TrainStudentConfig) -> None:

@@ -165,11 +165,64 @@ class TrainStudentConfig:
     device: str = "auto"
 
 
+@dataclass
+class RuntimeConfig:
+    """The real-time wrapper (``policydistill.runtime.Controller``). ``queue``: ``replace`` (a new chunk
+    replaces the plan, cross-fading over ``blend_steps`` ticks) or ``ensemble`` (temporal ensembling,
+    weights exp(-ensemble_m * i), i = 0 the oldest prediction). ``n_action_steps`` None: the policy's.
+    ``latency_budget_ms`` None: (horizon - n_action_steps) periods. ``fallback``: ``hold`` | ``safe``."""
+
+    queue: str = "replace"
+    ensemble_m: float = 0.0
+    blend_steps: int = 0
+    n_action_steps: int | None = None
+    async_inference: bool = False
+    latency_budget_ms: float | None = None
+    fallback: str = "hold"
+    safe_action: list[float] | None = None
+
+
+@dataclass
+class RunConfig:
+    """Drive a simulated robot (``task`` of ``suite``, default its first) through the runtime at
+    ``rate_hz`` for ``ticks`` ticks. ``policy``: a bundle or an exported .onnx/.pt; ``backend`` for a
+    bundle: torch | torchscript | onnx. ``cpu``: pin the loop to this CPU; ``realtime``: SCHED_FIFO."""
+
+    policy: str = "???"
+    suite: str = "default"
+    task: str | None = None
+    rate_hz: float = 50.0
+    ticks: int = 1000
+    n_envs: int = 1
+    backend: str = "torch"
+    sampler_steps: int | None = None
+    seed: int = 0
+    cpu: int | None = None
+    realtime: bool = False
+    log_every_s: float = 5.0
+    out: str | None = None
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+
+@dataclass
+class ExportConfig:
+    """Export a bundle's policy (normalisation and post-processing inside) to ``format`` at ``out``,
+    checked against the torch policy unless ``check=false``."""
+
+    policy: str = "???"
+    format: str = "onnx"
+    out: str = "???"
+    opset: int = 17
+    check: bool = True
+
+
 COMMANDS: dict[str, type] = {
     "train-experts": TrainExpertsConfig,
     "evaluate": EvaluateConfig,
     "pipeline": PipelineConfig,
     "import-sb3": ImportSB3Config,
     "distill": DistillConfig,
+    "run": RunConfig,
+    "export": ExportConfig,
     "train-student": TrainStudentConfig,
 }
