@@ -13,6 +13,7 @@ from policydistill.config import (
     PipelineConfig,
     RunConfig,
     TrainExpertsConfig,
+    TrainStudentConfig,
 )
 from policydistill.eval.evaluate import evaluate, format_table, policies_for_suite
 from policydistill.io import atomic_write_json
@@ -26,7 +27,7 @@ def train_experts_cmd(cfg: TrainExpertsConfig) -> None:
 
     suite = load_suite(cfg.suite)
     summary = train_experts(suite, cfg.expert, cfg.out, workers=cfg.workers, seed=cfg.seed, device=cfg.device,
-                            tasks=cfg.tasks)
+                            tasks=cfg.tasks, launcher=cfg.launcher, ray=cfg.ray)
     for name, r in summary["tasks"].items():
         log.info("%-12s %s %7d steps %6.0f s  return %8.2f ± %.2f  success %.2f", name, r["algo"],
                  r["env_steps"], r["wall_time_s"], r["return_mean"], r["return_std"], r["success_rate"])
@@ -111,3 +112,9 @@ def export_cmd(cfg: ExportConfig) -> None:
 
     out = export_policy(cfg.policy, cfg.format, cfg.out, opset=cfg.opset, check=cfg.check)
     log.info("exported %s -> %s (description %s)", cfg.policy, out, sidecar_path(out))
+
+
+def train_student_cmd(cfg: TrainStudentConfig) -> None:
+    from policydistill.scale.ddp_train import launch
+
+    launch(cfg)

@@ -33,6 +33,23 @@ class ExpertConfig:
 
 
 @dataclass
+class RayConfig:
+    """Where Ray work runs (``launcher=ray`` / ``collector=ray``; needs ``pip install policydistill[ray]``).
+
+    ``address`` None starts a local Ray instance of ``num_cpus`` CPUs (default: all) for the run;
+    ``auto`` or ``host:port`` / ``ray://host:10001`` joins an existing cluster. Each expert task asks for
+    ``cpus_per_task``/``gpus_per_task``; ``workers`` rollout actors collect DAgger rounds, each asking
+    ``cpus_per_task``.
+    """
+
+    address: str | None = None
+    num_cpus: int | None = None
+    cpus_per_task: float = 1.0
+    gpus_per_task: float = 0.0
+    workers: int = 2
+
+
+@dataclass
 class TrainExpertsConfig:
     suite: str = "default"
     out: str = "runs/experts"
@@ -41,6 +58,8 @@ class TrainExpertsConfig:
     device: str = "auto"
     tasks: list[str] | None = None
     expert: ExpertConfig = field(default_factory=ExpertConfig)
+    launcher: str = "local"  # local (worker processes) | ray
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
 @dataclass
@@ -122,6 +141,8 @@ class DistillConfig:
     success_filter: bool = False
     eval_episodes: int = 10
     student: StudentConfig = field(default_factory=StudentConfig)
+    collector: str = "local"  # local (in this process) | ray (rollout actors)
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
 
@@ -155,6 +176,27 @@ class PipelineConfig:
     expert: ExpertConfig = field(default_factory=ExpertConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     privileged: PrivilegedStageConfig = field(default_factory=PrivilegedStageConfig)
+    launcher: str = "local"  # where experts train: local | ray
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+@dataclass
+class TrainStudentConfig:
+    """Student updates over a distillation run's stored episodes, on ``nproc`` processes (DDP through
+    torch.distributed.run; 1 = this process). ``run``: a ``distill`` output folder (its student bundle is
+    the starting point, its loss and sampling settings are used). Writes ``out`` (default
+    ``<run>/student_ddp``): ``bundle/``, ``checkpoint.pt`` (a rerun resumes from it), ``train_student.json``,
+    ``tb/``. ``batch_size`` is global (split across processes)."""
+
+    run: str = "???"
+    out: str | None = None
+    updates: int = 1000
+    batch_size: int = 256
+    lr: float | None = None
+    seed: int = 0
+    checkpoint_every: int = 200
+    nproc: int = 1
+    device: str = "auto"
 
 
 @dataclass
@@ -216,4 +258,5 @@ COMMANDS: dict[str, type] = {
     "distill": DistillConfig,
     "run": RunConfig,
     "export": ExportConfig,
+    "train-student": TrainStudentConfig,
 }

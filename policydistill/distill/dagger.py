@@ -30,7 +30,7 @@ from torch.utils.tensorboard import SummaryWriter
 from policydistill.bundle import load_bundle, save_bundle
 from policydistill.config import DistillConfig, StudentConfig
 from policydistill.data.shards import EpisodeStore, ShardWriter, evict
-from policydistill.distill.collect import collect
+from policydistill.distill.collectors import make_collector
 from policydistill.distill.losses import make_loss
 from policydistill.distill.schedules import BetaSchedule, ConstantBeta, make_schedule
 from policydistill.eval.metrics import summarise, teacher_normalised
@@ -168,7 +168,7 @@ def distill(cfg: DistillConfig, suite: Suite, teachers: dict[str, Policy]) -> di
     trainer = make_trainer(student, cfg, loss_fn, rng, ordered)
     writer = ShardWriter(out / "episodes")
     tb = SummaryWriter(str(out / "tb"))
-    tasks = list(range(len(suite.tasks)))
+    collector = make_collector(cfg, suite, bank, student, writer, rng)
     first_round = len(summary["rounds"])
     attempt = time.time_ns()  # episodes of an interrupted attempt at a round are never trained on
     g_teacher = float(np.mean([summary["teacher"][n]["return_mean"] for n in suite.task_names]))
@@ -176,19 +176,9 @@ def distill(cfg: DistillConfig, suite: Suite, teachers: dict[str, Policy]) -> di
     for r in range(len(summary["rounds"]), cfg.rounds):
         prev = summary["rounds"][-1] if summary["rounds"] else None
         beta = schedule(r, prev["student_return"] if prev else None, g_teacher)
-        records = collect(suite, tasks, bank, student if beta < 1 else None, beta, cfg.episodes_per_task,
-                          cfg.n_envs, seed=cfg.seed * 100_000 + r * 1000, rng=rng)
-        steps = sum(rec.episode.length for rec in records)
-        kept = 0
-        for rec in records:
-            teacher_only = not rec.steps["actor"].any()
-            if rec.episode.error or (cfg.success_filter and teacher_only and not rec.episode.success):
-                continue
-            writer.add(rec.steps, {"task": rec.episode.task, "task_index": rec.task_index, "seed": rec.episode.seed,
-                                   "success": rec.episode.success, "round": r, "beta": beta,
-                                   "return": rec.episode.ret, "attempt": attempt})
-            kept += rec.episode.length
-        writer.flush()
+        collected = collector.round(r, beta, student if beta < 1 else None, seed=cfg.seed * 100_000 + r * 1000,
+                                    attempt=attempt)
+        steps, kept = collected.steps, collected.kept
         evict(out / "episodes", cfg.max_steps if aggregate else kept)
         store = EpisodeStore(out / "episodes")
         diagnose = cfg.student.check_predictable and "predictability" not in summary \
@@ -212,7 +202,7 @@ def distill(cfg: DistillConfig, suite: Suite, teachers: dict[str, Policy]) -> di
                "env_steps": (prev["env_steps"] if prev else 0) + steps, "dataset_steps": store.steps,
                "loss": loss, "wall_time_s": round(time.perf_counter() - t_start, 2),
                "student_return": float(np.mean([e["return_mean"] for e in evals.values()])),
-               "mean_score": float(np.mean(scores)) if scores else None, "tasks": per_task}
+               "mean_score": float(np.mean(scores)) if scores else None, "tasks": per_task, **collected.info}
         save_bundle(student, out / "student", meta={"distill": asdict(cfg), "round": r, "suite": suite.name})
         summary["rounds"].append(row)
         atomic_write_json(summary_path, summary)
@@ -223,5 +213,6 @@ def distill(cfg: DistillConfig, suite: Suite, teachers: dict[str, Policy]) -> di
         log.info("round %d: beta %.2f, labels %d, loss %.4f, student return %.2f, score %s", r, beta,
                  row["labels_used"], loss, row["student_return"],
                  "n/a" if row["mean_score"] is None else f"{row['mean_score']:.3f}")
+    collector.close()
     tb.close()
     return summary
