@@ -160,7 +160,7 @@ class PrivilegedStageConfig:
     rounds: int = 3
     episodes_per_task: int = 2
     updates_per_round: int = 300
-    eval_episodes: int = 5
+    eval_episodes: int = 3
 
 
 @dataclass

@@ -19,9 +19,12 @@ from typing import Any
 from policydistill.config import DistillConfig, PipelineConfig, StudentConfig
 from policydistill.eval.evaluate import policies_for_suite
 from policydistill.eval.report import Report, markdown_table, plot_distill
+from policydistill.io import read_json
 from policydistill.suite import Suite, load_suite
 
 log = logging.getLogger(__name__)
+
+BENCH_RESULT = Path(__file__).resolve().parents[1] / "bench" / "results" / "privileged_students.json"
 
 
 def zoo_dir(suite: str) -> Path:
@@ -70,11 +73,29 @@ def stage_privileged(cfg: PipelineConfig, suite: Suite, out: Path, report: Repor
               "predictability ratio", "wall s"]
     report.add("Privileged-information students", markdown_table(header, rows) + (
         f"\n\nSuite `{psuite.name}`: {psuite.description} Each episode draws new dynamics; the teachers read "
-        "them (and the true base velocity) in `privileged`, the students read `policy` and `task` only and must "
+        "them (and the true base and joint velocities) in `privileged`, the students read `policy` and `task` only and must "
         "infer them from their own history. DAgger from the committed zoo teachers, "
         f"{pcfg.rounds} rounds of {pcfg.episodes_per_task} episodes per task and {pcfg.updates_per_round} updates "
         f"(a small budget: `bench/privileged_students.py` runs the full comparison over seeds), evaluated on the "
         f"same {pcfg.eval_episodes} seeded episodes per task as the teachers. Score: student return / teacher "
         "return, averaged over tasks. Predictability ratio: held-out action error of the student's architecture "
         "over that of the same architecture reading `privileged` too (above 2 the run warns that the student's "
-        "inputs cannot explain the teacher).\n\n![privileged students](privileged.png)"))
+        "inputs cannot explain the teacher).\n\n![privileged students](privileged.png)" + _benchmark_table()))
+
+
+def _benchmark_table() -> str:
+    """The committed full-budget comparison (``bench/results/privileged_students.json``), when present."""
+    path = BENCH_RESULT
+    if not path.is_file():
+        return ""
+    bench = read_json(path)
+    rows = [[k, len(v["seeds"]), v["median_score"], f"{v['median_return']:.1f}",
+             *[v["median_task_scores"][t] for t in v["median_task_scores"]]] for k, v in bench["kinds"].items()]
+    tasks = list(next(iter(bench["kinds"].values()))["median_task_scores"])
+    s = bench["settings"]
+    return ("\n\nFull budget, from the committed benchmark (`bench/privileged_students.py`, not rerun here): "
+            f"{s['rounds']} rounds of {s['episodes_per_task']} episodes per task, {s['updates']} updates per round, "
+            f"{s['eval_episodes']} evaluation episodes per task; medians over seeds (teacher return "
+            f"{bench['teacher_median_return']:.1f}; `mlp_privileged` reads `privileged` too).\n\n"
+            + markdown_table(["student", "seeds", "median score", "median return", *[f"{t} score" for t in tasks]],
+                             rows))
