@@ -73,8 +73,8 @@ def stage_privileged(cfg: PipelineConfig, suite: Suite, out: Path, report: Repor
               "predictability ratio", "wall s"]
     report.add("Privileged-information students", markdown_table(header, rows) + (
         f"\n\nSuite `{psuite.name}`: {psuite.description} Each episode draws new dynamics; the teachers read "
-        "them (and the true base and joint velocities) in `privileged`, the students read `policy` and `task` only and must "
-        "infer them from their own history. DAgger from the committed zoo teachers, "
+        "them (and the true base and joint velocities) in `privileged`, the students read `policy` and `task` "
+        "only and must infer them from their own history. DAgger from the committed zoo teachers, "
         f"{pcfg.rounds} rounds of {pcfg.episodes_per_task} episodes per task and {pcfg.updates_per_round} updates "
         f"(a small budget: `bench/privileged_students.py` runs the full comparison over seeds), evaluated on the "
         f"same {pcfg.eval_episodes} seeded episodes per task as the teachers. Score: student return / teacher "
