@@ -157,9 +157,9 @@ class PrivilegedStageConfig:
     teachers: str = "zoo"
     kinds: list[str] = field(default_factory=lambda: ["mlp", "history_mlp", "tcn", "gru", "latent"])
     groups: list[str] = field(default_factory=lambda: ["policy", "task"])
-    rounds: int = 3
+    rounds: int = 4
     episodes_per_task: int = 2
-    updates_per_round: int = 300
+    updates_per_round: int = 600
     eval_episodes: int = 3
 
 
