@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from policydistill.config import DistillConfig, StudentConfig
-from policydistill.distill.dagger import distill
+from policydistill.distill.loop import distill
 from policydistill.eval.evaluate import policies_for_suite
 from policydistill.suite import load_suite
 

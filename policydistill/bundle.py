@@ -39,7 +39,8 @@ _BUNDLE_FILES = {POLICY_JSON, WEIGHTS}
 _ASIDE = ".old"
 _TMP = ".tmp-"
 
-POLICY_CLASSES: dict[str, type | str] = {"MLPPolicy": "policydistill.models.mlp_policy:MLPPolicy"}
+POLICY_CLASSES: dict[str, type | str] = {"MLPPolicy": "policydistill.models.mlp_policy:MLPPolicy",
+                                         "GeneralistPolicy": "policydistill.models.generalist:GeneralistPolicy"}
 """Allow-list of policy classes a bundle may name: a class, or ``"module:Class"`` imported on first use."""
 
 

@@ -71,19 +71,52 @@ class ImportSB3Config:
 
 @dataclass
 class StudentConfig:
-    """The student network: an MLP over ``groups`` (normaliser inside), optionally with a learned std."""
+    """The student network: an MLP over ``groups`` (normaliser inside), optionally with a learned std.
+
+    ``task_encoding``: how the ``task`` group reaches the MLP, ``onehot`` or a learned ``embedding`` of
+    ``embedding_dim``. A suite whose tasks have different spaces gets a padded student (padding plus
+    masks, see ``policydistill.models.generalist``), which must read ``task``."""
 
     groups: list[str] = field(default_factory=lambda: ["policy", "task"])
     hidden: list[int] = field(default_factory=lambda: [256, 256])
     activation: str = "relu"
     learn_std: bool = False
+    task_encoding: str = "onehot"
+    embedding_dim: int = 8
+
+
+@dataclass
+class KickstartConfig:
+    """``method=kickstart``: PPO on the student's own rollouts plus ``kd_weight * loss`` to the teachers
+    (``loss`` of the distillation config). Each round, ``epochs`` passes over the round's states in
+    minibatches of ``minibatch_size`` at learning rate ``lr``. ``kd_weight`` starts at ``kd_weight_start``
+    and decays per round: ``exponential`` (``* kd_decay_rate ** round``), ``linear`` (to 0 at round
+    ``kd_decay_rounds``) or ``return_ratio`` (``* clip(1 - G_student / G_teacher, 0, 1)``)."""
+
+    lr: float = 3e-4
+    epochs: int = 10
+    minibatch_size: int = 64
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_range: float = 0.2
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    normalize_advantage: bool = True
+    value_hidden: list[int] = field(default_factory=lambda: [64, 64])
+    kd_weight_start: float = 1.0
+    kd_decay: str = "exponential"
+    kd_decay_rate: float = 0.7
+    kd_decay_rounds: int = 10
 
 
 @dataclass
 class DistillConfig:
     """Teacher-student distillation. ``method``: ``bc`` (teacher always acts, data aggregated),
     ``dagger`` (``schedule`` decides who acts, data aggregated), ``onpolicy`` (student always acts,
-    buffer cleared after each update). ``max_steps`` caps the aggregated data (oldest rounds evicted)."""
+    buffer cleared after each update), ``kickstart`` (PPO plus a decaying distillation loss, see
+    :class:`KickstartConfig`; the student gets a learned std). ``max_steps`` caps the aggregated data
+    (oldest rounds evicted)."""
 
     method: str = "dagger"
     suite: str = "default"
@@ -106,6 +139,7 @@ class DistillConfig:
     success_filter: bool = False
     eval_episodes: int = 10
     student: StudentConfig = field(default_factory=StudentConfig)
+    kickstart: KickstartConfig = field(default_factory=KickstartConfig)
 
 
 

@@ -2,20 +2,57 @@
 whether the teacher or the student acts; the teacher's label is recorded on every step either way.
 
 Teacher and student are each called once per step on the whole batch. The student is handed only
-its own observation groups, so a student configured without ``privileged`` never receives it.
+its own observation groups, so a student configured without ``privileged`` never receives it. Tasks
+whose spaces differ (e.g. Hopper-v5 and Walker2d-v5 in one suite) are collected one space at a time,
+each batch holding the envs of the tasks that share that space.
 """
 
 from __future__ import annotations
 
+import gymnasium as gym
 import numpy as np
 
 from policydistill.distill.schedules import draw_actor
 from policydistill.eval.rollout import EpisodeRecord, rollout
 from policydistill.policy import Policy, Teacher
 from policydistill.suite import Suite
-from policydistill.types import select_groups
+from policydistill.types import select_groups, stack_obs
 
 TEACHER, STUDENT = 0, 1
+
+
+def task_spaces(suite: Suite) -> list[tuple[gym.spaces.Dict, gym.spaces.Box]]:
+    """(observation space, action space) of every task of ``suite``, in task order."""
+    out = []
+    for i in range(len(suite.tasks)):
+        env = suite.make_env(i)
+        out.append((env.observation_space, env.action_space))
+        env.close()
+    return out
+
+
+def space_groups(suite: Suite, tasks: list[int]) -> list[list[int]]:
+    """``tasks`` grouped by their observation group shapes and action shape (first-seen order): the
+    tasks whose envs can be stepped in one batch."""
+    all_spaces = task_spaces(suite)
+    groups: dict[tuple, list[int]] = {}
+    for t in tasks:
+        obs, act = all_spaces[t]
+        key = (tuple((g, s.shape) for g, s in obs.spaces.items()), act.shape)
+        groups.setdefault(key, []).append(t)
+    return list(groups.values())
+
+
+def teacher_has_std(teacher: Teacher, suite: Suite) -> bool:
+    """Whether ``teacher`` (e.g. a bank) labels with a std on every task (probed on one reset state each)."""
+    for i in range(len(suite.tasks)):
+        env = suite.make_env(i)
+        try:
+            if teacher.label(stack_obs([env.reset(seed=0)[0]])).std is None:
+                return False
+        finally:
+            env.close()
+    return True
 
 
 def collect(suite: Suite, tasks: list[int], teacher: Teacher, student: Policy | None, beta: float,
@@ -41,7 +78,11 @@ def collect(suite: Suite, tasks: list[int], teacher: Teacher, student: Policy | 
         if student is not None:
             student.reset(mask)
 
-    teacher.reset(None)
-    if student is not None:
-        student.reset(None)
-    return rollout(suite, tasks, act, episodes_per_task, n_envs=n_envs, seed=seed, on_reset=reset, record=True)
+    records = []
+    for same_space in space_groups(suite, tasks):
+        teacher.reset(None)
+        if student is not None:
+            student.reset(None)
+        records += rollout(suite, same_space, act, episodes_per_task, n_envs=n_envs, seed=seed, on_reset=reset,
+                           record=True)
+    return sorted(records, key=lambda r: (r.task_index, r.episode.seed))
