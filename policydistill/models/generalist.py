@@ -273,9 +273,26 @@ class GeneralistPolicy(nn.Module):
     def reset(self, env_mask: np.ndarray | None = None) -> None:
         """Stateless (no history, hidden state or action queue): nothing to forget."""
 
+    @property
+    def observation_space(self) -> spaces.Dict:
+        """The one observation space of a student whose tasks all share theirs (AttributeError otherwise)."""
+        if any(o != self.observation_spaces[0] for o in self.observation_spaces):
+            raise AttributeError("a padded student has one observation space per task (observation_spaces)")
+        return self.observation_spaces[0]
+
+    @property
+    def action_space(self) -> spaces.Box:
+        """The one action space of a student whose tasks all share theirs (AttributeError otherwise)."""
+        if any(a != self.action_spaces[0] for a in self.action_spaces):
+            raise AttributeError("a padded student has one action space per task (action_spaces)")
+        return self.action_spaces[0]
+
     def export_graph(self) -> ExportGraph:
-        """``forward`` as an export graph on padded tensors: ``obs`` (n, obs_dim), the groups zero-padded
-        in order -> ``action`` (n, act_dim); a caller keeps the first act_dim(task) columns."""
+        """``forward`` as an export graph: ``obs`` (n, obs_dim) -> ``action`` (n, act_dim), for a student whose
+        tasks share their spaces (a task embedding); padded students over different spaces do not export."""
+        if not self.layout.uniform:
+            raise ValueError("exporting a student padded over tasks with different spaces is not supported: "
+                             "its graph would read padded observations")
 
         def example(graph: ExportGraph, n: int, generator: torch.Generator) -> tuple[torch.Tensor]:
             x = 3.0 * torch.randn(n, self.obs_dim, generator=generator)
