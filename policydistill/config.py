@@ -116,7 +116,8 @@ class DistillConfig:
     ``dagger`` (``schedule`` decides who acts, data aggregated), ``onpolicy`` (student always acts,
     buffer cleared after each update), ``kickstart`` (PPO plus a decaying distillation loss, see
     :class:`KickstartConfig`; the student gets a learned std). ``max_steps`` caps the aggregated data
-    (oldest rounds evicted)."""
+    (oldest rounds evicted). ``lr_decay``: cosine-anneal the learning rate from ``lr`` to ``lr / 100`` over
+    each round's ``updates_per_round`` (a lower fitting error, for teachers whose tasks are sensitive to it)."""
 
     method: str = "dagger"
     suite: str = "default"
@@ -134,6 +135,7 @@ class DistillConfig:
     updates_per_round: int = 500
     batch_size: int = 256
     lr: float = 1e-3
+    lr_decay: bool = False
     max_steps: int = 200_000
     balance_tasks: bool = True
     success_filter: bool = False

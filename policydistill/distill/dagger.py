@@ -113,7 +113,11 @@ class _Trainer:
             p /= p.sum()
         losses = []
         self.student.train()
-        for _ in range(self.cfg.updates_per_round):
+        for k in range(self.cfg.updates_per_round):
+            if self.cfg.lr_decay:  # cosine from lr to lr / 100 over the round's updates
+                frac = k / max(1, self.cfg.updates_per_round - 1)
+                for group in self.opt.param_groups:
+                    group["lr"] = self.cfg.lr * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * frac)))
             idx = torch.as_tensor(self.rng.choice(len(x), size=min(self.cfg.batch_size, len(x)), p=p), device=dev)
             loss = self.loss_fn(self.student.raw(x[idx]), y[idx], student_log_std=self.student.log_std,
                                 teacher_std=None if std is None else std[idx], mask=None if mask is None else mask[idx])
@@ -155,6 +159,7 @@ class DaggerRounds:
         """Collect, store, evict and train for round ``r``; the row's method numbers."""
         cfg = self.cfg
         beta = self.schedule(r, prev["student_return"] if prev else None, teacher_return)
+        t0 = time.perf_counter()
         records = collect(self.suite, list(range(len(self.suite.tasks))), self.bank,
                           self.student if beta < 1 else None, beta, cfg.episodes_per_task, cfg.n_envs,
                           seed=cfg.seed * 100_000 + r * 1000, rng=self.rng)
@@ -173,6 +178,7 @@ class DaggerRounds:
             self.writer.add(rec.steps if self.layout.uniform else self.layout.pad_steps(rec.steps), meta)
             kept += rec.episode.length
         self.writer.flush()
+        t_collect = time.perf_counter() - t0
         evict(self.root, cfg.max_steps if self.aggregate else kept)
         store = EpisodeStore(self.root)
         fields = [f"obs/{g}" for g in dict.fromkeys([*self.student.groups, TASK])] + ["label_mean"]
@@ -181,7 +187,8 @@ class DaggerRounds:
         if len(data["label_mean"]) == 0:
             raise RuntimeError(f"round {r}: no episodes to train on (all dropped or filtered out)")
         loss = self.trainer.fit(data, set_stats=r == 0)
-        return {"beta": beta, "env_steps": steps, "labels": steps, "dataset_steps": store.steps, "loss": loss}
+        return {"beta": beta, "env_steps": steps, "labels": steps, "dataset_steps": store.steps, "loss": loss,
+                "collect_time_s": round(t_collect, 2), "update_time_s": round(time.perf_counter() - t0 - t_collect, 2)}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Nothing beyond the student bundle is needed to resume (the optimiser restarts)."""

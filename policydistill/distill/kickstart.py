@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -372,6 +373,7 @@ class KickstartRounds:
         weight = kd_weight(self.params, r, prev["student_return"] if prev else None, teacher_return)
         seed = 10_000 + self.cfg.seed * 1_000_000 + r * 1000
         self.student.eval()
+        t0 = time.perf_counter()
         records = _collect(self.capture, self.student, self.bank, self.cfg.n_envs, self.cfg.episodes_per_task, seed)
         steps = sum(rec.episode.length for rec in records)
         kept = [rec for rec in records if not rec.episode.error]
@@ -384,13 +386,15 @@ class KickstartRounds:
                                      "return": rec.episode.ret})
         self.writer.flush()
         kept_steps = sum(rec.episode.length for rec in kept)
+        t_collect = time.perf_counter() - t0
         evict(self.root, kept_steps)
         batch = _batch(kept, self.capture.finals, self.student, self.value, self.params, self.layout, set_stats=r == 0)
         losses = _update(self.student, self.value, self.opt, batch, weight, self.kd_fn, self.params, self.gen)
         return {"beta": 0.0, "kd_weight": weight, "env_steps": steps, "labels": steps if weight > 0 else 0,
                 "dataset_steps": kept_steps, "loss": losses["kd"],
                 "rollout_return": float(np.mean([rec.episode.ret for rec in kept])),
-                "student_std": torch.exp(self.student.log_std).tolist(), "losses": losses}
+                "student_std": torch.exp(self.student.log_std).tolist(), "losses": losses,
+                "collect_time_s": round(t_collect, 2), "update_time_s": round(time.perf_counter() - t0 - t_collect, 2)}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The value network (with its normaliser and return statistics)."""

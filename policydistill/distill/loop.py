@@ -11,10 +11,11 @@ kickstart    student samples, PPO + decaying distillation  :mod:`policydistill.d
 ============ ============================================ =============================================
 
 Output under ``cfg.out``: ``student/`` (bundle, rewritten every round), ``episodes/`` (shards + manifest),
-``distill.json`` (per round: who acted, labels used, env steps, wall time, loss, per-task return and
-teacher-normalised score), ``tb/`` (TensorBoard), and ``method_state.safetensors`` for methods with state
-beyond the student (kickstart's value network). A rerun resumes after the last finished round: the
-student and the method state come from the last checkpoint, the optimiser restarts.
+``distill.json`` (per round: who acted, labels used, env steps, wall time and the part of it spent
+evaluating, loss, per-task return and teacher-normalised score), ``tb/`` (TensorBoard), and
+``method_state.safetensors`` for methods with state beyond the student (kickstart's value network). A
+rerun resumes after the last finished round: the student and the method state come from the last
+checkpoint, the optimiser restarts.
 """
 
 from __future__ import annotations
@@ -131,7 +132,9 @@ def distill(cfg: DistillConfig, suite: Suite, teachers: dict[str, Policy]) -> di
     for r in range(first_round, cfg.rounds):
         prev = summary["rounds"][-1] if summary["rounds"] else None
         numbers = method.run_round(r, prev, g_teacher)
+        t_eval = time.perf_counter()
         evals = evaluate_per_task(suite, student, cfg.eval_episodes)
+        t_eval = time.perf_counter() - t_eval
         per_task = {n: {"return_mean": e["return_mean"], "return_ci95": e["return_ci95"],
                         "success_rate": e["success_rate"], **teacher_normalised(e, summary["teacher"][n])}
                     for n, e in evals.items()}
@@ -141,6 +144,7 @@ def distill(cfg: DistillConfig, suite: Suite, teachers: dict[str, Policy]) -> di
                "labels_used": (prev["labels_used"] if prev else 0) + labels,
                "env_steps": (prev["env_steps"] if prev else 0) + env_steps,
                "wall_time_s": round(time.perf_counter() - t_start, 2),
+               "eval_time_s": round((prev.get("eval_time_s", 0.0) if prev else 0.0) + t_eval, 2),
                "student_return": float(np.mean([e["return_mean"] for e in evals.values()])),
                "mean_score": float(np.mean(scores)) if scores else None, "tasks": per_task}
         save_bundle(student, out / "student", meta={"distill": asdict(cfg), "round": r, "suite": suite.name})
