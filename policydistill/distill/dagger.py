@@ -141,7 +141,8 @@ def evaluate_per_task(suite: Suite, policy: Policy | dict[str, Policy], episodes
 class DaggerRounds:
     """One round of ``bc``/``dagger``/``onpolicy`` for the loop in :mod:`policydistill.distill.loop`: collect
     with the schedule's beta, store the episodes (padded to the suite's widest spaces when they differ),
-    evict down to the cap, train on the stored data."""
+    evict down to the cap, refit the student's input normaliser to the stored data and train on it (a
+    normaliser fitted once on a small first round clips the states the student reaches later)."""
 
     def __init__(self, cfg: DistillConfig, suite: Suite, bank: TeacherBank, student: MLPPolicy | GeneralistPolicy,
                  loss_fn: Any, out: Path, first_round: int) -> None:
@@ -186,7 +187,7 @@ class DaggerRounds:
         data = store.load(fields, where=lambda m: m["round"] < self.first_round or m.get("attempt") == self.attempt)
         if len(data["label_mean"]) == 0:
             raise RuntimeError(f"round {r}: no episodes to train on (all dropped or filtered out)")
-        loss = self.trainer.fit(data, set_stats=r == 0)
+        loss = self.trainer.fit(data, set_stats=True)  # statistics of this round's training data
         return {"beta": beta, "env_steps": steps, "labels": steps, "dataset_steps": store.steps, "loss": loss,
                 "collect_time_s": round(t_collect, 2), "update_time_s": round(time.perf_counter() - t0 - t_collect, 2)}
 
