@@ -1,8 +1,8 @@
 """DAgger generalist fidelity: student return / teacher return per task, over several seeds (medians).
 
     .venv/bin/python bench/distill_fidelity.py --suite default --seeds 0 1 2 --blind
-    .venv/bin/python bench/distill_fidelity.py --suite locomotion --groups policy privileged task --rounds 12 \
-        --episodes-per-task 2 --updates 2000 --lr-decay
+    .venv/bin/python bench/distill_fidelity.py --suite locomotion --groups policy privileged task --rounds 6 \
+        --episodes-per-task 4 --updates 1500 --schedule-params '{"rounds": 5, "end": 0.5}'
 
 Teachers: the committed zoo (envs/zoo/<suite>). Student and teacher are evaluated on the same seeded
 episodes. Targets: default mean >= 0.98, every task >= 0.95, success within 0.02 of the teacher;
@@ -38,11 +38,11 @@ def run_distill(suite, teachers, seed: int, method: str, groups: list[str], roun
     DistillConfig fields (``hidden`` and ``activation`` go to the student)."""
     student = StudentConfig(groups=list(groups), **{k: overrides.pop(k) for k in ("hidden", "activation")
                                                     if k in overrides})
+    overrides.setdefault("schedule_params", {"rounds": max(1, rounds - 2)})
     with tempfile.TemporaryDirectory() as tmp:
         cfg = replace(DistillConfig(), method=method, suite=suite.name, teachers="zoo", out=tmp, seed=seed,
                       device="cpu", rounds=rounds, episodes_per_task=episodes_per_task, updates_per_round=updates,
-                      eval_episodes=eval_episodes, schedule_params={"rounds": max(1, rounds - 2)}, student=student,
-                      **overrides)
+                      eval_episodes=eval_episodes, student=student, **overrides)
         return distill(cfg, suite, teachers)
 
 
@@ -67,6 +67,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--episodes-per-task", type=int, default=4)
     p.add_argument("--updates", type=int, default=500)
+    p.add_argument("--schedule", default="linear")
+    p.add_argument("--schedule-params", default=None, help='JSON, default {"rounds": rounds - 2} (linear 1 -> 0)')
     p.add_argument("--lr-decay", action="store_true", help="cosine lr decay within each round")
     p.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
     p.add_argument("--batch-size", type=int, default=256)
@@ -76,6 +78,8 @@ def main() -> None:
     torch.set_num_threads(1)
     suite = load_suite(args.suite)
     teachers = policies_for_suite(ROOT / "envs/zoo" / args.suite, suite, device="cpu")
+    schedule = {"schedule": args.schedule,
+                "schedule_params": json.loads(args.schedule_params or json.dumps({"rounds": max(1, args.rounds - 2)}))}
     variants = {"task": args.groups}
     if args.blind:
         variants["blind"] = [g for g in args.groups if g != "task"]
@@ -84,7 +88,7 @@ def main() -> None:
         for name, groups in variants.items():
             summary = run_distill(suite, teachers, seed, "dagger", groups, args.rounds, args.episodes_per_task,
                                   args.updates, args.eval_episodes, lr_decay=args.lr_decay, hidden=args.hidden,
-                                  batch_size=args.batch_size)
+                                  batch_size=args.batch_size, **schedule)
             run = summarise_run(suite, seed, summary)
             runs[name].append(run)
             print(f"seed {seed} {name:>5}: mean score {run['mean_score']:.3f}, min {run['min_score']:.3f}, "
@@ -95,7 +99,7 @@ def main() -> None:
     main_runs = runs["task"]
     result = {"bench": "distill_fidelity", "suite": args.suite, "groups": args.groups, "seeds": args.seeds,
               "rounds": args.rounds, "episodes_per_task": args.episodes_per_task, "updates_per_round": args.updates,
-              "lr_decay": args.lr_decay, "hidden": args.hidden, "batch_size": args.batch_size,
+              "schedule": schedule, "lr_decay": args.lr_decay, "hidden": args.hidden, "batch_size": args.batch_size,
               "eval_episodes": args.eval_episodes,
               "median_mean_score": statistics.median(r["mean_score"] for r in main_runs),
               "median_min_score": statistics.median(r["min_score"] for r in main_runs),
