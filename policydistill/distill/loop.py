@@ -31,6 +31,7 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
 
 from policydistill.bundle import load_bundle, save_bundle
 from policydistill.config import DistillConfig
@@ -129,7 +130,8 @@ def distill(cfg: DistillConfig, suite: Suite, teachers: dict[str, Policy]) -> di
     tb = SummaryWriter(str(out / "tb"))
     g_teacher = float(np.mean([summary["teacher"][n]["return_mean"] for n in suite.task_names]))
     t_start = time.perf_counter() - (summary["rounds"][-1]["wall_time_s"] if summary["rounds"] else 0.0)
-    for r in range(first_round, cfg.rounds):
+    for r in tqdm(range(first_round, cfg.rounds), desc=f"distill ({cfg.method})", unit="round", initial=first_round,
+                  total=cfg.rounds, leave=False):
         prev = summary["rounds"][-1] if summary["rounds"] else None
         numbers = method.run_round(r, prev, g_teacher)
         t_eval = time.perf_counter()
