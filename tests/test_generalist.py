@@ -148,3 +148,14 @@ def test_learned_task_embedding_solves_the_default_suite(default_suite, tmp_path
     assert summary["rounds"][-1]["mean_score"] > 0.9
     with pytest.raises(ValueError, match="task_encoding 'hash' is not one of"):
         build_student(default_suite, replace(cfg.student, task_encoding="hash"), "cpu")
+
+
+@pytest.mark.slow
+def test_kickstarting_runs_on_tasks_with_different_spaces(mixed_suite, tmp_path):
+    teachers = policies_for_suite("suite", mixed_suite, device="cpu")
+    cfg = DistillConfig(method="kickstart", teachers="suite", out=str(tmp_path / "kick"), rounds=1, episodes_per_task=1,
+                        n_envs=3, eval_episodes=1, device="cpu", loss="mse")
+    row = distill(cfg, mixed_suite, teachers)["rounds"][0]
+    assert row["labels_used"] == row["env_steps"] > 0 and set(row["tasks"]) == {"hopper", "walker", "cheetah"}
+    assert np.isfinite(row["losses"]["policy"]) and len(row["student_std"]) == 6
+    assert isinstance(load_bundle(tmp_path / "kick" / "student", device="cpu"), GeneralistPolicy)
