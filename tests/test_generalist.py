@@ -159,3 +159,14 @@ def test_kickstarting_runs_on_tasks_with_different_spaces(mixed_suite, tmp_path)
     assert row["labels_used"] == row["env_steps"] > 0 and set(row["tasks"]) == {"hopper", "walker", "cheetah"}
     assert np.isfinite(row["losses"]["policy"]) and len(row["student_std"]) == 6
     assert isinstance(load_bundle(tmp_path / "kick" / "student", device="cpu"), GeneralistPolicy)
+
+
+def test_embedding_student_with_shared_spaces_exports(default_suite, tmp_path):
+    from policydistill.runtime.export import export_policy
+
+    student = build_student(default_suite, StudentConfig(task_encoding="embedding"), "cpu")
+    env_space = default_suite.make_env(0).observation_space
+    assert isinstance(student, GeneralistPolicy) and list(student.observation_space) == ["policy", "task"]
+    assert all(student.observation_space[g] == env_space[g] for g in ("policy", "task"))
+    out = export_policy(student, "torchscript", tmp_path / "student.pt")  # checked against the torch module
+    assert out.is_file()
