@@ -74,6 +74,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--eval-episodes", type=int, default=20)
     p.add_argument("--blind", action="store_true", help="also train the student without the task group")
+    p.add_argument("--tag", default="", help="suffix of the result file name")
     args = p.parse_args()
     torch.set_num_threads(1)
     suite = load_suite(args.suite)
@@ -113,7 +114,7 @@ def main() -> None:
                            "task_conditioned_seeds_failing_a_task": sum(bool(r["failed_tasks"]) for r in main_runs),
                            "median_success": {n: statistics.median(r["tasks"][n]["success_rate"] for r in runs["blind"])
                                               for n in suite.task_names}}
-    out = ROOT / "bench/results" / f"distill_fidelity_{args.suite}.json"
+    out = ROOT / "bench/results" / f"distill_fidelity_{args.suite}{args.tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"median over {len(main_runs)} seeds: mean score {result['median_mean_score']:.3f}, min task score "

@@ -44,6 +44,7 @@ def main() -> None:
     p.add_argument("--schedule-params", default='{"switch_round": 1}', help="JSON")
     p.add_argument("--eval-episodes", type=int, default=20)
     p.add_argument("--target", type=float, default=0.95)
+    p.add_argument("--tag", default="", help="suffix of the result file name")
     args = p.parse_args()
     torch.set_num_threads(1)
     suite = load_suite(args.suite)
@@ -82,7 +83,7 @@ def main() -> None:
     else:
         verdict = f"DAgger did not reach {args.target} on every seed within {budget} labels"
     result["verdict"] = verdict
-    out = ROOT / "bench/results" / f"label_efficiency_{args.suite}.json"
+    out = ROOT / "bench/results" / f"label_efficiency_{args.suite}{args.tag}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"median labels to {args.target}: BC {bc} ({result['methods']['bc']['reached']} reached), "
           f"DAgger {dagger} ({result['methods']['dagger']['reached']} reached): {verdict}  "

@@ -202,6 +202,7 @@ def main() -> None:
     p.add_argument("--updates", type=int, default=1000)
     p.add_argument("--eval-episodes", type=int, default=20)
     p.add_argument("--rsl-epochs", type=int, default=2, help="rsl_rl num_learning_epochs (IsaacLab uses 2)")
+    p.add_argument("--tag", default="", help="suffix of the result file name")
     args = p.parse_args()
     torch.set_num_threads(1)
     suite = load_suite(args.suite)
@@ -244,7 +245,7 @@ def main() -> None:
               f"rsl_rl {peer['time_to_score'][str(t)]} (None: not within the budget)")
     print(f"collection {ours['median_collect_time_s']:.1f} s vs {peer['median_collect_time_s']:.1f} s, updates "
           f"{ours['median_update_time_s']:.1f} s vs {peer['median_update_time_s']:.1f} s (policydistill vs rsl_rl)")
-    out = ROOT / "bench/results" / f"rsl_rl_peer_{args.suite}.json"
+    out = ROOT / "bench/results" / f"rsl_rl_peer_{args.suite}{args.tag}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"median over {len(args.seeds)} seeds at {ours['env_steps_per_round'][-1]} env steps: score "
           f"policydistill {ours['median_final_score']:.3f} vs rsl_rl {peer['median_final_score']:.3f} "
