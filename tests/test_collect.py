@@ -47,3 +47,17 @@ def test_terminated_and_truncated_stay_distinct_to_the_store(tmp_path):
     pointreach = collect(load_suite("default"), [0], TeacherBank([goal_seeker()] * 4), None, 1.0, 1, 1, 0,
                          np.random.default_rng(0))[0]
     assert pointreach.steps["truncated"][-1] and not pointreach.steps["terminated"].any()
+
+
+def test_envs_reused_from_a_pool_give_the_same_episodes(default_suite):
+    from policydistill.eval.rollout import EnvPool
+
+    bank = TeacherBank([goal_seeker() for _ in default_suite.tasks])
+    pool = EnvPool(default_suite)
+    runs = [collect(default_suite, [0, 3], bank, None, 1.0, 2, 4, seed=5, rng=np.random.default_rng(0), pool=p)
+            for p in (None, pool, pool)]  # fresh envs, then the pool's envs twice (the second time reused)
+    assert sum(len(v) for v in pool.free.values()) == 4
+    for a, b in zip(runs[0], runs[2], strict=True):
+        assert a.episode == b.episode and all(np.array_equal(a.steps[k], b.steps[k]) for k in a.steps)
+    pool.close()
+    assert not pool.free

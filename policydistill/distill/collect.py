@@ -13,7 +13,7 @@ import gymnasium as gym
 import numpy as np
 
 from policydistill.distill.schedules import draw_actor
-from policydistill.eval.rollout import EpisodeRecord, rollout
+from policydistill.eval.rollout import EnvPool, EpisodeRecord, rollout
 from policydistill.policy import Policy, Teacher
 from policydistill.suite import Suite
 from policydistill.types import select_groups, stack_obs
@@ -56,9 +56,11 @@ def teacher_has_std(teacher: Teacher, suite: Suite) -> bool:
 
 
 def collect(suite: Suite, tasks: list[int], teacher: Teacher, student: Policy | None, beta: float,
-            episodes_per_task: int, n_envs: int, seed: int, rng: np.random.Generator) -> list[EpisodeRecord]:
+            episodes_per_task: int, n_envs: int, seed: int, rng: np.random.Generator,
+            pool: EnvPool | None = None) -> list[EpisodeRecord]:
     """Episodes with per-step ``actor`` (0 teacher, 1 student), ``label_mean`` and, when the teacher has
-    one, ``label_std``; ``action`` is what was executed. ``student`` None means the teacher always acts."""
+    one, ``label_std``; ``action`` is what was executed. ``student`` None means the teacher always acts.
+    ``pool`` keeps the envs open between calls."""
     def act(obs: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         label = teacher.label(obs)
         n = len(label.mean)
@@ -84,5 +86,5 @@ def collect(suite: Suite, tasks: list[int], teacher: Teacher, student: Policy | 
         if student is not None:
             student.reset(None)
         records += rollout(suite, same_space, act, episodes_per_task, n_envs=n_envs, seed=seed, on_reset=reset,
-                           record=True)
+                           record=True, pool=pool)
     return sorted(records, key=lambda r: (r.task_index, r.episode.seed))

@@ -29,7 +29,7 @@ from policydistill.data.shards import EpisodeStore, ShardWriter, evict
 from policydistill.distill.collect import collect, task_spaces
 from policydistill.distill.schedules import BetaSchedule, ConstantBeta, make_schedule
 from policydistill.eval.metrics import summarise
-from policydistill.eval.rollout import run_episodes
+from policydistill.eval.rollout import EnvPool, run_episodes
 from policydistill.models import resolve_device
 from policydistill.models.generalist import (
     TASK_ENCODINGS,
@@ -153,6 +153,7 @@ class DaggerRounds:
         self.writer = ShardWriter(out / "episodes")
         self.root = out / "episodes"
         self.layout = SpaceLayout.from_spaces(*zip(*task_spaces(suite), strict=True))
+        self.pool = EnvPool(suite)
         self.first_round = first_round
         self.attempt = time.time_ns()  # episodes of an interrupted attempt at a round are never trained on
 
@@ -163,7 +164,7 @@ class DaggerRounds:
         t0 = time.perf_counter()
         records = collect(self.suite, list(range(len(self.suite.tasks))), self.bank,
                           self.student if beta < 1 else None, beta, cfg.episodes_per_task, cfg.n_envs,
-                          seed=cfg.seed * 100_000 + r * 1000, rng=self.rng)
+                          seed=cfg.seed * 100_000 + r * 1000, rng=self.rng, pool=self.pool)
         steps = sum(rec.episode.length for rec in records)
         kept = 0
         for rec in records:
@@ -190,6 +191,9 @@ class DaggerRounds:
         loss = self.trainer.fit(data, set_stats=True)  # statistics of this round's training data
         return {"beta": beta, "env_steps": steps, "labels": steps, "dataset_steps": store.steps, "loss": loss,
                 "collect_time_s": round(t_collect, 2), "update_time_s": round(time.perf_counter() - t0 - t_collect, 2)}
+
+    def close(self) -> None:
+        self.pool.close()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Nothing beyond the student bundle is needed to resume (the optimiser restarts)."""

@@ -39,7 +39,7 @@ from policydistill.data.shards import ShardWriter, evict
 from policydistill.distill.collect import STUDENT, space_groups, task_spaces
 from policydistill.distill.losses import LossFn
 from policydistill.distill.schedules import AdaptiveBeta, BetaSchedule, ExponentialBeta, LinearBeta
-from policydistill.eval.rollout import EpisodeRecord, rollout
+from policydistill.eval.rollout import EnvPool, EpisodeRecord, rollout
 from policydistill.models.generalist import GeneralistPolicy, SpaceLayout, action_mask, fit_normalizer, pad_columns
 from policydistill.models.mlp_policy import MLPPolicy
 from policydistill.models.normalizer import ObsNormalizer
@@ -256,7 +256,7 @@ def kickstart_loss(student: Student, value: ValueNet, batch: Batch, weight: floa
 
 
 def _collect(suite: _FinalObsSuite, student: Student, bank: TeacherBank, n_envs: int, episodes_per_task: int,
-             seed: int) -> list[EpisodeRecord]:
+             seed: int, pool: EnvPool | None = None) -> list[EpisodeRecord]:
     """Student-only episodes of every task recording ``sample`` (the student's pre-clip Gaussian sample, its
     full width) and the bank's ``label_mean`` [``label_std``] per step; tasks of one space per batch."""
 
@@ -281,7 +281,7 @@ def _collect(suite: _FinalObsSuite, student: Student, bank: TeacherBank, n_envs:
     for same_space in space_groups(suite, list(range(len(suite.tasks)))):
         bank.reset(None)
         records += rollout(suite, same_space, act, episodes_per_task, n_envs=n_envs, seed=seed, on_reset=bank.reset,
-                           record=True)
+                           record=True, pool=pool)
     return sorted(records, key=lambda r: (r.task_index, r.episode.seed))
 
 
@@ -367,6 +367,7 @@ class KickstartRounds:
         self.gen = torch.Generator().manual_seed(cfg.seed + 7919 * first_round)
         self.writer = ShardWriter(out / "episodes")
         self.root = out / "episodes"
+        self.pool = EnvPool(self.capture)
 
     def run_round(self, r: int, prev: dict[str, Any] | None, teacher_return: float) -> dict[str, Any]:
         """Collect, store and update for round ``r``; the row's method numbers."""
@@ -374,7 +375,8 @@ class KickstartRounds:
         seed = 10_000 + self.cfg.seed * 1_000_000 + r * 1000
         self.student.eval()
         t0 = time.perf_counter()
-        records = _collect(self.capture, self.student, self.bank, self.cfg.n_envs, self.cfg.episodes_per_task, seed)
+        records = _collect(self.capture, self.student, self.bank, self.cfg.n_envs, self.cfg.episodes_per_task, seed,
+                           self.pool)
         steps = sum(rec.episode.length for rec in records)
         kept = [rec for rec in records if not rec.episode.error]
         if not kept:
@@ -395,6 +397,9 @@ class KickstartRounds:
                 "rollout_return": float(np.mean([rec.episode.ret for rec in kept])),
                 "student_std": torch.exp(self.student.log_std).tolist(), "losses": losses,
                 "collect_time_s": round(t_collect, 2), "update_time_s": round(time.perf_counter() - t0 - t_collect, 2)}
+
+    def close(self) -> None:
+        self.pool.close()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The value network (with its normaliser and return statistics)."""

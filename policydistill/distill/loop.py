@@ -61,6 +61,8 @@ class RoundMethod(Protocol):
 
     def state_dict(self) -> dict[str, torch.Tensor]: ...
 
+    def close(self) -> None: ...
+
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
 
 
@@ -130,35 +132,38 @@ def distill(cfg: DistillConfig, suite: Suite, teachers: dict[str, Policy]) -> di
     tb = SummaryWriter(str(out / "tb"))
     g_teacher = float(np.mean([summary["teacher"][n]["return_mean"] for n in suite.task_names]))
     t_start = time.perf_counter() - (summary["rounds"][-1]["wall_time_s"] if summary["rounds"] else 0.0)
-    for r in tqdm(range(first_round, cfg.rounds), desc=f"distill ({cfg.method})", unit="round", initial=first_round,
-                  total=cfg.rounds, leave=False):
-        prev = summary["rounds"][-1] if summary["rounds"] else None
-        numbers = method.run_round(r, prev, g_teacher)
-        t_eval = time.perf_counter()
-        evals = evaluate_per_task(suite, student, cfg.eval_episodes)
-        t_eval = time.perf_counter() - t_eval
-        per_task = {n: {"return_mean": e["return_mean"], "return_ci95": e["return_ci95"],
-                        "success_rate": e["success_rate"], **teacher_normalised(e, summary["teacher"][n])}
-                    for n, e in evals.items()}
-        scores = [t["score"] for t in per_task.values() if t["score"] is not None]
-        labels, env_steps = numbers.pop("labels"), numbers.pop("env_steps")
-        row = {"round": r, **numbers,
-               "labels_used": (prev["labels_used"] if prev else 0) + labels,
-               "env_steps": (prev["env_steps"] if prev else 0) + env_steps,
-               "wall_time_s": round(time.perf_counter() - t_start, 2),
-               "eval_time_s": round((prev.get("eval_time_s", 0.0) if prev else 0.0) + t_eval, 2),
-               "student_return": float(np.mean([e["return_mean"] for e in evals.values()])),
-               "mean_score": float(np.mean(scores)) if scores else None, "tasks": per_task}
-        save_bundle(student, out / "student", meta={"distill": asdict(cfg), "round": r, "suite": suite.name})
-        state = method.state_dict()
-        if state:
-            atomic_write_bytes(out / METHOD_STATE, save_tensors({k: v.detach().cpu().contiguous()
-                                                                 for k, v in state.items()}))
-        summary["rounds"].append(row)
-        atomic_write_json(summary_path, summary)
-        _log_row(tb, row)
-        log.info("round %d: beta %.2f, labels %d, env steps %d, loss %.4f, student return %.2f, score %s", r,
-                 row["beta"], row["labels_used"], row["env_steps"], row["loss"], row["student_return"],
-                 "n/a" if row["mean_score"] is None else f"{row['mean_score']:.3f}")
-    tb.close()
+    try:
+        for r in tqdm(range(first_round, cfg.rounds), desc=f"distill ({cfg.method})", unit="round", initial=first_round,
+                      total=cfg.rounds, leave=False):
+            prev = summary["rounds"][-1] if summary["rounds"] else None
+            numbers = method.run_round(r, prev, g_teacher)
+            t_eval = time.perf_counter()
+            evals = evaluate_per_task(suite, student, cfg.eval_episodes)
+            t_eval = time.perf_counter() - t_eval
+            per_task = {n: {"return_mean": e["return_mean"], "return_ci95": e["return_ci95"],
+                            "success_rate": e["success_rate"], **teacher_normalised(e, summary["teacher"][n])}
+                        for n, e in evals.items()}
+            scores = [t["score"] for t in per_task.values() if t["score"] is not None]
+            labels, env_steps = numbers.pop("labels"), numbers.pop("env_steps")
+            row = {"round": r, **numbers,
+                   "labels_used": (prev["labels_used"] if prev else 0) + labels,
+                   "env_steps": (prev["env_steps"] if prev else 0) + env_steps,
+                   "wall_time_s": round(time.perf_counter() - t_start, 2),
+                   "eval_time_s": round((prev.get("eval_time_s", 0.0) if prev else 0.0) + t_eval, 2),
+                   "student_return": float(np.mean([e["return_mean"] for e in evals.values()])),
+                   "mean_score": float(np.mean(scores)) if scores else None, "tasks": per_task}
+            save_bundle(student, out / "student", meta={"distill": asdict(cfg), "round": r, "suite": suite.name})
+            state = method.state_dict()
+            if state:
+                atomic_write_bytes(out / METHOD_STATE, save_tensors({k: v.detach().cpu().contiguous()
+                                                                     for k, v in state.items()}))
+            summary["rounds"].append(row)
+            atomic_write_json(summary_path, summary)
+            _log_row(tb, row)
+            log.info("round %d: beta %.2f, labels %d, env steps %d, loss %.4f, student return %.2f, score %s", r,
+                     row["beta"], row["labels_used"], row["env_steps"], row["loss"], row["student_return"],
+                     "n/a" if row["mean_score"] is None else f"{row['mean_score']:.3f}")
+    finally:
+        method.close()
+        tb.close()
     return summary
