@@ -117,7 +117,9 @@ class DistillConfig:
     buffer cleared after each update), ``kickstart`` (PPO plus a decaying distillation loss, see
     :class:`KickstartConfig`; the student gets a learned std). ``max_steps`` caps the aggregated data
     (oldest rounds evicted). ``lr_decay``: cosine-anneal the learning rate from ``lr`` to ``lr / 100`` over
-    each round's ``updates_per_round`` (a lower fitting error, for teachers whose tasks are sensitive to it)."""
+    each round's ``updates_per_round`` (a lower fitting error, for teachers whose tasks are sensitive to it).
+    ``teacher_noise``: when the teacher acts, execute its mean plus ``teacher_noise`` times its std of
+    Gaussian noise (labels stay the mean): data on how it recovers from small deviations."""
 
     method: str = "dagger"
     suite: str = "default"
@@ -139,6 +141,7 @@ class DistillConfig:
     max_steps: int = 200_000
     balance_tasks: bool = True
     success_filter: bool = False
+    teacher_noise: float = 0.0
     eval_episodes: int = 10
     student: StudentConfig = field(default_factory=StudentConfig)
     kickstart: KickstartConfig = field(default_factory=KickstartConfig)

@@ -57,18 +57,29 @@ def teacher_has_std(teacher: Teacher, suite: Suite) -> bool:
 
 def collect(suite: Suite, tasks: list[int], teacher: Teacher, student: Policy | None, beta: float,
             episodes_per_task: int, n_envs: int, seed: int, rng: np.random.Generator,
-            pool: EnvPool | None = None) -> list[EpisodeRecord]:
+            pool: EnvPool | None = None, teacher_noise: float = 0.0) -> list[EpisodeRecord]:
     """Episodes with per-step ``actor`` (0 teacher, 1 student), ``label_mean`` and, when the teacher has
     one, ``label_std``; ``action`` is what was executed. ``student`` None means the teacher always acts.
-    ``pool`` keeps the envs open between calls."""
+    ``pool`` keeps the envs open between calls. ``teacher_noise`` > 0 perturbs the teacher's executed
+    actions by ``teacher_noise * std * N(0, 1)`` (its label std; clipped to the action bounds) while the
+    label stays its mean, so the data shows how the teacher recovers from small deviations (as DART)."""
+    if teacher_noise < 0 or not np.isfinite(teacher_noise):
+        raise ValueError(f"teacher_noise must be a finite number >= 0, got {teacher_noise}")
+    bounds: list[gym.spaces.Box] = []
+
     def act(obs: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         label = teacher.label(obs)
         n = len(label.mean)
         teacher_acts = np.ones(n, dtype=bool) if student is None else draw_actor(beta, n, rng)
         actions = label.mean
+        if teacher_noise > 0:
+            if label.std is None:
+                raise ValueError("teacher_noise needs teachers with a label std (e.g. SB3/PPO experts)")
+            noisy = label.mean + teacher_noise * label.std * rng.standard_normal(label.mean.shape)
+            actions = np.clip(noisy, bounds[0].low, bounds[0].high).astype(np.float32)
         if not teacher_acts.all():
             own = np.asarray(student.act(select_groups(obs, student.groups), deterministic=True))
-            actions = np.where(teacher_acts[:, None], label.mean, own).astype(np.float32)
+            actions = np.where(teacher_acts[:, None], actions, own).astype(np.float32)
         extras = {"actor": np.where(teacher_acts, TEACHER, STUDENT).astype(np.uint8),
                   "label_mean": label.mean.astype(np.float32)}
         if label.std is not None:
@@ -81,7 +92,9 @@ def collect(suite: Suite, tasks: list[int], teacher: Teacher, student: Policy | 
             student.reset(mask)
 
     records = []
+    all_spaces = task_spaces(suite)
     for same_space in space_groups(suite, tasks):
+        bounds[:] = [all_spaces[same_space[0]][1]]
         teacher.reset(None)
         if student is not None:
             student.reset(None)

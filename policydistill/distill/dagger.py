@@ -164,7 +164,8 @@ class DaggerRounds:
         t0 = time.perf_counter()
         records = collect(self.suite, list(range(len(self.suite.tasks))), self.bank,
                           self.student if beta < 1 else None, beta, cfg.episodes_per_task, cfg.n_envs,
-                          seed=cfg.seed * 100_000 + r * 1000, rng=self.rng, pool=self.pool)
+                          seed=cfg.seed * 100_000 + r * 1000, rng=self.rng, pool=self.pool,
+                          teacher_noise=cfg.teacher_noise)
         steps = sum(rec.episode.length for rec in records)
         kept = 0
         for rec in records:
