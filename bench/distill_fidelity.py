@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/distill_fidelity.py --suite default --seeds 0 1 2 --blind
     .venv/bin/python bench/distill_fidelity.py --suite locomotion --groups policy privileged task --rounds 6 \
-        --episodes-per-task 4 --updates 1500 --schedule-params '{"rounds": 5, "end": 0.5}'
+        --episodes-per-task 4 --updates 1500 --schedule-params '{"rounds": 5, "end": 0.5}' --teacher-noise 0.5
 
 Teachers: the committed zoo (envs/zoo/<suite>). Student and teacher are evaluated on the same seeded
 episodes. Targets: default mean >= 0.98, every task >= 0.95, success within 0.02 of the teacher;
@@ -70,6 +70,7 @@ def main() -> None:
     p.add_argument("--schedule", default="linear")
     p.add_argument("--schedule-params", default=None, help='JSON, default {"rounds": rounds - 2} (linear 1 -> 0)')
     p.add_argument("--lr-decay", action="store_true", help="cosine lr decay within each round")
+    p.add_argument("--teacher-noise", type=float, default=0.0, help="DART-style noise on the teacher's actions")
     p.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--eval-episodes", type=int, default=20)
@@ -89,7 +90,7 @@ def main() -> None:
         for name, groups in variants.items():
             summary = run_distill(suite, teachers, seed, "dagger", groups, args.rounds, args.episodes_per_task,
                                   args.updates, args.eval_episodes, lr_decay=args.lr_decay, hidden=args.hidden,
-                                  batch_size=args.batch_size, **schedule)
+                                  batch_size=args.batch_size, teacher_noise=args.teacher_noise, **schedule)
             run = summarise_run(suite, seed, summary)
             runs[name].append(run)
             print(f"seed {seed} {name:>5}: mean score {run['mean_score']:.3f}, min {run['min_score']:.3f}, "
@@ -100,7 +101,8 @@ def main() -> None:
     main_runs = runs["task"]
     result = {"bench": "distill_fidelity", "suite": args.suite, "groups": args.groups, "seeds": args.seeds,
               "rounds": args.rounds, "episodes_per_task": args.episodes_per_task, "updates_per_round": args.updates,
-              "schedule": schedule, "lr_decay": args.lr_decay, "hidden": args.hidden, "batch_size": args.batch_size,
+              "schedule": schedule, "teacher_noise": args.teacher_noise,
+              "lr_decay": args.lr_decay, "hidden": args.hidden, "batch_size": args.batch_size,
               "eval_episodes": args.eval_episodes,
               "median_mean_score": statistics.median(r["mean_score"] for r in main_runs),
               "median_min_score": statistics.median(r["min_score"] for r in main_runs),

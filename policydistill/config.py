@@ -119,7 +119,9 @@ class DistillConfig:
     (oldest rounds evicted). ``lr_decay``: cosine-anneal the learning rate from ``lr`` to ``lr / 100`` over
     each round's ``updates_per_round`` (a lower fitting error, for teachers whose tasks are sensitive to it).
     ``teacher_noise``: when the teacher acts, execute its mean plus ``teacher_noise`` times its std of
-    Gaussian noise (labels stay the mean): data on how it recovers from small deviations."""
+    Gaussian noise (labels stay the mean): data on how it recovers from small deviations.
+    ``collect_steps``: cut collected episodes at this many steps (truncated), so the same labels come from
+    more episode starts; evaluation keeps the tasks' own episode length."""
 
     method: str = "dagger"
     suite: str = "default"
@@ -142,6 +144,7 @@ class DistillConfig:
     balance_tasks: bool = True
     success_filter: bool = False
     teacher_noise: float = 0.0
+    collect_steps: int | None = None
     eval_episodes: int = 10
     student: StudentConfig = field(default_factory=StudentConfig)
     kickstart: KickstartConfig = field(default_factory=KickstartConfig)

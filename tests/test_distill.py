@@ -147,3 +147,14 @@ def test_success_filter_keeps_only_successful_teacher_episodes(default_suite, tm
     kept = EpisodeStore(tmp_path / "filtered" / "run" / "episodes").episodes()
     assert {m["task"] for m in kept} == {"north", "east", "south"} and all(m["success"] for m in kept)
     assert "west" in {m["task"] for m in EpisodeStore(tmp_path / "all" / "run" / "episodes").episodes()}
+
+
+def test_collect_steps_cuts_collected_episodes_only(default_suite, tmp_path):
+    summary = distill(quick(tmp_path, rounds=1, collect_steps=30), default_suite, scripted_teachers(default_suite))
+    assert summary["rounds"][0]["labels_used"] == 4 * 2 * 30
+    data = EpisodeStore(tmp_path / "run" / "episodes").load(["truncated"])
+    assert len(data["truncated"]) == 240 and data["truncated"].sum() == 8
+    student = load_bundle(tmp_path / "run" / "student", device="cpu")
+    assert {e.length for e in run_episodes(default_suite, "north", student, 2)} == {100}  # evaluation: full episodes
+    with pytest.raises(ValueError, match="collect_steps must be an int >= 1"):
+        distill(quick(tmp_path / "bad", collect_steps=0), default_suite, scripted_teachers(default_suite))

@@ -17,6 +17,7 @@ first). ``success_filter`` drops teacher-only episodes that fail the task's succ
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,19 @@ def evaluate_per_task(suite: Suite, policy: Policy | dict[str, Policy], episodes
                                       seed=EVAL_SEED)) for n in suite.task_names}
 
 
+def short_episodes(suite: Suite, steps: int) -> Suite:
+    """``suite`` with every task's episodes cut at ``steps`` (or its own limit when shorter)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"collect_steps must be an int >= 1, got {steps!r}")
+    tasks = []
+    for t in suite.tasks:
+        env = suite.make_env(t.name)
+        own = t.max_episode_steps or (env.spec.max_episode_steps if env.spec else None)
+        env.close()
+        tasks.append(replace(t, max_episode_steps=min(steps, own) if own else steps))
+    return replace(suite, tasks=tuple(tasks))
+
+
 class DaggerRounds:
     """One round of ``bc``/``dagger``/``onpolicy`` for the loop in :mod:`policydistill.distill.loop`: collect
     with the schedule's beta, store the episodes (padded to the suite's widest spaces when they differ),
@@ -147,13 +161,14 @@ class DaggerRounds:
     def __init__(self, cfg: DistillConfig, suite: Suite, bank: TeacherBank, student: MLPPolicy | GeneralistPolicy,
                  loss_fn: Any, out: Path, first_round: int) -> None:
         self.schedule, self.aggregate = method_schedule(cfg)
-        self.cfg, self.suite, self.bank, self.student = cfg, suite, bank, student
+        self.cfg, self.bank, self.student = cfg, bank, student
+        self.suite = suite if cfg.collect_steps is None else short_episodes(suite, cfg.collect_steps)
         self.rng = np.random.default_rng(cfg.seed + 7919 * first_round)
         self.trainer = _Trainer(student, cfg, loss_fn, self.rng)
         self.writer = ShardWriter(out / "episodes")
         self.root = out / "episodes"
         self.layout = SpaceLayout.from_spaces(*zip(*task_spaces(suite), strict=True))
-        self.pool = EnvPool(suite)
+        self.pool = EnvPool(self.suite)
         self.first_round = first_round
         self.attempt = time.time_ns()  # episodes of an interrupted attempt at a round are never trained on
 
