@@ -71,6 +71,7 @@ def main() -> None:
     p.add_argument("--schedule-params", default=None, help='JSON, default {"rounds": rounds - 2} (linear 1 -> 0)')
     p.add_argument("--lr-decay", action="store_true", help="cosine lr decay within each round")
     p.add_argument("--teacher-noise", type=float, default=0.0, help="DART-style noise on the teacher's actions")
+    p.add_argument("--collect-steps", type=int, default=None, help="cut collected episodes at this many steps")
     p.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--eval-episodes", type=int, default=20)
@@ -90,7 +91,8 @@ def main() -> None:
         for name, groups in variants.items():
             summary = run_distill(suite, teachers, seed, "dagger", groups, args.rounds, args.episodes_per_task,
                                   args.updates, args.eval_episodes, lr_decay=args.lr_decay, hidden=args.hidden,
-                                  batch_size=args.batch_size, teacher_noise=args.teacher_noise, **schedule)
+                                  batch_size=args.batch_size, teacher_noise=args.teacher_noise,
+                                  collect_steps=args.collect_steps, **schedule)
             run = summarise_run(suite, seed, summary)
             runs[name].append(run)
             print(f"seed {seed} {name:>5}: mean score {run['mean_score']:.3f}, min {run['min_score']:.3f}, "
@@ -101,7 +103,7 @@ def main() -> None:
     main_runs = runs["task"]
     result = {"bench": "distill_fidelity", "suite": args.suite, "groups": args.groups, "seeds": args.seeds,
               "rounds": args.rounds, "episodes_per_task": args.episodes_per_task, "updates_per_round": args.updates,
-              "schedule": schedule, "teacher_noise": args.teacher_noise,
+              "schedule": schedule, "teacher_noise": args.teacher_noise, "collect_steps": args.collect_steps,
               "lr_decay": args.lr_decay, "hidden": args.hidden, "batch_size": args.batch_size,
               "eval_episodes": args.eval_episodes,
               "median_mean_score": statistics.median(r["mean_score"] for r in main_runs),
