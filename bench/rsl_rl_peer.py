@@ -1,6 +1,6 @@
 """policydistill DAgger vs rsl_rl's Distillation on the same envs, teachers, student network and env-step budget.
 
-    .venv/bin/pip install -e ".[bench]"      # rsl-rl-lib, for this benchmark only
+    # rsl-rl-lib comes with the dev extra (scripts/setup.sh); alone: .venv/bin/pip install -e ".[rslrl]"
     .venv/bin/python bench/rsl_rl_peer.py --suite locomotion --seeds 0 1 2
 
 rsl_rl's ``Distillation`` (PyPI rsl-rl-lib) is driven the way its runner drives it (``act`` ->
@@ -52,7 +52,7 @@ try:
     from rsl_rl.storage import RolloutStorage
     from tensordict import TensorDict
 except ImportError as e:  # pragma: no cover - a benchmark-only dependency
-    raise SystemExit(f"this benchmark needs rsl-rl-lib: .venv/bin/pip install -e '.[bench]' ({e})") from e
+    raise SystemExit(f"this benchmark needs rsl-rl-lib: .venv/bin/pip install -e '.[rslrl]' ({e})") from e
 
 
 THRESHOLDS = (0.9, 0.95)

@@ -33,6 +33,23 @@ class ExpertConfig:
 
 
 @dataclass
+class RayConfig:
+    """Where Ray work runs (``launcher=ray`` / ``collector=ray``; needs ``pip install policydistill[ray]``).
+
+    ``address`` None starts a local Ray instance of ``num_cpus`` CPUs (default: all) for the run;
+    ``auto`` or ``host:port`` / ``ray://host:10001`` joins an existing cluster. Each expert task asks for
+    ``cpus_per_task``/``gpus_per_task``; ``workers`` rollout actors collect DAgger rounds, each asking
+    ``cpus_per_task``.
+    """
+
+    address: str | None = None
+    num_cpus: int | None = None
+    cpus_per_task: float = 1.0
+    gpus_per_task: float = 0.0
+    workers: int = 2
+
+
+@dataclass
 class TrainExpertsConfig:
     suite: str = "default"
     out: str = "runs/experts"
@@ -41,6 +58,8 @@ class TrainExpertsConfig:
     device: str = "auto"
     tasks: list[str] | None = None
     expert: ExpertConfig = field(default_factory=ExpertConfig)
+    launcher: str = "local"  # local (worker processes) | ray
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
 @dataclass
@@ -148,6 +167,8 @@ class DistillConfig:
     eval_episodes: int = 10
     student: StudentConfig = field(default_factory=StudentConfig)
     kickstart: KickstartConfig = field(default_factory=KickstartConfig)
+    collector: str = "local"  # local (in this process) | ray (rollout actors)
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
 
@@ -163,6 +184,78 @@ class PipelineConfig:
     device: str = "auto"
     expert: ExpertConfig = field(default_factory=ExpertConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    launcher: str = "local"  # where experts train: local | ray
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+@dataclass
+class TrainStudentConfig:
+    """Student updates over a distillation run's stored episodes, on ``nproc`` processes (DDP through
+    torch.distributed.run; 1 = this process). ``run``: a ``distill`` output folder (its student bundle is
+    the starting point, its loss and sampling settings are used). Writes ``out`` (default
+    ``<run>/student_ddp``): ``bundle/``, ``checkpoint.pt`` (a rerun resumes from it), ``train_student.json``,
+    ``tb/``. ``batch_size`` is global (split across processes)."""
+
+    run: str = "???"
+    out: str | None = None
+    updates: int = 1000
+    batch_size: int = 256
+    lr: float | None = None
+    seed: int = 0
+    checkpoint_every: int = 200
+    nproc: int = 1
+    device: str = "auto"
+
+
+@dataclass
+class RuntimeConfig:
+    """The real-time wrapper (``policydistill.runtime.Controller``). ``queue``: ``replace`` (a new chunk
+    replaces the plan, cross-fading over ``blend_steps`` ticks) or ``ensemble`` (temporal ensembling,
+    weights exp(-ensemble_m * i), i = 0 the oldest prediction). ``n_action_steps`` None: the policy's.
+    ``latency_budget_ms`` None: (horizon - n_action_steps) periods. ``fallback``: ``hold`` | ``safe``."""
+
+    queue: str = "replace"
+    ensemble_m: float = 0.0
+    blend_steps: int = 0
+    n_action_steps: int | None = None
+    async_inference: bool = False
+    latency_budget_ms: float | None = None
+    fallback: str = "hold"
+    safe_action: list[float] | None = None
+
+
+@dataclass
+class RunConfig:
+    """Drive a simulated robot (``task`` of ``suite``, default its first) through the runtime at
+    ``rate_hz`` for ``ticks`` ticks. ``policy``: a bundle or an exported .onnx/.pt; ``backend`` for a
+    bundle: torch | torchscript | onnx. ``cpu``: pin the loop to this CPU; ``realtime``: SCHED_FIFO."""
+
+    policy: str = "???"
+    suite: str = "default"
+    task: str | None = None
+    rate_hz: float = 50.0
+    ticks: int = 1000
+    n_envs: int = 1
+    backend: str = "torch"
+    sampler_steps: int | None = None
+    seed: int = 0
+    cpu: int | None = None
+    realtime: bool = False
+    log_every_s: float = 5.0
+    out: str | None = None
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+
+@dataclass
+class ExportConfig:
+    """Export a bundle's policy (normalisation and post-processing inside) to ``format`` at ``out``,
+    checked against the torch policy unless ``check=false``."""
+
+    policy: str = "???"
+    format: str = "onnx"
+    out: str = "???"
+    opset: int = 17
+    check: bool = True
 
 
 COMMANDS: dict[str, type] = {
@@ -171,4 +264,7 @@ COMMANDS: dict[str, type] = {
     "pipeline": PipelineConfig,
     "import-sb3": ImportSB3Config,
     "distill": DistillConfig,
+    "run": RunConfig,
+    "export": ExportConfig,
+    "train-student": TrainStudentConfig,
 }

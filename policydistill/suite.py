@@ -45,11 +45,17 @@ class TaskSpec:
 
 @dataclass(frozen=True)
 class Suite:
-    """An ordered tuple of tasks; a task's index is its ``task`` one-hot position."""
+    """An ordered tuple of tasks; a task's index is its ``task`` one-hot position.
+
+    ``batched``: optional batched tensor env for rollouts (see :mod:`policydistill.batched`): ``"gymnasium"``,
+    ``"module:factory"`` or a factory ``(suite, slot_tasks) -> BatchedEnv``; None steps one gymnasium env
+    per slot.
+    """
 
     name: str
     tasks: tuple[TaskSpec, ...]
     description: str = ""
+    batched: str | Callable[..., Any] | None = None
 
     @property
     def task_names(self) -> list[str]:
@@ -112,7 +118,8 @@ def builtin_suites() -> list[str]:
 
 def suite_from_dict(data: dict[str, Any], where: str) -> Suite:
     """Validate a parsed suite file (unknown keys are errors that list the valid ones)."""
-    valid_suite, valid_task = {"name", "tasks", "description"}, {f.name for f in dataclasses.fields(TaskSpec)}
+    valid_suite = {"name", "tasks", "description", "batched"}
+    valid_task = {f.name for f in dataclasses.fields(TaskSpec)}
     if not isinstance(data, dict) or "tasks" not in data:
         raise ValueError(f"{where}: a suite needs a 'tasks' list; valid keys are {sorted(valid_suite)}")
     unknown = set(data) - valid_suite
@@ -131,7 +138,7 @@ def suite_from_dict(data: dict[str, Any], where: str) -> Suite:
     if not tasks or len(set(names)) != len(names):
         raise ValueError(f"{where}: a suite needs at least one task and unique task names, got {names}")
     return Suite(name=str(data.get("name", Path(where).stem)), tasks=tuple(tasks),
-                 description=str(data.get("description", "")))
+                 description=str(data.get("description", "")), batched=data.get("batched"))
 
 
 def load_suite(name: str) -> Suite:

@@ -27,15 +27,15 @@ from gymnasium import spaces
 
 from policydistill.config import DistillConfig, StudentConfig
 from policydistill.data.shards import EpisodeStore, ShardWriter, evict
-from policydistill.distill.collect import collect, task_spaces
+from policydistill.distill.collect import task_spaces
+from policydistill.distill.collectors import make_collector
 from policydistill.distill.schedules import BetaSchedule, ConstantBeta, make_schedule
 from policydistill.eval.metrics import summarise
-from policydistill.eval.rollout import EnvPool, run_episodes
+from policydistill.eval.rollout import run_episodes
 from policydistill.models import resolve_device
 from policydistill.models.generalist import (
     TASK_ENCODINGS,
     GeneralistPolicy,
-    SpaceLayout,
     action_mask,
     fit_normalizer,
 )
@@ -154,7 +154,8 @@ def short_episodes(suite: Suite, steps: int) -> Suite:
 
 class DaggerRounds:
     """One round of ``bc``/``dagger``/``onpolicy`` for the loop in :mod:`policydistill.distill.loop`: collect
-    with the schedule's beta, store the episodes (padded to the suite's widest spaces when they differ),
+    with the schedule's beta (here or on Ray rollout actors, ``collector``), store the episodes (padded to
+    the suite's widest spaces when they differ),
     evict down to the cap, refit the student's input normaliser to the stored data and train on it (a
     normaliser fitted once on a small first round clips the states the student reaches later)."""
 
@@ -165,10 +166,8 @@ class DaggerRounds:
         self.suite = suite if cfg.collect_steps is None else short_episodes(suite, cfg.collect_steps)
         self.rng = np.random.default_rng(cfg.seed + 7919 * first_round)
         self.trainer = _Trainer(student, cfg, loss_fn, self.rng)
-        self.writer = ShardWriter(out / "episodes")
         self.root = out / "episodes"
-        self.layout = SpaceLayout.from_spaces(*zip(*task_spaces(suite), strict=True))
-        self.pool = EnvPool(self.suite)
+        self.collector = make_collector(cfg, self.suite, bank, student, ShardWriter(self.root), self.rng)
         self.first_round = first_round
         self.attempt = time.time_ns()  # episodes of an interrupted attempt at a round are never trained on
 
@@ -177,25 +176,9 @@ class DaggerRounds:
         cfg = self.cfg
         beta = self.schedule(r, prev["student_return"] if prev else None, teacher_return)
         t0 = time.perf_counter()
-        records = collect(self.suite, list(range(len(self.suite.tasks))), self.bank,
-                          self.student if beta < 1 else None, beta, cfg.episodes_per_task, cfg.n_envs,
-                          seed=cfg.seed * 100_000 + r * 1000, rng=self.rng, pool=self.pool,
-                          teacher_noise=cfg.teacher_noise)
-        steps = sum(rec.episode.length for rec in records)
-        kept = 0
-        for rec in records:
-            teacher_only = not rec.steps["actor"].any()
-            if rec.episode.error or (cfg.success_filter and teacher_only and not rec.episode.success):
-                continue
-            meta = {"task": rec.episode.task, "task_index": rec.task_index, "seed": rec.episode.seed,
-                    "success": rec.episode.success, "round": r, "beta": beta, "return": rec.episode.ret,
-                    "attempt": self.attempt}
-            if not self.layout.uniform:
-                i = rec.task_index
-                meta["dims"] = {**self.layout.group_dims[i], "action": self.layout.act_dims[i]}
-            self.writer.add(rec.steps if self.layout.uniform else self.layout.pad_steps(rec.steps), meta)
-            kept += rec.episode.length
-        self.writer.flush()
+        collected = self.collector.round(r, beta, self.student if beta < 1 else None,
+                                         seed=cfg.seed * 100_000 + r * 1000, attempt=self.attempt)
+        steps, kept = collected.steps, collected.kept
         t_collect = time.perf_counter() - t0
         evict(self.root, cfg.max_steps if self.aggregate else kept)
         store = EpisodeStore(self.root)
@@ -206,10 +189,11 @@ class DaggerRounds:
             raise RuntimeError(f"round {r}: no episodes to train on (all dropped or filtered out)")
         loss = self.trainer.fit(data, set_stats=True)  # statistics of this round's training data
         return {"beta": beta, "env_steps": steps, "labels": steps, "dataset_steps": store.steps, "loss": loss,
-                "collect_time_s": round(t_collect, 2), "update_time_s": round(time.perf_counter() - t0 - t_collect, 2)}
+                "collect_time_s": round(t_collect, 2), "update_time_s": round(time.perf_counter() - t0 - t_collect, 2),
+                **collected.info}
 
     def close(self) -> None:
-        self.pool.close()
+        self.collector.close()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Nothing beyond the student bundle is needed to resume (the optimiser restarts)."""

@@ -76,6 +76,15 @@ class EnvPool:
         self.free.clear()
 
 
+def slot_layout(tasks: Sequence[int], episodes_per_task: int, n_envs: int) -> list[int]:
+    """The task of each env slot: at least one slot per task, slot ``i`` runs ``tasks[i % len(tasks)]``."""
+    if episodes_per_task < 1 or not tasks:
+        raise ValueError(f"need at least one task and episode, got tasks={list(tasks)}, "
+                         f"episodes_per_task={episodes_per_task}")
+    n = max(len(tasks), min(n_envs, episodes_per_task * len(tasks)))
+    return [tasks[i % len(tasks)] for i in range(n)]
+
+
 def rollout(suite: Suite, tasks: Sequence[int], act: ActFn, episodes_per_task: int, n_envs: int = 8,
             seed: int = 0, on_reset: Callable[[np.ndarray], None] | None = None, record: bool = False,
             on_step: Callable[[int], None] | None = None, pool: EnvPool | None = None) -> list[EpisodeRecord]:
@@ -83,12 +92,14 @@ def rollout(suite: Suite, tasks: Sequence[int], act: ActFn, episodes_per_task: i
     task; slot ``i`` runs task ``tasks[i % len(tasks)]``). ``on_reset(mask (n_envs,))`` is called when
     slots start a new episode (for stateful policies). Envs come from ``pool`` when given (and go back to
     it), else are built and closed here. Returns the finished episodes, dropped ones flagged with their
-    ``error``, sorted by task then seed."""
-    if episodes_per_task < 1 or not tasks:
-        raise ValueError(f"need at least one task and episode, got tasks={list(tasks)}, "
-                         f"episodes_per_task={episodes_per_task}")
-    n = max(len(tasks), min(n_envs, episodes_per_task * len(tasks)))
-    slot_task = [tasks[i % len(tasks)] for i in range(n)]
+    ``error``, sorted by task then seed. A suite with a ``batched`` env is stepped through it
+    (:func:`~policydistill.eval.batched_rollout.rollout_batched`), with the same episodes."""
+    slot_task = slot_layout(tasks, episodes_per_task, n_envs)
+    if suite.batched is not None:  # one batched tensor env instead of a Python loop over envs
+        from policydistill.eval.batched_rollout import rollout_batched
+
+        return rollout_batched(suite, slot_task, act, episodes_per_task, seed, on_reset, record, on_step)
+    n = len(slot_task)
     envs = [pool.take(t) if pool is not None else suite.make_env(t) for t in slot_task]
     next_episode = dict.fromkeys(tasks, 0)
     obs: list[dict[str, np.ndarray]] = [{}] * n
