@@ -40,7 +40,8 @@ _ASIDE = ".old"
 _TMP = ".tmp-"
 
 POLICY_CLASSES: dict[str, type | str] = {"MLPPolicy": "policydistill.models.mlp_policy:MLPPolicy",
-                                         "HistoryPolicy": "policydistill.models.history_policy:HistoryPolicy"}
+                                         "HistoryPolicy": "policydistill.models.history_policy:HistoryPolicy",
+                                         "GeneralistPolicy": "policydistill.models.generalist:GeneralistPolicy"}
 """Allow-list of policy classes a bundle may name: a class, or ``"module:Class"`` imported on first use."""
 
 

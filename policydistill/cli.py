@@ -30,7 +30,7 @@ commands:
   pipeline       train experts on a suite, evaluate them, write report.md (the main job)
   train-experts  train one specialist per task: suite=<name> out=<dir> workers=N expert=ppo|sac|td3
   evaluate       seeded rollouts: policy=<bundle or folder> suite=<name> episodes=N out=<file.json>
-  distill        teacher-student distillation: method=bc|dagger|onpolicy suite=<name> teachers=<dir> out=<dir>
+  distill        teacher-student distillation: method=bc|dagger|onpolicy|kickstart suite=<name> teachers=<dir> out=<dir>
   import-sb3     turn a trusted SB3 .zip (+ VecNormalize .pkl) into a bundle
   run            fixed-rate control loop on a simulated robot: policy=<bundle|.onnx|.pt> suite=<name> rate_hz=<f>
   export         policy=<bundle> format=torchscript|onnx out=<path>, normalisation and post-processing inside

@@ -70,7 +70,7 @@ def import_sb3_cmd(cfg: ImportSB3Config) -> None:
 
 
 def distill_cmd(cfg: DistillConfig) -> None:
-    from policydistill.distill.dagger import distill
+    from policydistill.distill.loop import distill
 
     if not cfg.teachers:
         raise ValueError("'distill' needs teachers=<folder of bundles, one per task | bundle | module:callable "

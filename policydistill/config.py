@@ -92,6 +92,10 @@ class ImportSB3Config:
 class StudentConfig:
     """The student network over ``groups`` (normaliser inside), optionally with a learned std.
 
+    ``task_encoding``: how the ``task`` group reaches the MLP, ``onehot`` or a learned ``embedding`` of
+    ``embedding_dim``. A suite whose tasks have different spaces gets a padded student (padding plus
+    masks, see ``policydistill.models.generalist``), which must read ``task``.
+
     ``kind``: ``mlp`` (stateless), ``history_mlp`` (last ``history`` frames stacked into an MLP),
     ``tcn`` (1-D temporal convolution over them), ``gru`` (recurrent, ``rnn_hidden`` wide, trained
     with truncated BPTT over ``tbptt`` steps) or ``latent`` (a ``latent_encoder`` history encoder
@@ -112,13 +116,47 @@ class StudentConfig:
     latent_encoder: str = "tcn"
     latent_action_rounds: int = 0
     check_predictable: bool = True
+    task_encoding: str = "onehot"
+    embedding_dim: int = 8
+
+
+@dataclass
+class KickstartConfig:
+    """``method=kickstart``: PPO on the student's own rollouts plus ``kd_weight * loss`` to the teachers
+    (``loss`` of the distillation config). Each round, ``epochs`` passes over the round's states in
+    minibatches of ``minibatch_size`` at learning rate ``lr``. ``kd_weight`` starts at ``kd_weight_start``
+    and decays per round: ``exponential`` (``* kd_decay_rate ** round``), ``linear`` (to 0 at round
+    ``kd_decay_rounds``) or ``return_ratio`` (``* clip(1 - G_student / G_teacher, 0, 1)``)."""
+
+    lr: float = 3e-4
+    epochs: int = 10
+    minibatch_size: int = 64
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_range: float = 0.2
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    normalize_advantage: bool = True
+    value_hidden: list[int] = field(default_factory=lambda: [64, 64])
+    kd_weight_start: float = 1.0
+    kd_decay: str = "exponential"
+    kd_decay_rate: float = 0.7
+    kd_decay_rounds: int = 10
 
 
 @dataclass
 class DistillConfig:
     """Teacher-student distillation. ``method``: ``bc`` (teacher always acts, data aggregated),
     ``dagger`` (``schedule`` decides who acts, data aggregated), ``onpolicy`` (student always acts,
-    buffer cleared after each update). ``max_steps`` caps the aggregated data (oldest rounds evicted)."""
+    buffer cleared after each update), ``kickstart`` (PPO plus a decaying distillation loss, see
+    :class:`KickstartConfig`; the student gets a learned std). ``max_steps`` caps the aggregated data
+    (oldest rounds evicted). ``lr_decay``: cosine-anneal the learning rate from ``lr`` to ``lr / 100`` over
+    each round's ``updates_per_round`` (a lower fitting error, for teachers whose tasks are sensitive to it).
+    ``teacher_noise``: when the teacher acts, execute its mean plus ``teacher_noise`` times its std of
+    Gaussian noise (labels stay the mean): data on how it recovers from small deviations.
+    ``collect_steps``: cut collected episodes at this many steps (truncated), so the same labels come from
+    more episode starts; evaluation keeps the tasks' own episode length."""
 
     method: str = "dagger"
     suite: str = "default"
@@ -136,11 +174,15 @@ class DistillConfig:
     updates_per_round: int = 500
     batch_size: int = 256
     lr: float = 1e-3
+    lr_decay: bool = False
     max_steps: int = 200_000
     balance_tasks: bool = True
     success_filter: bool = False
+    teacher_noise: float = 0.0
+    collect_steps: int | None = None
     eval_episodes: int = 10
     student: StudentConfig = field(default_factory=StudentConfig)
+    kickstart: KickstartConfig = field(default_factory=KickstartConfig)
     collector: str = "local"  # local (in this process) | ray (rollout actors)
     ray: RayConfig = field(default_factory=RayConfig)
 

@@ -84,7 +84,7 @@ def stage_task_blindness(cfg: PipelineConfig, suite: Suite, out: Path, report: R
 
 def stage_distill(cfg: PipelineConfig, suite: Suite, out: Path, report: Report) -> None:
     """DAgger generalist (reads ``policy`` + ``task``) and, beside it, the same student without ``task``."""
-    from policydistill.distill.dagger import distill
+    from policydistill.distill.loop import distill
 
     teachers = policies_for_suite(out / "experts", suite, device=cfg.device)
     runs = {}

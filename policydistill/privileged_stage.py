@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from policydistill.config import DistillConfig, PipelineConfig, StudentConfig
+from policydistill.distill.predictability import predictability_of
 from policydistill.eval.evaluate import policies_for_suite
 from policydistill.eval.report import Report, markdown_table, plot_distill
 from policydistill.io import read_json
@@ -64,7 +65,7 @@ def stage_privileged(cfg: PipelineConfig, suite: Suite, out: Path, report: Repor
              sum(first["teacher"][t]["success_rate"] for t in psuite.task_names) / len(psuite.task_names), None, None]]
     for kind, run in runs.items():
         last = run["rounds"][-1]
-        pred = run.get("predictability")
+        pred = predictability_of(run)
         rows.append([kind, ", ".join(run["config"]["student"]["groups"]),
                      *[f"{last['tasks'][t]['return_mean']:.1f}" for t in psuite.task_names], last["mean_score"],
                      sum(last["tasks"][t]["success_rate"] for t in psuite.task_names) / len(psuite.task_names),

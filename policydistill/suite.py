@@ -142,7 +142,8 @@ def suite_from_dict(data: dict[str, Any], where: str) -> Suite:
 
 
 def load_suite(name: str) -> Suite:
-    """Resolve a suite by bundled name, YAML path, or gymnasium env id (a one-task suite)."""
+    """Resolve a suite by bundled name, YAML path, gymnasium env id (a one-task suite) or comma-separated env
+    ids (one task each, named by its id)."""
     path = Path(name)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         return suite_from_dict(yaml.safe_load(path.read_text()), str(path))
@@ -152,5 +153,7 @@ def load_suite(name: str) -> Suite:
     _register_builtin_envs()
     if name in gym.registry:
         return Suite(name=name, tasks=(TaskSpec(name=name, env=name),))
+    if "," in name:  # env ids, one task each: "Hopper-v5,Walker2d-v5"
+        return suite_from_dict({"name": name, "tasks": [t.strip() for t in name.split(",")]}, name)
     raise ValueError(f"unknown suite '{name}': expected one of {builtin_suites()}, a suite .yaml file, "
-                     "or a registered gymnasium env id (e.g. Hopper-v5)")
+                     "a registered gymnasium env id (e.g. Hopper-v5) or a comma-separated list of them")

@@ -22,6 +22,7 @@ from policydistill.data.shards import EpisodeStore
 from policydistill.distill.collect import STUDENT, collect
 from policydistill.distill.dagger import distill
 from policydistill.distill.history_trainer import HistoryTrainer
+from policydistill.distill.predictability import predictability_of
 from policydistill.distill.students import make_student, make_trainer
 from policydistill.eval.metrics import summarise
 from policydistill.eval.rollout import run_episodes
@@ -109,7 +110,7 @@ def test_predictability_warns_when_the_groups_cannot_explain_the_teacher(default
                     student=StudentConfig(groups=groups, hidden=[64, 64]))
         caplog.clear()
         distill(cfg, default_suite, teachers)
-        results["_".join(groups)] = (read_json(out / "run" / "distill.json")["predictability"], caplog.text)
+        results["_".join(groups)] = (predictability_of(read_json(out / "run" / "distill.json")), caplog.text)
     blind, blind_log = results["policy"]
     told, told_log = results["policy_task"]
     assert blind["warning"] and blind["ratio"] > 5 and "hard to predict" in blind_log and "student=" in blind_log

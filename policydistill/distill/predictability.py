@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from policydistill.config import DistillConfig
-from policydistill.distill.losses import make_loss
+from policydistill.distill.losses import LossFn
 from policydistill.policy import Policy
 from policydistill.suite import Suite
 from policydistill.types import PRIVILEGED
@@ -61,11 +61,12 @@ def _split(data: dict[str, np.ndarray], lengths: np.ndarray, episodes: np.ndarra
 
 
 def check_predictable(cfg: DistillConfig, suite: Suite, teachers: Sequence[Policy], data: dict[str, np.ndarray],
-                      lengths: Sequence[int], teacher_has_std: bool) -> dict[str, Any] | None:
+                      lengths: Sequence[int], loss_fn: LossFn) -> dict[str, Any] | None:
     """Compare held-out action MSE of the configured student with and without ``privileged`` (see module doc).
 
     ``data`` must hold ``obs/<group>`` for the student's groups and ``privileged`` and ``label_mean``.
-    Returns the numbers (None when the student already reads ``privileged`` or there are too few episodes)."""
+    ``loss_fn``: the run's loss. Returns the numbers (None when the student already reads ``privileged`` or
+    there are too few episodes)."""
     from policydistill.distill.students import make_student, make_trainer
 
     groups = list(cfg.student.groups)
@@ -77,8 +78,6 @@ def check_predictable(cfg: DistillConfig, suite: Suite, teachers: Sequence[Polic
     n_test = max(1, int(round(HELD_OUT * len(lengths))))
     train, train_len = _split(data, lengths, np.sort(order[n_test:]))
     test, test_len = _split(data, lengths, np.sort(order[:n_test]))
-    loss_fn = make_loss(cfg.loss, teacher_has_std=teacher_has_std, student_has_std=cfg.student.learn_std,
-                        **dict(cfg.loss_params))
     out: dict[str, Any] = {"held_out_episodes": int(n_test), "train_episodes": int(len(lengths) - n_test),
                            "updates": cfg.updates_per_round, "label_variance": float(test["label_mean"].var(0).mean())}
     for name, gs in (("student", groups), ("with_privileged", [*groups, PRIVILEGED])):
@@ -103,3 +102,8 @@ def check_predictable(cfg: DistillConfig, suite: Suite, teachers: Sequence[Polic
         log.info("predictability: held-out action MSE %.4g (student) vs %.4g (with '%s'), ratio %.2f",
                  out["student_mse"], out["with_privileged_mse"], PRIVILEGED, out["ratio"])
     return out
+
+
+def predictability_of(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The diagnostic's numbers from a distill.json content (in the row of the round it ran after)."""
+    return next((row["predictability"] for row in summary["rounds"] if row.get("predictability")), None)

@@ -70,6 +70,9 @@ def make_student(suite: Suite, cfg: StudentConfig, device: str | torch.device,
     base = build_student(suite, cfg, device)
     if kind == "mlp":
         return base
+    if not isinstance(base, MLPPolicy):
+        raise ValueError(f"a '{kind}' student needs one observation and action space across suite '{suite.name}' "
+                         "and a one-hot task id; use student=mlp for suites whose tasks differ")
     latent = None
     if kind == "latent":
         if teachers is None or len(teachers) != len(suite.tasks):

@@ -28,7 +28,7 @@ from policydistill.batched.protocol import BatchedEnv, resolve_factory
 from policydistill.config import DistillConfig
 from policydistill.data.shards import commit_shards, field_spec, read_manifest, write_shard
 from policydistill.distill.collect import collect
-from policydistill.distill.collectors import RoundData, episodes_to_store
+from policydistill.distill.collectors import RoundData, episodes_to_store, suite_layout
 from policydistill.policy import Policy, Teacher
 from policydistill.scale.ray_session import ray_session
 from policydistill.suite import Suite
@@ -79,6 +79,7 @@ class RolloutWorker:
         self.held = HeldEnvs(suite.batched)
         self.suite = dataclasses.replace(suite, batched=self.held)
         self.bank, self.student, self.cfg, self.root = bank, student, cfg, Path(root)
+        self.layout = suite_layout(suite)
 
     def pid(self) -> int:
         return os.getpid()
@@ -93,8 +94,9 @@ class RolloutWorker:
         first, count = item["first"], item["count"]
         rng = np.random.default_rng([self.cfg.seed, item["round"], first])
         records = collect(self.suite, list(range(len(self.suite.tasks))), self.bank, student, item["beta"], count,
-                          self.cfg.n_envs, seed=item["seed"] + first, rng=rng)
-        kept = episodes_to_store(records, item["round"], item["beta"], item["attempt"], self.cfg.success_filter)
+                          self.cfg.n_envs, seed=item["seed"] + first, rng=rng, teacher_noise=self.cfg.teacher_noise)
+        kept = episodes_to_store(records, item["round"], item["beta"], item["attempt"], self.cfg.success_filter,
+                                 self.layout)
         entry = write_shard(self.root, item["shard"], kept) if kept else None
         return {"entry": entry, "fields": field_spec(kept[0][0]) if kept else None, "episodes": len(records),
                 "steps": sum(r.episode.length for r in records), "kept": sum(m["length"] for _, m in kept)}
