@@ -190,7 +190,7 @@ class DaggerRounds:
         evict(self.root, cfg.max_steps if self.aggregate else kept)
         store = EpisodeStore(self.root)
         diagnose = cfg.student.check_predictable and not self.diagnosed and f"obs/{PRIVILEGED}" in store.fields \
-            and len(store) >= MIN_EPISODES
+            and len(store) >= MIN_EPISODES and not isinstance(self.student, GeneralistPolicy)  # padded data
         groups = [*self.student.groups, TASK, *([PRIVILEGED] if diagnose else [])]
         fields = [f"obs/{g}" for g in dict.fromkeys(groups)] + self.trainer.extra_fields + ["label_mean"]
         fields += ["label_std"] if "label_std" in store.fields else []

@@ -93,10 +93,11 @@ def privileged_encoders(teachers: Sequence[Policy], device: torch.device) -> lis
     return [split_teacher(t)[2].to(device) for t in teachers]  # type: ignore[arg-type]
 
 
-def make_trainer(student: MLPPolicy | HistoryPolicy, cfg: DistillConfig, loss_fn: LossFn, rng: np.random.Generator,
+def make_trainer(student: Policy, cfg: DistillConfig, loss_fn: LossFn, rng: np.random.Generator,
                  teachers: Sequence[Policy] | None = None, action_only: bool = False) -> _Trainer | HistoryTrainer:
-    """The trainer for ``student``: minibatches of steps (MLP), windows or TBPTT sequences (history students)."""
-    if isinstance(student, MLPPolicy):
+    """The trainer for ``student``: minibatches of steps (MLP, padded generalist), windows or TBPTT sequences
+    (history students)."""
+    if not isinstance(student, HistoryPolicy):
         return _Trainer(student, cfg, loss_fn, rng)
     latent = None
     if student.is_latent and not action_only:
