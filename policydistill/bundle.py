@@ -39,7 +39,11 @@ _BUNDLE_FILES = {POLICY_JSON, WEIGHTS}
 _ASIDE = ".old"
 _TMP = ".tmp-"
 
-POLICY_CLASSES: dict[str, type | str] = {"MLPPolicy": "policydistill.models.mlp_policy:MLPPolicy"}
+POLICY_CLASSES: dict[str, type | str] = {
+    "MLPPolicy": "policydistill.models.mlp_policy:MLPPolicy",
+    "DiffusionPolicy": "policydistill.models.diffusion:DiffusionPolicy",
+    "OneStepPolicy": "policydistill.models.onestep:OneStepPolicy",
+}
 """Allow-list of policy classes a bundle may name: a class, or ``"module:Class"`` imported on first use."""
 
 

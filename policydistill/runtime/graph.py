@@ -13,11 +13,15 @@ Roles of inputs:
   :attr:`ExportGraph.state`;
 - ``noise``: standard normal values the caller draws at every call (diffusion and one-step
   generators); feeding the same noise to the torch policy and the exported model gives the same
-  actions.
+  actions;
+- ``sample`` and ``timestep``: the running sample ``(n, horizon, act_dim)`` and the noise level
+  ``(n,)`` of an iterative sampler, for a denoiser graph that a runtime calls once per sampler step
+  (a diffusion policy's bundle config holds the sampler's parameters).
 
 Roles of outputs: the first is ``action`` ``(n, act_dim)`` in the env's action space or ``chunk``
 ``(n, horizon, act_dim)`` (a sequence of actions in the env's action space, executed from a queue);
-``state`` outputs feed the paired ``state`` inputs at the next call.
+``state`` outputs feed the paired ``state`` inputs at the next call; a denoiser graph's
+``prediction`` outputs feed its sampler's update.
 
 Normalisation and action post-processing are inside the module, so the exported graph maps raw
 observations to executable actions.
@@ -31,8 +35,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-INPUT_ROLES = ("observation", "state", "noise")
-OUTPUT_ROLES = ("action", "chunk", "state")
+INPUT_ROLES = ("observation", "state", "noise", "sample", "timestep")
+OUTPUT_ROLES = ("action", "chunk", "state", "prediction")
 OBS = "obs"
 
 
