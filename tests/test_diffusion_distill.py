@@ -211,3 +211,14 @@ def test_load_suite_default_hazard_keeps_the_default_tasks_and_spaces() -> None:
         assert a.observation_space == b.observation_space and a.action_space == b.action_space
         a.close()
         b.close()
+
+
+def test_diffusion_trains_on_given_episode_stores_too(tmp_path, teacher_run, default_suite) -> None:
+    """DAgger-aggregated (or any) episode stores given in ``diffusion.data`` join the collected episodes."""
+    seeker = goal_seeker()
+    cfg = tiny_cfg(tmp_path, f"diffusion.data=[{teacher_run / 'episodes'}]", "diffusion.episodes_per_task=1")
+    summary = distill_diffusion(cfg, default_suite, {n: seeker for n in default_suite.task_names})
+    own, given = EpisodeStore(tmp_path / "episodes").steps, EpisodeStore(teacher_run / "episodes").steps
+    assert summary["rounds"][0]["dataset_steps"] == own + given
+    with pytest.raises(ValueError, match="lack fields"):
+        chunk_windows([teacher_run / "episodes"], ("policy", "privileged", "task", "missing"), 1, 4)
