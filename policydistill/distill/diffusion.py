@@ -139,7 +139,8 @@ def distill_diffusion(cfg: DistillConfig, suite: Suite, teachers: dict[str, Poli
             state = read_json(state_path)
             policy.load_state_dict(load_bundle(out / "checkpoint" / "model", device=device, frozen=False).state_dict())
             ema.load_state_dict(load_bundle(out / "student", device=device).state_dict())
-            log.info("resuming round %d at update %d", state["round"], state["step"])
+            if state["round"] < d.rounds:
+                log.info("resuming round %d at update %d", state["round"], state["step"])
     else:
         summary = {"method": "diffusion", "suite": suite.name, "config": asdict(cfg),
                    "teacher": evaluate_per_task(suite, demos, cfg.eval_episodes), "rounds": []}
