@@ -5,9 +5,9 @@ thread, the process pinned to one core. Variants, per denoiser (``mlp`` and ``un
 
 - torch eager: ``predict_chunk`` of the teacher with DDIM 100, 10 and 1 steps and of the one-step
   students (stochastic: noise input; deterministic: anchor, no noise);
-- ONNX Runtime: the teacher's exported denoiser graph run as the 100-step DDIM loop (the update in
-  numpy, the sampler table from the bundle config), and each student's exported graph, one call
-  (obs, history state [, noise] -> chunk).
+- ONNX Runtime through the runtime's ``OnnxPolicy.predict`` (numpy in and out, one intra-op
+  thread): the teacher's exported denoiser inside the exported 100-step DDIM loop, and each
+  student's exported graph, one call (observation window [, noise] -> chunk).
 
 Rounds alternate the variants; each round reports p50 and p99 per call; the table gives the medians
 over rounds and the teacher/student ratios, and ``bench/results/onestep_latency.json`` holds them.
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -40,58 +39,12 @@ from policydistill.eval.latency import percentiles, start_window, time_calls
 from policydistill.io import atomic_write_json
 from policydistill.models.diffusion import DiffusionPolicy
 from policydistill.models.onestep import OneStepPolicy
-from policydistill.runtime import export_policy
+from policydistill.runtime import OnnxPolicy, export_policy
 from policydistill.suite import load_suite
 from policydistill.types import stack_obs
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench.onestep_latency")
-
-
-def session(path: Path) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def ort_teacher(teacher: DiffusionPolicy, path: Path, obs_window: np.ndarray) -> Callable[[], np.ndarray]:
-    """The K-step DDIM loop around the exported denoiser: one call returns a chunk (1, H, A)."""
-    sess = session(path)
-    table = teacher.sampler_table()
-    steps = [(np.full(1, s["t"], np.float32), math.sqrt(s["abar"]), math.sqrt(1 - s["abar"]),
-              None if s["abar_prev"] is None else (math.sqrt(s["abar_prev"]), math.sqrt(1 - s["abar_prev"])))
-             for s in table]
-    shape = (1, teacher.horizon, teacher.act_dim)
-    rng = np.random.default_rng(0)
-
-    def run() -> np.ndarray:
-        x = rng.standard_normal(shape, dtype=np.float32)
-        chunk = x
-        for t, sa, s1a, prev in steps:
-            chunk, x0 = sess.run(None, {"obs": obs_window, "sample": x, "timestep": t})
-            if prev is not None:
-                eps = (x - sa * x0) / s1a
-                x = (prev[0] * x0 + prev[1] * eps).astype(np.float32)
-        return chunk
-
-    return run
-
-
-def ort_student(student: OneStepPolicy, path: Path, obs: np.ndarray) -> Callable[[], np.ndarray]:
-    sess = session(path)
-    names = [i.name for i in sess.get_inputs()]
-    rng = np.random.default_rng(0)
-    hist = np.zeros((1, student.n_obs_steps - 1, student.obs_dim + 1), np.float32)
-
-    def run() -> np.ndarray:
-        feed = {"obs": obs}
-        if "obs_history" in names:
-            feed["obs_history"] = hist
-        if "noise" in names:
-            feed["noise"] = rng.standard_normal((1, student.horizon, student.act_dim), dtype=np.float32)
-        return sess.run(None, feed)[0]
-
-    return run
 
 
 def models(denoiser: str, args: argparse.Namespace) -> tuple[DiffusionPolicy, dict[str, OneStepPolicy]]:
@@ -110,18 +63,17 @@ def measure(denoiser: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any
     obs = stack_obs([load_suite("default_hazard").make_env(0).reset(seed=0)[0]])
     window = start_window(teacher, obs)
     flat = np.concatenate([window[g] for g in teacher.groups], axis=-1).reshape(1, -1).astype(np.float32)
-    current = np.concatenate([obs[g] for g in teacher.groups], axis=-1).astype(np.float32)
-    export_policy(teacher, "onnx", tmp / f"{denoiser}_denoiser.onnx")
+    teachers = {k: load_bundle_like(teacher, k) for k in (100, 10, 1)}
+    export_policy(teachers[100], "onnx", tmp / f"{denoiser}_denoiser.onnx")
     for kind, student in students.items():
         export_policy(student, "onnx", tmp / f"{denoiser}_{kind}.onnx")
-    teachers = {k: load_bundle_like(teacher, k) for k in (100, 10, 1)}
+    exported = {name: OnnxPolicy(tmp / f"{denoiser}_{name}.onnx") for name in ("denoiser", *students)}
     variants: dict[str, tuple[Callable[[], object], int]] = {
         **{f"torch teacher ddim {k}": (lambda p=p: p.predict_chunk(window), args.calls) for k, p in teachers.items()},
         **{f"torch one-step {kind}": (lambda s=s: s.predict_chunk(window), args.calls * 10)
            for kind, s in students.items()},
-        "onnx teacher ddim 100": (ort_teacher(teachers[100], tmp / f"{denoiser}_denoiser.onnx", flat), args.calls),
-        **{f"onnx one-step {kind}": (ort_student(s, tmp / f"{denoiser}_{kind}.onnx", current), args.calls * 10)
-           for kind, s in students.items()},
+        "onnx teacher ddim 100": (lambda: exported["denoiser"].predict(flat), args.calls),
+        **{f"onnx one-step {kind}": (lambda e=exported[kind]: e.predict(flat), args.calls * 10) for kind in students},
     }
     rounds: dict[str, list[dict[str, float]]] = {k: [] for k in variants}
     for r in range(args.rounds):

@@ -20,13 +20,13 @@ import json
 import logging
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import torch
+from runtime_setup import shown, time_calls
 
 from policydistill.bundle import load_bundle
 from policydistill.runtime import OnnxPolicy, export_policy
@@ -34,19 +34,6 @@ from policydistill.types import concat_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench.runtime_latency")
-
-
-def time_calls(fn: Callable[[], object], iters: int) -> list[float]:
-    """Per-call wall times in microseconds of ``iters`` calls of ``fn`` (after a warm-up)."""
-    for _ in range(min(iters, 500)):
-        fn()
-    out = []
-    clock = time.perf_counter_ns
-    for _ in range(iters):
-        t0 = clock()
-        fn()
-        out.append((clock() - t0) / 1000.0)
-    return out
 
 
 def main() -> None:
@@ -91,7 +78,7 @@ def main() -> None:
                     "mean_us": statistics.fmean(t)} for name, t in times.items()}
     onnx = stats["onnx_act"]
     result = {
-        "bench": "runtime_latency", "bundle": str(args.bundle), "batch": 1, "threads": 1,
+        "bench": "runtime_latency", "bundle": shown(args.bundle), "batch": 1, "threads": 1,
         "obs_dim": policy.obs_dim, "act_dim": policy.act_dim, "hidden": policy.hidden,
         "iters_per_round": args.iters, "rounds": args.rounds, "latency": stats,
         "ratio_onnx_act_over_torch_act": {k: onnx[k] / stats["torch_act"][k] for k in ("median_us", "p99_us")},

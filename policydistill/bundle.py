@@ -41,6 +41,7 @@ _TMP = ".tmp-"
 
 POLICY_CLASSES: dict[str, type | str] = {
     "MLPPolicy": "policydistill.models.mlp_policy:MLPPolicy",
+    "GeneralistPolicy": "policydistill.models.generalist:GeneralistPolicy",
     "DiffusionPolicy": "policydistill.models.diffusion:DiffusionPolicy",
     "OneStepPolicy": "policydistill.models.onestep:OneStepPolicy",
 }

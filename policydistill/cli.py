@@ -30,10 +30,13 @@ commands:
   pipeline       train experts on a suite, evaluate them, write report.md (the main job)
   train-experts  train one specialist per task: suite=<name> out=<dir> workers=N expert=ppo|sac|td3
   evaluate       seeded rollouts: policy=<bundle or folder> suite=<name> episodes=N out=<file.json>
-  distill        teacher-student distillation: method=bc|dagger|onpolicy suite=<name> teachers=<dir> out=<dir>
+  distill        teacher-student distillation: method=bc|dagger|onpolicy|kickstart suite=<name> teachers=<dir> out=<dir>
                  method=diffusion (diffusion policy from the teachers' episodes), method=onestep
                  teachers=<diffusion bundle> onestep.algo=dmd|dmd_det|consistency|regression
   import-sb3     turn a trusted SB3 .zip (+ VecNormalize .pkl) into a bundle
+  run            fixed-rate control loop on a simulated robot: policy=<bundle|.onnx|.pt> suite=<name> rate_hz=<f>
+  export         policy=<bundle> format=torchscript|onnx out=<path>, normalisation and post-processing inside
+  train-student  student updates over a distill run's episodes, DDP on nproc processes: run=<distill out> nproc=N
 
 'policydistill <command> --cfg' prints the composed config with every valid key."""
 
@@ -90,7 +93,8 @@ def _run(command: str, cfg: Any) -> None:
 
     {"train-experts": commands.train_experts_cmd, "evaluate": commands.evaluate_cmd,
      "pipeline": commands.pipeline_cmd, "import-sb3": commands.import_sb3_cmd,
-     "distill": commands.distill_cmd}[command](cfg)
+     "distill": commands.distill_cmd, "run": commands.run_cmd, "export": commands.export_cmd,
+     "train-student": commands.train_student_cmd}[command](cfg)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from policydistill.config import DistillConfig, EvaluateConfig, ImportSB3Config, PipelineConfig, TrainExpertsConfig
+from policydistill.config import (
+    DistillConfig,
+    EvaluateConfig,
+    ExportConfig,
+    ImportSB3Config,
+    PipelineConfig,
+    RunConfig,
+    TrainExpertsConfig,
+    TrainStudentConfig,
+)
 from policydistill.eval.evaluate import evaluate, format_table, policies_for_suite
 from policydistill.io import atomic_write_json
 from policydistill.suite import load_suite
@@ -18,7 +27,7 @@ def train_experts_cmd(cfg: TrainExpertsConfig) -> None:
 
     suite = load_suite(cfg.suite)
     summary = train_experts(suite, cfg.expert, cfg.out, workers=cfg.workers, seed=cfg.seed, device=cfg.device,
-                            tasks=cfg.tasks)
+                            tasks=cfg.tasks, launcher=cfg.launcher, ray=cfg.ray)
     for name, r in summary["tasks"].items():
         log.info("%-12s %s %7d steps %6.0f s  return %8.2f ± %.2f  success %.2f", name, r["algo"],
                  r["env_steps"], r["wall_time_s"], r["return_mean"], r["return_std"], r["success_rate"])
@@ -67,7 +76,7 @@ def import_sb3_cmd(cfg: ImportSB3Config) -> None:
 
 
 def distill_cmd(cfg: DistillConfig) -> None:
-    from policydistill.distill.dagger import distill
+    from policydistill.distill.loop import distill
 
     if not cfg.teachers:
         raise ValueError("'distill' needs teachers=<folder of bundles, one per task | bundle | module:callable "
@@ -86,3 +95,37 @@ def distill_cmd(cfg: DistillConfig) -> None:
         log.info("%-12s student return %8.2f  teacher %8.2f  score %s  success %.2f (teacher %.2f)", name,
                  t["return_mean"], t["teacher_return_mean"], score, t["success_rate"], t["teacher_success_rate"])
     log.info("student bundle: %s  summary: %s", Path(cfg.out) / "student", Path(cfg.out) / "distill.json")
+
+
+def run_cmd(cfg: RunConfig) -> None:
+    from dataclasses import asdict
+
+    from policydistill.runtime.loop import format_stats
+    from policydistill.runtime.run import run_policy
+
+    options = asdict(cfg.runtime)
+    budget = options.pop("latency_budget_ms")
+    options["latency_budget_s"] = None if budget is None else budget / 1e3
+    stats = run_policy(cfg.policy, cfg.suite, cfg.rate_hz, cfg.ticks, task=cfg.task, n_envs=cfg.n_envs,
+                       backend=cfg.backend, seed=cfg.seed, cpu=cfg.cpu, realtime=cfg.realtime,
+                       log_every_s=cfg.log_every_s, sampler_steps=cfg.sampler_steps, controller=options)
+    print(format_stats(stats))
+    eps = stats["episodes"]
+    if eps["count"]:
+        print(f"  episodes {eps['count']}: return {eps['return_mean']:.2f}, success {eps['success_rate']:.2f}")
+    if cfg.out:
+        atomic_write_json(cfg.out, {"config": asdict(cfg), **stats})
+        log.info("wrote %s", cfg.out)
+
+
+def export_cmd(cfg: ExportConfig) -> None:
+    from policydistill.runtime.export import export_policy, sidecar_path
+
+    out = export_policy(cfg.policy, cfg.format, cfg.out, opset=cfg.opset, check=cfg.check)
+    log.info("exported %s -> %s (description %s)", cfg.policy, out, sidecar_path(out))
+
+
+def train_student_cmd(cfg: TrainStudentConfig) -> None:
+    from policydistill.scale.ddp_train import launch
+
+    launch(cfg)

@@ -43,7 +43,7 @@ def cross_task_success(suite: Suite, policies: dict[str, Any], episodes: int, se
 
 def stage_experts(cfg: PipelineConfig, suite: Suite, out: Path, report: Report) -> dict[str, Any]:
     experts = train_experts(suite, cfg.expert, out / "experts", workers=cfg.workers, seed=cfg.seed,
-                            device=cfg.device)
+                            device=cfg.device, launcher=cfg.launcher, ray=cfg.ray)
     policies = policies_for_suite(out / "experts", suite, device=cfg.device)
     result = evaluate(suite, policies, episodes=cfg.episodes, seed=cfg.eval_seed,
                       video_dir=out / "videos" if cfg.video else None)
@@ -84,7 +84,7 @@ def stage_task_blindness(cfg: PipelineConfig, suite: Suite, out: Path, report: R
 
 def stage_distill(cfg: PipelineConfig, suite: Suite, out: Path, report: Report) -> None:
     """DAgger generalist (reads ``policy`` + ``task``) and, beside it, the same student without ``task``."""
-    from policydistill.distill.dagger import distill
+    from policydistill.distill.loop import distill
 
     teachers = policies_for_suite(out / "experts", suite, device=cfg.device)
     runs = {}

@@ -45,11 +45,17 @@ class TaskSpec:
 
 @dataclass(frozen=True)
 class Suite:
-    """An ordered tuple of tasks; a task's index is its ``task`` one-hot position."""
+    """An ordered tuple of tasks; a task's index is its ``task`` one-hot position.
+
+    ``batched``: optional batched tensor env for rollouts (see :mod:`policydistill.batched`): ``"gymnasium"``,
+    ``"module:factory"`` or a factory ``(suite, slot_tasks) -> BatchedEnv``; None steps one gymnasium env
+    per slot.
+    """
 
     name: str
     tasks: tuple[TaskSpec, ...]
     description: str = ""
+    batched: str | Callable[..., Any] | None = None
 
     @property
     def task_names(self) -> list[str]:
@@ -112,7 +118,8 @@ def builtin_suites() -> list[str]:
 
 def suite_from_dict(data: dict[str, Any], where: str) -> Suite:
     """Validate a parsed suite file (unknown keys are errors that list the valid ones)."""
-    valid_suite, valid_task = {"name", "tasks", "description"}, {f.name for f in dataclasses.fields(TaskSpec)}
+    valid_suite = {"name", "tasks", "description", "batched"}
+    valid_task = {f.name for f in dataclasses.fields(TaskSpec)}
     if not isinstance(data, dict) or "tasks" not in data:
         raise ValueError(f"{where}: a suite needs a 'tasks' list; valid keys are {sorted(valid_suite)}")
     unknown = set(data) - valid_suite
@@ -131,11 +138,12 @@ def suite_from_dict(data: dict[str, Any], where: str) -> Suite:
     if not tasks or len(set(names)) != len(names):
         raise ValueError(f"{where}: a suite needs at least one task and unique task names, got {names}")
     return Suite(name=str(data.get("name", Path(where).stem)), tasks=tuple(tasks),
-                 description=str(data.get("description", "")))
+                 description=str(data.get("description", "")), batched=data.get("batched"))
 
 
 def load_suite(name: str) -> Suite:
-    """Resolve a suite by bundled name, YAML path, or gymnasium env id (a one-task suite)."""
+    """Resolve a suite by bundled name, YAML path, gymnasium env id (a one-task suite) or comma-separated env
+    ids (one task each, named by its id)."""
     path = Path(name)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         return suite_from_dict(yaml.safe_load(path.read_text()), str(path))
@@ -145,5 +153,7 @@ def load_suite(name: str) -> Suite:
     _register_builtin_envs()
     if name in gym.registry:
         return Suite(name=name, tasks=(TaskSpec(name=name, env=name),))
+    if "," in name:  # env ids, one task each: "Hopper-v5,Walker2d-v5"
+        return suite_from_dict({"name": name, "tasks": [t.strip() for t in name.split(",")]}, name)
     raise ValueError(f"unknown suite '{name}': expected one of {builtin_suites()}, a suite .yaml file, "
-                     "or a registered gymnasium env id (e.g. Hopper-v5)")
+                     "a registered gymnasium env id (e.g. Hopper-v5) or a comma-separated list of them")

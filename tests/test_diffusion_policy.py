@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 from gymnasium import spaces
@@ -14,9 +13,9 @@ from gymnasium import spaces
 from policydistill.bundle import load_bundle, save_bundle
 from policydistill.io import read_json
 from policydistill.models.diffusion import DiffusionPolicy, apply_sampler, parse_sampler
-from policydistill.models.noise import NoiseSchedule, alphas_cumprod, sampler_levels
+from policydistill.models.noise import alphas_cumprod, sampler_levels
 from policydistill.models.onestep import OneStepPolicy
-from policydistill.runtime import export_policy
+from policydistill.runtime import OnnxPolicy, export_policy
 from policydistill.runtime.export import sidecar_path
 
 OBS = spaces.Dict({"policy": spaces.Box(-np.inf, np.inf, (4,), np.float32), "task": spaces.Box(0, 1, (3,), np.float32)})
@@ -57,19 +56,19 @@ def test_cosine_schedule_and_sampler_levels() -> None:
 
 @pytest.mark.parametrize("prediction", ["sample", "epsilon"])
 def test_ddim_with_an_exact_denoiser_recovers_the_clean_sample(prediction: str) -> None:
-    """Noise a known x0 and sample back with a denoiser that returns the truth: DDIM lands on x0."""
-    sched = NoiseSchedule(50, prediction=prediction)
-    x0 = torch.rand(4, 6, 2) * 1.6 - 0.8
-    x = torch.randn(4, 6, 2)
-    for step in sched.plan("ddim", 7):
-        eps_true = (x - math.sqrt(step.abar) * x0) / math.sqrt(1 - step.abar)
-        pred = x0 if prediction == "sample" else eps_true
-        got_x0, got_eps = sched.split(pred, x, step.abar)
-        assert torch.allclose(got_x0, x0, atol=2e-3)  # eps -> x0 amplifies float32 rounding by 1/sqrt(abar)
-        x = sched.update(step, got_x0, got_eps, None)
-    assert torch.allclose(x, x0, atol=2e-3)
-    assert all(s.sigma == 0 for s in sched.plan("ddim", 7))
-    assert all(s.sigma > 0 for s in sched.plan("ddpm", 7)[:-1])
+    """The policy's sampler loop (the runtime's SamplerSpec with its levels) driven by a denoiser that
+    returns the truth for a known x0 lands on x0."""
+    p = diffusion(noise={"steps": 50, "prediction": prediction})
+    loop = p.sampler_spec("ddim", 7)
+    assert loop.timesteps == tuple(sampler_levels(50, 7)) and loop.eta == 0.0
+    x0 = torch.rand(4, 8, 2, dtype=torch.float64) * 1.6 - 0.8
+    x = torch.randn(4, 8, 2, dtype=torch.float64)
+    for i, t in enumerate(loop.timesteps):
+        a = loop.alphas_cumprod[t]
+        pred = x0 if prediction == "sample" else (x - math.sqrt(a) * x0) / math.sqrt(1 - a)
+        x = loop.step(i, x, pred)
+    assert torch.allclose(x, x0, atol=1e-6)
+    assert p.sampler_spec("ddpm", 7).stochastic and p.sampler_spec("ddpm", 7).eta == 1.0
 
 
 def test_act_refills_the_queue_every_n_action_steps() -> None:
@@ -132,7 +131,7 @@ def test_bundles_round_trip_and_sampler_is_a_runtime_setting(tmp_path, denoiser:
     o = obs_batch(4, 3)
     assert np.allclose(q.predict_chunk(o), p.predict_chunk(o), atol=1e-6)
     apply_sampler([q], "ddim:1")
-    assert q.sampler == {"kind": "ddim", "steps": 1} and len(q.sampler_table()) == 1
+    assert q.sampler == {"kind": "ddim", "steps": 1} and q.sampler_spec().timesteps == (99,)
     with pytest.raises(ValueError, match="expected '<kind>:<steps>'"):
         parse_sampler("euler:3")
     s = OneStepPolicy.from_teacher(q)
@@ -143,44 +142,46 @@ def test_bundles_round_trip_and_sampler_is_a_runtime_setting(tmp_path, denoiser:
         apply_sampler([r], "ddim:2")
 
 
-def _session(path) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+def flat(o: dict[str, np.ndarray]) -> np.ndarray:
+    """Observation windows {group: (n, k, dim)} as the runtime feeds them: (n, k * obs_dim)."""
+    return np.concatenate([o[g] for g in GROUPS], axis=-1).reshape(len(o[GROUPS[0]]), -1)
 
 
-@pytest.mark.parametrize("stochastic", [True, False])
-def test_one_step_export_matches_the_policy_over_steps(tmp_path, stochastic: bool) -> None:
-    """TorchScript and ONNX exports; the ONNX model run step by step with its history state fed back
-    gives the chunks the policy computes from its own history (same noise), resets included."""
+@pytest.mark.parametrize(("stochastic", "denoiser"), [(True, "mlp"), (False, "mlp"), (False, "unet")])
+def test_one_step_export_runs_in_the_runtime_like_the_policy(tmp_path, stochastic: bool, denoiser: str) -> None:
+    """TorchScript and ONNX exports; the exported chunk equals the torch one for the same window and
+    noise; run through the runtime's OnnxPolicy (its own observation window and action queue), a
+    deterministic student acts like the torch policy over steps with a reset of one env."""
     p = OneStepPolicy(GROUPS, OBS, ACT, n_obs_steps=3, horizon=8, n_action_steps=4, stochastic=stochastic,
-                      denoiser_params={"hidden": [32, 32]})
+                      denoiser=denoiser, denoiser_params={"hidden": [32, 32]} if denoiser == "mlp" else {})
     p.obs_normalizer.set_stats(np.linspace(-1, 1, 7), np.linspace(0.5, 2, 7))
     export_policy(p, "torchscript", tmp_path / "student.pt")
     export_policy(p, "onnx", tmp_path / "student.onnx")
     info = read_json(sidecar_path(tmp_path / "student.onnx"))
-    assert info["stateful"] and info["deterministic"] is (not stochastic)
-    assert [s["name"] for s in info["inputs"]] == ["obs", "obs_history"] + (["noise"] if stochastic else [])
-    session = _session(tmp_path / "student.onnx")
-    hist = np.zeros((2, 2, 8), np.float32)
-    rng = np.random.default_rng(0)
-    for t in range(5):
-        if t == 3:  # env 1 starts a new episode
+    assert info["chunk"] == {"horizon": 8, "n_action_steps": 4, "n_obs_steps": 3}
+    assert info["deterministic"] is (not stochastic) and not info["stateful"]
+    exported = OnnxPolicy(tmp_path / "student.onnx")
+    win = window(obs_batch(5, 0), obs_batch(5, 1), obs_batch(5, 2))
+    z = np.random.default_rng(0).normal(size=(5, 8, 2)).astype(np.float32)
+    got = exported.predict(flat(win), noise={"noise": z})
+    with torch.inference_mode():
+        want = p.to_actions(p.generate(p.cond(p.obs_tensor(win, window=True)), torch.as_tensor(z))).numpy()
+    assert np.allclose(got, want, atol=1e-4)
+    if stochastic:
+        return
+    p.reset(None)
+    exported.reset(None)
+    for t in range(9):
+        if t == 5:  # env 1 starts a new episode
             p.reset(np.array([False, True]))
-            hist[1] = 0.0
-        o = obs_batch(2, t)
-        x = np.concatenate([o["policy"], o["task"]], axis=1)
-        z = rng.normal(size=(2, 8, 2)).astype(np.float32)
-        feed = {"obs": x, "obs_history": hist, **({"noise": z} if stochastic else {})}
-        chunk, hist = session.run(["chunk", "obs_history_next"], feed)
-        with torch.inference_mode():
-            want = p.to_actions(p.generate(p.cond(p.observe(o)), torch.as_tensor(z))).numpy()
-        assert np.allclose(chunk, want, atol=1e-4), t
+            exported.reset(np.array([False, True]))
+        o = obs_batch(2, 10 + t)
+        assert np.allclose(exported.act(o), p.act(o), atol=1e-4), t
 
 
-def test_denoiser_graph_runs_the_k_step_sampler_in_onnx_runtime(tmp_path) -> None:
-    """The teacher's exported denoiser, looped with the sampler table of its bundle config, reproduces
-    the torch DDIM sample from the same noise."""
+def test_denoiser_graph_runs_the_k_step_sampler_in_the_runtime(tmp_path) -> None:
+    """The teacher's exported denoiser, run by the runtime's OnnxPolicy in the exported sampler loop,
+    reproduces the torch DDIM chunk from the same initial noise."""
     p = diffusion(sampler={"kind": "ddim", "steps": 6})
     p.obs_normalizer.set_stats(np.linspace(-1, 1, 7), np.linspace(0.5, 2, 7))
     p.action_normalizer.set_stats([-0.8, -0.5], [0.6, 1.0])
@@ -188,21 +189,13 @@ def test_denoiser_graph_runs_the_k_step_sampler_in_onnx_runtime(tmp_path) -> Non
     export_policy(p, "onnx", tmp_path / "denoiser.onnx")
     info = read_json(sidecar_path(tmp_path / "denoiser.onnx"))
     assert [s["role"] for s in info["inputs"]] == ["observation", "sample", "timestep"]
-    assert info["policy_config"]["sampler"] == {"kind": "ddim", "steps": 6}
-    session = _session(tmp_path / "denoiser.onnx")
-    o = obs_batch(3, 1)
-    hist = window(o, o)
-    obs = np.concatenate([hist["policy"], hist["task"]], axis=2).reshape(3, -1)
+    assert info["sampler"]["timesteps"] == [99, 82, 66, 49, 32, 16] and info["sampler"]["prediction"] == "sample"
+    win = window(obs_batch(3, 1), obs_batch(3, 2))
     z = np.random.default_rng(1).normal(size=(3, 8, 2)).astype(np.float32)
-    x, chunk = z, None
-    for s in p.sampler_table():
-        chunk, x0 = session.run(["chunk", "x0"], {"obs": obs, "sample": x, "timestep": np.full(3, s["t"], np.float32)})
-        if s["abar_prev"] is not None:
-            eps = (x - math.sqrt(s["abar"]) * x0) / math.sqrt(1 - s["abar"])
-            x = (math.sqrt(s["abar_prev"]) * x0 + math.sqrt(1 - s["abar_prev"]) * eps).astype(np.float32)
+    got = OnnxPolicy(tmp_path / "denoiser.onnx").predict(flat(win), noise={"sample": z})
     with torch.inference_mode():
-        want = p.to_actions(p.sample_from(p.cond(torch.as_tensor(obs).view(3, 2, 7)), torch.as_tensor(z), None))
-    assert np.allclose(chunk, want.numpy(), atol=1e-4)
+        want = p.to_actions(p.sample_from(p.cond(p.obs_tensor(win, window=True)), torch.as_tensor(z), None))
+    assert np.allclose(got, want.numpy(), atol=1e-4)
 
 
 def test_invalid_chunking_and_config_are_refused() -> None:

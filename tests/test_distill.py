@@ -17,7 +17,7 @@ from policydistill.distill.dagger import build_student, distill
 from policydistill.eval.metrics import summarise
 from policydistill.eval.rollout import run_episodes
 from policydistill.io import read_json
-from policydistill.policy import RandomPolicy
+from policydistill.policy import CallablePolicy, RandomPolicy
 from policydistill.teachers import TeacherBank
 from policydistill.types import stack_obs
 
@@ -136,3 +136,25 @@ def test_distill_cli_and_bad_input(tmp_path, caplog):
     assert "needs a teacher std and a student std" in caplog.text and "['huber', 'mse']" in caplog.text
     assert main(["distill", f"out={tmp_path / 'z'}"]) == 2
     assert "'distill' needs teachers=" in caplog.text
+
+
+@pytest.mark.slow
+def test_success_filter_keeps_only_successful_teacher_episodes(default_suite, tmp_path):
+    idle = CallablePolicy(lambda x: np.zeros((len(x), 2)), groups=("policy",), batched=True)
+    teachers = {**scripted_teachers(default_suite), "west": idle}  # never reaches the west goal
+    for name, keep in (("filtered", True), ("all", False)):
+        distill(quick(tmp_path / name, method="bc", rounds=1, success_filter=keep), default_suite, teachers)
+    kept = EpisodeStore(tmp_path / "filtered" / "run" / "episodes").episodes()
+    assert {m["task"] for m in kept} == {"north", "east", "south"} and all(m["success"] for m in kept)
+    assert "west" in {m["task"] for m in EpisodeStore(tmp_path / "all" / "run" / "episodes").episodes()}
+
+
+def test_collect_steps_cuts_collected_episodes_only(default_suite, tmp_path):
+    summary = distill(quick(tmp_path, rounds=1, collect_steps=30), default_suite, scripted_teachers(default_suite))
+    assert summary["rounds"][0]["labels_used"] == 4 * 2 * 30
+    data = EpisodeStore(tmp_path / "run" / "episodes").load(["truncated"])
+    assert len(data["truncated"]) == 240 and data["truncated"].sum() == 8
+    student = load_bundle(tmp_path / "run" / "student", device="cpu")
+    assert {e.length for e in run_episodes(default_suite, "north", student, 2)} == {100}  # evaluation: full episodes
+    with pytest.raises(ValueError, match="collect_steps must be an int >= 1"):
+        distill(quick(tmp_path / "bad", collect_steps=0), default_suite, scripted_teachers(default_suite))

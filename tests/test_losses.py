@@ -91,6 +91,22 @@ def test_weights_respected(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
+def test_masked_dims_contribute_nothing(name: str) -> None:
+    """A padded dim (mask False) changes nothing, whatever it holds; a full mask is no mask."""
+    b = batch(d=3)
+    fn = LOSSES[name]
+    mask = torch.tensor([[True, True, False]] * 6)
+    assert fn(**b, mask=torch.ones(6, 3, dtype=torch.bool)).item() == pytest.approx(fn(**b).item(), rel=1e-6)
+    two_dims = fn(**{k: v[:, :2] for k, v in b.items()})
+    assert fn(**b, mask=mask).item() == pytest.approx(two_dims.item(), rel=1e-5)
+    noisy = {k: v.clone() for k, v in b.items()}
+    noisy["student_mean"][:, 2], noisy["teacher_mean"][:, 2], noisy["teacher_std"][:, 2] = 1e3, -1e3, 1e-6
+    assert fn(**noisy, mask=mask).item() == pytest.approx(two_dims.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="mask"):
+        fn(**b, mask=mask[:, :2])
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
 def test_gradients_reach_student_only(name: str) -> None:
     torch.manual_seed(0)
     net = torch.nn.Linear(4, 3)

@@ -253,23 +253,10 @@ class ShardWriter:
         """Write the pending episodes as one shard and update the manifest; returns the shard file name."""
         if not self._pending:
             return None
-        manifest = read_manifest(self.root)
-        name = shard_name(manifest["next_shard"])
-        lengths = [len(a["reward"]) for a, _ in self._pending]
-        data = {k: np.concatenate([a[k] for a, _ in self._pending]) for k in self._fields}
-        data[EPISODE_START] = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-        buf = io.BytesIO()
-        np.savez(buf, **data)
-        blob = buf.getvalue()
-        atomic_write_bytes(self.root / name, blob)
-        manifest["fields"] = self._fields
-        manifest["next_shard"] += 1
-        manifest["shards"].append({"file": name, "episodes": [m for _, m in self._pending],
-                                   "steps": int(sum(lengths)), "sha256": _sha256(blob)})
-        atomic_write_json(self.root / MANIFEST, _with_totals(manifest))
-        log.debug("wrote %s: %d episodes, %d steps", name, len(lengths), sum(lengths))
+        entry = write_shard(self.root, read_manifest(self.root)["next_shard"], self._pending)
+        commit_shards(self.root, [entry], self._fields)
         self._pending, self._pending_steps = [], 0
-        return name
+        return entry["file"]
 
     def evict(self, max_steps: int) -> list[str]:
         """Flush, then :func:`evict` the oldest shards of this store down to ``max_steps`` total steps."""
@@ -288,6 +275,57 @@ class ShardWriter:
             self.flush()
         except Exception:
             log.exception("could not flush %d pending episodes to %s", len(self._pending), self.root)
+
+
+def prepare_episode(episode: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> tuple[EpisodeArrays, Meta]:
+    """Validate one episode and its metadata (see :func:`validate_episode`, :func:`validate_meta`)."""
+    arrays = validate_episode(episode)
+    return arrays, validate_meta(meta, arrays)
+
+
+def field_spec(arrays: EpisodeArrays) -> dict[str, dict[str, Any]]:
+    """The store fields an episode has: ``{name: {dtype, shape (trailing dims)}}``."""
+    return _field_spec(arrays)
+
+
+def write_shard(root: str | Path, index: int, episodes: Sequence[tuple[EpisodeArrays, Meta]]) -> dict[str, Any]:
+    """Write prepared episodes (sharing their fields) as shard ``index`` of ``root`` and return its
+    manifest entry. Readers do not see it until :func:`commit_shards` lists it (several processes may
+    write shards of one store; one commits them)."""
+    root = Path(root)
+    name = shard_name(index)
+    lengths = [len(a["reward"]) for a, _ in episodes]
+    data = {k: np.concatenate([a[k] for a, _ in episodes]) for k in episodes[0][0]}
+    data[EPISODE_START] = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    buf = io.BytesIO()
+    np.savez(buf, **data)
+    blob = buf.getvalue()
+    atomic_write_bytes(root / name, blob)
+    log.debug("wrote %s: %d episodes, %d steps", name, len(lengths), sum(lengths))
+    return {"file": name, "episodes": [m for _, m in episodes], "steps": int(sum(lengths)), "sha256": _sha256(blob)}
+
+
+def commit_shards(root: str | Path, entries: Sequence[dict[str, Any]], fields: dict[str, dict[str, Any]]) -> None:
+    """List written shards in the manifest of ``root`` with one atomic replace. Each shard file must be
+    there with its sha256, and ``fields`` must match the store's (an empty store takes them)."""
+    root = Path(root)
+    manifest = read_manifest(root)
+    if manifest["fields"] and fields != manifest["fields"]:
+        diff = sorted(k for k in set(fields) | set(manifest["fields"]) if fields.get(k) != manifest["fields"].get(k))
+        raise ValueError(f"shard fields differ from the store's in {diff}")
+    listed = {s["file"] for s in manifest["shards"]}
+    for entry in entries:
+        path = root / entry["file"]
+        if entry["file"] in listed or not _SHARD_RE.match(entry["file"]):
+            raise ShardError(f"{path}: already listed in {MANIFEST} or not a shard name")
+        if not path.is_file() or _sha256(path.read_bytes()) != entry["sha256"]:
+            raise ShardError(f"shard {path} is missing or differs from what was written (a writer on another "
+                             "machine needs the store on a filesystem shared with this one)")
+    manifest["fields"] = fields
+    manifest["shards"] += list(entries)
+    indices = [int(_SHARD_RE.match(e["file"]).group(1)) for e in entries]
+    manifest["next_shard"] = max([manifest["next_shard"], *(i + 1 for i in indices)])
+    atomic_write_json(root / MANIFEST, _with_totals(manifest))
 
 
 def evict(root: str | Path, max_steps: int) -> list[str]:

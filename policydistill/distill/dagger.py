@@ -1,49 +1,49 @@
-"""Teacher-student distillation in one loop: act (the schedule decides who), record teacher labels,
-update the student, evaluate, checkpoint. ``bc``, ``dagger`` and ``onpolicy`` are configurations of it:
+"""DAgger and its special cases as rounds of the distillation loop (:mod:`policydistill.distill.loop`):
+act (the schedule decides who), record teacher labels, store, update the student on the stored data.
 
-======== ================================ ==========================================
+======== ================================= ==========================================
 method   who acts (beta = P(teacher acts)) data
-======== ================================ ==========================================
-bc       teacher (beta = 1)               aggregated over rounds (capped, FIFO)
+======== ================================= ==========================================
+bc       teacher (beta = 1)                aggregated over rounds (capped, FIFO)
 dagger   ``schedule`` (e.g. linear 1 -> 0) aggregated over rounds (capped, FIFO)
-onpolicy student (beta = 0)               this round's only (cleared after the update)
-======== ================================ ==========================================
+onpolicy student (beta = 0)                this round's only (cleared after the update)
+======== ================================= ==========================================
 
-Output under ``out``: ``student/`` (bundle, rewritten every round), ``episodes/`` (shards + manifest),
-``distill.json`` (per-round numbers), ``tb/`` (TensorBoard). A rerun resumes after the last finished
-round (student weights from the bundle; the optimiser restarts).
+BC is the baseline: the student is trained on the stored expert episodes only. The aggregated data is
+capped at ``max_steps`` steps; eviction removes whole shards, oldest first (so the oldest rounds go
+first). ``success_filter`` drops teacher-only episodes that fail the task's success test.
 """
 
 from __future__ import annotations
 
-import logging
 import time
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from gymnasium import spaces
-from torch.utils.tensorboard import SummaryWriter
 
-from policydistill.bundle import load_bundle, save_bundle
 from policydistill.config import DistillConfig, StudentConfig
 from policydistill.data.shards import EpisodeStore, ShardWriter, evict
-from policydistill.distill.collect import collect
-from policydistill.distill.losses import make_loss
+from policydistill.distill.collect import task_spaces
+from policydistill.distill.collectors import make_collector
 from policydistill.distill.schedules import BetaSchedule, ConstantBeta, make_schedule
-from policydistill.eval.metrics import summarise, teacher_normalised
+from policydistill.eval.metrics import summarise
 from policydistill.eval.rollout import run_episodes
-from policydistill.io import atomic_write_json, read_json
 from policydistill.models import resolve_device
+from policydistill.models.generalist import (
+    TASK_ENCODINGS,
+    GeneralistPolicy,
+    action_mask,
+    fit_normalizer,
+)
 from policydistill.models.mlp_policy import MLPPolicy
 from policydistill.policy import Policy
 from policydistill.suite import Suite
 from policydistill.teachers import TeacherBank
-from policydistill.types import TASK, check_groups, stack_obs
-
-log = logging.getLogger(__name__)
+from policydistill.types import TASK, check_groups
 
 METHODS = ("bc", "dagger", "onpolicy")
 EVAL_SEED = 5000
@@ -60,38 +60,39 @@ def method_schedule(cfg: DistillConfig) -> tuple[BetaSchedule, bool]:
     return make_schedule(cfg.schedule, **dict(cfg.schedule_params)), True
 
 
-def build_student(suite: Suite, cfg: StudentConfig, device: str | torch.device) -> MLPPolicy:
-    """An MLP student reading ``cfg.groups``; every task of the suite must share its spaces."""
+def build_student(suite: Suite, cfg: StudentConfig, device: str | torch.device) -> MLPPolicy | GeneralistPolicy:
+    """The student reading ``cfg.groups``: an :class:`MLPPolicy` when every task shares its spaces and the task
+    is one-hot encoded, else a :class:`GeneralistPolicy` (padding plus masks, one-hot or learned task embedding)."""
     groups = check_groups(cfg.groups)
-    envs = [suite.make_env(i) for i in range(len(suite.tasks))]
-    first = envs[0]
-    for i, env in enumerate(envs[1:], start=1):
-        shared = [g for g in groups if g in first.observation_space.spaces]
-        if any(env.observation_space[g] != first.observation_space[g] for g in shared) \
-                or env.action_space != first.action_space:
-            raise ValueError(f"task '{suite.tasks[i].name}' has other spaces than '{suite.tasks[0].name}': "
-                             "an MLP student needs one observation and action space across the suite")
-    missing = [g for g in groups if g not in first.observation_space.spaces]
+    all_spaces = task_spaces(suite)
+    first_obs, first_act = all_spaces[0]
+    missing = sorted({g for obs, _ in all_spaces for g in groups if g not in obs.spaces})
     if missing:
-        raise ValueError(f"student groups {missing} are not observed by suite '{suite.name}'; "
-                         f"it has {list(first.observation_space.spaces)}")
-    obs_space = spaces.Dict({g: first.observation_space[g] for g in groups})
-    student = MLPPolicy(groups, obs_space, first.action_space, hidden=cfg.hidden, activation=cfg.activation,
-                        post="clip", normalizer={"enabled": True}, log_std=cfg.learn_std)
-    for env in envs:
-        env.close()
+        raise ValueError(f"student groups {missing} are not observed by every task of suite '{suite.name}'; "
+                         f"it has {list(first_obs.spaces)}")
+    obs_spaces = [spaces.Dict({g: obs[g] for g in groups}) for obs, _ in all_spaces]
+    uniform = all(o == obs_spaces[0] and a == first_act for o, (_, a) in zip(obs_spaces, all_spaces, strict=True))
+    if cfg.task_encoding not in TASK_ENCODINGS:
+        raise ValueError(f"student.task_encoding '{cfg.task_encoding}' is not one of {list(TASK_ENCODINGS)}")
+    if uniform and cfg.task_encoding == "onehot":
+        student = MLPPolicy(groups, obs_spaces[0], first_act, hidden=cfg.hidden, activation=cfg.activation,
+                            post="clip", normalizer={"enabled": True}, log_std=cfg.learn_std)
+    else:
+        if TASK not in groups:
+            why = "its tasks have different spaces" if not uniform else "a task embedding is asked for"
+            raise ValueError(f"suite '{suite.name}': {why}, so the student must read the '{TASK}' group; "
+                             f"got student.groups={list(groups)}")
+        student = GeneralistPolicy(groups, obs_spaces, [a for _, a in all_spaces], hidden=cfg.hidden,
+                                   activation=cfg.activation, task_encoding=cfg.task_encoding,
+                                   embedding_dim=cfg.embedding_dim, log_std=cfg.learn_std)
     return student.to(resolve_device(device))
-
-
-def _teacher_has_std(bank: TeacherBank, suite: Suite) -> bool:
-    obs = stack_obs([suite.make_env(i).reset(seed=0)[0] for i in range(len(suite.tasks))])
-    return bank.label(obs).std is not None
 
 
 class _Trainer:
     """Gradient steps on the student over the stored data, with per-task balanced sampling."""
 
-    def __init__(self, student: MLPPolicy, cfg: DistillConfig, loss_fn: Any, rng: np.random.Generator) -> None:
+    def __init__(self, student: MLPPolicy | GeneralistPolicy, cfg: DistillConfig, loss_fn: Any,
+                 rng: np.random.Generator) -> None:
         self.student, self.cfg, self.loss_fn, self.rng = student, cfg, loss_fn, rng
         self.opt = torch.optim.Adam(student.parameters(), lr=cfg.lr)
 
@@ -100,11 +101,12 @@ class _Trainer:
         dev = self.student.device
         x_np = np.concatenate([data[f"obs/{g}"] for g in self.student.groups], axis=1)
         if set_stats:
-            self.student.normalizer.set_stats(x_np.mean(0), x_np.var(0))
+            fit_normalizer(self.student, x_np)
         x = torch.as_tensor(x_np, device=dev)
         y = torch.as_tensor(data["label_mean"], device=dev)
         std = torch.as_tensor(data["label_std"], device=dev) if "label_std" in data else None
         task = data[f"obs/{TASK}"].argmax(1)
+        mask = action_mask(self.student, task)
         p = None
         if self.cfg.balance_tasks:
             counts = np.bincount(task)
@@ -112,10 +114,14 @@ class _Trainer:
             p /= p.sum()
         losses = []
         self.student.train()
-        for _ in range(self.cfg.updates_per_round):
+        for k in range(self.cfg.updates_per_round):
+            if self.cfg.lr_decay:  # cosine from lr to lr / 100 over the round's updates
+                frac = k / max(1, self.cfg.updates_per_round - 1)
+                for group in self.opt.param_groups:
+                    group["lr"] = self.cfg.lr * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * frac)))
             idx = torch.as_tensor(self.rng.choice(len(x), size=min(self.cfg.batch_size, len(x)), p=p), device=dev)
             loss = self.loss_fn(self.student.raw(x[idx]), y[idx], student_log_std=self.student.log_std,
-                                teacher_std=None if std is None else std[idx])
+                                teacher_std=None if std is None else std[idx], mask=None if mask is None else mask[idx])
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
@@ -128,84 +134,77 @@ class _Trainer:
 
 
 def evaluate_per_task(suite: Suite, policy: Policy | dict[str, Policy], episodes: int) -> dict[str, dict]:
+    """Seeded evaluation of every task, each in its own observation and action space."""
     return {n: summarise(run_episodes(suite, n, policy[n] if isinstance(policy, dict) else policy, episodes,
                                       seed=EVAL_SEED)) for n in suite.task_names}
 
 
-def distill(cfg: DistillConfig, suite: Suite, teachers: dict[str, Policy]) -> dict[str, Any]:
-    """Run (or resume) ``cfg.rounds`` rounds of ``cfg.method``; returns the content of distill.json."""
-    schedule, aggregate = method_schedule(cfg)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    bank = TeacherBank([teachers[n] for n in suite.task_names])
-    student = build_student(suite, cfg.student, cfg.device)
-    loss_fn = make_loss(cfg.loss, teacher_has_std=_teacher_has_std(bank, suite),
-                        student_has_std=cfg.student.learn_std, **dict(cfg.loss_params))
-    rng = np.random.default_rng(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    summary_path = out / "distill.json"
-    if summary_path.exists():
-        summary = read_json(summary_path)
-        if summary["method"] != cfg.method or summary["suite"] != suite.name:
-            raise ValueError(f"{out} holds a '{summary['method']}' run on suite '{summary['suite']}': "
-                             "choose another out")
-        saved = load_bundle(out / "student", device=student.device, frozen=False)
-        student.load_state_dict(saved.state_dict())
-        log.info("resuming after round %d", len(summary["rounds"]) - 1)
-    else:
-        teacher_eval = evaluate_per_task(suite, teachers, cfg.eval_episodes)
-        summary = {"method": cfg.method, "suite": suite.name, "config": asdict(cfg), "teacher": teacher_eval,
-                   "rounds": []}
-    trainer = _Trainer(student, cfg, loss_fn, rng)
-    writer = ShardWriter(out / "episodes")
-    tb = SummaryWriter(str(out / "tb"))
-    tasks = list(range(len(suite.tasks)))
-    first_round = len(summary["rounds"])
-    attempt = time.time_ns()  # episodes of an interrupted attempt at a round are never trained on
-    g_teacher = float(np.mean([summary["teacher"][n]["return_mean"] for n in suite.task_names]))
-    t_start = time.perf_counter() - (summary["rounds"][-1]["wall_time_s"] if summary["rounds"] else 0.0)
-    for r in range(len(summary["rounds"]), cfg.rounds):
-        prev = summary["rounds"][-1] if summary["rounds"] else None
-        beta = schedule(r, prev["student_return"] if prev else None, g_teacher)
-        records = collect(suite, tasks, bank, student if beta < 1 else None, beta, cfg.episodes_per_task,
-                          cfg.n_envs, seed=cfg.seed * 100_000 + r * 1000, rng=rng)
-        steps = sum(rec.episode.length for rec in records)
-        kept = 0
-        for rec in records:
-            teacher_only = not rec.steps["actor"].any()
-            if rec.episode.error or (cfg.success_filter and teacher_only and not rec.episode.success):
-                continue
-            writer.add(rec.steps, {"task": rec.episode.task, "task_index": rec.task_index, "seed": rec.episode.seed,
-                                   "success": rec.episode.success, "round": r, "beta": beta,
-                                   "return": rec.episode.ret, "attempt": attempt})
-            kept += rec.episode.length
-        writer.flush()
-        evict(out / "episodes", cfg.max_steps if aggregate else kept)
-        store = EpisodeStore(out / "episodes")
-        fields = [f"obs/{g}" for g in dict.fromkeys([*student.groups, TASK])] + ["label_mean"]
+def short_episodes(suite: Suite, steps: int) -> Suite:
+    """``suite`` with every task's episodes cut at ``steps`` (or its own limit when shorter)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"collect_steps must be an int >= 1, got {steps!r}")
+    tasks = []
+    for t in suite.tasks:
+        env = suite.make_env(t.name)
+        own = t.max_episode_steps or (env.spec.max_episode_steps if env.spec else None)
+        env.close()
+        tasks.append(replace(t, max_episode_steps=min(steps, own) if own else steps))
+    return replace(suite, tasks=tuple(tasks))
+
+
+class DaggerRounds:
+    """One round of ``bc``/``dagger``/``onpolicy`` for the loop in :mod:`policydistill.distill.loop`: collect
+    with the schedule's beta (here or on Ray rollout actors, ``collector``), store the episodes (padded to
+    the suite's widest spaces when they differ),
+    evict down to the cap, refit the student's input normaliser to the stored data and train on it (a
+    normaliser fitted once on a small first round clips the states the student reaches later)."""
+
+    def __init__(self, cfg: DistillConfig, suite: Suite, bank: TeacherBank, student: MLPPolicy | GeneralistPolicy,
+                 loss_fn: Any, out: Path, first_round: int) -> None:
+        self.schedule, self.aggregate = method_schedule(cfg)
+        self.cfg, self.bank, self.student = cfg, bank, student
+        self.suite = suite if cfg.collect_steps is None else short_episodes(suite, cfg.collect_steps)
+        self.rng = np.random.default_rng(cfg.seed + 7919 * first_round)
+        self.trainer = _Trainer(student, cfg, loss_fn, self.rng)
+        self.root = out / "episodes"
+        self.collector = make_collector(cfg, self.suite, bank, student, ShardWriter(self.root), self.rng)
+        self.first_round = first_round
+        self.attempt = time.time_ns()  # episodes of an interrupted attempt at a round are never trained on
+
+    def run_round(self, r: int, prev: dict[str, Any] | None, teacher_return: float) -> dict[str, Any]:
+        """Collect, store, evict and train for round ``r``; the row's method numbers."""
+        cfg = self.cfg
+        beta = self.schedule(r, prev["student_return"] if prev else None, teacher_return)
+        t0 = time.perf_counter()
+        collected = self.collector.round(r, beta, self.student if beta < 1 else None,
+                                         seed=cfg.seed * 100_000 + r * 1000, attempt=self.attempt)
+        steps, kept = collected.steps, collected.kept
+        t_collect = time.perf_counter() - t0
+        evict(self.root, cfg.max_steps if self.aggregate else kept)
+        store = EpisodeStore(self.root)
+        fields = [f"obs/{g}" for g in dict.fromkeys([*self.student.groups, TASK])] + ["label_mean"]
         fields += ["label_std"] if "label_std" in store.fields else []
-        data = store.load(fields, where=lambda m: m["round"] < first_round or m.get("attempt") == attempt)
+        data = store.load(fields, where=lambda m: m["round"] < self.first_round or m.get("attempt") == self.attempt)
         if len(data["label_mean"]) == 0:
             raise RuntimeError(f"round {r}: no episodes to train on (all dropped or filtered out)")
-        loss = trainer.fit(data, set_stats=r == 0)
-        evals = evaluate_per_task(suite, student, cfg.eval_episodes)
-        per_task = {n: {"return_mean": e["return_mean"], "success_rate": e["success_rate"],
-                        **teacher_normalised(e, summary["teacher"][n])} for n, e in evals.items()}
-        scores = [t["score"] for t in per_task.values() if t["score"] is not None]
-        row = {"round": r, "beta": beta, "labels_used": (prev["labels_used"] if prev else 0) + steps,
-               "env_steps": (prev["env_steps"] if prev else 0) + steps, "dataset_steps": store.steps,
-               "loss": loss, "wall_time_s": round(time.perf_counter() - t_start, 2),
-               "student_return": float(np.mean([e["return_mean"] for e in evals.values()])),
-               "mean_score": float(np.mean(scores)) if scores else None, "tasks": per_task}
-        save_bundle(student, out / "student", meta={"distill": asdict(cfg), "round": r, "suite": suite.name})
-        summary["rounds"].append(row)
-        atomic_write_json(summary_path, summary)
-        for k in ("beta", "loss", "student_return", "dataset_steps"):
-            tb.add_scalar(f"distill/{k}", row[k], row["labels_used"])
-        if row["mean_score"] is not None:
-            tb.add_scalar("distill/mean_score", row["mean_score"], row["labels_used"])
-        log.info("round %d: beta %.2f, labels %d, loss %.4f, student return %.2f, score %s", r, beta,
-                 row["labels_used"], loss, row["student_return"],
-                 "n/a" if row["mean_score"] is None else f"{row['mean_score']:.3f}")
-    tb.close()
-    return summary
+        loss = self.trainer.fit(data, set_stats=True)  # statistics of this round's training data
+        return {"beta": beta, "env_steps": steps, "labels": steps, "dataset_steps": store.steps, "loss": loss,
+                "collect_time_s": round(t_collect, 2), "update_time_s": round(time.perf_counter() - t0 - t_collect, 2),
+                **collected.info}
+
+    def close(self) -> None:
+        self.collector.close()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Nothing beyond the student bundle is needed to resume (the optimiser restarts)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """See :meth:`state_dict`."""
+
+
+def distill(cfg: DistillConfig, suite: Suite, teachers: dict[str, Policy]) -> dict[str, Any]:
+    """Run (or resume) ``cfg.rounds`` rounds of ``cfg.method``: :func:`policydistill.distill.loop.distill`."""
+    from policydistill.distill.loop import distill as run
+
+    return run(cfg, suite, teachers)

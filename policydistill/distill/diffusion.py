@@ -28,14 +28,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from gymnasium import spaces
 from tqdm import tqdm
 
 from policydistill.bundle import is_bundle, load_bundle, save_bundle
 from policydistill.config import DistillConfig
 from policydistill.data.chunks import ChunkWindows, chunk_windows
 from policydistill.data.shards import EpisodeStore, ShardWriter, evict
-from policydistill.distill.collect import collect
-from policydistill.distill.dagger import build_student, evaluate_per_task
+from policydistill.distill.collect import collect, task_spaces
+from policydistill.distill.dagger import evaluate_per_task
 from policydistill.distill.schedules import make_schedule
 from policydistill.eval.metrics import teacher_normalised
 from policydistill.io import atomic_write_json, read_json
@@ -45,21 +46,37 @@ from policydistill.policy import Policy
 from policydistill.suite import Suite
 from policydistill.teachers import TeacherBank
 from policydistill.teachers.routes import mirror_routes
+from policydistill.types import check_groups
 
 log = logging.getLogger(__name__)
 
 DEMOS = ("experts", "mirror_routes")
 
 
+def shared_spaces(suite: Suite, groups: tuple[str, ...]) -> tuple[spaces.Dict, spaces.Box]:
+    """The observation space of ``groups`` and the action space, which every task of the suite must share."""
+    all_spaces = task_spaces(suite)
+    obs0, act0 = all_spaces[0]
+    missing = [g for g in groups if g not in obs0.spaces]
+    if missing:
+        raise ValueError(f"groups {missing} are not observed by suite '{suite.name}'; it has {list(obs0.spaces)}")
+    for task, (obs, act) in zip(suite.tasks, all_spaces, strict=True):
+        if any(g not in obs.spaces or obs[g] != obs0[g] for g in groups) or act != act0:
+            raise ValueError(f"task '{task.name}' has other spaces than '{suite.tasks[0].name}': a diffusion policy "
+                             "needs one observation and action space across the suite")
+    return spaces.Dict({g: obs0[g] for g in groups}), act0
+
+
 def build_diffusion_policy(suite: Suite, cfg: DistillConfig) -> DiffusionPolicy:
     """An untrained diffusion policy reading ``cfg.student.groups`` with the suite's (shared) spaces."""
     d = cfg.diffusion
-    spaces_of = build_student(suite, cfg.student, "cpu")  # checks that every task shares the spaces
+    groups = check_groups(cfg.student.groups)
+    obs_space, act_space = shared_spaces(suite, groups)
     params: dict[str, Any] = {"time_dim": d.time_dim}
     params.update({"hidden": list(d.hidden)} if d.denoiser == "mlp" else
                   {"channels": list(d.channels), "kernel_size": d.kernel_size})
-    return DiffusionPolicy(spaces_of.groups, spaces_of.observation_space, spaces_of.action_space, d.n_obs_steps,
-                           d.horizon, d.n_action_steps, cfg.seed, d.denoiser, params,
+    return DiffusionPolicy(groups, obs_space, act_space, d.n_obs_steps, d.horizon, d.n_action_steps, cfg.seed,
+                           d.denoiser, params,
                            {"steps": d.noise_steps, "schedule": d.noise_schedule, "prediction": d.prediction},
                            {"kind": d.sampler, "steps": d.sampler_steps})
 

@@ -1,18 +1,22 @@
-"""Kickstarting: PPO on the student's own rollouts plus a distillation loss to the teachers.
+"""Kickstarting as rounds of the distillation loop (:mod:`policydistill.distill.loop`, ``method=kickstart``):
+PPO on the student's own rollouts plus a distillation loss to the teachers.
 
 Each round the student acts alone (sampled actions) in envs spread over the suite's tasks, the
 :class:`TeacherBank` labels every visited state, and the student and its value network minimise::
 
     ppo_loss + kd_weight(round) * distill_loss(student mean / log std, teacher label)
 
-``kd_weight`` starts at ``kd_weight_start`` and decays per round: ``exponential``
+``kd_weight`` starts at ``kickstart.kd_weight_start`` and decays per round: ``exponential``
 (``start * rate ** round``), ``linear`` (to 0 at round ``kd_decay_rounds``) or ``return_ratio``
 (``start * clip(1 - G_student / G_teacher, 0, 1)`` from the last evaluation). Once it reaches 0 the
-student is trained on the env reward only, so it may exceed its teachers. ``distill_loss`` is any
-loss of the menu in :mod:`policydistill.distill.losses`.
+student is trained on the env reward only, so it may exceed its teachers. ``distill_loss`` is the
+config's ``loss``, any loss of the menu in :mod:`policydistill.distill.losses`. Labels count as used
+while the weight is positive.
 
-Output under ``out``: ``student/`` (bundle, rewritten every round) and ``kickstart.json`` (per-round
-numbers). The value network is a training aid and is not saved.
+The round's episodes go to the episode store (``actor`` = student on every step), which keeps only the
+last round. The value network is checkpointed with the student, so a rerun resumes; it is a training
+aid and not part of the student bundle. Tasks with different spaces work as in DAgger: padded student,
+loss and log-probabilities over each task's real action dims.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,29 +34,28 @@ import numpy as np
 import torch
 from torch import nn
 
-from policydistill.bundle import save_bundle
-from policydistill.config import StudentConfig
-from policydistill.distill.dagger import build_student, evaluate_per_task
-from policydistill.distill.losses import LOSSES, LossFn, make_loss
+from policydistill.config import DistillConfig, KickstartConfig
+from policydistill.data.shards import ShardWriter, evict
+from policydistill.distill.collect import STUDENT, space_groups, task_spaces
+from policydistill.distill.losses import LossFn
 from policydistill.distill.schedules import AdaptiveBeta, BetaSchedule, ExponentialBeta, LinearBeta
-from policydistill.eval.metrics import teacher_normalised
-from policydistill.eval.rollout import EpisodeRecord, rollout
-from policydistill.io import atomic_write_json
+from policydistill.eval.rollout import EnvPool, EpisodeRecord, rollout
+from policydistill.models.generalist import GeneralistPolicy, SpaceLayout, action_mask, fit_normalizer, pad_columns
 from policydistill.models.mlp_policy import MLPPolicy
 from policydistill.models.normalizer import ObsNormalizer
-from policydistill.policy import Policy
 from policydistill.suite import Suite
 from policydistill.teachers import TeacherBank
-from policydistill.types import select_groups, stack_obs
+from policydistill.types import TASK, select_groups
 
 log = logging.getLogger(__name__)
 
 KD_DECAYS = ("exponential", "linear", "return_ratio")
+Student = MLPPolicy | GeneralistPolicy
 
 
 def _count(name: str, value: Any, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"KickstartParams.{name} must be an int >= {minimum}, got {value!r}")
+        raise ValueError(f"kickstart.{name} must be an int >= {minimum}, got {value!r}")
 
 
 def _number(name: str, value: Any, low: float, high: float, low_open: bool = False) -> None:
@@ -60,78 +63,44 @@ def _number(name: str, value: Any, low: float, high: float, low_open: bool = Fal
     ok = ok and (value > low if low_open else value >= low) and value <= high
     if not ok:
         bracket = "(" if low_open else "["
-        raise ValueError(f"KickstartParams.{name} must be a number in {bracket}{low}, {high}], got {value!r}")
+        raise ValueError(f"kickstart.{name} must be a number in {bracket}{low}, {high}], got {value!r}")
 
 
-@dataclass(frozen=True)
-class KickstartParams:
-    """Kickstarting settings. A round runs ``episodes_per_task`` student episodes of every task on
-    ``n_envs`` envs, then ``epochs`` passes of PPO + distillation over them in minibatches of
-    ``minibatch_size`` states. ``kd_weight_start=0`` is plain PPO (no teacher labels are fetched)."""
-
-    rounds: int = 10
-    episodes_per_task: int = 4
-    n_envs: int = 8
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    clip_range: float = 0.2
-    epochs: int = 10
-    minibatch_size: int = 64
-    lr: float = 3e-4
-    ent_coef: float = 0.0
-    vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
-    normalize_advantage: bool = True
-    value_hidden: tuple[int, ...] = (64, 64)
-    kd_weight_start: float = 1.0
-    kd_decay: str = "exponential"
-    kd_decay_rate: float = 0.7
-    kd_decay_rounds: int = 10
-    kd_loss: str = "forward_kl"
-    kd_loss_params: Mapping[str, float] = field(default_factory=dict)
-    eval_episodes: int = 5
-    seed: int = 0
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        for name in ("rounds", "episodes_per_task", "n_envs", "epochs", "minibatch_size", "eval_episodes",
-                     "kd_decay_rounds"):
-            _count(name, getattr(self, name))
-        _count("seed", self.seed, 0)
-        _number("gamma", self.gamma, 0.0, 1.0)
-        _number("gae_lambda", self.gae_lambda, 0.0, 1.0)
-        _number("clip_range", self.clip_range, 0.0, 1.0, low_open=True)
-        _number("lr", self.lr, 0.0, 1.0, low_open=True)
-        _number("ent_coef", self.ent_coef, 0.0, math.inf)
-        _number("vf_coef", self.vf_coef, 0.0, math.inf, low_open=True)
-        _number("max_grad_norm", self.max_grad_norm, 0.0, math.inf, low_open=True)
-        _number("kd_weight_start", self.kd_weight_start, 0.0, math.inf)
-        _number("kd_decay_rate", self.kd_decay_rate, 0.0, 1.0)
-        if self.kd_decay not in KD_DECAYS:
-            raise ValueError(f"unknown kd_decay '{self.kd_decay}'; expected one of {list(KD_DECAYS)}")
-        if self.kd_loss not in LOSSES:
-            raise ValueError(f"unknown kd_loss '{self.kd_loss}'; losses: {sorted(LOSSES)}")
-        if not self.value_hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1
-                                        for h in self.value_hidden):
-            raise ValueError(f"KickstartParams.value_hidden must be a non-empty list of ints >= 1, "
-                             f"got {self.value_hidden!r}")
-        object.__setattr__(self, "value_hidden", tuple(self.value_hidden))
-        object.__setattr__(self, "kd_loss_params", dict(self.kd_loss_params))
-
-    def kd_schedule(self) -> BetaSchedule:
-        """The decay factor in [0, 1] per round (``kd_weight = kd_weight_start * factor``)."""
-        if self.kd_decay == "exponential":
-            return ExponentialBeta(decay=self.kd_decay_rate)
-        if self.kd_decay == "linear":
-            return LinearBeta(rounds=self.kd_decay_rounds)
-        return AdaptiveBeta()
+def check_params(params: KickstartConfig) -> KickstartConfig:
+    """Validate the kickstart settings; errors name the key and the valid range. Returns ``params``."""
+    for name in ("epochs", "minibatch_size", "kd_decay_rounds"):
+        _count(name, getattr(params, name))
+    _number("gamma", params.gamma, 0.0, 1.0)
+    _number("gae_lambda", params.gae_lambda, 0.0, 1.0)
+    _number("clip_range", params.clip_range, 0.0, 1.0, low_open=True)
+    _number("lr", params.lr, 0.0, 1.0, low_open=True)
+    _number("ent_coef", params.ent_coef, 0.0, math.inf)
+    _number("vf_coef", params.vf_coef, 0.0, math.inf, low_open=True)
+    _number("max_grad_norm", params.max_grad_norm, 0.0, math.inf, low_open=True)
+    _number("kd_weight_start", params.kd_weight_start, 0.0, math.inf)
+    _number("kd_decay_rate", params.kd_decay_rate, 0.0, 1.0)
+    if params.kd_decay not in KD_DECAYS:
+        raise ValueError(f"unknown kickstart.kd_decay '{params.kd_decay}'; expected one of {list(KD_DECAYS)}")
+    if not params.value_hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1
+                                      for h in params.value_hidden):
+        raise ValueError(f"kickstart.value_hidden must be a non-empty list of ints >= 1, got {params.value_hidden!r}")
+    return params
 
 
-def kd_weight(params: KickstartParams, round: int, student_return: float | None = None,
+def kd_schedule(params: KickstartConfig) -> BetaSchedule:
+    """The decay factor in [0, 1] per round (``kd_weight = kd_weight_start * factor``)."""
+    if params.kd_decay == "exponential":
+        return ExponentialBeta(decay=params.kd_decay_rate)
+    if params.kd_decay == "linear":
+        return LinearBeta(rounds=params.kd_decay_rounds)
+    return AdaptiveBeta()
+
+
+def kd_weight(params: KickstartConfig, round: int, student_return: float | None = None,
               teacher_return: float | None = None) -> float:
     """The distillation weight of ``round``; ``return_ratio`` reads the last evaluated returns (the
     start weight while there is no student return yet or the teacher return is not positive)."""
-    return float(params.kd_weight_start * params.kd_schedule()(round, student_return, teacher_return))
+    return float(params.kd_weight_start * kd_schedule(params)(round, student_return, teacher_return))
 
 
 class ValueNet(nn.Module):
@@ -228,15 +197,17 @@ class _FinalObsSuite(Suite):
 class Batch:
     """One round of student experience, N states: ``x`` (N, obs_dim) student inputs, ``sample`` (N, act_dim)
     the Gaussian samples before clipping, ``old_logp``/``advantage``/``ret`` (N,), teacher ``label_mean``
-    (N, act_dim) and ``label_std`` (N, act_dim) or None (both None when no labels were fetched)."""
+    (N, act_dim) and ``label_std`` (N, act_dim) or None, ``mask`` (N, act_dim) the real action dims of a
+    padded student (None for an unpadded one)."""
 
     x: torch.Tensor
     sample: torch.Tensor
     old_logp: torch.Tensor
     advantage: torch.Tensor
     ret: torch.Tensor
-    label_mean: torch.Tensor | None = None
+    label_mean: torch.Tensor
     label_std: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.x)
@@ -246,22 +217,26 @@ class Batch:
             return None if t is None else t[idx]
 
         return Batch(self.x[idx], self.sample[idx], self.old_logp[idx], self.advantage[idx], self.ret[idx],
-                     take(self.label_mean), take(self.label_std))
+                     self.label_mean[idx], take(self.label_std), take(self.mask))
 
 
-def _log_prob(student: MLPPolicy, mean: torch.Tensor, sample: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-density of ``sample`` (n, d) under N(mean, std) and its entropy, each (n,)."""
+def _log_prob(student: Student, mean: torch.Tensor, sample: torch.Tensor,
+              mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-density of ``sample`` (n, d) under N(mean, std) and its entropy, each (n,), over the real dims."""
     assert student.log_std is not None
     dist = torch.distributions.Normal(mean, torch.exp(student.log_std).expand_as(mean))
-    return dist.log_prob(sample).sum(-1), dist.entropy().sum(-1)
+    logp, entropy = dist.log_prob(sample), dist.entropy()
+    if mask is not None:
+        logp, entropy = torch.where(mask, logp, 0.0), torch.where(mask, entropy, 0.0)
+    return logp.sum(-1), entropy.sum(-1)
 
 
-def kickstart_loss(student: MLPPolicy, value: ValueNet, batch: Batch, weight: float, kd_fn: LossFn,
-                   params: KickstartParams) -> tuple[torch.Tensor, dict[str, float]]:
+def kickstart_loss(student: Student, value: ValueNet, batch: Batch, weight: float, kd_fn: LossFn,
+                   params: KickstartConfig) -> tuple[torch.Tensor, dict[str, float]]:
     """``ppo_loss + weight * kd_fn(student mean, teacher mean, log stds)`` on one minibatch, where
     ``ppo_loss = clipped surrogate - ent_coef * entropy + vf_coef * value MSE``; the scalar loss and its parts."""
     mean = student.raw(batch.x)
-    logp, entropy = _log_prob(student, mean, batch.sample)
+    logp, entropy = _log_prob(student, mean, batch.sample, batch.mask)
     ratio = torch.exp(logp - batch.old_logp)
     adv = batch.advantage
     surrogate = torch.min(ratio * adv, torch.clamp(ratio, 1 - params.clip_range, 1 + params.clip_range) * adv)
@@ -270,9 +245,8 @@ def kickstart_loss(student: MLPPolicy, value: ValueNet, batch: Batch, weight: fl
     loss = policy_loss - params.ent_coef * entropy.mean() + params.vf_coef * value_loss
     kd = torch.zeros(())
     if weight > 0:
-        if batch.label_mean is None:
-            raise ValueError("a positive kd weight needs teacher labels in the batch")
-        kd = kd_fn(mean, batch.label_mean, student_log_std=student.log_std, teacher_std=batch.label_std)
+        kd = kd_fn(mean, batch.label_mean, student_log_std=student.log_std, teacher_std=batch.label_std,
+                   mask=batch.mask)
         loss = loss + weight * kd
     with torch.no_grad():
         stats = {"policy": policy_loss.item(), "value": value_loss.item(), "kd": kd.item(),
@@ -281,74 +255,78 @@ def kickstart_loss(student: MLPPolicy, value: ValueNet, batch: Batch, weight: fl
     return loss, stats
 
 
-def _collect(suite: _FinalObsSuite, student: MLPPolicy, bank: TeacherBank | None, params: KickstartParams,
-             seed: int) -> list[EpisodeRecord]:
-    """Student-only episodes recording ``sample`` and, with a bank, ``label_mean`` [``label_std``] per step."""
+def _collect(suite: _FinalObsSuite, student: Student, bank: TeacherBank, n_envs: int, episodes_per_task: int,
+             seed: int, pool: EnvPool | None = None) -> list[EpisodeRecord]:
+    """Student-only episodes of every task recording ``sample`` (the student's pre-clip Gaussian sample, its
+    full width) and the bank's ``label_mean`` [``label_std``] per step; tasks of one space per batch."""
 
     def act(obs: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        label = bank.label(obs)
         with torch.no_grad():
-            mean = student.raw(student.obs_tensor(select_groups(obs, student.groups)))
+            x = student.obs_tensor(select_groups(obs, student.groups))
+            mean = student.raw(x)
             sample = mean + student.std(len(mean)) * torch.randn_like(mean)
-            action = student.postprocess(sample).cpu().numpy().astype(np.float32)
-        extras = {"sample": sample.cpu().numpy().astype(np.float32)}
-        if bank is not None:
-            label = bank.label(obs)
-            extras["label_mean"] = label.mean.astype(np.float32)
-            if label.std is not None:
-                extras["label_std"] = label.std.astype(np.float32)
-        return action, extras
+            if isinstance(student, GeneralistPolicy):
+                action = student.postprocess(sample, x)[:, :label.mean.shape[1]]
+            else:
+                action = student.postprocess(sample)
+        extras = {"sample": sample.cpu().numpy().astype(np.float32), "actor": np.full(len(x), STUDENT, np.uint8),
+                  "label_mean": label.mean.astype(np.float32)}
+        if label.std is not None:
+            extras["label_std"] = label.std.astype(np.float32)
+        return action.cpu().numpy().astype(np.float32), extras
 
-    def on_reset(mask: np.ndarray) -> None:
-        if bank is not None:
-            bank.reset(mask)
-
-    if bank is not None:
-        bank.reset(None)
     suite.finals.clear()
-    tasks = list(range(len(suite.tasks)))
-    return rollout(suite, tasks, act, params.episodes_per_task, n_envs=params.n_envs, seed=seed,
-                   on_reset=on_reset, record=True)
+    records = []
+    for same_space in space_groups(suite, list(range(len(suite.tasks)))):
+        bank.reset(None)
+        records += rollout(suite, same_space, act, episodes_per_task, n_envs=n_envs, seed=seed, on_reset=bank.reset,
+                           record=True, pool=pool)
+    return sorted(records, key=lambda r: (r.task_index, r.episode.seed))
 
 
-def _batch(records: list[EpisodeRecord], suite: _FinalObsSuite, student: MLPPolicy, value: ValueNet,
-           params: KickstartParams, set_stats: bool) -> Batch:
-    """Advantages, returns and old log-probs of the kept episodes (set normaliser stats on the first round)."""
+def _batch(records: list[EpisodeRecord], finals: dict[tuple[int, int], dict[str, np.ndarray]], student: Student,
+           value: ValueNet, params: KickstartConfig, layout: SpaceLayout, set_stats: bool) -> Batch:
+    """Advantages, returns and old log-probs of the (padded) episodes; normaliser stats on the first round."""
     dev = student.device
-    x_np = np.concatenate([np.concatenate([r.steps[f"obs/{g}"] for g in student.groups], axis=1) for r in records])
+    steps = [layout.pad_steps(r.steps) for r in records]
+
+    def cat(key: str) -> torch.Tensor | None:
+        return torch.as_tensor(np.concatenate([s[key] for s in steps]), device=dev) if key in steps[0] else None
+
+    x_np = np.concatenate([np.concatenate([s[f"obs/{g}"] for g in student.groups], axis=1) for s in steps])
     if set_stats:
-        student.normalizer.set_stats(x_np.mean(0), x_np.var(0))
-        value.normalizer.set_stats(x_np.mean(0), x_np.var(0))
-    finals = stack_obs([suite.finals[(r.task_index, r.episode.seed)] for r in records])
+        fit_normalizer(student, x_np)
+        fit_normalizer(value, x_np)
+    final_x = np.stack([np.concatenate([pad_columns(finals[(r.task_index, r.episode.seed)][g][None], layout.width(g))[0]
+                                        for g in student.groups]) for r in records])
+    task = np.concatenate([s[f"obs/{TASK}"] for s in steps]).argmax(1)
+    mask = action_mask(student, task)
     with torch.no_grad():
         x = torch.as_tensor(x_np, device=dev)
         v = value(x).cpu().numpy()
-        v_final = value(student.obs_tensor(select_groups(finals, student.groups))).cpu().numpy()
-        sample = torch.as_tensor(np.concatenate([r.steps["sample"] for r in records]), device=dev)
-        old_logp, _ = _log_prob(student, student.raw(x), sample)
+        v_final = value(torch.as_tensor(final_x, device=dev)).cpu().numpy()
+        sample = cat("sample")
+        old_logp, _ = _log_prob(student, student.raw(x), sample, mask)
     lengths = np.array([r.episode.length for r in records])
     ends = np.cumsum(lengths) - 1
     episode_end = np.zeros(len(x_np), dtype=bool)
     episode_end[ends] = True
     next_v = np.append(v[1:], 0.0)
     next_v[ends] = v_final
-    terminated = np.concatenate([r.steps["terminated"] for r in records])
-    adv, ret = gae(np.concatenate([r.steps["reward"] for r in records]), v, next_v, terminated, episode_end,
-                   params.gamma, params.gae_lambda)
+    terminated = np.concatenate([s["terminated"] for s in steps])
+    adv, ret = gae(np.concatenate([s["reward"] for s in steps]), v, next_v, terminated, episode_end, params.gamma,
+                   params.gae_lambda)
     if params.normalize_advantage and len(adv) > 1:
         adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-
-    def cat(key: str) -> torch.Tensor | None:
-        if key not in records[0].steps:
-            return None
-        return torch.as_tensor(np.concatenate([r.steps[key] for r in records]), device=dev)
-
     ret_t = torch.as_tensor(ret, device=dev)
     value.update_return_stats(ret_t, momentum=1.0 if set_stats else 0.5)
-    return Batch(x, sample, old_logp, torch.as_tensor(adv, device=dev), ret_t, cat("label_mean"), cat("label_std"))
+    return Batch(x, sample, old_logp, torch.as_tensor(adv, device=dev), ret_t, cat("label_mean"), cat("label_std"),
+                 mask)
 
 
-def _update(student: MLPPolicy, value: ValueNet, opt: torch.optim.Optimizer, batch: Batch, weight: float,
-            kd_fn: LossFn, params: KickstartParams, gen: torch.Generator) -> dict[str, float]:
+def _update(student: Student, value: ValueNet, opt: torch.optim.Optimizer, batch: Batch, weight: float,
+            kd_fn: LossFn, params: KickstartConfig, gen: torch.Generator) -> dict[str, float]:
     """``epochs`` passes over ``batch`` in shuffled minibatches; the mean of each loss part."""
     parts: list[dict[str, float]] = []
     student.train()
@@ -368,78 +346,64 @@ def _update(student: MLPPolicy, value: ValueNet, opt: torch.optim.Optimizer, bat
     with torch.no_grad():
         out["explained_variance"] = (1 - (batch.ret - value(batch.x)).var() / batch.ret.var().clamp_min(1e-8)).item()
     if not all(math.isfinite(v) for v in out.values()):
-        raise FloatingPointError(f"kickstart losses became non-finite ({out}); lower lr (now {params.lr})")
+        raise FloatingPointError(f"kickstart losses became non-finite ({out}); lower kickstart.lr (now {params.lr})")
     return out
 
 
-def _teacher_has_std(bank: TeacherBank, suite: Suite) -> bool:
-    envs = [suite.make_env(i) for i in range(len(suite.tasks))]
-    try:
-        return bank.label(stack_obs([env.reset(seed=0)[0] for env in envs])).std is not None
-    finally:
-        for env in envs:
-            env.close()
+class KickstartRounds:
+    """One kickstarting round for the distillation loop: collect (student samples, teachers label), store,
+    then PPO + weighted distillation over the round's states."""
 
+    def __init__(self, cfg: DistillConfig, suite: Suite, bank: TeacherBank, student: Student, loss_fn: LossFn,
+                 out: Path, first_round: int) -> None:
+        self.params = check_params(cfg.kickstart)
+        if student.log_std is None:
+            raise ValueError("kickstarting needs a student with a learned std (student.learn_std=true)")
+        self.cfg, self.bank, self.student, self.kd_fn = cfg, bank, student, loss_fn
+        self.capture = _FinalObsSuite(suite.name, suite.tasks, suite.description)
+        self.layout = SpaceLayout.from_spaces(*zip(*task_spaces(suite), strict=True))
+        self.value = ValueNet(student.obs_dim, self.params.value_hidden).to(student.device)
+        self.opt = torch.optim.Adam([*student.parameters(), *self.value.parameters()], lr=self.params.lr)
+        self.gen = torch.Generator().manual_seed(cfg.seed + 7919 * first_round)
+        self.writer = ShardWriter(out / "episodes")
+        self.root = out / "episodes"
+        self.pool = EnvPool(self.capture)
 
-def kickstart(params: KickstartParams, suite: Suite, teachers: dict[str, Policy], out: str | Path,
-              student_groups: Sequence[str] = ("policy", "task"), hidden: Sequence[int] = (256, 256)) -> dict[str, Any]:
-    """Kickstart a Gaussian student from per-task ``teachers`` for ``params.rounds`` rounds; returns the
-    content of ``out/kickstart.json``. ``out`` must not hold a finished or partial run already."""
-    missing = [n for n in suite.task_names if n not in teachers]
-    if missing:
-        raise ValueError(f"no teacher for tasks {missing}; teachers given: {sorted(teachers)}")
-    out = Path(out)
-    summary_path = out / "kickstart.json"
-    if summary_path.exists():
-        raise FileExistsError(f"{summary_path} exists: kickstarting does not resume, choose another out")
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(params.seed)
-    gen = torch.Generator().manual_seed(params.seed)
-    bank = TeacherBank([teachers[n] for n in suite.task_names])
-    kd_fn = make_loss(params.kd_loss, teacher_has_std=_teacher_has_std(bank, suite), student_has_std=True,
-                      **dict(params.kd_loss_params))
-    student = build_student(suite, StudentConfig(groups=list(student_groups), hidden=list(hidden), learn_std=True),
-                            params.device)
-    value = ValueNet(student.obs_dim, params.value_hidden).to(student.device)
-    opt = torch.optim.Adam([*student.parameters(), *value.parameters()], lr=params.lr)
-    teacher_eval = evaluate_per_task(suite, teachers, params.eval_episodes)
-    g_teacher = float(np.mean([teacher_eval[n]["return_mean"] for n in suite.task_names]))
-    summary: dict[str, Any] = {"method": "kickstart", "suite": suite.name, "params": asdict(params),
-                               "student": {"groups": list(student.groups), "hidden": list(student.hidden)},
-                               "teacher": teacher_eval, "teacher_return": g_teacher, "rounds": []}
-    capture = _FinalObsSuite(suite.name, suite.tasks, suite.description)
-    student.eval()
-    t_start = time.perf_counter()
-    env_steps = labels_used = 0
-    for r in range(params.rounds):
-        prev = summary["rounds"][-1] if summary["rounds"] else None
-        weight = kd_weight(params, r, prev["student_return"] if prev else None, g_teacher)
-        seed = 10_000 + params.seed * 1_000_000 + r * 1000
-        records = _collect(capture, student, bank if weight > 0 else None, params, seed)
+    def run_round(self, r: int, prev: dict[str, Any] | None, teacher_return: float) -> dict[str, Any]:
+        """Collect, store and update for round ``r``; the row's method numbers."""
+        weight = kd_weight(self.params, r, prev["student_return"] if prev else None, teacher_return)
+        seed = 10_000 + self.cfg.seed * 1_000_000 + r * 1000
+        self.student.eval()
+        t0 = time.perf_counter()
+        records = _collect(self.capture, self.student, self.bank, self.cfg.n_envs, self.cfg.episodes_per_task, seed,
+                           self.pool)
         steps = sum(rec.episode.length for rec in records)
-        env_steps += steps
-        labels_used += steps if weight > 0 else 0
         kept = [rec for rec in records if not rec.episode.error]
         if not kept:
             raise RuntimeError(f"round {r}: every episode was dropped ({records[0].episode.error})")
-        batch = _batch(kept, capture, student, value, params, set_stats=r == 0)
-        losses = _update(student, value, opt, batch, weight, kd_fn, params, gen)
-        evals = evaluate_per_task(suite, student, params.eval_episodes)
-        per_task = {n: {"return_mean": e["return_mean"], "return_ci95": e["return_ci95"],
-                        "success_rate": e["success_rate"], **teacher_normalised(e, teacher_eval[n])}
-                    for n, e in evals.items()}
-        scores = [t["score"] for t in per_task.values() if t["score"] is not None]
-        row = {"round": r, "kd_weight": weight, "env_steps": env_steps, "labels_used": labels_used,
-               "wall_time_s": round(time.perf_counter() - t_start, 2),
-               "rollout_return": float(np.mean([rec.episode.ret for rec in kept])),
-               "student_return": float(np.mean([e["return_mean"] for e in evals.values()])),
-               "mean_score": float(np.mean(scores)) if scores else None,
-               "student_std": torch.exp(student.log_std).tolist() if student.log_std is not None else None,
-               "losses": losses, "tasks": per_task}
-        save_bundle(student, out / "student", meta={"kickstart": asdict(params), "round": r, "suite": suite.name})
-        summary["rounds"].append(row)
-        atomic_write_json(summary_path, summary)
-        log.info("round %d: kd weight %.3f, env steps %d, kd loss %.4f, student return %.2f, score %s", r, weight,
-                 env_steps, losses["kd"], row["student_return"],
-                 "n/a" if row["mean_score"] is None else f"{row['mean_score']:.3f}")
-    return summary
+        for rec in kept:
+            stored = {k: v for k, v in self.layout.pad_steps(rec.steps).items() if k != "sample"}
+            self.writer.add(stored, {"task": rec.episode.task, "task_index": rec.task_index, "seed": rec.episode.seed,
+                                     "success": rec.episode.success, "round": r, "beta": 0.0,
+                                     "return": rec.episode.ret})
+        self.writer.flush()
+        kept_steps = sum(rec.episode.length for rec in kept)
+        t_collect = time.perf_counter() - t0
+        evict(self.root, kept_steps)
+        batch = _batch(kept, self.capture.finals, self.student, self.value, self.params, self.layout, set_stats=r == 0)
+        losses = _update(self.student, self.value, self.opt, batch, weight, self.kd_fn, self.params, self.gen)
+        return {"beta": 0.0, "kd_weight": weight, "env_steps": steps, "labels": steps if weight > 0 else 0,
+                "dataset_steps": kept_steps, "loss": losses["kd"],
+                "rollout_return": float(np.mean([rec.episode.ret for rec in kept])),
+                "student_std": torch.exp(self.student.log_std).tolist(), "losses": losses,
+                "collect_time_s": round(t_collect, 2), "update_time_s": round(time.perf_counter() - t0 - t_collect, 2)}
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The value network (with its normaliser and return statistics)."""
+        return {f"value.{k}": v for k, v in self.value.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.value.load_state_dict({k[len("value."):]: v for k, v in state.items() if k.startswith("value.")})

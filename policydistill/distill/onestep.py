@@ -95,14 +95,14 @@ class OneStepAlgo:
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``n`` triples (cond (n, cond_dim), noise z (n, H, A), the teacher's ``k``-step DDIM sample from
         that z (n, H, A)) for windows drawn from the data; ``anchor`` (H, A) replaces z when given."""
-        plan = self.teacher.schedule.plan("ddim", k)
+        loop = self.teacher.sampler_spec("ddim", k)
         conds, zs, ys = [], [], []
         with torch.no_grad():
             for start in range(0, n, PAIR_CHUNK):
                 window, _ = self.data.batch(self.draw(min(PAIR_CHUNK, n - start)))
                 cond = self.teacher.cond(window)
                 z = self.teacher.noise(len(cond), None) if anchor is None else anchor.expand(len(cond), -1, -1)
-                ys.append(self.teacher.sample_from(cond, z.clone(), None, plan))
+                ys.append(self.teacher.sample_from(cond, z.clone(), None, loop))
                 conds.append(cond)
                 zs.append(z)
                 self.teacher_calls += len(cond) * k

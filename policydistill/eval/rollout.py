@@ -55,19 +55,52 @@ def check_policy_fits(policy: Policy, suite: Suite, task: int) -> None:
         env.close()
 
 
-def rollout(suite: Suite, tasks: Sequence[int], act: ActFn, episodes_per_task: int, n_envs: int = 8,
-            seed: int = 0, on_reset: Callable[[np.ndarray], None] | None = None, record: bool = False,
-            on_step: Callable[[int], None] | None = None) -> list[EpisodeRecord]:
-    """Run ``episodes_per_task`` episodes of each task in ``tasks`` on ``n_envs`` envs (at least one per
-    task; slot ``i`` runs task ``tasks[i % len(tasks)]``). ``on_reset(mask (n_envs,))`` is called when
-    slots start a new episode (for stateful policies). Returns the finished episodes, dropped ones
-    flagged with their ``error``, sorted by task then seed."""
+class EnvPool:
+    """Envs of a suite kept open across rollouts (a rollout borrows them and gives them back): building
+    a MuJoCo env costs about as much as a hundred steps. ``close()`` closes them."""
+
+    def __init__(self, suite: Suite) -> None:
+        self.suite, self.free = suite, {}
+
+    def take(self, task: int):
+        free = self.free.get(task)
+        return free.pop() if free else self.suite.make_env(task)
+
+    def give(self, task: int, env) -> None:
+        self.free.setdefault(task, []).append(env)
+
+    def close(self) -> None:
+        for envs in self.free.values():
+            for env in envs:
+                env.close()
+        self.free.clear()
+
+
+def slot_layout(tasks: Sequence[int], episodes_per_task: int, n_envs: int) -> list[int]:
+    """The task of each env slot: at least one slot per task, slot ``i`` runs ``tasks[i % len(tasks)]``."""
     if episodes_per_task < 1 or not tasks:
         raise ValueError(f"need at least one task and episode, got tasks={list(tasks)}, "
                          f"episodes_per_task={episodes_per_task}")
     n = max(len(tasks), min(n_envs, episodes_per_task * len(tasks)))
-    slot_task = [tasks[i % len(tasks)] for i in range(n)]
-    envs = [suite.make_env(t) for t in slot_task]
+    return [tasks[i % len(tasks)] for i in range(n)]
+
+
+def rollout(suite: Suite, tasks: Sequence[int], act: ActFn, episodes_per_task: int, n_envs: int = 8,
+            seed: int = 0, on_reset: Callable[[np.ndarray], None] | None = None, record: bool = False,
+            on_step: Callable[[int], None] | None = None, pool: EnvPool | None = None) -> list[EpisodeRecord]:
+    """Run ``episodes_per_task`` episodes of each task in ``tasks`` on ``n_envs`` envs (at least one per
+    task; slot ``i`` runs task ``tasks[i % len(tasks)]``). ``on_reset(mask (n_envs,))`` is called when
+    slots start a new episode (for stateful policies). Envs come from ``pool`` when given (and go back to
+    it), else are built and closed here. Returns the finished episodes, dropped ones flagged with their
+    ``error``, sorted by task then seed. A suite with a ``batched`` env is stepped through it
+    (:func:`~policydistill.eval.batched_rollout.rollout_batched`), with the same episodes."""
+    slot_task = slot_layout(tasks, episodes_per_task, n_envs)
+    if suite.batched is not None:  # one batched tensor env instead of a Python loop over envs
+        from policydistill.eval.batched_rollout import rollout_batched
+
+        return rollout_batched(suite, slot_task, act, episodes_per_task, seed, on_reset, record, on_step)
+    n = len(slot_task)
+    envs = [pool.take(t) if pool is not None else suite.make_env(t) for t in slot_task]
     next_episode = dict.fromkeys(tasks, 0)
     obs: list[dict[str, np.ndarray]] = [{}] * n
     episode_of = [-1] * n
@@ -120,8 +153,11 @@ def rollout(suite: Suite, tasks: Sequence[int], act: ActFn, episodes_per_task: i
             if on_step is not None:
                 on_step(n)
     finally:
-        for env in envs:
-            env.close()
+        for t, env in zip(slot_task, envs, strict=True):
+            if pool is not None:
+                pool.give(t, env)
+            else:
+                env.close()
     return sorted(results, key=lambda r: (r.task_index, r.episode.seed))
 
 

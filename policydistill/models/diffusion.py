@@ -4,23 +4,15 @@ Training (:mod:`policydistill.distill.diffusion`) noises expert chunks with the
 :class:`~policydistill.models.noise.NoiseSchedule` (``noise``: 100 cosine levels by default) and fits
 the denoiser to the clean chunk (``prediction="sample"``) or to the noise (``"epsilon"``). Acting
 draws a chunk with the configured ``sampler``: ``{"kind": "ddim" | "ddpm", "steps": K}``, a runtime
-setting (:meth:`set_sampler`) that evaluation and benchmarks override.
+setting (:meth:`set_sampler`) that evaluation and benchmarks override. The sampler's loop is a
+:class:`~policydistill.runtime.sampler.SamplerSpec` (:meth:`sampler_spec`), the implementation the
+exported runtime runs too.
 
-Export: :meth:`export_graph` is the denoiser as a graph that a runtime runs as the K-step loop::
-
-    inputs   obs       (n, n_obs_steps * obs_dim)  raw observation window, oldest first
-             sample    (n, horizon, act_dim)       x_t in normalised action space (role "sample")
-             timestep  (n,)                        noise level t as float32 (role "timestep")
-    outputs  chunk     (n, horizon, act_dim)       the clean-chunk estimate in the action space
-             x0        (n, horizon, act_dim)       the clean-chunk estimate, normalised and clipped
-
-    x = noise;  for each step (t, abar, abar_prev, sigma) of the plan:
-        x0 = graph(obs, x, t).x0;  eps = (x - sqrt(abar) x0) / sqrt(1 - abar)
-        x  = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z      (last step: x0)
-    action chunk = graph output "chunk" of the last step
-
-The plan follows from the bundle config's ``noise`` (steps, schedule) and ``sampler`` (kind, steps)
-as :meth:`NoiseSchedule.plan` computes it; :meth:`sampler_table` lists it explicitly.
+Export (:meth:`export_graph`) follows the runtime's denoiser contract: ``obs`` (n, n_obs_steps *
+obs_dim) the raw observation window, oldest first; ``sample`` (n, horizon, act_dim) the noisy chunk
+in normalised action space; ``timestep`` (n, 1) -> ``prediction`` (n, horizon, act_dim); the
+description's ``sampler`` holds the noise schedule, the visited levels, the prediction type, the
+clip range and the action unnormalisation and clipping, so a runtime without torch runs the loop.
 """
 
 from __future__ import annotations
@@ -28,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from gymnasium import spaces
 from torch import nn
@@ -35,8 +28,9 @@ from torch import nn
 from policydistill.models import resolve_device
 from policydistill.models.chunk_policy import BASE_KEYS, ChunkPolicy
 from policydistill.models.denoisers import make_denoiser
-from policydistill.models.noise import SAMPLERS, NoiseSchedule
+from policydistill.models.noise import SAMPLERS, NoiseSchedule, sampler_levels
 from policydistill.runtime.graph import OBS, ExportGraph, TensorSpec
+from policydistill.runtime.sampler import SamplerSpec
 
 CONFIG_KEYS = BASE_KEYS | {"denoiser", "denoiser_params", "noise", "sampler"}
 
@@ -60,13 +54,26 @@ class DiffusionPolicy(ChunkPolicy):
 
     def set_sampler(self, kind: str, steps: int) -> DiffusionPolicy:
         """Sample with ``kind`` (``ddim`` | ``ddpm``) in ``steps`` denoiser calls; returns self."""
-        self._plan = self.schedule.plan(kind, steps)
+        self._loop = self.sampler_spec(kind, steps)
         self.sampler = {"kind": kind, "steps": int(steps)}
         return self
 
-    def sampler_table(self) -> list[dict[str, float | None]]:
-        """The sampler's steps: noise level ``t``, ``abar``, ``abar_prev`` (None at the last) and ``sigma``."""
-        return [{"t": s.t, "abar": s.abar, "abar_prev": s.abar_prev, "sigma": s.sigma} for s in self._plan]
+    def sampler_spec(self, kind: str | None = None, steps: int | None = None) -> SamplerSpec:
+        """The sampling loop (default: the configured sampler) as a runtime :class:`SamplerSpec`, with the
+        current action normalisation and the action bounds (where finite)."""
+        kind = kind or self.sampler["kind"]
+        if kind not in SAMPLERS:
+            raise ValueError(f"unknown sampler '{kind}'; expected one of {sorted(SAMPLERS)}")
+        levels = sampler_levels(self.schedule.steps, int(steps or self.sampler["steps"]))
+        norm = self.action_normalizer
+        low, high = self.action_space.low, self.action_space.high
+        finite = bool(np.all(np.isfinite(low)) and np.all(np.isfinite(high)))
+        return SamplerSpec(tuple(self.schedule.abar64.tolist()), tuple(levels),
+                           tuple(norm.scale().tolist()), tuple(norm.offset().tolist()),
+                           prediction=self.schedule.prediction, eta=SAMPLERS[kind],
+                           clip_sample=self.schedule.clip_sample,
+                           action_low=tuple(low.tolist()) if finite else None,
+                           action_high=tuple(high.tolist()) if finite else None)
 
     # ---- torch path --------------------------------------------------------------------------
 
@@ -79,33 +86,34 @@ class DiffusionPolicy(ChunkPolicy):
         return self.schedule.split(self.denoise(x_t, t, cond), x_t, self.schedule.abar_at(t))[0]
 
     def sample_from(self, cond: torch.Tensor, x: torch.Tensor, generator: torch.Generator | None,
-                    plan: Sequence[Any] | None = None) -> torch.Tensor:
-        """Run the sampler (``plan``, default the configured one) from the noise ``x`` (n, H, A)."""
+                    loop: SamplerSpec | None = None) -> torch.Tensor:
+        """Run the sampler ``loop`` (default the configured one) from the noise ``x`` (n, H, A); returns
+        the normalised clean chunk (n, H, A)."""
+        loop = loop or self._loop
         n = len(cond)
-        for step in plan or self._plan:
-            pred = self.denoiser(x, torch.full((n,), float(step.t), device=x.device), cond)
-            x0, eps = self.schedule.split(pred, x, step.abar)
-            z = self.noise(n, generator) if step.sigma > 0 else None
-            x = self.schedule.update(step, x0, eps, z)
+        for i, t in enumerate(loop.timesteps):
+            pred = self.denoiser(x, torch.full((n,), float(t), device=x.device), cond)
+            z = self.noise(n, generator) if loop.stochastic and i + 1 < loop.steps else None
+            x = loop.step(i, x, pred, z)
         return x
 
     def sample_norm(self, cond: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         return self.sample_from(cond, self.noise(len(cond), generator), generator)
 
     def export_graph(self) -> ExportGraph:
-        """The denoiser as a graph (see the module docstring): obs window, sample, timestep -> chunk, x0."""
+        """The denoiser as a graph with its sampler (see the module docstring)."""
 
         def example(graph: ExportGraph, n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
             obs = self.example_obs(n, generator, self.n_obs_steps).flatten(1)
-            t = torch.randint(0, self.schedule.steps, (n,), generator=generator).float()
+            t = torch.randint(0, self.schedule.steps, (n, 1), generator=generator).float()
             return obs, torch.randn(n, self.horizon, self.act_dim, generator=generator), t
 
         shape = (self.horizon, self.act_dim)
         return ExportGraph(_DenoiserGraph(self),
                            (TensorSpec(OBS, (self.cond_dim,), "observation"), TensorSpec("sample", shape, "sample"),
-                            TensorSpec("timestep", (), "timestep")),
-                           (TensorSpec("chunk", shape, "chunk"), TensorSpec("x0", shape, "prediction")),
-                           example=example)
+                            TensorSpec("timestep", (1,), "timestep")),
+                           (TensorSpec("prediction", shape, "prediction"),), example=example,
+                           sampler=self.sampler_spec().to_json())
 
     # ---- config ------------------------------------------------------------------------------
 
@@ -119,20 +127,16 @@ class DiffusionPolicy(ChunkPolicy):
 
 
 class _DenoiserGraph(nn.Module):
-    """obs window (n, n_obs*obs_dim), x_t (n, H, A), t (n,) -> (chunk in the action space, normalised x0)."""
+    """obs window (n, n_obs*obs_dim), x_t (n, H, A), t (n, 1) -> the denoiser's prediction (n, H, A)."""
 
     def __init__(self, policy: DiffusionPolicy) -> None:
         super().__init__()
         self.policy = policy
-        self.register_buffer("abar", policy.schedule.abar.clone())
 
-    def forward(self, obs: torch.Tensor, sample: torch.Tensor, timestep: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(self, obs: torch.Tensor, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         p = self.policy
-        cond = p.obs_normalizer(obs.reshape(-1, p.n_obs_steps, p.obs_dim)).flatten(1)
-        pred = p.denoiser(sample, timestep, cond)
-        abar = self.abar[timestep.long()].view(-1, 1, 1)
-        x0 = p.schedule.split(pred, sample, abar)[0]
-        return p.to_actions(x0), x0
+        cond = p.cond(obs.reshape(-1, p.n_obs_steps, p.obs_dim))
+        return p.denoiser(sample, timestep.reshape(-1), cond).reshape(-1, p.horizon, p.act_dim)
 
 
 def parse_sampler(spec: str) -> tuple[str, int]:

@@ -1,4 +1,4 @@
-"""The DDPM forward process and its DDPM/DDIM samplers, shared by diffusion policies and distillers.
+"""The DDPM forward process of diffusion policies, shared by their training and the distillers.
 
 Forward process over ``T`` noise levels ``t = 0 .. T-1``::
 
@@ -8,20 +8,15 @@ Forward process over ``T`` noise levels ``t = 0 .. T-1``::
 0.999) or a linear beta schedule. A denoiser predicts either ``x_0`` (``prediction="sample"``) or
 ``eps`` (``"epsilon"``); :meth:`NoiseSchedule.split` turns either into both.
 
-Sampling with ``K`` steps visits ``K`` evenly spaced levels from ``T-1`` down ("trailing" spacing, so
-even one step starts from pure noise) and applies the generalised DDIM update::
-
-    x_prev = sqrt(abar_prev) * x0 + sqrt(1 - abar_prev - s^2) * eps + s * z
-    s = eta * sqrt((1 - abar_prev) / (1 - abar_t)) * sqrt(1 - abar_t / abar_prev)
-
-``eta = 0`` is DDIM (deterministic given the initial noise), ``eta = 1`` is ancestral DDPM sampling.
-At the last level the sample is the clean prediction ``x0``.
+Sampling (:class:`policydistill.runtime.sampler.SamplerSpec`, the one implementation the torch policy
+and the exported runtimes share) visits ``K`` evenly spaced levels from ``T-1`` down
+(:func:`sampler_levels`, "trailing" spacing, so even one step starts from pure noise) with the
+generalised DDIM update; ``ddim`` is its deterministic form (eta 0), ``ddpm`` the ancestral one (eta 1).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
@@ -50,17 +45,6 @@ def sampler_levels(steps: int, sampler_steps: int) -> list[int]:
     if isinstance(sampler_steps, bool) or not isinstance(sampler_steps, int) or not 1 <= sampler_steps <= steps:
         raise ValueError(f"sampler steps must be an int in [1, {steps}], got {sampler_steps!r}")
     return [round(steps - k * steps / sampler_steps) - 1 for k in range(sampler_steps)]
-
-
-@dataclass(frozen=True)
-class SamplerStep:
-    """One update of a sampler: from level ``t`` (``abar``) to ``abar_prev`` with noise scale ``sigma``
-    (``abar_prev`` None: the last step, which returns ``x0``)."""
-
-    t: int
-    abar: float
-    abar_prev: float | None
-    sigma: float
 
 
 class NoiseSchedule:
@@ -102,29 +86,3 @@ class NoiseSchedule:
         x0 = x0.clamp(-self.clip_sample, self.clip_sample)
         eps = (x_t - abar.sqrt() * x0) / (1 - abar).clamp(min=1e-12).sqrt()
         return x0, eps
-
-    def plan(self, sampler: str, sampler_steps: int) -> list[SamplerStep]:
-        """The updates of ``sampler`` (``ddim`` | ``ddpm``) with ``sampler_steps`` steps."""
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler '{sampler}'; expected one of {sorted(SAMPLERS)}")
-        eta = SAMPLERS[sampler]
-        levels = sampler_levels(self.steps, sampler_steps)
-        out = []
-        for i, t in enumerate(levels):
-            a = float(self.abar64[t])
-            if i + 1 == len(levels):
-                out.append(SamplerStep(t, a, None, 0.0))
-                continue
-            ap = float(self.abar64[levels[i + 1]])
-            sigma = eta * math.sqrt((1 - ap) / (1 - a)) * math.sqrt(1 - a / ap)
-            out.append(SamplerStep(t, a, ap, sigma))
-        return out
-
-    @staticmethod
-    def update(step: SamplerStep, x0: torch.Tensor, eps: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
-        """The sample at the next level (or ``x0`` after the last step)."""
-        if step.abar_prev is None:
-            return x0
-        ap = step.abar_prev
-        x = math.sqrt(ap) * x0 + math.sqrt(max(1 - ap - step.sigma ** 2, 0.0)) * eps
-        return x + step.sigma * z if step.sigma > 0 and z is not None else x

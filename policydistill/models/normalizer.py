@@ -52,13 +52,18 @@ class RangeNormalizer(nn.Module):
         self.low.copy_(torch.as_tensor(low, dtype=self.low.dtype).reshape(self.low.shape))
         self.high.copy_(torch.as_tensor(high, dtype=self.high.dtype).reshape(self.high.shape))
 
-    def _scale(self) -> torch.Tensor:
+    def scale(self) -> torch.Tensor:
+        """Half the data range (dim,): ``x = y * scale + offset``."""
         return torch.clamp(self.high - self.low, min=self.min_range) / 2
+
+    def offset(self) -> torch.Tensor:
+        """The middle of the data range (dim,)."""
+        return (self.high + self.low) / 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., dim) in the data range -> (..., dim) in [-1, 1]."""
-        return (x - (self.high + self.low) / 2) / self._scale()
+        return (x - self.offset()) / self.scale()
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         """y (..., dim) in [-1, 1] -> (..., dim) in the data range."""
-        return y * self._scale() + (self.high + self.low) / 2
+        return y * self.scale() + self.offset()

@@ -10,12 +10,9 @@ deterministic generator (``stochastic=False``) replaces ``z`` by a fixed chunk `
 N(0, I) draw, seeded by ``seed``, saved with the weights), so it needs no noise and always gives the
 same chunk for the same observations.
 
-Export: :meth:`export_graph` maps ``obs`` (n, obs_dim) [+ ``obs_history`` state when n_obs_steps > 1]
-[+ ``noise`` (n, horizon, act_dim) when stochastic] to ``chunk`` (n, horizon, act_dim) [+ the next
-``obs_history``]. The history state is (n, n_obs_steps - 1, obs_dim + 1): the previous observations,
-oldest first, each with a last column 1 once it holds a real observation. After a reset it is zeros
-and the graph fills it with the current observation, as the policy's own history does; the graph
-advances it by one step per call, so a runtime calls it once per control step.
+Export: :meth:`export_graph` maps ``obs`` (n, n_obs_steps * obs_dim), the raw observation window
+oldest first (the runtime keeps it per env and fills it with the first observation after a reset),
+[+ ``noise`` (n, horizon, act_dim) when stochastic] to ``chunk`` (n, horizon, act_dim).
 """
 
 from __future__ import annotations
@@ -72,7 +69,7 @@ class OneStepPolicy(ChunkPolicy):
         """Normalised chunk (n, H, A) for ``cond`` (n, cond_dim) from noise ``z`` (n, H, A); a deterministic
         generator ignores ``z`` (may be None) and uses its anchor."""
         if self.anchor is not None:
-            z = self.anchor.unsqueeze(0).expand(cond.shape[0], -1, -1)
+            z = self.anchor.expand(cond.shape[0], self.horizon, self.act_dim)
         if z is None:
             raise ValueError("a stochastic one-step policy needs noise z (n, horizon, act_dim)")
         t = torch.ones_like(cond[:, 0]) * float(self.level)  # (n,), traced with a dynamic batch size
@@ -83,30 +80,17 @@ class OneStepPolicy(ChunkPolicy):
         return self.generate(cond, self.noise(len(cond), generator) if self.stochastic else None)
 
     def export_graph(self) -> ExportGraph:
-        """obs [+ obs_history state] [+ noise] -> chunk [+ next obs_history] (see the module docstring)."""
+        """obs window [+ noise] -> chunk (see the module docstring)."""
         chunk = (self.horizon, self.act_dim)
-        inputs = [TensorSpec(OBS, (self.obs_dim,), "observation")]
-        outputs = [TensorSpec("chunk", chunk, "chunk")]
-        state: tuple[tuple[str, str], ...] = ()
-        if self.n_obs_steps > 1:
-            hist = (self.n_obs_steps - 1, self.obs_dim + 1)
-            inputs.append(TensorSpec("obs_history", hist, "state"))
-            outputs.append(TensorSpec("obs_history_next", hist, "state"))
-            state = (("obs_history", "obs_history_next"),)
+        inputs = [TensorSpec(OBS, (self.cond_dim,), "observation")]
         if self.stochastic:
             inputs.append(TensorSpec("noise", chunk, "noise"))
 
         def example(graph: ExportGraph, n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-            out = [self.example_obs(n, generator)[:, 0]]
-            if self.n_obs_steps > 1:
-                hist = torch.cat([self.example_obs(n, generator, self.n_obs_steps - 1),
-                                  (torch.rand(n, self.n_obs_steps - 1, 1, generator=generator) > 0.5).float()], -1)
-                out.append(hist)
-            if self.stochastic:
-                out.append(torch.randn(n, *chunk, generator=generator))
-            return tuple(out)
+            obs = self.example_obs(n, generator, self.n_obs_steps).flatten(1)
+            return (obs, torch.randn(n, *chunk, generator=generator)) if self.stochastic else (obs,)
 
-        return ExportGraph(_OneStepGraph(self), tuple(inputs), tuple(outputs), state=state, example=example)
+        return ExportGraph(_OneStepGraph(self), tuple(inputs), (TensorSpec("chunk", chunk, "chunk"),), example=example)
 
     # ---- config ------------------------------------------------------------------------------
 
@@ -120,25 +104,14 @@ class OneStepPolicy(ChunkPolicy):
 
 
 class _OneStepGraph(nn.Module):
-    """The exported path: history bookkeeping, normalisation, one generator call, unnormalisation."""
+    """The exported path: normalisation, one generator call, unnormalisation and clipping."""
 
     def __init__(self, policy: OneStepPolicy) -> None:
         super().__init__()
         self.policy = policy
 
-    def forward(self, obs: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    def forward(self, obs: torch.Tensor, *noise: torch.Tensor) -> torch.Tensor:
         p = self.policy
-        rest_list = list(rest)
-        if p.n_obs_steps > 1:
-            hist = rest_list.pop(0)
-            valid = hist[..., -1:]
-            prev = valid * hist[..., :-1] + (1 - valid) * obs[:, None]
-            window = torch.cat([prev, obs[:, None]], dim=1)
-        else:
-            window = obs[:, None]
-        z = rest_list.pop(0) if p.stochastic else None
-        chunk = p.to_actions(p.generate(p.cond(window), z))
-        if p.n_obs_steps == 1:
-            return chunk
-        ones = torch.ones_like(window[:, 1:, :1])
-        return chunk, torch.cat([window[:, 1:], ones], dim=-1)
+        cond = p.cond(obs.reshape(-1, p.n_obs_steps, p.obs_dim))
+        chunk = p.to_actions(p.generate(cond, noise[0] if p.stochastic else None))
+        return chunk.reshape(-1, p.horizon, p.act_dim)  # a constant shape keeps the exported dims static

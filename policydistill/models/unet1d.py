@@ -26,14 +26,15 @@ class FiLMResBlock(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, cond_dim: int, kernel_size: int, groups: int) -> None:
         super().__init__()
+        self.c_out = c_out
         self.block1 = _conv_block(c_in, c_out, kernel_size, groups)
         self.block2 = _conv_block(c_out, c_out, kernel_size, groups)
         self.film = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 2 * c_out))
         self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.film(cond).unsqueeze(-1).chunk(2, dim=1)
-        return self.block2(scale * self.block1(x) + shift) + self.skip(x)
+        film, c = self.film(cond).unsqueeze(-1), self.c_out  # constant slices keep exported shapes static
+        return self.block2(film[:, :c] * self.block1(x) + film[:, c:]) + self.skip(x)
 
 
 class TemporalUnet1D(nn.Module):

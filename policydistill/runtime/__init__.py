@@ -1,7 +1,8 @@
-"""Deployable runtimes: export a policy (TorchScript/ONNX) and run exported models without torch.
+"""Deployable runtimes: export a policy (TorchScript/ONNX), run exported models without torch, and
+drive any of them behind a fixed-rate control loop (:class:`Controller`, :class:`FixedRateLoop`).
 
 Names are resolved on first use, so ``import policydistill.runtime`` imports neither torch (needed by
-:func:`export_policy`) nor onnxruntime (needed by :class:`OnnxPolicy`).
+:func:`export_policy` and :class:`GraphPolicy`) nor onnxruntime (needed by :class:`OnnxPolicy`).
 """
 
 from __future__ import annotations
@@ -10,9 +11,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from policydistill.runtime.action_queue import ActionQueue
+    from policydistill.runtime.controller import Controller, make_source
     from policydistill.runtime.export import FORMATS, ExportError, export_policy, exportable_classes
+    from policydistill.runtime.exported import ExportedModelError, ExportedPolicy, read_export_info
     from policydistill.runtime.graph import ExportGraph, TensorSpec
-    from policydistill.runtime.onnx_policy import ExportedModelError, OnnxPolicy, read_export_info
+    from policydistill.runtime.loop import FixedRateLoop
+    from policydistill.runtime.onnx_policy import OnnxPolicy
+    from policydistill.runtime.sampler import SamplerSpec
+    from policydistill.runtime.torch_policy import GraphPolicy
 
 _LAZY = {
     "export_policy": "policydistill.runtime.export",
@@ -22,12 +29,20 @@ _LAZY = {
     "ExportGraph": "policydistill.runtime.graph",
     "TensorSpec": "policydistill.runtime.graph",
     "OnnxPolicy": "policydistill.runtime.onnx_policy",
-    "ExportedModelError": "policydistill.runtime.onnx_policy",
-    "read_export_info": "policydistill.runtime.onnx_policy",
+    "ExportedModelError": "policydistill.runtime.exported",
+    "ExportedPolicy": "policydistill.runtime.exported",
+    "read_export_info": "policydistill.runtime.exported",
+    "ActionQueue": "policydistill.runtime.action_queue",
+    "Controller": "policydistill.runtime.controller",
+    "make_source": "policydistill.runtime.controller",
+    "FixedRateLoop": "policydistill.runtime.loop",
+    "SamplerSpec": "policydistill.runtime.sampler",
+    "GraphPolicy": "policydistill.runtime.torch_policy",
 }
 
-__all__ = ["FORMATS", "ExportError", "ExportGraph", "ExportedModelError", "OnnxPolicy", "TensorSpec",
-           "export_policy", "exportable_classes", "read_export_info"]
+__all__ = ["FORMATS", "ActionQueue", "Controller", "ExportError", "ExportGraph", "ExportedModelError",
+           "ExportedPolicy", "FixedRateLoop", "GraphPolicy", "OnnxPolicy", "SamplerSpec", "TensorSpec",
+           "export_policy", "exportable_classes", "make_source", "read_export_info"]
 
 
 def __getattr__(name: str) -> Any:

@@ -11,12 +11,16 @@ inside it. ``<out>.json`` (written atomically after the model) describes it::
     obs_dim, act_dim, observation_space, action_space   (spaces as in policydistill.spaces)
     inputs / outputs: [{name, role, shape, dtype}, ...]   (shape entries: int or "n")
     stateful, state: [{input, output, shape, init}, ...]   (empty for stateless policies)
+    deterministic   (false when the graph takes noise or runs in a sampler)
+    chunk: {horizon, n_action_steps, n_obs_steps} | null   (chunk policies and denoisers)
+    sampler: SamplerSpec JSON | null   (the K-step loop around a denoiser graph)
     source: {bundle, policy_class, weights_sha256, control_period}, policy_config,
     exporter, versions
 
 ``state`` pairs a graph input with the graph output that feeds it at the next step (history or
-recurrent students); it starts at ``init`` (0) after a reset. A runtime that does not handle state
-refuses a file with ``stateful: true``.
+recurrent students); it starts at ``init`` (0) after a reset. Schema 2 added ``chunk`` and
+``sampler``. Run exported models with :class:`policydistill.runtime.onnx_policy.OnnxPolicy` (numpy
+and onnxruntime only) or :class:`policydistill.runtime.torch_policy.GraphPolicy` (TorchScript).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from policydistill.spaces import space_to_json
 log = logging.getLogger(__name__)
 
 FORMATS = ("torchscript", "onnx")
-EXPORT_SCHEMA_VERSION = 1
+EXPORT_SCHEMA_VERSION = 2
 BATCH = "n"
 DEFAULT_OPSET = 17
 TOLERANCE = {"torchscript": 1e-5, "onnx": 1e-4}
@@ -172,26 +176,56 @@ def _check(fmt: str, graph: ExportGraph, path: Path) -> float:
     return worst
 
 
-def _describe(fmt: str, policy: Any, graph: ExportGraph, out: Path, source: dict[str, Any],
-              exporter: dict[str, Any]) -> dict[str, Any]:
+def describe_graph(policy: Any, graph: ExportGraph) -> dict[str, Any]:
+    """The file-independent part of the export description of ``policy``'s ``graph`` (see module doc).
+
+    Also what :class:`policydistill.runtime.torch_policy.GraphPolicy` runs an in-memory graph from.
+    """
     groups, start = [], 0
     for name in policy.groups:
         dim = int(policy.observation_space[name].shape[0])
         groups.append({"name": name, "dim": dim, "start": start})
         start += dim
+    first = graph.outputs[0]
+    chunk = None
+    if first.role in ("chunk", "prediction"):
+        horizon = int(first.shape[0])
+        chunk = {"horizon": horizon, "n_action_steps": int(getattr(policy, "n_action_steps", None) or horizon),
+                 "n_obs_steps": int(getattr(policy, "n_obs_steps", None) or 1)}
+        if not 1 <= chunk["n_action_steps"] <= horizon or chunk["n_obs_steps"] < 1:
+            raise ExportError(f"chunk policy has n_action_steps {chunk['n_action_steps']} and n_obs_steps "
+                              f"{chunk['n_obs_steps']}; expected 1 <= n_action_steps <= horizon ({horizon}) and "
+                              "n_obs_steps >= 1")
+    n_obs_steps = chunk["n_obs_steps"] if chunk else 1
+    if graph.inputs[0].shape[0] != n_obs_steps * start:
+        raise ExportError(f"the graph's obs input has {graph.inputs[0].shape[0]} features; expected n_obs_steps "
+                          f"({n_obs_steps}) x the groups' {start}")
+    sampler = None
+    if graph.sampler is not None:
+        from policydistill.runtime.sampler import SamplerSpec
+
+        try:
+            sampler = SamplerSpec.from_json(graph.sampler).to_json()
+        except (TypeError, ValueError) as e:
+            raise ExportError(f"the denoiser graph's sampler is invalid: {e}") from e
     specs = {s.name: s for s in graph.inputs}
     return {
-        "schema_version": EXPORT_SCHEMA_VERSION, "format": fmt, "model_file": out.name,
-        "model_sha256": _sha256(out), "groups": groups, "obs_dim": graph.inputs[0].shape[0],
-        "act_dim": graph.outputs[0].shape[-1],
+        "schema_version": EXPORT_SCHEMA_VERSION, "groups": groups, "obs_dim": graph.inputs[0].shape[0],
+        "act_dim": first.shape[-1],
         "observation_space": space_to_json(policy.observation_space),
         "action_space": space_to_json(policy.action_space),
         "inputs": [s.to_json() for s in graph.inputs], "outputs": [s.to_json() for s in graph.outputs],
         "stateful": graph.stateful,
         "state": [{"input": i, "output": o, "shape": [BATCH, *specs[i].shape], "init": 0.0} for i, o in graph.state],
-        "deterministic": not any(s.role == "noise" for s in graph.inputs),
-        "source": source, "policy_config": policy.config(), "exporter": exporter, "versions": _versions(),
+        "deterministic": not any(s.role == "noise" for s in graph.inputs) and sampler is None,
+        "chunk": chunk, "sampler": sampler, "policy_config": policy.config(),
     }
+
+
+def _describe(fmt: str, description: dict[str, Any], out: Path, source: dict[str, Any],
+              exporter: dict[str, Any]) -> dict[str, Any]:
+    return {**description, "format": fmt, "model_file": out.name, "model_sha256": _sha256(out),
+            "source": source, "exporter": exporter, "versions": _versions()}
 
 
 def export_policy(source: Any, format: str, out: str | Path, *, opset: int = DEFAULT_OPSET,
@@ -210,6 +244,7 @@ def export_policy(source: Any, format: str, out: str | Path, *, opset: int = DEF
     policy, origin = _resolve(source)
     policy = copy.deepcopy(policy).to(device="cpu", dtype=torch.float32).eval().requires_grad_(False)
     graph = policy.export_graph()
+    description = describe_graph(policy, graph)
 
     exporter: dict[str, Any] = {}
 
@@ -231,7 +266,7 @@ def export_policy(source: Any, format: str, out: str | Path, *, opset: int = DEF
             tmp.unlink(missing_ok=True)
             raise
     exporter["torch"] = torch.__version__
-    atomic_write_json(sidecar_path(out), _describe(format, policy, graph, out, origin, exporter))
+    atomic_write_json(sidecar_path(out), _describe(format, description, out, origin, exporter))
     log.info("exported %s (%s) to %s (%s)", origin["bundle"] or origin["policy_class"], origin["policy_class"], out,
              format)
     return out

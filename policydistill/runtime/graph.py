@@ -14,14 +14,24 @@ Roles of inputs:
 - ``noise``: standard normal values the caller draws at every call (diffusion and one-step
   generators); feeding the same noise to the torch policy and the exported model gives the same
   actions;
-- ``sample`` and ``timestep``: the running sample ``(n, horizon, act_dim)`` and the noise level
-  ``(n,)`` of an iterative sampler, for a denoiser graph that a runtime calls once per sampler step
-  (a diffusion policy's bundle config holds the sampler's parameters).
+- ``sample`` ``(n, horizon, act_dim)`` and ``timestep`` ``(n, 1)``: the noisy chunk and its
+  diffusion timestep, inputs of a K-step policy's denoiser (see below).
 
 Roles of outputs: the first is ``action`` ``(n, act_dim)`` in the env's action space or ``chunk``
 ``(n, horizon, act_dim)`` (a sequence of actions in the env's action space, executed from a queue);
-``state`` outputs feed the paired ``state`` inputs at the next call; a denoiser graph's
-``prediction`` outputs feed its sampler's update.
+``state`` outputs feed the paired ``state`` inputs at the next call.
+
+Chunk policies (first output ``chunk``) have the attributes ``horizon``, ``n_action_steps`` (how many
+actions of a chunk are executed before the next is computed) and ``n_obs_steps``; the exporter
+records them. A policy conditioned on its last ``k = n_obs_steps`` observations takes ``obs`` of
+shape ``(n, k * obs_dim)``: the observations of the last k ticks, oldest first, each the groups
+concatenated; the runtime keeps that window per env and, after a reset, fills it with the first
+observation.
+
+A K-step diffusion policy exports its denoiser: inputs ``obs``, ``sample``, ``timestep``, first
+output ``prediction`` (n, horizon, act_dim) (the noise or the clean sample), and ``sampler``, the
+JSON description of the loop around it (:class:`policydistill.runtime.sampler.SamplerSpec`), which
+also holds the action unnormalisation and clipping applied to the loop's result.
 
 Normalisation and action post-processing are inside the module, so the exported graph maps raw
 observations to executable actions.
@@ -36,7 +46,8 @@ import torch
 from torch import nn
 
 INPUT_ROLES = ("observation", "state", "noise", "sample", "timestep")
-OUTPUT_ROLES = ("action", "chunk", "state", "prediction")
+OUTPUT_ROLES = ("action", "chunk", "prediction", "state")
+DENOISER_INPUTS = ("sample", "timestep")
 OBS = "obs"
 
 
@@ -56,7 +67,10 @@ def _default_example(graph: ExportGraph, n: int, generator: torch.Generator) -> 
     out = []
     for spec in graph.inputs:
         x = torch.randn(n, *spec.shape, generator=generator)
-        out.append(x * 3.0 if spec.role == "observation" else x if spec.role == "noise" else torch.zeros_like(x))
+        if spec.role == "timestep":
+            train_steps = len(graph.sampler["alphas_cumprod"]) if graph.sampler else 1000
+            x = torch.randint(0, train_steps, (n, *spec.shape), generator=generator).float()
+        out.append(x * 3.0 if spec.role == "observation" else torch.zeros_like(x) if spec.role == "state" else x)
     return tuple(out)
 
 
@@ -65,8 +79,10 @@ class ExportGraph:
     """``module(*inputs) -> outputs`` with ``state`` pairs ``(input name, output name)``.
 
     ``example(graph, n, generator)`` returns inputs the exporter traces and checks the graph on;
-    the default draws observations from N(0, 9), noise from N(0, 1) and zero state. A policy whose
-    interesting range is elsewhere (a normaliser's statistics, clipping) supplies its own.
+    the default draws observations from N(0, 9), noise and samples from N(0, 1), timesteps from the
+    sampler's range and zero state. A policy whose interesting range is elsewhere (a normaliser's
+    statistics, clipping) supplies its own. ``sampler``: the JSON description of the K-step loop
+    around a denoiser graph (first output ``prediction``), None for every other graph.
     """
 
     module: nn.Module
@@ -75,6 +91,7 @@ class ExportGraph:
     state: tuple[tuple[str, str], ...] = ()
     example: Callable[[ExportGraph, int, torch.Generator], tuple[torch.Tensor, ...]] = field(
         default=_default_example)
+    sampler: dict | None = None
 
     def __post_init__(self) -> None:
         names = [s.name for s in (*self.inputs, *self.outputs)]
@@ -84,8 +101,14 @@ class ExportGraph:
         if not self.inputs or self.inputs[0].role != "observation" or self.inputs[0].name != OBS \
                 or sum(s.role == "observation" for s in self.inputs) != 1:
             raise ValueError(f"an export graph takes exactly one observation input, first, named '{OBS}'")
-        if not self.outputs or self.outputs[0].role not in ("action", "chunk"):
-            raise ValueError("an export graph's first output must be the 'action' or 'chunk'")
+        if not self.outputs or self.outputs[0].role not in ("action", "chunk", "prediction"):
+            raise ValueError("an export graph's first output must be the 'action', 'chunk' or 'prediction'")
+        roles = {s.role for s in self.inputs}
+        denoiser = self.outputs[0].role == "prediction"
+        if denoiser != (self.sampler is not None) or (denoiser and not roles >= set(DENOISER_INPUTS)) or \
+                (not denoiser and roles & set(DENOISER_INPUTS)):
+            raise ValueError("a denoiser graph (first output 'prediction') takes 'sample' and 'timestep' inputs and "
+                             "has a 'sampler'; other graphs have neither")
         bad = [s.name for s in self.inputs if s.role not in INPUT_ROLES] + \
               [s.name for s in self.outputs if s.role not in OUTPUT_ROLES]
         if bad:

@@ -88,7 +88,10 @@ class TeacherBank:
         return ActionLabel(mean=means, std=stds if has_std else None)
 
     def reset(self, env_mask: np.ndarray | None = None) -> None:
-        """Reset every teacher; with a mask, each teacher gets the part for its rows of the last batch."""
+        """Reset every teacher; with a mask, each teacher gets the part for its rows of the last batch. A reset
+        without a mask also forgets the last batch's routing (a new batch of envs may follow)."""
+        if env_mask is None:
+            self._rows = None
         for i, teacher in enumerate(self.teachers):
             if env_mask is None or self._rows is None:
                 teacher.reset(None)

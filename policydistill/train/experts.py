@@ -34,11 +34,12 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
 from tqdm import tqdm
 
 from policydistill.bundle import save_bundle
-from policydistill.config import ExpertConfig
+from policydistill.config import ExpertConfig, RayConfig
 from policydistill.eval.metrics import summarise
 from policydistill.eval.rollout import run_episodes
 from policydistill.io import atomic_write_json, atomic_write_text, read_json
 from policydistill.models import resolve_device
+from policydistill.scale.ray_session import check_engine
 from policydistill.suite import Suite
 from policydistill.teachers.sb3 import policy_from_sb3
 from policydistill.types import check_groups
@@ -247,8 +248,12 @@ def _train_task_worker(suite: Suite, task: int, cfg: ExpertConfig, out: str, see
 
 
 def train_experts(suite: Suite, cfg: ExpertConfig, out: str | Path, workers: int = 2, seed: int = 0,
-                  device: str = "auto", tasks: list[str] | None = None) -> dict[str, Any]:
-    """Train (or resume) one expert per task; finished tasks are skipped. Returns experts.json."""
+                  device: str = "auto", tasks: list[str] | None = None, launcher: str = "local",
+                  ray: RayConfig | None = None) -> dict[str, Any]:
+    """Train (or resume) one expert per task; finished tasks are skipped. Returns experts.json.
+
+    ``launcher``: ``local`` (``workers`` processes) or ``ray`` (one Ray task per expert, see ``ray``)."""
+    check_engine(launcher, "launcher")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _algo(cfg.algo)
@@ -271,7 +276,11 @@ def train_experts(suite: Suite, cfg: ExpertConfig, out: str | Path, workers: int
         else:
             pending.append(i)
     failures: dict[str, str] = {}
-    if pending:
+    if pending and launcher == "ray":
+        from policydistill.scale.ray_experts import run_ray
+
+        run_ray(suite, pending, cfg, out, seed, device, summary, summary_path, failures, ray or RayConfig())
+    elif pending:
         _run_pool(suite, pending, cfg, out, workers, seed, device, summary, summary_path, failures)
     summary["tasks"] = {n: summary["tasks"][n] for n in suite.task_names if n in summary["tasks"]}
     atomic_write_json(summary_path, summary)

@@ -1,0 +1,97 @@
+"""Batched tensor path vs gymnasium's SyncVectorEnv: the same PointReach env and the same policy.
+
+- ``sync``: gymnasium ``SyncVectorEnv`` over the suite's envs (autoreset), the policy called once per
+  step on the batch: the usual gymnasium way.
+- ``batched``: PointReach in VecTask style (one ``mujoco.rollout`` call per step for the whole batch)
+  through the protocol adapter and the batched rollout driver (seeded episodes, bookkeeping and all).
+
+Both sides run in one process on one thread, interleaved, several rounds each; prints medians of env
+steps per second and the ratio batched / sync per batch size, writes bench/results/batched_envs.json.
+
+    .venv/bin/python bench/batched_envs.py [--n-envs 8 64 256] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import torch
+from gymnasium.vector import AutoresetMode
+from policydistill_envs.point_reach_vectask import make_batched
+
+from policydistill.bundle import load_bundle
+from policydistill.eval.batched_rollout import drive
+from policydistill.suite import load_suite
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sync_steps_per_s(suite, policy, n: int, iterations: int) -> float:
+    venv = gym.vector.SyncVectorEnv([lambda i=i: suite.make_env(i % len(suite.tasks)) for i in range(n)],
+                                    autoreset_mode=AutoresetMode.NEXT_STEP)
+    obs, _ = venv.reset(seed=0)
+    t0 = time.perf_counter()
+    for _ in range(iterations):
+        obs, *_ = venv.step(policy.act({g: obs[g] for g in policy.groups}))
+    elapsed = time.perf_counter() - t0
+    venv.close()
+    return n * iterations / elapsed
+
+
+def batched_steps_per_s(suite, policy, n: int, iterations: int) -> float:
+    slots = [i % len(suite.tasks) for i in range(n)]
+    env = make_batched(suite, slots)
+    episodes = max(1, iterations // env.max_episode_length) * n // len(suite.tasks)
+    t0 = time.perf_counter()
+    records = drive(env, slots, suite.task_names, lambda o: (policy.act(o), {}), episodes, seed=0)
+    elapsed = time.perf_counter() - t0
+    env.close()
+    return sum(r.episode.length for r in records) / elapsed
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--bundle", default=str(ROOT / "envs/zoo/default/north"))
+    p.add_argument("--n-envs", type=int, nargs="+", default=[8, 64, 256])
+    p.add_argument("--iterations", type=int, default=200, help="batch steps per round (2 episodes of 100)")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--out", default=str(ROOT / "bench/results/batched_envs.json"))
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    suite = load_suite("default_vectask")
+    policy = load_bundle(args.bundle, device="cpu")
+    load_before = os.getloadavg()
+    rows = {}
+    for n in args.n_envs:
+        sync, batched = [], []
+        for r in range(args.rounds):  # interleaved, the order alternating
+            sides = [(sync, sync_steps_per_s), (batched, batched_steps_per_s)]
+            for out, fn in sides if r % 2 == 0 else sides[::-1]:
+                out.append(fn(suite, policy, n, args.iterations))
+        ratios = [b / s for b, s in zip(batched, sync, strict=True)]
+        rows[n] = {"sync_steps_per_s_median": statistics.median(sync),
+                   "batched_steps_per_s_median": statistics.median(batched),
+                   "ratio_batched_over_sync_median": statistics.median(ratios),
+                   "ratio_min": min(ratios), "ratio_max": max(ratios)}
+        row = rows[n]
+        print(f"n_envs {n:4d}: SyncVectorEnv {row['sync_steps_per_s_median']:9.0f} steps/s, batched tensor "
+              f"{row['batched_steps_per_s_median']:9.0f} steps/s, ratio {row['ratio_batched_over_sync_median']:.2f}"
+              f" (min {min(ratios):.2f}, max {max(ratios):.2f}, {args.rounds} rounds)")
+    result = {"bench": "batched_envs", "env": "policydistill/PointReach-v0 (default suite, 4 tasks)",
+              "policy": args.bundle, "iterations_per_round": args.iterations, "rounds": args.rounds, "threads": 1,
+              "cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+              "by_n_envs": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    after = result["loadavg_after"][0]
+    print(f"load average before/after: {load_before[0]:.2f} / {after:.2f} on {os.cpu_count()} CPUs")
+
+
+if __name__ == "__main__":
+    main()

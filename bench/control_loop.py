@@ -1,0 +1,93 @@
+"""An MLP student in the fixed-rate loop at 1 kHz for 10,000 ticks on one core: deadline misses and p99.
+
+The student (see runtime_setup.py) drives the default suite's simulated robot through
+``policydistill.runtime.run.run_policy`` (the code behind ``policydistill run``): each tick reads
+the observation, runs the controller, and steps the MuJoCo env. The control thread is pinned to one
+CPU. Variants, run alternately in this one process: backend ``torch`` (the export graph run eagerly)
+and ``onnx`` (ONNX Runtime), each at normal priority and, with ``--realtime``, with SCHED_FIFO.
+
+The machine is shared: every run records how busy each CPU was (all processes), this process's own
+share and its involuntary context switches next to the misses. Reports per variant the median over
+runs of the tick-latency p50/p99, the start-jitter p99 and the deadline misses (overruns + missed
+ticks) of every run; writes ``bench/results/control_loop.json``.
+
+    .venv/bin/python bench/control_loop.py [--bundle <student>] [--ticks 10000] [--runs 2] [--realtime]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+from pathlib import Path
+
+import torch
+from runtime_setup import ROOT, shown, student_bundle, versions
+
+from policydistill.runtime.loop import format_stats
+from policydistill.runtime.run import run_policy
+
+log = logging.getLogger("bench.control_loop")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--bundle", default=None, help="an MLP student bundle (default: the cached DAgger student)")
+    p.add_argument("--rate-hz", type=float, default=1000.0)
+    p.add_argument("--ticks", type=int, default=10_000)
+    p.add_argument("--runs", type=int, default=2, help="runs per variant")
+    p.add_argument("--backends", nargs="+", default=["torch", "onnx"])
+    p.add_argument("--realtime", action="store_true", help="also run every variant with SCHED_FIFO")
+    p.add_argument("--cpu", type=int, default=None, help="the control thread's CPU (default: the last one)")
+    p.add_argument("--out", default=str(ROOT / "bench/results/control_loop.json"))
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    log.setLevel(logging.INFO)
+    torch.set_num_threads(1)
+    cpu = max(os.sched_getaffinity(0)) if args.cpu is None else args.cpu
+    bundle = student_bundle(args.bundle)
+
+    variants = [(b, rt) for rt in ([False, True] if args.realtime else [False]) for b in args.backends]
+    runs: dict[str, list[dict]] = {f"{b}{'+fifo' if rt else ''}": [] for b, rt in variants}
+    for r in range(args.runs):
+        for backend, realtime in variants:
+            name = f"{backend}{'+fifo' if realtime else ''}"
+            stats = run_policy(bundle, "default", args.rate_hz, args.ticks, backend=backend, cpu=cpu,
+                               realtime=realtime, progress=False)
+            runs[name].append(stats)
+            log.info("run %d %s:\n%s", r + 1, name, format_stats(stats))
+
+    summary = {}
+    for name, rs in runs.items():
+        summary[name] = {
+            "tick_latency_p50_us": statistics.median(s["latency"]["p50_us"] for s in rs),
+            "tick_latency_p99_us": statistics.median(s["latency"]["p99_us"] for s in rs),
+            "tick_latency_max_us": max(s["latency"]["max_us"] for s in rs),
+            "controller_step_p99_us": statistics.median(s["controller"]["compute"]["p99_us"] for s in rs),
+            "jitter_p99_us": statistics.median(s["jitter"]["p99_us"] for s in rs),
+            "deadline_misses": [s["deadline_misses"] for s in rs], "overruns": [s["overruns"] for s in rs],
+            "missed_ticks": [s["missed"] for s in rs],
+            "cpu_busy": [s["machine"]["cpu_busy"] for s in rs], "others_cpu": [s["machine"]["others_cpu"] for s in rs],
+            "involuntary_switches": [s["machine"]["involuntary_switches"] for s in rs],
+            "realtime_granted": [s["pinned"]["realtime"] for s in rs]}
+    result = {"bench": "control_loop", "bundle": shown(bundle), "suite": "default", "rate_hz": args.rate_hz,
+              "ticks": args.ticks, "runs_per_variant": args.runs, "cpu": cpu, "summary": summary,
+              "runs": {k: [{kk: vv for kk, vv in s.items() if kk != "episodes"} for s in v] for k, v in runs.items()},
+              "versions": versions()}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"MLP student in the fixed-rate loop: {args.rate_hz:g} Hz, {args.ticks} ticks per run, {args.runs} runs per "
+          f"variant, control thread pinned to CPU {cpu}, simulated robot: default suite")
+    print(f"  {'variant':<12}{'p50 us':>9}{'p99 us':>9}{'max us':>9}{'jitter p99':>12}  deadline misses per run"
+          "   (others' CPU load, cores)")
+    for name, s in summary.items():
+        print(f"  {name:<12}{s['tick_latency_p50_us']:>9.1f}{s['tick_latency_p99_us']:>9.1f}"
+              f"{s['tick_latency_max_us']:>9.0f}{s['jitter_p99_us']:>12.1f}  {s['deadline_misses']}"
+              f"   ({', '.join(f'{x:.2f}' for x in s['others_cpu'])})")
+    log.info("wrote %s", args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,267 @@
+"""policydistill DAgger vs rsl_rl's Distillation on the same envs, teachers, student network and env-step budget.
+
+    # rsl-rl-lib comes with the dev extra (scripts/setup.sh); alone: .venv/bin/pip install -e ".[rslrl]"
+    .venv/bin/python bench/rsl_rl_peer.py --suite locomotion --seeds 0 1 2
+
+rsl_rl's ``Distillation`` (PyPI rsl-rl-lib) is driven the way its runner drives it (``act`` ->
+``env.step`` -> ``process_env_step`` per step, ``update`` per iteration) through a small adapter: a
+``VecEnv`` over the suite's envs (auto-reset, ``dones`` = terminated or truncated), the zoo teachers
+behind a ``TeacherBank`` as its teacher module, and its ``MLPModel`` as student with the same hidden
+sizes and activation as ours, observation normalisation and IsaacLab's distillation settings
+(student noise std 0.1, 2 learning epochs, gradient length 15, lr 1e-3). One iteration collects as many
+env steps as one DAgger round (every task's episodes, ``--episodes-per-task`` each), and both students
+are evaluated after every round/iteration on the same seeded episodes, outside the timed training.
+
+Printed and written to ``bench/results/rsl_rl_peer_<suite>.json``: per method the student's mean
+teacher-normalised score after each round against env steps, and the training wall time (collection +
+updates, evaluation excluded); medians over the seeds and their ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from distill_fidelity import ROOT  # noqa: E402
+
+from policydistill.config import DistillConfig, StudentConfig  # noqa: E402
+from policydistill.distill.dagger import EVAL_SEED  # noqa: E402
+from policydistill.distill.loop import distill  # noqa: E402
+from policydistill.eval.evaluate import policies_for_suite  # noqa: E402
+from policydistill.eval.metrics import summarise, teacher_normalised  # noqa: E402
+from policydistill.eval.rollout import run_episodes  # noqa: E402
+from policydistill.suite import Suite, load_suite  # noqa: E402
+from policydistill.teachers import TeacherBank  # noqa: E402
+from policydistill.types import stack_obs  # noqa: E402
+
+try:
+    from rsl_rl.algorithms import Distillation
+    from rsl_rl.env import VecEnv
+    from rsl_rl.models import MLPModel
+    from rsl_rl.storage import RolloutStorage
+    from tensordict import TensorDict
+except ImportError as e:  # pragma: no cover - a benchmark-only dependency
+    raise SystemExit(f"this benchmark needs rsl-rl-lib: .venv/bin/pip install -e '.[rslrl]' ({e})") from e
+
+
+THRESHOLDS = (0.9, 0.95)
+
+
+class SuiteVecEnv(VecEnv):
+    """The suite's envs as an rsl_rl VecEnv: ``per_task`` envs per task, auto-reset with fresh seeds, actions
+    clipped to the action space, observations a TensorDict of the groups."""
+
+    def __init__(self, suite: Suite, per_task: int, seed: int) -> None:
+        self.envs = [suite.make_env(t) for t in range(len(suite.tasks)) for _ in range(per_task)]
+        space = self.envs[0].action_space
+        self.low, self.high = space.low, space.high
+        self.num_envs, self.num_actions, self.device, self.cfg = len(self.envs), int(space.shape[0]), "cpu", {}
+        self.max_episode_length = int(self.envs[0].spec.max_episode_steps or 1000)
+        self.episode_length_buf = torch.zeros(self.num_envs, dtype=torch.long)
+        self.next_seed = seed
+        self.obs = [self._reset(env) for env in self.envs]
+
+    def _reset(self, env) -> dict:
+        self.next_seed += 1
+        return env.reset(seed=self.next_seed)[0]
+
+    def get_observations(self) -> TensorDict:
+        batch = stack_obs(self.obs)
+        return TensorDict({g: torch.as_tensor(v) for g, v in batch.items()}, batch_size=[self.num_envs])
+
+    def step(self, actions: torch.Tensor) -> tuple[TensorDict, torch.Tensor, torch.Tensor, dict]:
+        a = np.clip(actions.cpu().numpy(), self.low, self.high)
+        rewards, dones, timeouts = np.zeros(self.num_envs, np.float32), np.zeros(self.num_envs), np.zeros(self.num_envs)
+        for i, env in enumerate(self.envs):
+            obs, r, terminated, truncated, _ = env.step(a[i])
+            rewards[i], dones[i], timeouts[i] = r, terminated or truncated, truncated and not terminated
+            self.obs[i] = self._reset(env) if terminated or truncated else obs
+        self.episode_length_buf = torch.where(torch.as_tensor(dones, dtype=torch.bool), 0, self.episode_length_buf + 1)
+        return (self.get_observations(), torch.as_tensor(rewards), torch.as_tensor(dones, dtype=torch.float32),
+                {"time_outs": torch.as_tensor(timeouts)})
+
+
+class BankTeacher(nn.Module):
+    """A TeacherBank as rsl_rl's teacher model: TensorDict of groups -> the label means (n, act_dim)."""
+
+    def __init__(self, bank: TeacherBank) -> None:
+        super().__init__()
+        self.bank = bank
+
+    def forward(self, obs: TensorDict) -> torch.Tensor:
+        return torch.as_tensor(self.bank.label({g: obs[g].cpu().numpy() for g in self.bank.groups}).mean)
+
+    def reset(self, dones: torch.Tensor | None = None, hidden_state: None = None) -> None:
+        """Stateless teachers."""
+
+    def get_hidden_state(self) -> None:
+        return None
+
+    def detach_hidden_state(self, dones: torch.Tensor | None = None) -> None:
+        """Stateless teachers."""
+
+
+class RslStudent:
+    """The rsl_rl student as a policydistill Policy for evaluation (deterministic output, clipped)."""
+
+    def __init__(self, model: MLPModel, groups: list[str], low: np.ndarray, high: np.ndarray) -> None:
+        self.model, self.groups, self.low, self.high = model, tuple(groups), low, high
+
+    def act(self, obs: dict[str, np.ndarray], deterministic: bool = True) -> np.ndarray:
+        td = TensorDict({g: torch.as_tensor(obs[g]) for g in self.groups}, batch_size=[len(obs[self.groups[0]])])
+        with torch.inference_mode():
+            return np.clip(self.model(td).numpy(), self.low, self.high)
+
+    def reset(self, env_mask: np.ndarray | None = None) -> None:
+        """Stateless."""
+
+
+def evaluate(suite: Suite, policy, teacher_eval: dict, episodes: int) -> float:
+    """Mean teacher-normalised score over the tasks on the seeded evaluation episodes."""
+    scores = [teacher_normalised(summarise(run_episodes(suite, n, policy, episodes, seed=EVAL_SEED)),
+                                 teacher_eval[n])["score"] for n in suite.task_names]
+    return float(np.mean(scores))
+
+
+def run_rsl_rl(suite: Suite, teachers: dict, groups: list[str], hidden: list[int], seed: int, iterations: int,
+               episodes_per_task: int, teacher_eval: dict, eval_episodes: int, epochs: int) -> dict:
+    torch.manual_seed(seed)
+    env0 = suite.make_env(0)
+    steps_per_env = int(env0.spec.max_episode_steps)
+    env = SuiteVecEnv(suite, episodes_per_task, seed=10_000 + 1000 * seed)
+    obs = env.get_observations()
+    student = MLPModel(obs, {"student": groups}, "student", env.num_actions, hidden_dims=hidden, activation="relu",
+                       obs_normalization=True, distribution_cfg={"class_name": "GaussianDistribution", "init_std": 0.1})
+    teacher = BankTeacher(TeacherBank([teachers[n] for n in suite.task_names]))
+    storage = RolloutStorage("distillation", env.num_envs, steps_per_env, obs, [env.num_actions], "cpu")
+    alg = Distillation(student, teacher, storage, num_learning_epochs=epochs, gradient_length=15, learning_rate=1e-3)
+    alg.teacher_loaded = True
+    policy = RslStudent(student, groups, env.low, env.high)
+    curve, collect_time, update_time = [], 0.0, 0.0
+    for it in range(iterations):
+        t0 = time.perf_counter()
+        alg.train_mode()
+        with torch.inference_mode():
+            for _ in range(steps_per_env):
+                actions = alg.act(obs)
+                obs, rewards, dones, extras = env.step(actions)
+                alg.process_env_step(obs, rewards, dones, extras)
+            alg.compute_returns(obs)
+        t1 = time.perf_counter()
+        alg.update()
+        collect_time, update_time = collect_time + t1 - t0, update_time + time.perf_counter() - t1
+        alg.eval_mode()
+        curve.append({"env_steps": (it + 1) * steps_per_env * env.num_envs,
+                      "train_time_s": round(collect_time + update_time, 2),
+                      "mean_score": evaluate(suite, policy, teacher_eval, eval_episodes)})
+    return {"curve": curve, "train_time_s": collect_time + update_time, "collect_time_s": collect_time,
+            "update_time_s": update_time}
+
+
+def run_dagger(suite: Suite, teachers: dict, groups: list[str], hidden: list[int], seed: int, rounds: int,
+               episodes_per_task: int, eval_episodes: int, updates: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = replace(DistillConfig(), suite=suite.name, teachers="zoo", out=tmp, seed=seed, device="cpu",
+                      rounds=rounds, episodes_per_task=episodes_per_task, n_envs=episodes_per_task * len(suite.tasks),
+                      updates_per_round=updates, eval_episodes=eval_episodes,
+                      schedule_params={"rounds": max(1, rounds - 2)},
+                      student=StudentConfig(groups=list(groups), hidden=list(hidden)))
+        summary = distill(cfg, suite, teachers)
+    rows = summary["rounds"]
+    curve = [{"env_steps": r["env_steps"], "train_time_s": round(r["wall_time_s"] - r["eval_time_s"], 2),
+              "mean_score": r["mean_score"]} for r in rows]
+    return {"curve": curve, "train_time_s": curve[-1]["train_time_s"], "teacher": summary["teacher"],
+            "collect_time_s": sum(r["collect_time_s"] for r in rows),
+            "update_time_s": sum(r["update_time_s"] for r in rows)}
+
+
+def time_to(curve: list[dict], score: float) -> float | None:
+    """Training seconds until the student's mean score first reached ``score`` (None: never in the budget)."""
+    return next((c["train_time_s"] for c in curve if c["mean_score"] >= score), None)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--suite", default="locomotion")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--groups", nargs="+", default=["policy", "privileged", "task"])
+    p.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
+    p.add_argument("--rounds", type=int, default=12)
+    p.add_argument("--episodes-per-task", type=int, default=2)
+    p.add_argument("--updates", type=int, default=1000)
+    p.add_argument("--eval-episodes", type=int, default=20)
+    p.add_argument("--rsl-epochs", type=int, default=2, help="rsl_rl num_learning_epochs (IsaacLab uses 2)")
+    p.add_argument("--tag", default="", help="suffix of the result file name")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    suite = load_suite(args.suite)
+    teachers = policies_for_suite(ROOT / "envs/zoo" / args.suite, suite, device="cpu")
+    runs: dict[str, list[dict]] = {"policydistill_dagger": [], "rsl_rl_distillation": []}
+    for seed in args.seeds:
+        ours = run_dagger(suite, teachers, args.groups, args.hidden, seed, args.rounds, args.episodes_per_task,
+                          args.eval_episodes, args.updates)
+        peer = run_rsl_rl(suite, teachers, args.groups, args.hidden, seed, args.rounds, args.episodes_per_task,
+                          ours.pop("teacher"), args.eval_episodes, args.rsl_epochs)
+        for name, run in (("policydistill_dagger", ours), ("rsl_rl_distillation", peer)):
+            runs[name].append({"seed": seed, **run})
+            last = run["curve"][-1]
+            print(f"seed {seed} {name:>22}: score {last['mean_score']:.3f} after {last['env_steps']} env steps, "
+                  f"training {run['train_time_s']:.0f} s; curve "
+                  + " ".join(f"{c['mean_score']:.2f}" for c in run["curve"]), flush=True)
+    summary = {}
+    for name, rs in runs.items():
+        summary[name] = {"median_final_score": statistics.median(r["curve"][-1]["mean_score"] for r in rs),
+                         "median_score_per_round": [statistics.median(r["curve"][k]["mean_score"] for r in rs)
+                                                    for k in range(args.rounds)],
+                         "env_steps_per_round": [c["env_steps"] for c in rs[0]["curve"]],
+                         "median_train_time_s": statistics.median(r["train_time_s"] for r in rs),
+                         "median_collect_time_s": statistics.median(r["collect_time_s"] for r in rs),
+                         "median_update_time_s": statistics.median(r["update_time_s"] for r in rs),
+                         "time_to_score": {str(t): [time_to(r["curve"], t) for r in rs] for t in THRESHOLDS}}
+    ours, peer = summary["policydistill_dagger"], summary["rsl_rl_distillation"]
+    result = {"bench": "rsl_rl_peer", "suite": args.suite, "seeds": args.seeds, "groups": args.groups,
+              "hidden": args.hidden, "rounds": args.rounds, "episodes_per_task": args.episodes_per_task,
+              "updates_per_round": args.updates, "eval_episodes": args.eval_episodes,
+              "rsl_rl": {"version": _version("rsl-rl-lib"), "num_learning_epochs": args.rsl_epochs,
+                         "gradient_length": 15,
+                         "learning_rate": 1e-3, "init_std": 0.1},
+              "summary": summary,
+              "score_ratio_ours_over_rsl_rl": ours["median_final_score"] / peer["median_final_score"],
+              "train_time_ratio_rsl_rl_over_ours": peer["median_train_time_s"] / ours["median_train_time_s"],
+              "runs": runs}
+    for t in THRESHOLDS:
+        print(f"training seconds to score {t}: policydistill {ours['time_to_score'][str(t)]}, "
+              f"rsl_rl {peer['time_to_score'][str(t)]} (None: not within the budget)")
+    print(f"collection {ours['median_collect_time_s']:.1f} s vs {peer['median_collect_time_s']:.1f} s, updates "
+          f"{ours['median_update_time_s']:.1f} s vs {peer['median_update_time_s']:.1f} s (policydistill vs rsl_rl)")
+    out = ROOT / "bench/results" / f"rsl_rl_peer_{args.suite}{args.tag}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"median over {len(args.seeds)} seeds at {ours['env_steps_per_round'][-1]} env steps: score "
+          f"policydistill {ours['median_final_score']:.3f} vs rsl_rl {peer['median_final_score']:.3f} "
+          f"(ratio {result['score_ratio_ours_over_rsl_rl']:.2f}); training time {ours['median_train_time_s']:.0f} s "
+          f"vs {peer['median_train_time_s']:.0f} s (rsl_rl / policydistill "
+          f"{result['train_time_ratio_rsl_rl_over_ours']:.2f}x)")
+
+
+def _version(dist: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+if __name__ == "__main__":
+    main()

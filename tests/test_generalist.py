@@ -1,0 +1,172 @@
+"""One student for Hopper-v5, Walker2d-v5 and HalfCheetah-v5 (different spaces): padding plus masks, with
+plain-callable teachers named in the suite file; and the learned task embedding."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import goal_seeker
+
+from policydistill.bundle import load_bundle
+from policydistill.config import DistillConfig, StudentConfig
+from policydistill.data.shards import EpisodeStore
+from policydistill.distill.dagger import build_student
+from policydistill.distill.loop import distill
+from policydistill.distill.losses import mse
+from policydistill.eval.evaluate import policies_for_suite
+from policydistill.eval.metrics import summarise
+from policydistill.eval.rollout import run_episodes
+from policydistill.models.generalist import GeneralistPolicy
+from policydistill.policy import RandomPolicy
+from policydistill.suite import load_suite
+from policydistill.types import stack_obs
+
+ENVS = {"Hopper-v5": (11, 3), "Walker2d-v5": (17, 6), "HalfCheetah-v5": (17, 6)}
+
+
+def _linear_controller(obs_dim: int, act_dim: int, seed: int):
+    w = np.random.default_rng(seed).normal(scale=0.15, size=(act_dim, obs_dim))
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        return np.tanh(w @ obs)
+
+    return act
+
+
+# plain callables obs (dim,) -> action (act_dim,), named in the suite file as "test_generalist:<name>"
+hopper_teacher = _linear_controller(11, 3, 0)
+walker_teacher = _linear_controller(17, 6, 1)
+cheetah_teacher = _linear_controller(17, 6, 2)
+
+
+@pytest.fixture(scope="module")
+def mixed_suite(tmp_path_factory):
+    path = tmp_path_factory.mktemp("suite") / "mixed.yaml"
+    path.write_text(yaml.safe_dump({"name": "mixed", "tasks": [
+        {"name": "hopper", "env": "Hopper-v5", "teacher": "test_generalist:hopper_teacher", "max_episode_steps": 60},
+        {"name": "walker", "env": "Walker2d-v5", "teacher": "test_generalist:walker_teacher", "max_episode_steps": 60},
+        {"name": "cheetah", "env": "HalfCheetah-v5", "teacher": "test_generalist:cheetah_teacher",
+         "max_episode_steps": 60}]}))
+    return load_suite(str(path))
+
+
+def _imitation_error(student, suite, teachers, seed: int = 11) -> dict[str, float]:
+    """Mean squared action difference, per task in its own action space, on states of the teacher's episodes."""
+    out = {}
+    for i, name in enumerate(suite.task_names):
+        env = suite.make_env(i)
+        obs, _ = env.reset(seed=seed)
+        states = []
+        for _ in range(40):
+            states.append(obs)
+            obs, _, terminated, truncated, _ = env.step(teachers[name].act(stack_obs([obs]))[0])
+            if terminated or truncated:
+                obs, _ = env.reset(seed=seed + len(states))
+        batch = stack_obs(states)
+        want = teachers[name].act(batch)
+        got = student.act({g: batch[g] for g in student.groups})
+        assert got.shape == want.shape == (len(states), ENVS[suite.tasks[i].env][1])
+        out[name] = float(np.mean((got - want) ** 2))
+    return out
+
+
+@pytest.mark.slow
+def test_one_student_for_hopper_walker_and_cheetah(mixed_suite, tmp_path):
+    teachers = policies_for_suite("suite", mixed_suite, device="cpu")
+    cfg = DistillConfig(teachers="suite", out=str(tmp_path / "run"), rounds=3, episodes_per_task=4, n_envs=4,
+                        updates_per_round=500, eval_episodes=2, device="cpu", schedule_params={"rounds": 2})
+    torch.manual_seed(0)
+    untrained = build_student(mixed_suite, cfg.student, "cpu")
+    assert isinstance(untrained, GeneralistPolicy) and untrained.obs_dim == 17 + 3 and untrained.act_dim == 6
+    before = _imitation_error(untrained, mixed_suite, teachers)
+    summary = distill(cfg, mixed_suite, teachers)
+    student = load_bundle(tmp_path / "run" / "student", device="cpu")
+    assert isinstance(student, GeneralistPolicy)
+    after = _imitation_error(student, mixed_suite, teachers)
+    for name in mixed_suite.task_names:  # measured: 0.03-0.97 before, 30-360x lower after
+        assert after[name] < 0.1 * before[name], (name, before[name], after[name])
+    # every task evaluated in its own space, scored against its own teacher
+    last = summary["rounds"][-1]["tasks"]
+    assert set(last) == {"hopper", "walker", "cheetah"} and all(t["teacher_return_mean"] != 0 for t in last.values())
+    hopper = summarise(run_episodes(mixed_suite, "hopper", student, 2, seed=5000))
+    assert hopper["return_mean"] == pytest.approx(last["hopper"]["return_mean"])
+    # the store holds padded episodes with each task's real dims in their metadata
+    store = EpisodeStore(tmp_path / "run" / "episodes")
+    assert store.fields["obs/policy"]["shape"] == [17] and store.fields["label_mean"]["shape"] == [6]
+    metas = {m["task"]: m["dims"] for m in store.episodes()}
+    assert metas["hopper"] == {"policy": 11, "privileged": 12, "task": 3, "action": 3}
+    data = store.load(["obs/policy", "obs/task", "label_mean"], where=lambda m: m["task"] == "hopper")
+    assert not data["obs/policy"][:, 11:].any() and not data["label_mean"][:, 3:].any()
+
+
+def test_padding_and_masks_keep_tasks_apart(mixed_suite):
+    torch.manual_seed(0)
+    student = build_student(mixed_suite, StudentConfig(learn_std=True), "cpu")
+    x = torch.randn(5, student.obs_dim)
+    x[:, 17:] = torch.nn.functional.one_hot(torch.zeros(5, dtype=torch.long), 3).float()  # hopper rows
+    noisy = x.clone()
+    noisy[:, 11:17] = 100.0  # whatever a padded entry holds never reaches the network
+    torch.testing.assert_close(student.raw(x), student.raw(noisy))
+    assert (student(x)[:, 3:] == 0).all()  # padded action dims are bounded to [0, 0]
+    # the loss ignores padded action dims: their head rows get no gradient from hopper rows
+    y = student.raw(x)
+    mse(y, torch.zeros_like(y), mask=student.action_mask(np.zeros(5, dtype=int))).backward()
+    assert student.head.weight.grad[3:].abs().sum() == 0 and student.head.weight.grad[:3].abs().sum() > 0
+    # acting in each task's own space; a batch mixing spaces is refused with the reason
+    env = mixed_suite.make_env("hopper")
+    obs = stack_obs([env.reset(seed=0)[0]])
+    assert student.act(obs).shape == (1, 3) and student.label(obs).std.shape == (1, 3)
+    wide = {**obs, "policy": np.zeros((1, 17), np.float32)}
+    with pytest.raises(ValueError, match="observation group 'policy' has shape"):
+        student.act(wide)
+    with pytest.raises(ValueError, match="must read the 'task' group"):
+        build_student(mixed_suite, StudentConfig(groups=["policy"]), "cpu")
+    with pytest.raises(ValueError, match="exporting a student padded over tasks with different spaces"):
+        student.export_graph()
+
+
+@pytest.mark.slow
+def test_learned_task_embedding_solves_the_default_suite(default_suite, tmp_path):
+    teachers = {n: goal_seeker() for n in default_suite.task_names}
+    cfg = DistillConfig(teachers="-", out=str(tmp_path / "emb"), rounds=4, episodes_per_task=4, updates_per_round=400,
+                        eval_episodes=5, device="cpu", schedule_params={"rounds": 3},
+                        student=StudentConfig(task_encoding="embedding", embedding_dim=3))
+    summary = distill(cfg, default_suite, teachers)
+    student = load_bundle(Path(cfg.out) / "student", device="cpu")
+    assert isinstance(student, GeneralistPolicy) and student.embedding.weight.shape == (3, 4)
+    assert student.embedding.weight.abs().sum() > 0
+    env = default_suite.make_env(0)
+    for name in default_suite.task_names:
+        s = summarise(run_episodes(default_suite, name, student, 5, seed=77))
+        r = summarise(run_episodes(default_suite, name, RandomPolicy(env.action_space), 5, seed=77))
+        assert s["success_rate"] >= 0.8 and s["return_mean"] > r["return_mean"] + s["return_ci95"] + r["return_ci95"]
+    assert summary["rounds"][-1]["mean_score"] > 0.9
+    with pytest.raises(ValueError, match="task_encoding 'hash' is not one of"):
+        build_student(default_suite, replace(cfg.student, task_encoding="hash"), "cpu")
+
+
+@pytest.mark.slow
+def test_kickstarting_runs_on_tasks_with_different_spaces(mixed_suite, tmp_path):
+    teachers = policies_for_suite("suite", mixed_suite, device="cpu")
+    cfg = DistillConfig(method="kickstart", teachers="suite", out=str(tmp_path / "kick"), rounds=1, episodes_per_task=1,
+                        n_envs=3, eval_episodes=1, device="cpu", loss="mse")
+    row = distill(cfg, mixed_suite, teachers)["rounds"][0]
+    assert row["labels_used"] == row["env_steps"] > 0 and set(row["tasks"]) == {"hopper", "walker", "cheetah"}
+    assert np.isfinite(row["losses"]["policy"]) and len(row["student_std"]) == 6
+    assert isinstance(load_bundle(tmp_path / "kick" / "student", device="cpu"), GeneralistPolicy)
+
+
+def test_embedding_student_with_shared_spaces_exports(default_suite, tmp_path):
+    from policydistill.runtime.export import export_policy
+
+    student = build_student(default_suite, StudentConfig(task_encoding="embedding"), "cpu")
+    env_space = default_suite.make_env(0).observation_space
+    assert isinstance(student, GeneralistPolicy) and list(student.observation_space) == ["policy", "task"]
+    assert all(student.observation_space[g] == env_space[g] for g in ("policy", "task"))
+    out = export_policy(student, "torchscript", tmp_path / "student.pt")  # checked against the torch module
+    assert out.is_file()
