@@ -222,3 +222,30 @@ def test_diffusion_trains_on_given_episode_stores_too(tmp_path, teacher_run, def
     assert summary["rounds"][0]["dataset_steps"] == own + given
     with pytest.raises(ValueError, match="lack fields"):
         chunk_windows([teacher_run / "episodes"], ("policy", "privileged", "task", "missing"), 1, 4)
+
+
+def test_interrupted_one_step_distillation_resumes(tmp_path, teacher_run, default_suite, monkeypatch) -> None:
+    from policydistill.distill.onestep import OneStepAlgo
+
+    teacher = str(teacher_run / "student")
+    cfg = compose_config("distill", ["method=onestep", f"teachers={teacher}", f"out={tmp_path}", "onestep.steps=10",
+                                     "onestep.checkpoint_every=5", "onestep.episodes_per_task=1", "onestep.pairs=32",
+                                     "eval_episodes=1", "batch_size=16"])
+    teachers = policies_for_suite(teacher, default_suite, device="cpu")
+    real, calls = OneStepAlgo.update, {"n": 0}
+
+    def killed_at_the_seventh_update(self):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        return real(self)
+
+    monkeypatch.setattr(OneStepAlgo, "update", killed_at_the_seventh_update)
+    with pytest.raises(KeyboardInterrupt):
+        distill_onestep(cfg, default_suite, teachers)
+    assert read_json(tmp_path / "checkpoint.json") == {"step": 5}
+    calls["n"] = 0
+    summary = distill_onestep(cfg, default_suite, teachers)
+    assert calls["n"] == 5  # updates 5..9 only
+    assert len(summary["rounds"]) == 1 and summary["rounds"][0]["updates"] == 10
+    assert isinstance(load_bundle(tmp_path / "student", device="cpu"), OneStepPolicy)
