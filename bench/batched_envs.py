@@ -23,8 +23,8 @@ from pathlib import Path
 import gymnasium as gym
 import torch
 from gymnasium.vector import AutoresetMode
-from runtime_setup import shown
 from policydistill_envs.point_reach_vectask import make_batched
+from runtime_setup import shown
 
 from policydistill.bundle import load_bundle
 from policydistill.eval.batched_rollout import drive
