@@ -24,6 +24,7 @@ import gymnasium as gym
 import torch
 from gymnasium.vector import AutoresetMode
 from policydistill_envs.point_reach_vectask import make_batched
+from runtime_setup import shown
 
 from policydistill.bundle import load_bundle
 from policydistill.eval.batched_rollout import drive
@@ -84,7 +85,8 @@ def main() -> None:
               f"{row['batched_steps_per_s_median']:9.0f} steps/s, ratio {row['ratio_batched_over_sync_median']:.2f}"
               f" (min {min(ratios):.2f}, max {max(ratios):.2f}, {args.rounds} rounds)")
     result = {"bench": "batched_envs", "env": "policydistill/PointReach-v0 (default suite, 4 tasks)",
-              "policy": args.bundle, "iterations_per_round": args.iterations, "rounds": args.rounds, "threads": 1,
+              "policy": shown(args.bundle), "iterations_per_round": args.iterations, "rounds": args.rounds,
+              "threads": 1,
               "cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
               "by_n_envs": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,12 @@ class PointReachEnv(MujocoEnv):
     ``info["is_success"]`` is true while the point is within ``success_radius`` of the goal.
     Every task starts from the same state distribution (uniform +-``reset_noise`` around the origin,
     zero velocity), so the goal is only visible through ``privileged`` (or a task id added later).
+
+    ``hazard_radius`` > 0 (off by default) puts a pit of that radius halfway between the start and
+    the goal: entering it ends the episode (``terminated``, ``info["hazard"]``, no success). The
+    straight line to the goal crosses it, so a policy must pass it on the left or on the right; the
+    env is mirror-symmetric about the start-goal axis (:meth:`mirror_maps`), so both ways are equally
+    good and the average of the two is a fall into the pit.
     """
 
     metadata = {"render_modes": ["human", "rgb_array", "depth_array"], "render_fps": 25}
@@ -54,6 +60,7 @@ class PointReachEnv(MujocoEnv):
         ctrl_cost_weight: float = 0.01,
         reset_noise: float = 0.05,
         frame_skip: int = 4,
+        hazard_radius: float = 0.0,
         render_mode: str | None = None,
         width: int = 160,
         height: int = 120,
@@ -63,6 +70,10 @@ class PointReachEnv(MujocoEnv):
         self.success_radius = float(success_radius)
         self.ctrl_cost_weight = float(ctrl_cost_weight)
         self.reset_noise = float(reset_noise)
+        self.hazard_radius = float(hazard_radius)
+        if not (np.isfinite(self.hazard_radius) and 0.0 <= self.hazard_radius < 0.5 * np.linalg.norm(self.goal)):
+            raise ValueError(f"hazard_radius must be in [0, |goal| / 2), got {hazard_radius!r}")
+        self.hazard_center = 0.5 * self.goal
         observation_space = spaces.Dict(
             {
                 "policy": spaces.Box(-np.inf, np.inf, shape=(4,), dtype=np.float32),
@@ -80,6 +91,24 @@ class PointReachEnv(MujocoEnv):
             camera_name="top",
         )
         self.model.site_pos[self.model.site("target").id, :2] = self.goal
+        hazard = self.model.site("hazard").id
+        self.model.site_pos[hazard, :2] = self.hazard_center
+        self.model.site_size[hazard, 0] = max(self.hazard_radius, 1e-3)
+        self.model.site_rgba[hazard, 3] = 0.6 if self.hazard_radius > 0 else 0.0
+
+    def in_hazard(self) -> bool:
+        """True while the point is inside the pit (never when ``hazard_radius`` is 0)."""
+        return bool(np.linalg.norm(self.data.qpos[:2] - self.hazard_center) < self.hazard_radius)
+
+    def mirror_maps(self) -> dict[str, np.ndarray]:
+        """The reflection about the start-goal axis that maps this env onto itself, as matrices:
+        ``policy`` (4, 4) on [x, y, vx, vy], ``privileged`` (2, 2) on the goal, ``action`` (2, 2).
+
+        A policy ``pi`` and its mirror image ``obs -> A pi(M obs)`` earn the same returns here."""
+        u = self.goal / np.linalg.norm(self.goal)
+        r = (2.0 * np.outer(u, u) - np.eye(2)).astype(np.float32)
+        zero = np.zeros((2, 2), dtype=np.float32)
+        return {"policy": np.block([[r, zero], [zero, r]]), "privileged": r, "action": r}
 
     def distance(self) -> float:
         """Euclidean distance from the point to the goal."""
@@ -97,10 +126,12 @@ class PointReachEnv(MujocoEnv):
         dist = self.distance()
         ctrl_cost = self.ctrl_cost_weight * float(np.sum(action**2))
         reward = 1.0 - dist / self.reward_scale - ctrl_cost
-        info = {"distance": dist, "ctrl_cost": ctrl_cost, "is_success": bool(dist < self.success_radius)}
+        fell = self.in_hazard()
+        info = {"distance": dist, "ctrl_cost": ctrl_cost, "is_success": bool(dist < self.success_radius) and not fell,
+                "hazard": fell}
         if self.render_mode == "human":
             self.render()
-        return self._get_obs(), reward, False, False, info
+        return self._get_obs(), reward, fell, False, info
 
     def reset_model(self) -> dict[str, np.ndarray]:
         qpos = self.init_qpos + self.np_random.uniform(

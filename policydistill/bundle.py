@@ -39,9 +39,13 @@ _BUNDLE_FILES = {POLICY_JSON, WEIGHTS}
 _ASIDE = ".old"
 _TMP = ".tmp-"
 
-POLICY_CLASSES: dict[str, type | str] = {"MLPPolicy": "policydistill.models.mlp_policy:MLPPolicy",
-                                         "HistoryPolicy": "policydistill.models.history_policy:HistoryPolicy",
-                                         "GeneralistPolicy": "policydistill.models.generalist:GeneralistPolicy"}
+POLICY_CLASSES: dict[str, type | str] = {
+    "MLPPolicy": "policydistill.models.mlp_policy:MLPPolicy",
+    "GeneralistPolicy": "policydistill.models.generalist:GeneralistPolicy",
+    "DiffusionPolicy": "policydistill.models.diffusion:DiffusionPolicy",
+    "OneStepPolicy": "policydistill.models.onestep:OneStepPolicy",
+    "HistoryPolicy": "policydistill.models.history_policy:HistoryPolicy",
+}
 """Allow-list of policy classes a bundle may name: a class, or ``"module:Class"`` imported on first use."""
 
 

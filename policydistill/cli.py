@@ -31,6 +31,8 @@ commands:
   train-experts  train one specialist per task: suite=<name> out=<dir> workers=N expert=ppo|sac|td3
   evaluate       seeded rollouts: policy=<bundle or folder> suite=<name> episodes=N out=<file.json>
   distill        teacher-student distillation: method=bc|dagger|onpolicy|kickstart suite=<name> teachers=<dir> out=<dir>
+                 method=diffusion (diffusion policy from the teachers' episodes), method=onestep
+                 teachers=<diffusion bundle> onestep.algo=dmd|dmd_det|consistency|regression
   import-sb3     turn a trusted SB3 .zip (+ VecNormalize .pkl) into a bundle
   run            fixed-rate control loop on a simulated robot: policy=<bundle|.onnx|.pt> suite=<name> rate_hz=<f>
   export         policy=<bundle> format=torchscript|onnx out=<path>, normalisation and post-processing inside

@@ -37,11 +37,17 @@ def train_experts_cmd(cfg: TrainExpertsConfig) -> None:
 def evaluate_cmd(cfg: EvaluateConfig) -> None:
     suite = load_suite(cfg.suite)
     policies = policies_for_suite(cfg.policy, suite, device=cfg.device)
+    if cfg.sampler:
+        from policydistill.models.diffusion import apply_sampler
+
+        apply_sampler(policies.values(), cfg.sampler)
     teachers = policies_for_suite(cfg.teachers, suite, device=cfg.device) if cfg.teachers else None
     video_dir = (Path(cfg.out).parent if cfg.out else Path(".")) / "videos" if cfg.video else None
     result = evaluate(suite, policies, episodes=cfg.episodes, n_envs=cfg.n_envs, seed=cfg.seed,
                       teachers=teachers, video_dir=video_dir)
     result["policy"] = cfg.policy
+    if cfg.sampler:
+        result["sampler"] = cfg.sampler
     print(format_table(result))
     if cfg.out:
         atomic_write_json(cfg.out, result)
@@ -77,6 +83,11 @@ def distill_cmd(cfg: DistillConfig) -> None:
                          "| suite>")
     suite = load_suite(cfg.suite)
     teachers = policies_for_suite(cfg.teachers, suite, device=cfg.device)
+    if cfg.method in ("diffusion", "onestep"):
+        from policydistill.distill.diffusion import distill_diffusion
+        from policydistill.distill.onestep import distill_onestep
+
+        distill = {"diffusion": distill_diffusion, "onestep": distill_onestep}[cfg.method]
     summary = distill(cfg, suite, teachers)
     last = summary["rounds"][-1]
     for name, t in last["tasks"].items():

@@ -73,6 +73,7 @@ class EvaluateConfig:
     n_envs: int = 8
     seed: int = 1000
     device: str = "auto"
+    sampler: str | None = None  # diffusion policies: "ddim:<steps>" or "ddpm:<steps>"
 
 
 @dataclass
@@ -146,6 +147,73 @@ class KickstartConfig:
 
 
 @dataclass
+class DiffusionConfig:
+    """``method=diffusion``: a DDPM chunk policy trained on the teachers' episodes.
+
+    ``demos``: ``experts`` (each task's teacher acts) or ``mirror_routes`` (per episode, the teacher or
+    its mirror image acts: two ways per task, for envs with ``mirror_maps()``). ``data``: more episode
+    stores to train on (e.g. a DAgger run's ``episodes``). ``rounds`` > 1 with a ``schedule`` other
+    than beta 1 lets the diffusion policy act (DAgger). Chunking: ``n_obs_steps``, ``horizon``,
+    ``n_action_steps``; denoiser ``mlp`` (``hidden``) or ``unet`` (``channels``, ``kernel_size``);
+    ``sampler``/``sampler_steps``: how the saved policy acts (a runtime setting)."""
+
+    demos: str = "experts"
+    episodes_per_task: int = 100
+    data: list[str] = field(default_factory=list)
+    rounds: int = 1
+    schedule: str = "constant"
+    schedule_params: dict[str, Any] = field(default_factory=lambda: {"beta": 1.0})
+    denoiser: str = "mlp"
+    hidden: list[int] = field(default_factory=lambda: [256, 256, 256])
+    channels: list[int] = field(default_factory=lambda: [32, 64])
+    kernel_size: int = 5
+    time_dim: int = 32
+    n_obs_steps: int = 2
+    horizon: int = 16
+    n_action_steps: int = 4
+    noise_steps: int = 100
+    noise_schedule: str = "cosine"
+    prediction: str = "sample"
+    sampler: str = "ddim"
+    sampler_steps: int = 100
+    train_steps: int = 20_000
+    lr: float = 1e-3
+    ema_decay: float = 0.995
+    checkpoint_every: int = 1000
+
+
+@dataclass
+class OneStepConfig:
+    """``method=onestep``: distil the diffusion policy ``teachers=<bundle>`` into a one-step student.
+
+    ``algo``: ``dmd`` (distribution matching with an auxiliary score network, stochastic student),
+    ``dmd_det`` (deterministic student, no auxiliary network), ``consistency`` (consistency
+    distillation on ``ode_steps`` teacher DDIM steps, EMA target ``target_ema``) or ``regression``
+    (``pairs`` noise -> teacher ``teacher_steps``-step DDIM output pairs; None: the teacher's sampler
+    steps). Observations come from ``episodes_per_task`` teacher rollouts (+ ``data`` stores).
+    ``init_level``: where on the noise levels (0..1 of the way to the noisiest) the dmd and regression
+    generators take the teacher's denoiser from. ``reg_weight``: weight of the regression term that
+    dmd adds on ``pairs`` (noise -> teacher output) pairs, as DMD does (0: distribution matching only)."""
+
+    algo: str = "dmd_det"
+    steps: int = 2000
+    lr: float = 1e-4
+    episodes_per_task: int = 20
+    data: list[str] = field(default_factory=list)
+    init_level: float = 0.6
+    reg_weight: float = 30.0
+    aux_lr: float = 1e-3
+    aux_updates: int = 2
+    t_min: float = 0.02
+    t_max: float = 0.98
+    ode_steps: int = 10
+    target_ema: float = 0.95
+    pairs: int = 32768
+    teacher_steps: int | None = None
+    checkpoint_every: int = 500
+
+
+@dataclass
 class DistillConfig:
     """Teacher-student distillation. ``method``: ``bc`` (teacher always acts, data aggregated),
     ``dagger`` (``schedule`` decides who acts, data aggregated), ``onpolicy`` (student always acts,
@@ -185,6 +253,8 @@ class DistillConfig:
     kickstart: KickstartConfig = field(default_factory=KickstartConfig)
     collector: str = "local"  # local (in this process) | ray (rollout actors)
     ray: RayConfig = field(default_factory=RayConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    onestep: OneStepConfig = field(default_factory=OneStepConfig)
 
 
 
@@ -206,6 +276,24 @@ class PrivilegedStageConfig:
 
 
 @dataclass
+class DiffusionStageConfig:
+    """The pipeline's diffusion -> one-step stage: a diffusion policy (``teacher``, pipeline-sized
+    budget) trained on ``suite`` from ``teachers`` (``zoo``: the committed expert zoo of that suite),
+    then one one-step student per algorithm of ``algos`` (``onestep``), evaluated beside the teacher
+    at 100, 10 and 1 DDIM steps on ``eval_episodes`` per task, latency over ``latency_calls`` calls."""
+
+    enabled: bool = True
+    suite: str = "default_hazard"
+    teachers: str = "zoo"
+    algos: list[str] = field(default_factory=lambda: ["dmd", "dmd_det", "consistency", "regression"])
+    eval_episodes: int = 10
+    latency_calls: int = 200
+    teacher: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(
+        demos="mirror_routes", episodes_per_task=40, train_steps=6000))
+    onestep: OneStepConfig = field(default_factory=lambda: OneStepConfig(steps=400, episodes_per_task=10, pairs=8192))
+
+
+@dataclass
 class PipelineConfig:
     suite: str = "default"
     out: str = "runs/pipeline"
@@ -220,6 +308,7 @@ class PipelineConfig:
     privileged: PrivilegedStageConfig = field(default_factory=PrivilegedStageConfig)
     launcher: str = "local"  # where experts train: local | ray
     ray: RayConfig = field(default_factory=RayConfig)
+    diffusion: DiffusionStageConfig = field(default_factory=DiffusionStageConfig)
 
 
 @dataclass

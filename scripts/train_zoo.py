@@ -1,6 +1,6 @@
 """Reproduce the committed expert zoo: train every suite's experts, evaluate them, copy the bundles.
 
-    .venv/bin/python scripts/train_zoo.py [--suites default locomotion] [--workers 2] [--episodes 20]
+    .venv/bin/python scripts/train_zoo.py [--suites default default_hazard locomotion] [--workers 2] [--episodes 20]
 
 Writes ``envs/zoo/<suite>/<task>/`` (policy.json + model.safetensors) and ``envs/zoo/<suite>/zoo.json``
 (training summary and evaluation numbers). Training runs under ``runs/zoo`` and resumes after a kill.
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--suites", nargs="+", default=["default", "locomotion"])
+    p.add_argument("--suites", nargs="+", default=["default", "default_hazard", "locomotion"])
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--runs", default=str(ROOT / "runs/zoo"))

@@ -34,3 +34,36 @@ class ObsNormalizer(nn.Module):
 
     def config(self) -> dict[str, Any]:
         return {"enabled": self.enabled, "clip": self.clip, "eps": self.eps}
+
+
+class RangeNormalizer(nn.Module):
+    """Maps values in the data range [low, high] (per dim) to [-1, 1] and back, as diffusion models of
+    actions expect. A dim whose range is (almost) empty is only shifted. ``low``/``high`` (dim,) are
+    buffers saved with the weights."""
+
+    def __init__(self, dim: int, min_range: float = 1e-4) -> None:
+        super().__init__()
+        self.min_range = float(min_range)
+        self.register_buffer("low", -torch.ones(dim))
+        self.register_buffer("high", torch.ones(dim))
+
+    def set_stats(self, low: Any, high: Any) -> None:
+        """Set the data range from arrays of shape (dim,)."""
+        self.low.copy_(torch.as_tensor(low, dtype=self.low.dtype).reshape(self.low.shape))
+        self.high.copy_(torch.as_tensor(high, dtype=self.high.dtype).reshape(self.high.shape))
+
+    def scale(self) -> torch.Tensor:
+        """Half the data range (dim,): ``x = y * scale + offset``."""
+        return torch.clamp(self.high - self.low, min=self.min_range) / 2
+
+    def offset(self) -> torch.Tensor:
+        """The middle of the data range (dim,)."""
+        return (self.high + self.low) / 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., dim) in the data range -> (..., dim) in [-1, 1]."""
+        return (x - self.offset()) / self.scale()
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """y (..., dim) in [-1, 1] -> (..., dim) in the data range."""
+        return y * self.scale() + self.offset()

@@ -1,0 +1,237 @@
+"""The base of policies that act from action chunks (diffusion policies and their one-step students).
+
+Three knobs, as in Diffusion Policy (defaults shown)::
+
+    control step      t-1    t     t+1   t+2   t+3   t+4   ...   t+15
+    observations      o      o                                           n_obs_steps = 2    (o_t-1, o_t)
+    predicted chunk          a     a     a     a     a     ...   a       horizon = 16       (a_t .. a_t+15)
+    executed                 a     a     a     a                         n_action_steps = 4 (a_t .. a_t+3)
+                                                     ^ queue empty: observe o_t+4, predict the next chunk
+
+Per env the policy keeps the last ``n_obs_steps`` observations (after a reset, the first observation
+repeated) and a queue of actions; :meth:`act` pops one action per step and refills the queue of the
+envs whose queue is empty from a new chunk. The chunk's first action is for the current step.
+
+Normalisation lives inside the model: observations with an :class:`ObsNormalizer` (mean/var),
+actions with a :class:`RangeNormalizer` to [-1, 1] (the space the generative model works in);
+chunks are unnormalised and clipped to the action space. Subclasses implement
+:meth:`sample_norm`: ``cond`` (n, n_obs_steps * obs_dim) -> normalised chunk (n, horizon, act_dim).
+
+Sampling noise comes from the policy's own generator, seeded with ``seed`` at every full reset,
+when ``deterministic`` is True (a rerun gives the same actions), else from torch's global one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import nn
+
+from policydistill.models.normalizer import ObsNormalizer, RangeNormalizer
+from policydistill.spaces import space_from_json, space_to_json
+from policydistill.types import ActionLabel, ObsGroups, check_groups
+
+BASE_KEYS = {"groups", "observation_space", "action_space", "n_obs_steps", "horizon", "n_action_steps", "seed"}
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return int(value)
+
+
+class ChunkPolicy(nn.Module):
+    """Observation history, action queue, normalisers and the Policy protocol of a chunk policy."""
+
+    def __init__(self, groups: Sequence[str], observation_space: spaces.Dict, action_space: spaces.Box,
+                 n_obs_steps: int = 2, horizon: int = 16, n_action_steps: int = 4, seed: int = 0) -> None:
+        super().__init__()
+        name = type(self).__name__
+        self.groups = check_groups(groups)
+        if not isinstance(observation_space, spaces.Dict) or set(observation_space) != set(self.groups):
+            raise ValueError(f"{name} observation_space must be a Dict of exactly the groups {list(self.groups)}, "
+                             f"got {observation_space}")
+        for g in self.groups:
+            if not isinstance(observation_space[g], spaces.Box) or len(observation_space[g].shape) != 1:
+                raise ValueError(f"{name} observation group '{g}' must be a 1-D Box, got {observation_space[g]}")
+        if not isinstance(action_space, spaces.Box) or len(action_space.shape) != 1:
+            raise ValueError(f"{name} action_space must be a 1-D Box, got {action_space}")
+        self.n_obs_steps = _positive_int("n_obs_steps", n_obs_steps)
+        self.horizon = _positive_int("horizon", horizon)
+        self.n_action_steps = _positive_int("n_action_steps", n_action_steps)
+        if self.n_action_steps > self.horizon:
+            raise ValueError(f"n_action_steps ({n_action_steps}) must not exceed the horizon ({horizon})")
+        self.seed = int(seed)
+        self.observation_space, self.action_space = observation_space, action_space
+        self.obs_dim = sum(int(observation_space[g].shape[0]) for g in self.groups)
+        self.act_dim = int(action_space.shape[0])
+        self.obs_normalizer = ObsNormalizer(self.obs_dim, enabled=True)
+        self.action_normalizer = RangeNormalizer(self.act_dim)
+        self.register_buffer("action_low", torch.as_tensor(action_space.low, dtype=torch.float32), persistent=False)
+        self.register_buffer("action_high", torch.as_tensor(action_space.high, dtype=torch.float32), persistent=False)
+        self._generator: torch.Generator | None = None
+        self._history: torch.Tensor | None = None  # (n, n_obs_steps, obs_dim)
+        self._fresh = np.zeros(0, dtype=bool)  # (n,) history to be filled with the next observation
+        self._queue = np.zeros((0, self.n_action_steps, self.act_dim), dtype=np.float32)
+        self._left = np.zeros(0, dtype=int)  # (n,) actions left in each env's queue
+
+    @property
+    def device(self) -> torch.device:
+        return self.action_low.device
+
+    @property
+    def cond_dim(self) -> int:
+        return self.n_obs_steps * self.obs_dim
+
+    # ---- torch path (shared with the exported graphs) -----------------------------------------
+
+    def cond(self, window: torch.Tensor) -> torch.Tensor:
+        """Raw observation window (n, n_obs_steps, obs_dim) -> conditioning (n, n_obs_steps * obs_dim)."""
+        return self.obs_normalizer(window).flatten(1)
+
+    def to_actions(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised chunk (n, H, A) -> chunk in the action space (unnormalised, clipped)."""
+        return torch.clamp(self.action_normalizer.inverse(x), self.action_low, self.action_high)
+
+    def sample_norm(self, cond: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Draw normalised chunks (n, H, A) for ``cond`` (n, cond_dim); noise from ``generator``."""
+        raise NotImplementedError
+
+    def noise(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
+        """Standard normal (n, horizon, act_dim) on the policy's device."""
+        return torch.randn(n, self.horizon, self.act_dim, generator=generator, device=self.device)
+
+    # ---- observation history and action queue ------------------------------------------------
+
+    def generator(self, deterministic: bool) -> torch.Generator | None:
+        """The policy's seeded generator when ``deterministic``, else None (torch's global one)."""
+        if not deterministic:
+            return None
+        if self._generator is None or self._generator.device != self.device:
+            self._generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        return self._generator
+
+    def obs_tensor(self, obs: ObsGroups, window: bool = False) -> torch.Tensor:
+        """``groups`` of ``obs`` concatenated: (n, obs_dim), or (n, n_obs_steps, obs_dim) with ``window``."""
+        shape = (self.n_obs_steps,) if window else ()
+        parts = []
+        for g in self.groups:
+            if g not in obs:
+                raise KeyError(f"observation lacks group '{g}'; it has {sorted(obs)}")
+            x = np.asarray(obs[g], dtype=np.float32)
+            want = (*shape, self.observation_space[g].shape[0])
+            if x.shape[1:] != want:
+                raise ValueError(f"observation group '{g}' has shape {x.shape}, "
+                                 f"expected (n, {', '.join(map(str, want))})")
+            parts.append(x)
+        return torch.as_tensor(np.concatenate(parts, axis=-1), device=self.device)
+
+    def _ensure_state(self, n: int) -> None:
+        if self._history is None or len(self._history) != n or self._history.device != self.device:
+            self._history = torch.zeros(n, self.n_obs_steps, self.obs_dim, device=self.device)
+            self._fresh = np.ones(n, dtype=bool)
+            self._queue = np.zeros((n, self.n_action_steps, self.act_dim), dtype=np.float32)
+            self._left = np.zeros(n, dtype=int)
+
+    def observe(self, obs: ObsGroups) -> torch.Tensor:
+        """Record this step's observation (n, dim per group) in each env's history; returns the windows
+        (n, n_obs_steps, obs_dim)."""
+        x = self.obs_tensor(obs)
+        self._ensure_state(len(x))
+        assert self._history is not None
+        fresh = torch.as_tensor(self._fresh, device=self.device)
+        shifted = torch.cat([self._history[:, 1:], x[:, None]], dim=1)
+        self._history = torch.where(fresh[:, None, None], x[:, None].expand_as(shifted), shifted)
+        self._fresh[:] = False
+        return self._history
+
+    def predict_chunk(self, obs: ObsGroups, deterministic: bool = True) -> np.ndarray:
+        """A chunk (n, horizon, act_dim) in the action space; its first action is for the current step.
+
+        ``obs`` holds either this step's observation (n, dim) per group, which is recorded in the
+        history (call it, or :meth:`act`, once per control step), or explicit windows
+        (n, n_obs_steps, dim), oldest first, which leave the policy's state untouched.
+        """
+        first = np.asarray(obs[self.groups[0]]) if self.groups[0] in obs else None
+        explicit = first is not None and first.ndim == 3
+        with torch.inference_mode():
+            window = self.obs_tensor(obs, window=True) if explicit else self.observe(obs)
+            return self._chunks(window, deterministic)
+
+    def _chunks(self, window: torch.Tensor, deterministic: bool) -> np.ndarray:
+        x = self.sample_norm(self.cond(window), self.generator(deterministic))
+        return self.to_actions(x).cpu().numpy().astype(np.float32, copy=False)
+
+    def act(self, obs: ObsGroups, deterministic: bool = True) -> np.ndarray:
+        """obs {group: (n, dim)} -> actions (n, act_dim): each env's next queued action, the queues of
+        empty envs refilled with the first ``n_action_steps`` actions of a new chunk."""
+        with torch.inference_mode():
+            window = self.observe(obs)
+            empty = np.flatnonzero(self._left == 0)
+            if len(empty):
+                chunk = self._chunks(window[torch.as_tensor(empty, device=self.device)], deterministic)
+                self._queue[empty] = chunk[:, : self.n_action_steps]
+                self._left[empty] = self.n_action_steps
+        rows = np.arange(len(self._left))
+        out = self._queue[rows, self.n_action_steps - self._left].copy()
+        self._left -= 1
+        return out
+
+    def label(self, obs: ObsGroups) -> ActionLabel:
+        """The action it executes now, as a teacher's label (acting advances the queue)."""
+        return ActionLabel(mean=self.act(obs))
+
+    def reset(self, env_mask: np.ndarray | None = None) -> None:
+        """Forget the queued actions and observation history of the envs in ``env_mask`` (all if None;
+        then the generator is reseeded too)."""
+        if env_mask is None:
+            self._history = None
+            self._generator = None
+            return
+        mask = np.asarray(env_mask, dtype=bool)
+        if self._history is None:
+            return
+        if mask.shape != self._left.shape:
+            raise ValueError(f"env_mask has shape {mask.shape}, expected ({len(self._left)},) as the last batch")
+        self._fresh[mask] = True
+        self._left[mask] = 0
+
+    def frozen(self) -> ChunkPolicy:
+        """Eval mode with every parameter's ``requires_grad`` off, as a teacher; returns self."""
+        self.eval()
+        self.requires_grad_(False)
+        return self
+
+    # ---- config ------------------------------------------------------------------------------
+
+    def base_config(self) -> dict[str, Any]:
+        return {"groups": list(self.groups), "observation_space": space_to_json(self.observation_space),
+                "action_space": space_to_json(self.action_space), "n_obs_steps": self.n_obs_steps,
+                "horizon": self.horizon, "n_action_steps": self.n_action_steps, "seed": self.seed}
+
+    @classmethod
+    def check_config(cls, cfg: dict[str, Any], keys: set[str]) -> dict[str, Any]:
+        """``cfg`` as constructor keyword arguments (spaces rebuilt); unknown or missing keys are errors."""
+        unknown = set(cfg) - keys
+        missing = {"groups", "observation_space", "action_space"} - set(cfg)
+        if unknown or missing:
+            raise ValueError(f"{cls.__name__} config has unknown keys {sorted(unknown)}, lacks {sorted(missing)}; "
+                             f"valid keys are {sorted(keys)}")
+        kwargs = dict(cfg)
+        kwargs["observation_space"] = space_from_json(cfg["observation_space"])
+        kwargs["action_space"] = space_from_json(cfg["action_space"])
+        return kwargs
+
+    def example_obs(self, n: int, generator: torch.Generator, steps: int = 1) -> torch.Tensor:
+        """Observations (n, steps, obs_dim) spread around the normaliser's statistics, past its clip range."""
+        z = 3.0 * torch.randn(n, steps, self.obs_dim, generator=generator)
+        norm = self.obs_normalizer
+        return norm.mean.cpu() + z * torch.sqrt(norm.var.cpu() + norm.eps)
+
+    def extra_repr(self) -> str:
+        return (f"groups={list(self.groups)}, obs_dim={self.obs_dim}, act_dim={self.act_dim}, "
+                f"n_obs_steps={self.n_obs_steps}, horizon={self.horizon}, n_action_steps={self.n_action_steps}")

@@ -1,0 +1,251 @@
+"""Training diffusion policies from expert episodes and distilling them into one-step students."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import goal_seeker
+
+from policydistill.bundle import load_bundle
+from policydistill.cli import compose_config, main
+from policydistill.config import DistillConfig
+from policydistill.data.chunks import chunk_windows
+from policydistill.data.shards import EpisodeStore
+from policydistill.distill import diffusion as diffusion_mod
+from policydistill.distill.diffusion import distill_diffusion
+from policydistill.distill.onestep import ALGOS, distill_onestep, make_algo
+from policydistill.eval.evaluate import policies_for_suite
+from policydistill.eval.metrics import summarise
+from policydistill.eval.rollout import run_episodes
+from policydistill.io import read_json
+from policydistill.models.diffusion import DiffusionPolicy
+from policydistill.models.onestep import OneStepPolicy
+from policydistill.policy import RandomPolicy
+from policydistill.suite import load_suite, suite_from_dict
+from policydistill.teachers.routes import EpisodeMixture, MirroredPolicy, mirror_routes
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["diffusion.hidden=[32,32]", "diffusion.horizon=8", "diffusion.n_action_steps=4", "diffusion.sampler_steps=4",
+        "diffusion.episodes_per_task=2", "diffusion.train_steps=40", "diffusion.checkpoint_every=20",
+        "eval_episodes=1", "batch_size=32"]
+
+
+def tiny_cfg(out: Path, *extra: str) -> DistillConfig:
+    return compose_config("distill", ["method=diffusion", "teachers=unused", f"out={out}", *TINY, *extra])
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory, default_suite) -> Path:
+    """A tiny diffusion policy trained on the scripted goal seeker's episodes (mirror routes)."""
+    out = tmp_path_factory.mktemp("diffusion")
+    seeker = goal_seeker()
+    distill_diffusion(tiny_cfg(out, "diffusion.demos=mirror_routes"), default_suite,
+                      {n: seeker for n in default_suite.task_names})
+    return out
+
+
+def test_diffusion_run_writes_bundle_episodes_and_summary(teacher_run, default_suite) -> None:
+    policy = load_bundle(teacher_run / "student", device="cpu")
+    assert isinstance(policy, DiffusionPolicy) and policy.groups == ("policy", "task")
+    assert policy.sampler == {"kind": "ddim", "steps": 4} and policy.n_action_steps == 4
+    store = EpisodeStore(teacher_run / "episodes")
+    assert len(store) == 2 * len(default_suite.tasks) and {m["round"] for m in store.episodes()} == {0}
+    summary = read_json(teacher_run / "distill.json")
+    assert summary["method"] == "diffusion" and len(summary["rounds"]) == 1
+    row = summary["rounds"][0]
+    assert row["dataset_steps"] == store.steps and np.isfinite(row["loss"])
+    assert set(row["tasks"]) == set(default_suite.task_names)
+    assert not torch.equal(policy.obs_normalizer.var, torch.ones_like(policy.obs_normalizer.var))
+
+
+def test_mirror_routes_mix_two_ways_per_episode(default_suite) -> None:
+    env = default_suite.make_env("north")
+    maps = env.unwrapped.mirror_maps()
+    env.close()
+    seeker = goal_seeker()
+    obs = {"policy": np.array([[0.1, 0.2, 0.3, -0.1]], np.float32), "privileged": np.array([[0.0, 0.5]], np.float32),
+           "task": np.eye(4, dtype=np.float32)[[0]]}
+    mirrored = MirroredPolicy(seeker, maps).act(obs)
+    flipped = {**obs, "policy": obs["policy"] * np.array([-1, 1, -1, 1], np.float32)}
+    assert np.allclose(mirrored, seeker.act(flipped) * np.array([-1, 1], np.float32))
+    mix = EpisodeMixture([seeker, MirroredPolicy(seeker, maps)], seed=0)
+    batch = {k: np.repeat(v, 64, 0) for k, v in obs.items()}
+    first = mix.act(batch)
+    choice = mix.choice.copy()
+    assert 10 < choice.sum() < 54  # both ways drawn
+    assert np.allclose(mix.act(batch), first)  # kept within the episode
+    mix.reset(np.arange(64) < 32)
+    mix.act(batch)
+    assert np.array_equal(mix.choice[32:], choice[32:])
+    no_mirror = suite_from_dict({"tasks": ["Pendulum-v1"]}, "pendulum")
+    with pytest.raises(ValueError, match="no mirror symmetry"):
+        mirror_routes(no_mirror, {"Pendulum-v1": seeker})
+
+
+def _algo(name: str, teacher_run: Path, batch_size: int = 16):
+    teacher = load_bundle(teacher_run / "student", device="cpu")
+    data = chunk_windows([teacher_run / "episodes"], teacher.groups, teacher.n_obs_steps, teacher.horizon)
+    cfg = replace(DistillConfig().onestep, pairs=64, steps=10)
+    torch.manual_seed(0)
+    return teacher, make_algo(name, teacher, cfg, data, batch_size, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_every_student_parameter_gets_a_gradient(teacher_run, name: str) -> None:
+    _, algo = _algo(name, teacher_run)
+    algo.prepare()
+    algo.before_student()
+    loss, stats = algo.student_loss()
+    loss.backward()
+    params = dict(algo.student.named_parameters())
+    assert params and all(v.requires_grad for v in params.values())
+    dead = [k for k, v in params.items() if v.grad is None or not torch.any(v.grad != 0)]
+    assert not dead, f"{name}: parameters without gradient: {dead}"
+    assert all(np.isfinite(v) for v in stats.values())
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_teacher_stays_frozen(teacher_run, name: str) -> None:
+    teacher, algo = _algo(name, teacher_run)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student_before = [p.detach().clone() for p in algo.student.parameters()]
+    algo.prepare()
+    for step in range(3):
+        algo.set_progress(step)
+        algo.update()
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    assert any(not torch.equal(a, b) for a, b in zip(student_before, algo.student.parameters(), strict=True))
+    assert algo.teacher_calls > 0
+
+
+def test_interrupted_diffusion_training_resumes_from_its_checkpoint(tmp_path, default_suite, monkeypatch) -> None:
+    seeker = goal_seeker()
+    teachers = {n: seeker for n in default_suite.task_names}
+    cfg = tiny_cfg(tmp_path)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    calls = {"n": 0}
+    real = diffusion_mod.evaluate_per_task
+
+    def kill_after_teacher_eval(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 1:  # the first call evaluates the teachers; the second, after training, is "killed"
+            killed()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(diffusion_mod, "evaluate_per_task", kill_after_teacher_eval)
+    with pytest.raises(KeyboardInterrupt):
+        distill_diffusion(cfg, default_suite, teachers)
+    assert read_json(tmp_path / "checkpoint" / "state.json") == {"round": 0, "step": 20}
+    monkeypatch.setattr(diffusion_mod, "evaluate_per_task", real)
+    steps_before = EpisodeStore(tmp_path / "episodes").steps
+    summary = distill_diffusion(cfg, default_suite, teachers)
+    assert len(summary["rounds"]) == 1 and EpisodeStore(tmp_path / "episodes").steps == steps_before
+    summary = distill_diffusion(replace(cfg, diffusion=replace(cfg.diffusion, rounds=2, schedule="constant",
+                                                               schedule_params={"beta": 0.5})), default_suite, teachers)
+    assert [r["beta"] for r in summary["rounds"]] == [1.0, 0.5]
+    assert {m["round"] for m in EpisodeStore(tmp_path / "episodes").episodes()} == {0, 1}
+
+
+def test_distill_commands_train_distil_and_evaluate(tmp_path) -> None:
+    teach, student = tmp_path / "teacher", tmp_path / "onestep"
+    assert main(["distill", "method=diffusion", "suite=default", "teachers=envs/zoo/default", f"out={teach}",
+                 *TINY]) == 0
+    assert main(["distill", "method=onestep", "suite=default", f"teachers={teach}/student", f"out={student}",
+                 "onestep.algo=regression", "onestep.steps=5", "onestep.pairs=32", "onestep.episodes_per_task=1",
+                 "eval_episodes=1", "batch_size=16"]) == 0
+    summary = read_json(student / "distill.json")
+    assert summary["teacher_train_steps"] == 40 and summary["rounds"][0]["updates"] == 5
+    assert isinstance(load_bundle(student / "student", device="cpu"), OneStepPolicy)
+    assert main(["evaluate", f"policy={teach}/student", "suite=default", "episodes=1", "sampler=ddim:1",
+                 f"out={tmp_path / 'eval.json'}"]) == 0
+    assert read_json(tmp_path / "eval.json")["sampler"] == "ddim:1"
+    assert main(["distill", "method=onestep", "suite=default", "teachers=envs/zoo/default",
+                 f"out={tmp_path / 'x'}"]) == 2
+    assert main(["distill", "method=onestep", "suite=default", f"teachers={teach}/student", f"out={tmp_path / 'y'}",
+                 "onestep.algo=dmd3"]) == 2
+
+
+@pytest.mark.slow
+def test_diffusion_policy_and_one_step_student_learn_to_reach(tmp_path) -> None:
+    """From the zoo experts' episodes on two tasks: the diffusion policy beats a random policy by far,
+    and the deterministic distribution-matching student keeps most of its return."""
+    suite = suite_from_dict({"name": "two", "tasks": [
+        {"name": "north", "env": "policydistill/PointReach-v0", "kwargs": {"target": "north"}},
+        {"name": "east", "env": "policydistill/PointReach-v0", "kwargs": {"target": "east"}}]}, "two")
+    experts = {n: load_bundle(ROOT / "envs/zoo/default" / n, device="cpu") for n in suite.task_names}
+    cfg = compose_config("distill", ["method=diffusion", f"out={tmp_path / 'teacher'}", "diffusion.hidden=[128,128]",
+                                     "diffusion.episodes_per_task=10", "diffusion.train_steps=1500",
+                                     "diffusion.sampler_steps=10", "eval_episodes=4"])
+    distill_diffusion(cfg, suite, experts)
+    teacher = load_bundle(tmp_path / "teacher" / "student", device="cpu")
+    cfg = replace(cfg, out=str(tmp_path / "student"), teachers=str(tmp_path / "teacher" / "student"),
+                  onestep=replace(cfg.onestep, algo="dmd_det", steps=150, episodes_per_task=4))
+    distill_onestep(cfg, suite, policies_for_suite(cfg.teachers, suite, device="cpu"))
+    student = load_bundle(tmp_path / "student" / "student", device="cpu")
+
+    def mean_return(policies: dict) -> float:
+        return float(np.mean([summarise(run_episodes(suite, n, policies[n], 8, seed=7000))["return_mean"]
+                              for n in suite.task_names]))
+
+    env = suite.make_env(0)
+    g_random = mean_return(dict.fromkeys(suite.task_names, RandomPolicy(env.action_space, groups=("policy", "task"))))
+    g_teacher, g_student = (mean_return(dict.fromkeys(suite.task_names, p)) for p in (teacher, student))
+    g_expert = mean_return(experts)
+    assert g_teacher > 0.8 * g_expert and g_teacher > g_random + 50, (g_teacher, g_expert, g_random)
+    assert g_student > 0.8 * g_teacher, (g_student, g_teacher)
+
+
+def test_load_suite_default_hazard_keeps_the_default_tasks_and_spaces() -> None:
+    hazard, default = load_suite("default_hazard"), load_suite("default")
+    assert hazard.task_names == default.task_names
+    for i in range(len(default.tasks)):
+        a, b = hazard.make_env(i), default.make_env(i)
+        assert a.observation_space == b.observation_space and a.action_space == b.action_space
+        a.close()
+        b.close()
+
+
+def test_diffusion_trains_on_given_episode_stores_too(tmp_path, teacher_run, default_suite) -> None:
+    """DAgger-aggregated (or any) episode stores given in ``diffusion.data`` join the collected episodes."""
+    seeker = goal_seeker()
+    cfg = tiny_cfg(tmp_path, f"diffusion.data=[{teacher_run / 'episodes'}]", "diffusion.episodes_per_task=1")
+    summary = distill_diffusion(cfg, default_suite, {n: seeker for n in default_suite.task_names})
+    own, given = EpisodeStore(tmp_path / "episodes").steps, EpisodeStore(teacher_run / "episodes").steps
+    assert summary["rounds"][0]["dataset_steps"] == own + given
+    with pytest.raises(ValueError, match="lack fields"):
+        chunk_windows([teacher_run / "episodes"], ("policy", "privileged", "task", "missing"), 1, 4)
+
+
+def test_interrupted_one_step_distillation_resumes(tmp_path, teacher_run, default_suite, monkeypatch) -> None:
+    from policydistill.distill.onestep import OneStepAlgo
+
+    teacher = str(teacher_run / "student")
+    cfg = compose_config("distill", ["method=onestep", f"teachers={teacher}", f"out={tmp_path}", "onestep.steps=10",
+                                     "onestep.checkpoint_every=5", "onestep.episodes_per_task=1", "onestep.pairs=32",
+                                     "eval_episodes=1", "batch_size=16"])
+    teachers = policies_for_suite(teacher, default_suite, device="cpu")
+    real, calls = OneStepAlgo.update, {"n": 0}
+
+    def killed_at_the_seventh_update(self):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        return real(self)
+
+    monkeypatch.setattr(OneStepAlgo, "update", killed_at_the_seventh_update)
+    with pytest.raises(KeyboardInterrupt):
+        distill_onestep(cfg, default_suite, teachers)
+    assert read_json(tmp_path / "checkpoint.json") == {"step": 5}
+    calls["n"] = 0
+    summary = distill_onestep(cfg, default_suite, teachers)
+    assert calls["n"] == 5  # updates 5..9 only
+    assert len(summary["rounds"]) == 1 and summary["rounds"][0]["updates"] == 10
+    assert isinstance(load_bundle(tmp_path / "student", device="cpu"), OneStepPolicy)
