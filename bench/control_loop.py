@@ -9,7 +9,9 @@ and ``onnx`` (ONNX Runtime), each at normal priority and, with ``--realtime``, w
 The machine is shared: every run records how busy each CPU was (all processes), this process's own
 share and its involuntary context switches next to the misses. Reports per variant the median over
 runs of the tick-latency p50/p99, the start-jitter p99 and the deadline misses (overruns + missed
-ticks) of every run; writes ``bench/results/control_loop.json``.
+ticks) of every run; writes ``bench/results/control_loop.json``. The variant ``bare`` runs the same
+loop, pinned the same way, around a controller and robot that do nothing: the deadline misses of the
+machine itself (timer wake-ups, preemption), the floor under every other variant.
 
     .venv/bin/python bench/control_loop.py [--bundle <student>] [--ticks 10000] [--runs 2] [--realtime]
 """
@@ -23,13 +25,47 @@ import os
 import statistics
 from pathlib import Path
 
+import numpy as np
 import torch
 from runtime_setup import ROOT, shown, student_bundle, versions
 
-from policydistill.runtime.loop import format_stats
+from policydistill.runtime.loop import FixedRateLoop, format_stats, pin_to_cpu, restore_scheduling
 from policydistill.runtime.run import run_policy
 
 log = logging.getLogger("bench.control_loop")
+
+
+class Idle:
+    """A controller and robot that do nothing: zero actions, one env, no compute."""
+
+    counts = {"overruns": 0}
+    zero = np.zeros((1, 1))
+
+    def step(self, obs: dict, tick: int, deadline: float) -> np.ndarray:
+        return self.zero
+
+    skip = step
+
+    def observe(self) -> dict:
+        return {}
+
+    def actuate(self, actions: np.ndarray) -> None:
+        return None
+
+    def stats(self) -> dict:
+        return {"compute": {"p99_us": 0.0}}
+
+
+def bare_loop(rate_hz: float, ticks: int, cpu: int, realtime: bool) -> dict:
+    """The fixed-rate loop around :class:`Idle`, pinned like the policy runs: the machine's own misses."""
+    pinned = pin_to_cpu(cpu, realtime)
+    try:
+        idle = Idle()
+        stats = FixedRateLoop(rate_hz).run(idle, idle, ticks)
+    finally:
+        restore_scheduling(pinned)
+    stats["pinned"] = {k: v for k, v in pinned.items() if k != "previous"}
+    return stats
 
 
 def main() -> None:
@@ -49,15 +85,19 @@ def main() -> None:
     cpu = max(os.sched_getaffinity(0)) if args.cpu is None else args.cpu
     bundle = student_bundle(args.bundle)
 
-    variants = [(b, rt) for rt in ([False, True] if args.realtime else [False]) for b in args.backends]
+    variants = [(b, rt) for rt in ([False, True] if args.realtime else [False]) for b in ["bare", *args.backends]]
     runs: dict[str, list[dict]] = {f"{b}{'+fifo' if rt else ''}": [] for b, rt in variants}
     for r in range(args.runs):
         for backend, realtime in variants:
             name = f"{backend}{'+fifo' if realtime else ''}"
-            stats = run_policy(bundle, "default", args.rate_hz, args.ticks, backend=backend, cpu=cpu,
-                               realtime=realtime, progress=False)
+            if backend == "bare":
+                stats = bare_loop(args.rate_hz, args.ticks, cpu, realtime)
+                log.info("run %d %s: deadline misses %d", r + 1, name, stats["deadline_misses"])
+            else:
+                stats = run_policy(bundle, "default", args.rate_hz, args.ticks, backend=backend, cpu=cpu,
+                                   realtime=realtime, progress=False)
+                log.info("run %d %s:\n%s", r + 1, name, format_stats(stats))
             runs[name].append(stats)
-            log.info("run %d %s:\n%s", r + 1, name, format_stats(stats))
 
     summary = {}
     for name, rs in runs.items():
