@@ -25,10 +25,13 @@ class CheetahSpeedEnv(HalfCheetahEnv):
     friction of every geom (contact friction is the max over the pair, so the floor alone would not do)
     and for every actuator gear; each is applied to the nominal model values, never compounded.
 
-    Observation groups: ``policy`` = qpos[1:] and qvel[1:] (16,), i.e. onboard joint/IMU sensing without
-    the root x-position and x-velocity; ``privileged`` = [mass_scale, friction_scale, strength_scale, vx]
-    (4,). Reward per step: ``1 - |vx - target| / max(1, |target|) - ctrl_cost_weight * |a|^2`` with vx the
-    mean forward speed over the step. ``info["is_success"]``: the mean speed error over the steps after
+    Observation groups: ``policy`` = qpos[1:] and the pitch rate qvel[2] (9,), i.e. onboard sensing: joint
+    encoders (angles), base height and pitch, and a gyro; no velocity of the base or the joints is sensed,
+    so a policy reading only ``policy`` must estimate them from its history. ``privileged`` =
+    [mass_scale, friction_scale, strength_scale, vx, vz, joint velocities qvel[3:]] (11,): the episode's
+    dynamics and the true velocities. Reward per step:
+    ``1 - |vx - target| / max(1, |target|) - ctrl_cost_weight * |a|^2`` with vx the mean forward speed
+    over the step. ``info["is_success"]``: the mean speed error over the steps after
     the first ``warmup_steps`` is below ``success_tolerance * max(1, |target|)`` (false before that).
     """
 
@@ -62,10 +65,8 @@ class CheetahSpeedEnv(HalfCheetahEnv):
         )
         self.observation_space = spaces.Dict(
             {
-                "policy": spaces.Box(
-                    -np.inf, np.inf, shape=(self.model.nq - 1 + self.model.nv - 1,), dtype=np.float32
-                ),
-                "privileged": spaces.Box(-np.inf, np.inf, shape=(4,), dtype=np.float32),
+                "policy": spaces.Box(-np.inf, np.inf, shape=(self.model.nq - 1 + 1,), dtype=np.float32),
+                "privileged": spaces.Box(-np.inf, np.inf, shape=(3 + self.model.nv - 1,), dtype=np.float32),
             }
         )
         self.nominal_body_mass = self.model.body_mass.copy()
@@ -89,8 +90,8 @@ class CheetahSpeedEnv(HalfCheetahEnv):
     def _get_obs(self) -> dict[str, np.ndarray]:
         qpos, qvel = self.data.qpos, self.data.qvel
         return {
-            "policy": np.concatenate([qpos[1:], qvel[1:]]).astype(np.float32),
-            "privileged": np.append(self.scales, qvel[0]).astype(np.float32),
+            "policy": np.concatenate([qpos[1:], qvel[2:3]]).astype(np.float32),
+            "privileged": np.concatenate([self.scales, qvel[0:2], qvel[3:]]).astype(np.float32),
         }
 
     def _success(self) -> bool:

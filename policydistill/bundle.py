@@ -13,7 +13,6 @@ One writer per bundle path at a time.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import logging
@@ -29,6 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import policydistill
+from policydistill.io import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ POLICY_CLASSES: dict[str, type | str] = {
     "GeneralistPolicy": "policydistill.models.generalist:GeneralistPolicy",
     "DiffusionPolicy": "policydistill.models.diffusion:DiffusionPolicy",
     "OneStepPolicy": "policydistill.models.onestep:OneStepPolicy",
+    "HistoryPolicy": "policydistill.models.history_policy:HistoryPolicy",
 }
 """Allow-list of policy classes a bundle may name: a class, or ``"module:Class"`` imported on first use."""
 
@@ -124,12 +125,6 @@ def library_versions() -> dict[str, str | None]:
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -198,7 +193,7 @@ def save_bundle(policy: Any, path: str | Path, meta: dict[str, Any] | None = Non
     try:
         save_file(tensors, str(tmp / WEIGHTS), metadata={"policy_class": name})
         _fsync(tmp / WEIGHTS)
-        doc["weights"]["sha256"] = _sha256(tmp / WEIGHTS)
+        doc["weights"]["sha256"] = file_sha256(tmp / WEIGHTS)
         with open(tmp / POLICY_JSON, "w") as f:
             f.write(json.dumps(doc, indent=2, allow_nan=False) + "\n")
             f.flush()
@@ -261,7 +256,7 @@ def load_bundle(path: str | Path, device: str | torch.device = "auto", frozen: b
     weights = path / WEIGHTS
     if not weights.is_file():
         raise BundleError(f"{weights}: missing")
-    sha = _sha256(weights)
+    sha = file_sha256(weights)
     if sha != doc["weights"]["sha256"]:
         raise BundleError(f"{weights}: sha256 {sha[:16]}… does not match {doc['weights']['sha256'][:16]}… "
                           f"recorded in {POLICY_JSON} (truncated or modified weights)")

@@ -91,16 +91,32 @@ class ImportSB3Config:
 
 @dataclass
 class StudentConfig:
-    """The student network: an MLP over ``groups`` (normaliser inside), optionally with a learned std.
+    """The student network over ``groups`` (normaliser inside), optionally with a learned std.
 
     ``task_encoding``: how the ``task`` group reaches the MLP, ``onehot`` or a learned ``embedding`` of
     ``embedding_dim``. A suite whose tasks have different spaces gets a padded student (padding plus
-    masks, see ``policydistill.models.generalist``), which must read ``task``."""
+    masks, see ``policydistill.models.generalist``), which must read ``task``.
+
+    ``kind``: ``mlp`` (stateless), ``history_mlp`` (last ``history`` frames stacked into an MLP),
+    ``tcn`` (1-D temporal convolution over them), ``gru`` (recurrent, ``rnn_hidden`` wide, trained
+    with truncated BPTT over ``tbptt`` steps) or ``latent`` (a ``latent_encoder`` history encoder
+    regressing the teachers' privileged latent, acting through their frozen heads; the last
+    ``latent_action_rounds`` rounds fine-tune it on action labels). ``check_predictable``: once
+    10 episodes are stored, compare held-out action loss with and without ``privileged`` and warn when the
+    student's groups cannot predict the teacher (see ``policydistill.distill.predictability``).
+    """
 
     groups: list[str] = field(default_factory=lambda: ["policy", "task"])
     hidden: list[int] = field(default_factory=lambda: [256, 256])
     activation: str = "relu"
     learn_std: bool = False
+    kind: str = "mlp"
+    history: int = 16
+    rnn_hidden: int = 128
+    tbptt: int = 32
+    latent_encoder: str = "tcn"
+    latent_action_rounds: int = 0
+    check_predictable: bool = True
     task_encoding: str = "onehot"
     embedding_dim: int = 8
 
@@ -243,6 +259,23 @@ class DistillConfig:
 
 
 @dataclass
+class PrivilegedStageConfig:
+    """The pipeline's privileged-students stage: each student ``kinds`` reading ``groups`` is distilled
+    by DAgger from the teachers (``zoo``: the committed ``envs/zoo/<suite>``) on ``suite``, with a small
+    budget (``bench/privileged_students.py`` runs the full comparison)."""
+
+    enabled: bool = True
+    suite: str = "locomotion"
+    teachers: str = "zoo"
+    kinds: list[str] = field(default_factory=lambda: ["mlp", "history_mlp", "tcn", "gru", "latent"])
+    groups: list[str] = field(default_factory=lambda: ["policy", "task"])
+    rounds: int = 4
+    episodes_per_task: int = 2
+    updates_per_round: int = 600
+    eval_episodes: int = 3
+
+
+@dataclass
 class DiffusionStageConfig:
     """The pipeline's diffusion -> one-step stage: a diffusion policy (``teacher``, pipeline-sized
     budget) trained on ``suite`` from ``teachers`` (``zoo``: the committed expert zoo of that suite),
@@ -272,6 +305,7 @@ class PipelineConfig:
     device: str = "auto"
     expert: ExpertConfig = field(default_factory=ExpertConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    privileged: PrivilegedStageConfig = field(default_factory=PrivilegedStageConfig)
     launcher: str = "local"  # where experts train: local | ray
     ray: RayConfig = field(default_factory=RayConfig)
     diffusion: DiffusionStageConfig = field(default_factory=DiffusionStageConfig)

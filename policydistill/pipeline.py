@@ -20,6 +20,7 @@ from policydistill.eval.rollout import run_episodes
 from policydistill.io import atomic_write_json
 from policydistill.pipeline_diffusion import stage_diffusion
 from policydistill.policy import RandomPolicy
+from policydistill.privileged_stage import stage_privileged
 from policydistill.suite import Suite, load_suite
 from policydistill.train.experts import train_experts
 
@@ -126,7 +127,7 @@ def run_pipeline(cfg: PipelineConfig) -> Path:
     report = Report(f"policydistill report: suite '{suite.name}'")
     timings = []
     stages = [("experts", stage_experts), ("task blindness", stage_task_blindness), ("distill", stage_distill),
-              ("diffusion -> one-step", stage_diffusion)]
+              ("diffusion -> one-step", stage_diffusion), ("privileged students", stage_privileged)]
     for name, stage in stages:
         t0 = time.perf_counter()
         log.info("stage %s", name)

@@ -13,7 +13,7 @@ from policydistill_envs.point_reach import TARGETS, PointReachEnv, resolve_targe
 
 SHAPES = {
     POINT_REACH_ID: {"policy": (4,), "privileged": (2,)},
-    CHEETAH_SPEED_ID: {"policy": (16,), "privileged": (4,)},
+    CHEETAH_SPEED_ID: {"policy": (9,), "privileged": (11,)},
 }
 EPISODE_STEPS = {POINT_REACH_ID: 100, CHEETAH_SPEED_ID: 400}
 

@@ -123,7 +123,7 @@ def test_exported_files_round_trip(exported, policies, tmp_path):
     bundle = read_bundle_info(BUNDLES["walk"])
     policy = policies["walk"]
     assert info["format"] == "torchscript" and info["model_file"] == path.name
-    assert [(g["name"], g["dim"], g["start"]) for g in info["groups"]] == [("policy", 16, 0), ("privileged", 4, 16)]
+    assert [(g["name"], g["dim"], g["start"]) for g in info["groups"]] == [("policy", 9, 0), ("privileged", 11, 9)]
     assert (info["obs_dim"], info["act_dim"]) == (20, 6)
     assert info["stateful"] is False and info["state"] == []
     assert info["inputs"] == [{"name": "obs", "role": "observation", "shape": ["n", 20], "dtype": "float32"}]
@@ -144,7 +144,7 @@ def test_exported_files_round_trip(exported, policies, tmp_path):
     for _ in range(2):
         again = export_policy(BUNDLES["walk"], "onnx", tmp_path / "walk.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["walk.onnx", "walk.onnx.json"]
-    zeros = {"policy": np.zeros((2, 16)), "privileged": np.zeros((2, 4))}
+    zeros = {"policy": np.zeros((2, 9)), "privileged": np.zeros((2, 11))}
     assert OnnxPolicy(f"{again}.json").act(zeros).shape == (2, 6)
 
 

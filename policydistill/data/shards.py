@@ -445,6 +445,10 @@ class EpisodeStore:
                 pos += n
         return out
 
+    def lengths(self, where: Callable[[Meta], bool] | None = None) -> np.ndarray:
+        """Lengths of the episodes :meth:`load` concatenates for the same ``where``, in its order: int64 (E,)."""
+        return np.asarray([m["length"] for _, metas in self._selected(where) for m in metas], dtype=np.int64)
+
     def iter_episodes(self, fields: Sequence[str] | None = None,
                       where: Callable[[Meta], bool] | None = None) -> Iterator[tuple[Meta, EpisodeArrays]]:
         """Yield ``(meta, {field: (T, ...)})`` one episode at a time, holding one shard in memory."""

@@ -2,7 +2,9 @@
 whether the teacher or the student acts; the teacher's label is recorded on every step either way.
 
 Teacher and student are each called once per step on the whole batch. The student is handed only
-its own observation groups, so a student configured without ``privileged`` never receives it. Tasks
+its own observation groups, so a student configured without ``privileged`` never receives it. A
+stateless student is called only on steps where it acts somewhere; a stateful one (``stateful`` True:
+history or recurrent) on every step, so its history is the one it would have at deployment. Tasks
 whose spaces differ (e.g. Hopper-v5 and Walker2d-v5 in one suite) are collected one space at a time,
 each batch holding the envs of the tasks that share that space.
 """
@@ -66,6 +68,7 @@ def collect(suite: Suite, tasks: list[int], teacher: Teacher, student: Policy | 
     if teacher_noise < 0 or not np.isfinite(teacher_noise):
         raise ValueError(f"teacher_noise must be a finite number >= 0, got {teacher_noise}")
     bounds: list[gym.spaces.Box] = []
+    stateful = bool(getattr(student, "stateful", False))
 
     def act(obs: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         label = teacher.label(obs)
@@ -77,7 +80,7 @@ def collect(suite: Suite, tasks: list[int], teacher: Teacher, student: Policy | 
                 raise ValueError("teacher_noise needs teachers with a label std (e.g. SB3/PPO experts)")
             noisy = label.mean + teacher_noise * label.std * rng.standard_normal(label.mean.shape)
             actions = np.clip(noisy, bounds[0].low, bounds[0].high).astype(np.float32)
-        if not teacher_acts.all():
+        if stateful or not teacher_acts.all():
             own = np.asarray(student.act(select_groups(obs, student.groups), deterministic=True))
             actions = np.where(teacher_acts[:, None], actions, own).astype(np.float32)
         extras = {"actor": np.where(teacher_acts, TEACHER, STUDENT).astype(np.uint8),

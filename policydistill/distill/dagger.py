@@ -29,6 +29,7 @@ from policydistill.config import DistillConfig, StudentConfig
 from policydistill.data.shards import EpisodeStore, ShardWriter, evict
 from policydistill.distill.collect import task_spaces
 from policydistill.distill.collectors import make_collector
+from policydistill.distill.predictability import MIN_EPISODES, check_predictable
 from policydistill.distill.schedules import BetaSchedule, ConstantBeta, make_schedule
 from policydistill.eval.metrics import summarise
 from policydistill.eval.rollout import run_episodes
@@ -43,7 +44,7 @@ from policydistill.models.mlp_policy import MLPPolicy
 from policydistill.policy import Policy
 from policydistill.suite import Suite
 from policydistill.teachers import TeacherBank
-from policydistill.types import TASK, check_groups
+from policydistill.types import PRIVILEGED, TASK, check_groups
 
 METHODS = ("bc", "dagger", "onpolicy")
 EVAL_SEED = 5000
@@ -96,8 +97,11 @@ class _Trainer:
         self.student, self.cfg, self.loss_fn, self.rng = student, cfg, loss_fn, rng
         self.opt = torch.optim.Adam(student.parameters(), lr=cfg.lr)
 
-    def fit(self, data: dict[str, np.ndarray], set_stats: bool) -> float:
-        """``updates_per_round`` minibatch steps; returns the mean loss of the last 10% of them."""
+    extra_fields: list[str] = []
+
+    def fit(self, data: dict[str, np.ndarray], set_stats: bool, lengths: Any = None, round_index: int = 0) -> float:
+        """``updates_per_round`` minibatch steps; returns the mean loss of the last 10% of them.
+        (``lengths`` and ``round_index`` are for history students' trainers; steps are i.i.d. here.)"""
         dev = self.student.device
         x_np = np.concatenate([data[f"obs/{g}"] for g in self.student.groups], axis=1)
         if set_stats:
@@ -165,7 +169,10 @@ class DaggerRounds:
         self.cfg, self.bank, self.student = cfg, bank, student
         self.suite = suite if cfg.collect_steps is None else short_episodes(suite, cfg.collect_steps)
         self.rng = np.random.default_rng(cfg.seed + 7919 * first_round)
-        self.trainer = _Trainer(student, cfg, loss_fn, self.rng)
+        from policydistill.distill.students import make_trainer  # it builds on this module
+
+        self.trainer = make_trainer(student, cfg, loss_fn, self.rng, bank.teachers)
+        self.loss_fn, self.diagnosed = loss_fn, False
         self.root = out / "episodes"
         self.collector = make_collector(cfg, self.suite, bank, student, ShardWriter(self.root), self.rng)
         self.first_round = first_round
@@ -182,15 +189,25 @@ class DaggerRounds:
         t_collect = time.perf_counter() - t0
         evict(self.root, cfg.max_steps if self.aggregate else kept)
         store = EpisodeStore(self.root)
-        fields = [f"obs/{g}" for g in dict.fromkeys([*self.student.groups, TASK])] + ["label_mean"]
+        diagnose = cfg.student.check_predictable and not self.diagnosed and f"obs/{PRIVILEGED}" in store.fields \
+            and len(store) >= MIN_EPISODES and not isinstance(self.student, GeneralistPolicy)  # padded data
+        groups = [*self.student.groups, TASK, *([PRIVILEGED] if diagnose else [])]
+        fields = [f"obs/{g}" for g in dict.fromkeys(groups)] + self.trainer.extra_fields + ["label_mean"]
         fields += ["label_std"] if "label_std" in store.fields else []
-        data = store.load(fields, where=lambda m: m["round"] < self.first_round or m.get("attempt") == self.attempt)
+        where = lambda m: m["round"] < self.first_round or m.get("attempt") == self.attempt  # noqa: E731
+        data = store.load(list(dict.fromkeys(fields)), where=where)
         if len(data["label_mean"]) == 0:
             raise RuntimeError(f"round {r}: no episodes to train on (all dropped or filtered out)")
-        loss = self.trainer.fit(data, set_stats=True)  # statistics of this round's training data
+        lengths = store.lengths(where)  # history students train on whole episodes
+        loss = self.trainer.fit(data, set_stats=True, lengths=lengths, round_index=r)  # this round's statistics
+        extra = {}
+        if diagnose:
+            self.diagnosed = True
+            extra["predictability"] = check_predictable(cfg, self.suite, self.bank.teachers, data, lengths,
+                                                        self.loss_fn)
         return {"beta": beta, "env_steps": steps, "labels": steps, "dataset_steps": store.steps, "loss": loss,
                 "collect_time_s": round(t_collect, 2), "update_time_s": round(time.perf_counter() - t0 - t_collect, 2),
-                **collected.info}
+                **collected.info, **extra}
 
     def close(self) -> None:
         self.collector.close()

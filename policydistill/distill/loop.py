@@ -36,8 +36,9 @@ from tqdm import tqdm
 from policydistill.bundle import load_bundle, save_bundle
 from policydistill.config import DistillConfig
 from policydistill.distill.collect import teacher_has_std
-from policydistill.distill.dagger import DaggerRounds, build_student, evaluate_per_task
+from policydistill.distill.dagger import DaggerRounds, evaluate_per_task
 from policydistill.distill.losses import make_loss
+from policydistill.distill.students import make_student
 from policydistill.eval.metrics import teacher_normalised
 from policydistill.io import atomic_write_bytes, atomic_write_json, read_json
 from policydistill.policy import Policy
@@ -106,7 +107,10 @@ def distill(cfg: DistillConfig, suite: Suite, teachers: dict[str, Policy]) -> di
     out.mkdir(parents=True, exist_ok=True)
     bank = TeacherBank([teachers[n] for n in suite.task_names])
     torch.manual_seed(cfg.seed)
-    student = build_student(suite, cfg.student, cfg.device)
+    if cfg.method == "kickstart" and cfg.student.kind != "mlp":
+        raise ValueError(f"kickstart trains MLP students; student.kind '{cfg.student.kind}' trains with "
+                         "method=bc|dagger|onpolicy")
+    student = make_student(suite, cfg.student, cfg.device, bank.teachers)
     loss_fn = make_loss(cfg.loss, teacher_has_std=teacher_has_std(bank, suite), student_has_std=cfg.student.learn_std,
                         **dict(cfg.loss_params))
     summary_path = out / "distill.json"

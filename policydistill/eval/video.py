@@ -10,7 +10,7 @@ import numpy as np
 
 from policydistill.policy import Policy
 from policydistill.suite import Suite
-from policydistill.types import stack_obs
+from policydistill.types import select_groups, stack_obs
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def record_video(suite: Suite, task: int | str, policy: Policy, path: str | Path
         policy.reset(None)
         frames.append(env.render())
         for _ in range(max_steps):
-            action = policy.act(stack_obs([obs]))[0]
+            action = policy.act(select_groups(stack_obs([obs]), policy.groups))[0]
             obs, _, terminated, truncated, _ = env.step(action)
             frames.append(env.render())
             if terminated or truncated:

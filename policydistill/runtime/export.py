@@ -26,7 +26,6 @@ and onnxruntime only) or :class:`policydistill.runtime.torch_policy.GraphPolicy`
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import os
 import tempfile
@@ -40,7 +39,7 @@ import numpy as np
 import torch
 
 from policydistill.bundle import POLICY_CLASSES, library_versions, load_bundle, policy_class, read_bundle_info
-from policydistill.io import atomic_write_json
+from policydistill.io import atomic_write_json, file_sha256
 from policydistill.runtime.graph import ExportGraph
 from policydistill.spaces import space_to_json
 
@@ -66,12 +65,6 @@ def sidecar_path(out: str | Path) -> Path:
     return Path(f"{out}.json")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _versions() -> dict[str, str | None]:
@@ -224,7 +217,7 @@ def describe_graph(policy: Any, graph: ExportGraph) -> dict[str, Any]:
 
 def _describe(fmt: str, description: dict[str, Any], out: Path, source: dict[str, Any],
               exporter: dict[str, Any]) -> dict[str, Any]:
-    return {**description, "format": fmt, "model_file": out.name, "model_sha256": _sha256(out),
+    return {**description, "format": fmt, "model_file": out.name, "model_sha256": file_sha256(out),
             "source": source, "exporter": exporter, "versions": _versions()}
 
 

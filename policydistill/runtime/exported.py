@@ -17,7 +17,6 @@ onnxruntime, :class:`policydistill.runtime.torch_policy.GraphPolicy` adds torch.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from policydistill.io import file_sha256
 from policydistill.runtime.action_queue import ActionQueue
 from policydistill.runtime.sampler import SamplerSpec
 
@@ -36,12 +36,6 @@ class ExportedModelError(ValueError):
     """An exported model or its description that cannot be run; the message names the file."""
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def description_path(path: str | Path) -> Path:
@@ -82,7 +76,7 @@ def model_path(path: str | Path, info: dict[str, Any], fmt: str, verify: bool = 
         raise ExportedModelError(f"{desc}: format '{info['format']}' is not '{fmt}'")
     if not model.is_file():
         raise ExportedModelError(f"{model}: missing")
-    if verify and sha256_file(model) != info["model_sha256"]:
+    if verify and file_sha256(model) != info["model_sha256"]:
         raise ExportedModelError(f"{model}: sha256 does not match {desc} (modified model or mismatched pair)")
     return model
 

@@ -77,6 +77,9 @@ def student_dataset(store: EpisodeStore, groups: tuple[str, ...]) -> dict[str, n
 def mlp_job(run: Path, dcfg: dict[str, Any], cfg: TrainStudentConfig, device: torch.device) -> StudentJob:
     """The run's MLP student on its episodes' teacher labels, with the run's loss."""
     student = load_bundle(run / "student", device=device, frozen=False)
+    if getattr(student, "stateful", False):
+        raise ValueError(f"{run}: train-student trains stateless (MLP) students on i.i.d. steps; this history "
+                         f"student ({type(student).__name__}) trains on whole episodes in 'distill'")
     data = student_dataset(EpisodeStore(run / "episodes"), student.groups)
     loss_fn = make_loss(dcfg["loss"], teacher_has_std="std" in data, student_has_std=student.log_std is not None,
                         **dcfg.get("loss_params", {}))

@@ -7,7 +7,6 @@ SB3's action clipping (PPO) or tanh/unscaling (SAC, TD3) its post-processing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import pickle
@@ -22,6 +21,7 @@ from gymnasium import spaces
 from torch import nn
 
 from policydistill.bundle import save_bundle
+from policydistill.io import file_sha256
 from policydistill.models.mlp_policy import ACTIVATIONS, MLPPolicy
 from policydistill.types import check_groups
 
@@ -155,8 +155,6 @@ def sb3_algo_of_zip(zip_path: str | Path) -> str:
                      f"TD3 are supported; pass algo= one of {list(SB3_ALGOS)} if it is one of them")
 
 
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def import_sb3_zip(zip_path: str | Path, out: str | Path, observation_space: spaces.Dict,
@@ -177,12 +175,12 @@ def import_sb3_zip(zip_path: str | Path, out: str | Path, observation_space: spa
     log.warning("unpickling %s: only import SB3 files you trust", zip_path)
     model = classes[algo].load(zip_path, device="cpu")
     vecnormalize = None
-    source: dict[str, Any] = {"sb3_zip": str(zip_path), "sha256": _file_sha256(zip_path), "algo": algo}
+    source: dict[str, Any] = {"sb3_zip": str(zip_path), "sha256": file_sha256(zip_path), "algo": algo}
     if vecnormalize_path is not None:
         vecnormalize_path = Path(vecnormalize_path)
         with open(vecnormalize_path, "rb") as f:
             vecnormalize = pickle.load(f)  # trusted file, see docstring
         source.update(vecnormalize=str(vecnormalize_path),
-                      vecnormalize_sha256=_file_sha256(vecnormalize_path))
+                      vecnormalize_sha256=file_sha256(vecnormalize_path))
     policy = policy_from_sb3(model, observation_space, groups, vecnormalize=vecnormalize)
     return save_bundle(policy, out, meta={"algo": algo, "imported_from": source})

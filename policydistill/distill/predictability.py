@@ -1,0 +1,109 @@
+"""Can the student's inputs predict the teacher's actions? A held-out comparison with ``privileged`` added.
+
+Two fresh copies of the configured student architecture are trained for the same number of steps on
+the same episodes (80% of them, split by episode): one reading the student's groups, one reading
+them plus ``privileged``. Each is then replayed over the held-out episodes exactly as it acts
+(``reset`` at every episode start, ``act`` on every step, so history students use their own
+history) and scored by the mean squared error to the teacher's action label. When the student's
+error is more than ``ratio`` times the privileged copy's, the teacher relies on information the
+student's groups do not carry, and a warning says so: the loss will not fall however long the
+student trains. The numbers go to ``distill.json`` under ``predictability``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from policydistill.config import DistillConfig
+from policydistill.distill.losses import LossFn
+from policydistill.policy import Policy
+from policydistill.suite import Suite
+from policydistill.types import PRIVILEGED
+
+log = logging.getLogger(__name__)
+
+RATIO = 2.0
+"""Held-out MSE ratio (student / with privileged) above which the warning is logged."""
+HELD_OUT = 0.2
+MIN_EPISODES = 10
+"""The check runs after the first round whose stored data holds at least this many episodes."""
+
+
+def replay_mse(policy: Policy, data: dict[str, np.ndarray], lengths: Sequence[int]) -> float:
+    """Mean squared error between ``policy.act`` and ``label_mean`` over whole episodes, each acted from
+    its first step in its own env slot (reset first), as in a rollout."""
+    lengths = np.asarray(lengths)
+    starts = np.cumsum(lengths) - lengths
+    t_max = int(lengths.max())
+    policy.reset(None)
+    err, count = 0.0, 0
+    for t in range(t_max):
+        live = lengths > t  # finished episodes keep their slot (fed their last step), outside the error
+        rows = starts + np.minimum(t, lengths - 1)
+        actions = policy.act({g: data[f"obs/{g}"][rows] for g in policy.groups}, deterministic=True)
+        diff = actions[live] - data["label_mean"][rows[live]]
+        err += float((diff.astype(np.float64) ** 2).mean(1).sum())
+        count += int(live.sum())
+    policy.reset(None)
+    return err / count
+
+
+def _split(data: dict[str, np.ndarray], lengths: np.ndarray, episodes: np.ndarray) -> tuple[dict, np.ndarray]:
+    starts = np.cumsum(lengths) - lengths
+    rows = np.concatenate([np.arange(starts[e], starts[e] + lengths[e]) for e in episodes])
+    return {k: v[rows] for k, v in data.items()}, lengths[episodes]
+
+
+def check_predictable(cfg: DistillConfig, suite: Suite, teachers: Sequence[Policy], data: dict[str, np.ndarray],
+                      lengths: Sequence[int], loss_fn: LossFn) -> dict[str, Any] | None:
+    """Compare held-out action MSE of the configured student with and without ``privileged`` (see module doc).
+
+    ``data`` must hold ``obs/<group>`` for the student's groups and ``privileged`` and ``label_mean``.
+    ``loss_fn``: the run's loss. Returns the numbers (None when the student already reads ``privileged`` or
+    there are too few episodes)."""
+    from policydistill.distill.students import make_student, make_trainer
+
+    groups = list(cfg.student.groups)
+    lengths = np.asarray(lengths)
+    if PRIVILEGED in groups or f"obs/{PRIVILEGED}" not in data or len(lengths) < 2:
+        return None
+    rng = np.random.default_rng(cfg.seed + 7)
+    order = rng.permutation(len(lengths))
+    n_test = max(1, int(round(HELD_OUT * len(lengths))))
+    train, train_len = _split(data, lengths, np.sort(order[n_test:]))
+    test, test_len = _split(data, lengths, np.sort(order[:n_test]))
+    out: dict[str, Any] = {"held_out_episodes": int(n_test), "train_episodes": int(len(lengths) - n_test),
+                           "updates": cfg.updates_per_round, "label_variance": float(test["label_mean"].var(0).mean())}
+    for name, gs in (("student", groups), ("with_privileged", [*groups, PRIVILEGED])):
+        torch.manual_seed(cfg.seed)
+        scfg = replace(cfg.student, groups=gs)
+        probe = make_student(suite, scfg, cfg.device, teachers)
+        trainer = make_trainer(probe, replace(cfg, student=scfg), loss_fn, np.random.default_rng(cfg.seed), teachers,
+                               action_only=True)
+        trainer.fit(train, set_stats=True, lengths=train_len)
+        out[f"{name}_mse"] = replay_mse(probe, test, test_len)
+    out["ratio"] = out["student_mse"] / max(out["with_privileged_mse"], 1e-12)
+    out["warning"] = out["ratio"] > RATIO
+    if out["warning"]:
+        log.warning("the teacher's actions are hard to predict from the student's groups %s: held-out action MSE "
+                    "%.4g vs %.4g for the same %s student reading '%s' too (%.1fx; label variance %.4g). The "
+                    "teacher relies on information these inputs do not carry, so this loss will not fall by "
+                    "training longer: give the student a history to infer it from (student=history_mlp|tcn|gru|"
+                    "latent, or a longer student.history) or add the missing sensing to its groups.", groups,
+                    out["student_mse"], out["with_privileged_mse"], cfg.student.kind, PRIVILEGED, out["ratio"],
+                    out["label_variance"])
+    else:
+        log.info("predictability: held-out action MSE %.4g (student) vs %.4g (with '%s'), ratio %.2f",
+                 out["student_mse"], out["with_privileged_mse"], PRIVILEGED, out["ratio"])
+    return out
+
+
+def predictability_of(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The diagnostic's numbers from a distill.json content (in the row of the round it ran after)."""
+    return next((row["predictability"] for row in summary["rounds"] if row.get("predictability")), None)
