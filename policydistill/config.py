@@ -315,7 +315,8 @@ class PipelineConfig:
 class TrainStudentConfig:
     """Student updates over a distillation run's stored episodes, on ``nproc`` processes (DDP through
     torch.distributed.run; 1 = this process). ``run``: a ``distill`` output folder (its student bundle is
-    the starting point, its loss and sampling settings are used). Writes ``out`` (default
+    the starting point, its loss and sampling settings are used; a ``method=diffusion`` or ``onestep`` run
+    trains with that method's loss). Writes ``out`` (default
     ``<run>/student_ddp``): ``bundle/``, ``checkpoint.pt`` (a rerun resumes from it), ``train_student.json``,
     ``tb/``. ``batch_size`` is global (split across processes)."""
 

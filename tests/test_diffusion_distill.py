@@ -99,7 +99,7 @@ def test_every_student_parameter_gets_a_gradient(teacher_run, name: str) -> None
     _, algo = _algo(name, teacher_run)
     algo.prepare()
     algo.before_student()
-    loss, stats = algo.student_loss()
+    loss, stats = algo.student_loss(algo.student, algo.sample())
     loss.backward()
     params = dict(algo.student.named_parameters())
     assert params and all(v.requires_grad for v in params.values())

@@ -40,13 +40,21 @@ class ChunkWindows:
         """Samples ``idx`` (b,): windows (b, n_obs_steps, obs_dim) and chunks (b, horizon, act_dim)."""
         return self.obs[self.obs_index[idx]], self.actions[self.act_index[idx]]
 
+    def rows(self) -> dict[str, torch.Tensor]:
+        """Every sample materialised: ``window`` (N, n_obs_steps, obs_dim) and ``chunk`` (N, horizon, act_dim)
+        (N * (n_obs_steps * obs_dim + horizon * act_dim) floats), for loops that index rows of a dataset."""
+        return {"window": self.obs[self.obs_index], "chunk": self.actions[self.act_index]}
+
+    def sample_weights(self, balance_tasks: bool = True) -> np.ndarray | None:
+        """Sampling probabilities (N,) that give every task the same share, or None (uniform)."""
+        if not balance_tasks:
+            return None
+        p = 1.0 / np.bincount(self.task)[self.task]
+        return p / p.sum()
+
     def balanced_sampler(self, rng: np.random.Generator, balance_tasks: bool = True):
         """``draw(b) -> idx (b,)``: uniform over samples, or over tasks first with ``balance_tasks``."""
-        p = None
-        if balance_tasks:
-            counts = np.bincount(self.task)
-            p = 1.0 / counts[self.task]
-            p /= p.sum()
+        p = self.sample_weights(balance_tasks)
         device = self.obs.device
 
         def draw(b: int) -> torch.Tensor:

@@ -5,7 +5,9 @@ policy acts; beta 1, the default, collects expert episodes), record the teachers
 evaluate, checkpoint. The update is DDPM training: a window and chunk of the stored episodes
 (:mod:`policydistill.data.chunks`), a noise level ``t ~ U{0..T-1}``, and the denoiser fitted to the
 clean chunk (or the noise) at ``x_t`` with Adam, a cosine learning-rate decay and an EMA of the
-weights. The EMA weights are the ones saved and acted with.
+weights. The EMA weights are the ones saved and acted with. The minibatch loss
+(:func:`diffusion_loss`, with its randomness drawn per row by :func:`diffusion_noise`) is the one
+``policydistill train-student`` runs under torchrun/DDP on a finished run.
 
 ``demos=mirror_routes`` lets, per episode, each task's teacher or its mirror image act
 (:mod:`policydistill.teachers.routes`), so each task is demonstrated in two distinct ways.
@@ -41,6 +43,7 @@ from policydistill.distill.schedules import make_schedule
 from policydistill.eval.metrics import teacher_normalised
 from policydistill.io import atomic_write_json, read_json
 from policydistill.models import resolve_device
+from policydistill.models.chunk_policy import ChunkPolicy
 from policydistill.models.diffusion import DiffusionPolicy
 from policydistill.policy import Policy
 from policydistill.suite import Suite
@@ -102,13 +105,32 @@ def set_stats(policy: DiffusionPolicy, data: ChunkWindows) -> None:
     policy.action_normalizer.set_stats(actions.min(0), actions.max(0))
 
 
-def diffusion_loss(policy: DiffusionPolicy, window: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
-    """DDPM loss on windows (b, n_obs, obs_dim) and chunks (b, H, A): MSE of the denoiser's output to its
-    target (clean chunk or noise) at a uniformly drawn noise level."""
-    x0 = policy.action_normalizer(chunk)
-    t = torch.randint(0, policy.schedule.steps, (len(x0),), device=x0.device)
-    eps = torch.randn_like(x0)
-    pred = policy.denoise(policy.schedule.add_noise(x0, eps, t), t, policy.cond(window))
+def ema_decay(step: int, decay: float) -> float:
+    """The EMA decay after update ``step``: ``decay``, lower while few updates were averaged."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+def chunk_noise(policy: ChunkPolicy, rng: np.random.Generator, n: int) -> torch.Tensor:
+    """Standard normal chunks (n, H, A) drawn from ``rng``, on the policy's device."""
+    eps = rng.standard_normal((n, policy.horizon, policy.act_dim), dtype=np.float32)
+    return torch.as_tensor(eps, device=policy.device)
+
+
+def diffusion_noise(policy: DiffusionPolicy, rng: np.random.Generator, n: int) -> dict[str, torch.Tensor]:
+    """The DDPM loss's randomness for ``n`` rows, drawn from ``rng`` on the policy's device: noise levels
+    ``t`` (n,) uniform in ``0..T-1`` and noise ``eps`` (n, H, A)."""
+    t = torch.as_tensor(rng.integers(0, policy.schedule.steps, n), device=policy.device)
+    return {"t": t, "eps": chunk_noise(policy, rng, n)}
+
+
+def diffusion_loss(policy: DiffusionPolicy, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """DDPM loss on ``batch``: windows ``window`` (b, n_obs, obs_dim), chunks ``chunk`` (b, H, A), noise
+    levels ``t`` (b,) and noise ``eps`` (b, H, A) (:func:`diffusion_noise`): MSE of the denoiser's
+    output at ``x_t`` to its target (clean chunk or noise). The training loop here and the DDP one
+    (``train-student``) both call it."""
+    x0 = policy.action_normalizer(batch["chunk"])
+    t, eps = batch["t"], batch["eps"]
+    pred = policy.denoise(policy.schedule.add_noise(x0, eps, t), t, policy.cond(batch["window"]))
     return torch.nn.functional.mse_loss(pred, policy.schedule.target(x0, eps))
 
 
@@ -219,14 +241,16 @@ def _train(policy: DiffusionPolicy, ema: DiffusionPolicy, data: ChunkWindows, cf
                      initial=state["step"], total=d.train_steps):
         for group in opt.param_groups:
             group["lr"] = d.lr * cosine_lr(step, d.train_steps)
-        loss = diffusion_loss(policy, *data.batch(draw(cfg.batch_size)))
+        window, chunk = data.batch(draw(cfg.batch_size))
+        loss = diffusion_loss(policy, {"window": window, "chunk": chunk,
+                                       **diffusion_noise(policy, rng, cfg.batch_size)})
         if not torch.isfinite(loss):
             raise FloatingPointError(f"diffusion loss became non-finite at update {step}; lower diffusion.lr "
                                      f"(now {d.lr})")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        update_ema(ema, policy, min(d.ema_decay, (1 + step) / (10 + step)))
+        update_ema(ema, policy, ema_decay(step, d.ema_decay))
         losses.append(loss.item())
         if (step + 1) % d.checkpoint_every == 0 and step + 1 < d.train_steps:
             _save_checkpoint(out, policy, ema, {"round": r, "step": step + 1}, {**meta, "round": r})

@@ -9,7 +9,10 @@ algorithm), evaluate, checkpoint. Algorithms, one file each, share :class:`OneSt
 - ``regression`` (:mod:`.onestep_regression`): noise -> teacher K-step output, one step.
 
 Every student starts from the teacher's denoiser weights and normalisers (the teacher must predict
-clean chunks, ``prediction="sample"``). The teacher stays frozen (eval mode, no gradients).
+clean chunks, ``prediction="sample"``). The teacher stays frozen (eval mode, no gradients). All
+randomness of an update (windows, noise, levels) comes from the run's seeded generator; the same
+minibatch loss trains a finished run further under torchrun/DDP (``policydistill train-student``,
+except ``dmd``, whose auxiliary network has an optimiser of its own).
 
 Output under ``out``: ``student/`` (the one-step bundle), ``episodes/`` (teacher rollouts),
 ``checkpoint.json`` (update reached; auxiliary networks restart from the teacher on resume),
@@ -34,7 +37,7 @@ from policydistill.data.chunks import ChunkWindows, chunk_windows
 from policydistill.data.shards import EpisodeStore, ShardWriter
 from policydistill.distill.collect import collect
 from policydistill.distill.dagger import evaluate_per_task
-from policydistill.distill.diffusion import cosine_lr
+from policydistill.distill.diffusion import chunk_noise, cosine_lr
 from policydistill.eval.metrics import teacher_normalised
 from policydistill.io import atomic_write_json, read_json
 from policydistill.models.diffusion import DiffusionPolicy
@@ -52,9 +55,13 @@ class OneStepAlgo:
     """Base of the one-step distillation algorithms.
 
     Holds the frozen ``teacher``, the ``student`` (initialised from it), the training windows ``data``
-    and an Adam optimiser over the student. Subclasses implement :meth:`student_loss` (a minibatch
-    loss whose gradient trains every student parameter) and may extend :meth:`update` (auxiliary
-    networks). ``teacher_calls`` counts the teacher's denoiser evaluations (per sample).
+    and an Adam optimiser over the student. An update is :meth:`before_student` (auxiliary networks),
+    one student step on :meth:`student_loss`, then :meth:`after_step` (target networks). A minibatch
+    is ``batch_size`` rows of :meth:`dataset` drawn with :meth:`sample_weights`, plus the per-row
+    random inputs of :meth:`randoms`; ``train-student``'s DDP loop builds its batches from the same
+    three methods and calls the same :meth:`student_loss`. Subclasses implement :meth:`student_loss`
+    (a loss whose gradient trains every student parameter) and :meth:`randoms`. ``teacher_calls``
+    counts the teacher's denoiser evaluations (per sample).
     """
 
     def __init__(self, teacher: DiffusionPolicy, cfg: OneStepConfig, data: ChunkWindows, batch_size: int,
@@ -68,6 +75,8 @@ class OneStepAlgo:
         self.draw = data.balanced_sampler(rng)
         self.opt = torch.optim.Adam(self.student.parameters(), lr=cfg.lr)
         self.teacher_calls = 0
+        self._windows: dict[str, torch.Tensor] | None = None
+        self._weights = data.sample_weights()
 
     @staticmethod
     def init_level(teacher: DiffusionPolicy, cfg: OneStepConfig) -> int:
@@ -77,10 +86,31 @@ class OneStepAlgo:
         estimate leans towards the mode the noise points to."""
         return round(cfg.init_level * (teacher.schedule.steps - 1))
 
-    def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """A minibatch: conditioning (b, cond_dim) and normalised teacher chunks (b, H, A)."""
-        window, chunk = self.data.batch(self.draw(self.batch_size))
-        return self.teacher.cond(window), self.teacher.action_normalizer(chunk)
+    def dataset(self) -> dict[str, torch.Tensor]:
+        """The rows minibatches are drawn from: ``window`` (N, n_obs, obs_dim), ``chunk`` (N, H, A)."""
+        if self._windows is None:
+            self._windows = self.data.rows()
+        return self._windows
+
+    def sample_weights(self) -> np.ndarray | None:
+        """Sampling probabilities of the rows of :meth:`dataset` (N,): every task the same share."""
+        return self._weights
+
+    def randoms(self, rng: np.random.Generator, n: int) -> dict[str, torch.Tensor]:
+        """The loss's random inputs for ``n`` rows, ``{name: (n, ...)}`` drawn from ``rng``."""
+        return {}
+
+    def sample(self) -> dict[str, torch.Tensor]:
+        """A minibatch: ``batch_size`` rows of :meth:`dataset` and their :meth:`randoms`, from ``rng``."""
+        rows = self.dataset()
+        n = len(next(iter(rows.values())))
+        idx = torch.as_tensor(self.rng.choice(n, size=self.batch_size, p=self.sample_weights()),
+                              device=self.teacher.device)
+        return {**{k: v[idx] for k, v in rows.items()}, **self.randoms(self.rng, self.batch_size)}
+
+    def teacher_view(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conditioning (b, cond_dim) and normalised teacher chunks (b, H, A) of a minibatch's rows."""
+        return self.teacher.cond(batch["window"]), self.teacher.action_normalizer(batch["chunk"])
 
     def teacher_x0(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """The frozen teacher's clean-chunk estimate, counted in ``teacher_calls``."""
@@ -94,27 +124,25 @@ class OneStepAlgo:
     def teacher_pairs(self, n: int, k: int, anchor: torch.Tensor | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``n`` triples (cond (n, cond_dim), noise z (n, H, A), the teacher's ``k``-step DDIM sample from
-        that z (n, H, A)) for windows drawn from the data; ``anchor`` (H, A) replaces z when given."""
+        that z (n, H, A)) for windows and noise drawn from ``rng``; ``anchor`` (H, A) replaces z when given."""
         loop = self.teacher.sampler_spec("ddim", k)
         conds, zs, ys = [], [], []
         with torch.no_grad():
             for start in range(0, n, PAIR_CHUNK):
                 window, _ = self.data.batch(self.draw(min(PAIR_CHUNK, n - start)))
                 cond = self.teacher.cond(window)
-                z = self.teacher.noise(len(cond), None) if anchor is None else anchor.expand(len(cond), -1, -1)
+                z = chunk_noise(self.teacher, self.rng, len(cond)) if anchor is None \
+                    else anchor.expand(len(cond), -1, -1)
                 ys.append(self.teacher.sample_from(cond, z.clone(), None, loop))
                 conds.append(cond)
                 zs.append(z)
                 self.teacher_calls += len(cond) * k
         return torch.cat(conds), torch.cat(zs), torch.cat(ys)
 
-    def pair_batch(self, pairs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        """A minibatch of ``batch_size`` rows of ``pairs``."""
-        idx = torch.as_tensor(self.rng.integers(0, len(pairs[0]), self.batch_size), device=pairs[0].device)
-        return tuple(p[idx] for p in pairs)
-
-    def student_loss(self) -> tuple[torch.Tensor, dict[str, float]]:
-        """A minibatch loss of the student and its statistics."""
+    def student_loss(self, student: OneStepPolicy, batch: dict[str, torch.Tensor]
+                     ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of ``student`` (this algorithm's student, or its DDP view) on a minibatch (rows and
+        random inputs) and its statistics."""
         raise NotImplementedError
 
     def set_progress(self, step: int) -> None:
@@ -132,15 +160,24 @@ class OneStepAlgo:
         """Work of an update before the student's step (auxiliary networks); returns its statistics."""
         return {}
 
+    def after_step(self) -> None:
+        """Work after the student's step (target networks)."""
+
+    def state_modules(self) -> dict[str, torch.nn.Module]:
+        """Modules besides the student whose state a checkpoint must keep to resume exactly (after
+        :meth:`prepare`)."""
+        return {}
+
     def update(self) -> dict[str, float]:
-        """One update: :meth:`before_student`, then one student step; returns their statistics."""
+        """One update: :meth:`before_student`, one student step, :meth:`after_step`; returns the statistics."""
         aux = self.before_student()
-        loss, stats = self.student_loss()
+        loss, stats = self.student_loss(self.student, self.sample())
         if not torch.isfinite(loss):
             raise FloatingPointError(f"one-step loss became non-finite; lower onestep.lr (now {self.cfg.lr})")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
+        self.after_step()
         return {**stats, **aux}
 
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from policydistill.config import OneStepConfig
 from policydistill.data.chunks import ChunkWindows
-from policydistill.distill.diffusion import update_ema
+from policydistill.distill.diffusion import chunk_noise, update_ema
 from policydistill.distill.onestep import OneStepAlgo
 from policydistill.models.diffusion import DiffusionPolicy
 from policydistill.models.onestep import OneStepPolicy
@@ -61,24 +61,33 @@ class ConsistencyDistillation(OneStepAlgo):
         c = self.c_table[t].view(-1, 1, 1)
         return c * x_t / self.teacher.schedule.abar_at(t).sqrt() + (1 - c) * net(x_t, t.float(), cond)
 
-    def student_loss(self) -> tuple[torch.Tensor, dict[str, float]]:
+    def randoms(self, rng: np.random.Generator, n: int) -> dict[str, torch.Tensor]:
+        """Per row: the ``interval`` index n (tau_n -> tau_{n+1}) and the noise ``eps`` (H, A)."""
+        interval = torch.as_tensor(rng.integers(0, len(self.grid) - 1, n), device=self.teacher.device)
+        return {"interval": interval, "eps": chunk_noise(self.teacher, rng, n)}
+
+    def student_loss(self, student: OneStepPolicy, batch: dict[str, torch.Tensor]
+                     ) -> tuple[torch.Tensor, dict[str, float]]:
         if self.target is None:
             self.prepare()
-        cond, x0 = self.batch()
-        n = torch.randint(0, len(self.grid) - 1, (len(x0),), device=x0.device)
+        cond, x0 = self.teacher_view(batch)
+        n = batch["interval"]
         t_hi, t_lo = self.grid[n + 1], self.grid[n]
         sched = self.teacher.schedule
-        x_hi = sched.add_noise(x0, torch.randn_like(x0), t_hi)
+        x_hi = sched.add_noise(x0, batch["eps"], t_hi)
         x0_teacher = self.teacher_x0(x_hi, t_hi, cond)
         with torch.no_grad():
             a_hi, a_lo = sched.abar_at(t_hi), sched.abar_at(t_lo)
             eps = (x_hi - a_hi.sqrt() * x0_teacher) / (1 - a_hi).sqrt()
             x_lo = a_lo.sqrt() * x0_teacher + (1 - a_lo).sqrt() * eps
             target = self.f(self.target, x_lo, t_lo, cond)
-        loss = F.mse_loss(self.f(self.student.net, x_hi, t_hi, cond), target)
+        loss = F.mse_loss(self.f(student.net, x_hi, t_hi, cond), target)
         return loss, {"consistency": loss.item()}
 
-    def update(self) -> dict[str, float]:
-        stats = super().update()
+    def after_step(self) -> None:
         update_ema(self.target, self.student.net, self.cfg.target_ema)
-        return stats
+
+    def state_modules(self) -> dict[str, torch.nn.Module]:
+        if self.target is None:
+            self.prepare()
+        return {"target": self.target}

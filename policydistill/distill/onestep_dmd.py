@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from policydistill.config import OneStepConfig
 from policydistill.data.chunks import ChunkWindows
+from policydistill.distill.diffusion import chunk_noise
 from policydistill.distill.onestep import OneStepAlgo
 from policydistill.models.diffusion import DiffusionPolicy
 from policydistill.models.onestep import OneStepPolicy
@@ -50,6 +51,8 @@ class DistributionMatching(OneStepAlgo):
         steps = teacher.schedule.steps
         self.t_low, self.t_high = round(cfg.t_min * (steps - 1)), round(cfg.t_max * (steps - 1))
         self.k = cfg.teacher_steps or teacher.sampler["steps"]
+        # a deterministic generator needs one pair per window at most
+        self.n_pairs = cfg.pairs if stochastic else min(cfg.pairs, len(data))
         self.pairs: tuple[torch.Tensor, ...] | None = None
         self.aux = None
         if stochastic:
@@ -61,27 +64,32 @@ class DistributionMatching(OneStepAlgo):
         return [*super().optimisers(), *extra]
 
     def prepare(self) -> None:
-        if self.cfg.reg_weight > 0:  # a deterministic generator needs one pair per window at most
-            n = self.cfg.pairs if self.student.stochastic else min(self.cfg.pairs, len(self.data))
-            self.pairs = self.teacher_pairs(n, self.k, self.student.anchor)
+        if self.cfg.reg_weight > 0:
+            self.pairs = self.teacher_pairs(self.n_pairs, self.k, self.student.anchor)
 
-    def _levels(self, n: int, device: torch.device) -> torch.Tensor:
-        return torch.randint(self.t_low, self.t_high + 1, (n,), device=device)
-
-    def generate(self, cond: torch.Tensor) -> torch.Tensor:
-        z = self.student.noise(len(cond), None) if self.student.stochastic else None
-        return self.student.generate(cond, z)
+    def randoms(self, rng: np.random.Generator, n: int) -> dict[str, torch.Tensor]:
+        """Per row: diffusion level ``t`` in [t_low, t_high] and noise ``eps`` of the generated chunk, the
+        generator's noise ``z`` (stochastic) and a ``pair`` index (``reg_weight`` > 0)."""
+        device = self.teacher.device
+        out = {"t": torch.as_tensor(rng.integers(self.t_low, self.t_high + 1, n), device=device),
+               "eps": chunk_noise(self.teacher, rng, n)}
+        if self.student.stochastic:
+            out["z"] = chunk_noise(self.teacher, rng, n)
+        if self.cfg.reg_weight > 0:
+            out["pair"] = torch.as_tensor(rng.integers(0, self.n_pairs, n), device=device)
+        return out
 
     def aux_x0(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         assert self.aux is not None
         sched = self.teacher.schedule
         return sched.split(self.aux(x_t, t.float(), cond), x_t, sched.abar_at(t))[0]
 
-    def student_loss(self) -> tuple[torch.Tensor, dict[str, float]]:
-        cond, _ = self.batch()
-        a = self.generate(cond)
-        t = self._levels(len(a), a.device)
-        x_t = self.teacher.schedule.add_noise(a.detach(), torch.randn_like(a), t)
+    def student_loss(self, student: OneStepPolicy, batch: dict[str, torch.Tensor]
+                     ) -> tuple[torch.Tensor, dict[str, float]]:
+        cond, _ = self.teacher_view(batch)
+        a = student.generate(cond, batch.get("z"))
+        t = batch["t"]
+        x_t = self.teacher.schedule.add_noise(a.detach(), batch["eps"], t)
         real = self.teacher_x0(x_t, t, cond)
         with torch.no_grad():
             fake = self.aux_x0(x_t, t, cond) if self.aux is not None else a.detach()
@@ -93,19 +101,21 @@ class DistributionMatching(OneStepAlgo):
             if self.pairs is None:
                 self.prepare()
             assert self.pairs is not None
-            p_cond, p_z, p_y = self.pair_batch(self.pairs)
-            reg = F.mse_loss(self.student.generate(p_cond, p_z), p_y)
+            p_cond, p_z, p_y = (p[batch["pair"]] for p in self.pairs)
+            reg = F.mse_loss(student.generate(p_cond, p_z), p_y)
             loss = loss + self.cfg.reg_weight * reg
             stats["regression"] = reg.item()
         return loss, stats
 
     def aux_loss(self) -> torch.Tensor:
-        """Diffusion loss of the auxiliary denoiser on the generator's current (detached) chunks."""
-        cond, _ = self.batch()
+        """Diffusion loss of the auxiliary denoiser on the generator's current (detached) chunks, at levels
+        uniform over all of the teacher's."""
+        batch = self.sample()
+        cond, _ = self.teacher_view(batch)
         with torch.no_grad():
-            a = self.generate(cond)
-        t = torch.randint(0, self.teacher.schedule.steps, (len(a),), device=a.device)
-        x_t = self.teacher.schedule.add_noise(a, torch.randn_like(a), t)
+            a = self.student.generate(cond, batch.get("z"))
+        t = torch.as_tensor(self.rng.integers(0, self.teacher.schedule.steps, len(a)), device=a.device)
+        x_t = self.teacher.schedule.add_noise(a, batch["eps"], t)
         assert self.aux is not None
         return F.mse_loss(self.aux(x_t, t.float(), cond), a)
 

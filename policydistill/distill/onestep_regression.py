@@ -32,10 +32,17 @@ class Regression(OneStepAlgo):
         """Draw the (cond, z, teacher output) pairs: ``pairs * teacher_steps`` teacher calls."""
         self.pairs = self.teacher_pairs(self.cfg.pairs, self.k)
 
-    def student_loss(self) -> tuple[torch.Tensor, dict[str, float]]:
+    def dataset(self) -> dict[str, torch.Tensor]:
+        """The pairs: ``cond`` (P, cond_dim), noise ``z`` (P, H, A), teacher output ``y`` (P, H, A)."""
         if self.pairs is None:
             self.prepare()
         assert self.pairs is not None
-        cond, z, y = self.pair_batch(self.pairs)
-        loss = F.mse_loss(self.student.generate(cond, z), y)
+        return dict(zip(("cond", "z", "y"), self.pairs, strict=True))
+
+    def sample_weights(self) -> np.ndarray | None:
+        return None  # uniform over the pairs
+
+    def student_loss(self, student: OneStepPolicy, batch: dict[str, torch.Tensor]
+                     ) -> tuple[torch.Tensor, dict[str, float]]:
+        loss = F.mse_loss(student.generate(batch["cond"], batch["z"]), batch["y"])
         return loss, {"regression": loss.item()}

@@ -12,6 +12,11 @@ and continues from its step with the same index stream.
 
 To train another model kind (a diffusion denoiser, a one-step student), pass its module, a
 ``loss_on_batch(model, batch) -> scalar tensor`` and its dataset as ``{name: array (N, ...)}``.
+A loss that needs randomness (noise levels, noise) gets it in the batch: ``draw_random(rng, B)``
+draws it for every row of the global batch from the shared generator, and each rank takes its rows,
+so row ``i`` sees the same noise on any number of processes. ``lr_factor(step)`` scales the
+learning rate, ``after_step(step)`` runs after each optimiser step (an EMA update) and ``keep``
+names more modules (EMA copies) that the checkpoint saves and a resume restores.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from policydistill.io import atomic_write_bytes
 log = logging.getLogger(__name__)
 
 LossOnBatch = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
+RandomDraw = Callable[[np.random.Generator, int], dict[str, torch.Tensor]]
 
 
 @dataclass
@@ -89,32 +95,43 @@ class _LossModule(nn.Module):
         return self.loss_on_batch(self.model, batch)
 
 
-def _save_checkpoint(path: Path, step: int, model: nn.Module, opt: torch.optim.Optimizer,
-                     rng: np.random.Generator, losses: list[float]) -> None:
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+def _finite_state(module: nn.Module, name: str, step: int) -> dict[str, torch.Tensor]:
+    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
-        raise FloatingPointError(f"refusing to checkpoint non-finite weights {bad} at step {step}")
+        raise FloatingPointError(f"refusing to checkpoint non-finite weights {bad} of {name} at step {step}")
+    return state
+
+
+def _save_checkpoint(path: Path, step: int, model: nn.Module, opt: torch.optim.Optimizer,
+                     rng: np.random.Generator, losses: list[float], keep: Mapping[str, nn.Module]) -> None:
     buf = io.BytesIO()
-    torch.save({"step": step, "model": state, "optim": opt.state_dict(), "rng": rng.bit_generator.state,
-                "losses": losses}, buf)
+    torch.save({"step": step, "model": _finite_state(model, "the model", step), "optim": opt.state_dict(),
+                "rng": rng.bit_generator.state, "losses": losses,
+                "keep": {k: _finite_state(m, k, step) for k, m in keep.items()}}, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
-def fit(model: nn.Module, loss_on_batch: LossOnBatch, data: Mapping[str, np.ndarray], cfg: FitConfig,
-        checkpoint: str | Path | None = None, sample_weights: np.ndarray | None = None,
-        device: torch.device | None = None,
-        on_log: Callable[[int, float], None] | None = None) -> FitResult:
+def fit(model: nn.Module, loss_on_batch: LossOnBatch, data: Mapping[str, np.ndarray | torch.Tensor],
+        cfg: FitConfig, checkpoint: str | Path | None = None, sample_weights: np.ndarray | None = None,
+        device: torch.device | None = None, on_log: Callable[[int, float], None] | None = None,
+        draw_random: RandomDraw | None = None, lr_factor: Callable[[int], float] | None = None,
+        after_step: Callable[[int], None] | None = None, keep: Mapping[str, nn.Module] | None = None) -> FitResult:
     """Train ``model`` in place for ``cfg.steps`` Adam steps on ``data`` ``{name: (N, ...)}``, sampling
-    rows with ``sample_weights`` (N,) (uniform if None). Resumes from ``checkpoint`` if it exists and
-    writes it (rank 0) every ``cfg.checkpoint_every`` steps and at the end. ``on_log(step, loss)`` is
-    called on rank 0 every ``cfg.log_every`` steps with the mean loss over ranks."""
+    rows with ``sample_weights`` (N,) (uniform if None). ``draw_random(rng, B)`` -> ``{name: (B, ...)}``
+    adds per-row random inputs to each global batch of ``B`` rows; the learning rate of step ``s`` is
+    ``cfg.lr * lr_factor(s)``; ``after_step(s)`` follows each optimiser step. Resumes from
+    ``checkpoint`` (model, optimiser, generator, ``keep`` modules) if it exists and writes it (rank 0)
+    every ``cfg.checkpoint_every`` steps and at the end. ``on_log(step, loss)`` is called on rank 0
+    every ``cfg.log_every`` steps with the mean loss over ranks."""
     rank, size = world()
     if cfg.batch_size % size:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes ({size})")
     device = device or next(model.parameters()).device
     model.to(device)
-    tensors = {k: torch.as_tensor(np.asarray(v), device=device) for k, v in data.items()}
+    keep = dict(keep or {})
+    tensors = {k: torch.as_tensor(v if isinstance(v, torch.Tensor) else np.asarray(v), device=device)
+               for k, v in data.items()}
     n = len(next(iter(tensors.values())))
     if n == 0 or any(len(v) != n for v in tensors.values()):
         lengths = {k: len(v) for k, v in tensors.items()}
@@ -129,12 +146,25 @@ def fit(model: nn.Module, loss_on_batch: LossOnBatch, data: Mapping[str, np.ndar
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optim"])
         rng.bit_generator.state = saved["rng"]
+        missing = sorted(set(keep) - set(saved.get("keep", {})))
+        if missing:
+            raise ValueError(f"checkpoint {path} lacks the state of {missing}: it was written by another training")
+        for name, kept in keep.items():
+            kept.load_state_dict(saved["keep"][name])
         result.losses, result.resumed_from = list(saved["losses"]), int(saved["step"])
         if rank == 0:
             log.info("resuming from %s at step %d", path, saved["step"])
+    # a probe batch of 2 rows, its random inputs from a generator of its own (the training stream stays untouched)
+    probe = {k: v[:2] for k, v in tensors.items()}
+    if draw_random is not None:
+        extra = draw_random(np.random.default_rng(0), 2)
+        lengths = {k: len(v) for k, v in extra.items()}
+        if any(length != 2 for length in lengths.values()):
+            raise ValueError(f"draw_random(rng, B) must return B rows per field, got lengths {lengths} for B=2")
+        probe.update({k: v.to(device) for k, v in extra.items()})
     module: nn.Module = _LossModule(model, loss_on_batch)
     if size > 1:  # DDP must be told about parameters the loss leaves unused (e.g. a std an MSE ignores)
-        module({k: v[:2] for k, v in tensors.items()}).backward()
+        module(probe).backward()
         unused = any(p.requires_grad and p.grad is None for p in model.parameters())
         opt.zero_grad(set_to_none=True)
         module = nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda"
@@ -145,10 +175,19 @@ def fit(model: nn.Module, loss_on_batch: LossOnBatch, data: Mapping[str, np.ndar
     for step in tqdm(steps, desc="train", unit="step", disable=rank != 0, dynamic_ncols=True):
         idx = rng.choice(n, size=cfg.batch_size, p=p)[rank * per_rank:(rank + 1) * per_rank]
         rows = torch.as_tensor(idx, device=device)
-        loss = module({k: v[rows] for k, v in tensors.items()})
+        batch = {k: v[rows] for k, v in tensors.items()}
+        if draw_random is not None:  # for the whole global batch, then this rank's rows
+            batch.update({k: v[rank * per_rank:(rank + 1) * per_rank].to(device)
+                          for k, v in draw_random(rng, cfg.batch_size).items()})
+        if lr_factor is not None:
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * lr_factor(step)
+        loss = module(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if after_step is not None:
+            after_step(step)
         mean_loss = loss.detach().clone()
         if size > 1:
             dist.all_reduce(mean_loss)
@@ -161,7 +200,7 @@ def fit(model: nn.Module, loss_on_batch: LossOnBatch, data: Mapping[str, np.ndar
             on_log(done, float(np.mean(result.losses[-cfg.log_every:])))
         if path is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
             if rank == 0:
-                _save_checkpoint(path, done, model, opt, rng, result.losses)
+                _save_checkpoint(path, done, model, opt, rng, result.losses, keep)
             if size > 1:
                 dist.barrier()
     model.eval()

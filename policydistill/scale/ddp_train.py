@@ -1,36 +1,64 @@
-"""DAgger student updates over a run's stored episodes, under torchrun (or in one process).
+"""Student updates over a run's stored episodes, under torchrun (or in one process).
 
     torchrun --standalone --nproc_per_node=2 -m policydistill.scale.ddp_train run=runs/dagger updates=2000
     policydistill train-student run=runs/dagger nproc=2 updates=2000      # the same, launched for you
 
-The student bundle of the run is the starting point; its loss (``loss``, ``loss_params``) and per-task
-balanced sampling come from the run's ``distill.json``. Rank 0 writes the bundle, the checkpoint,
-``train_student.json`` and TensorBoard logs; a rerun resumes from the checkpoint.
+What is trained follows the run's ``distill.json`` (:data:`JOBS`):
+
+- DAgger/BC/kickstart runs: the MLP student, with the run's loss (``loss``, ``loss_params``) and
+  per-task balanced sampling;
+- ``method=diffusion`` runs: the diffusion policy's DDPM loss (:func:`~policydistill.distill.diffusion.diffusion_loss`),
+  cosine learning-rate decay and an EMA of the weights (the EMA is what is saved);
+- ``method=onestep`` runs: the run's one-step algorithm (``dmd_det``, ``consistency``, ``regression``;
+  its :meth:`~policydistill.distill.onestep.OneStepAlgo.student_loss`) against the run's diffusion teacher.
+
+Each starts from the run's student bundle and uses the loss function the single-process distiller
+uses; noise is drawn per row of the global batch, so N processes follow one. Rank 0 writes the
+bundle, the checkpoint, ``train_student.json`` and TensorBoard logs; a rerun resumes from the checkpoint.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import subprocess
 import sys
 import time
-from dataclasses import asdict, fields
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from policydistill.bundle import load_bundle, save_bundle
-from policydistill.config import TrainStudentConfig
+from policydistill.config import OneStepConfig, TrainStudentConfig
 from policydistill.data.shards import EpisodeStore
 from policydistill.distill.losses import make_loss
 from policydistill.io import atomic_write_json, read_json
-from policydistill.scale.ddp import FitConfig, fit, init_from_env, world
+from policydistill.scale.ddp import FitConfig, LossOnBatch, RandomDraw, fit, init_from_env, world
 from policydistill.types import TASK
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class StudentJob:
+    """What :func:`fit` trains for one kind of run (see its arguments) and the module saved as the bundle."""
+
+    model: nn.Module
+    loss_on_batch: LossOnBatch
+    data: Mapping[str, np.ndarray | torch.Tensor]
+    lr: float
+    bundle: nn.Module
+    sample_weights: np.ndarray | None = None
+    draw_random: RandomDraw | None = None
+    lr_factor: Callable[[int], float] | None = None
+    after_step: Callable[[int], None] | None = None
+    keep: dict[str, nn.Module] = field(default_factory=dict)
 
 
 def student_dataset(store: EpisodeStore, groups: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -46,21 +74,13 @@ def student_dataset(store: EpisodeStore, groups: tuple[str, ...]) -> dict[str, n
     return data
 
 
-def train_student(cfg: TrainStudentConfig) -> dict[str, Any]:
-    """Run on this process as rank ``RANK`` of ``WORLD_SIZE`` (1 without torchrun); returns the summary."""
-    device = init_from_env(cfg.device)
-    rank, size = world()
-    run = Path(cfg.run)
-    if not (run / "distill.json").is_file():
-        raise FileNotFoundError(f"{run} is not a distill run: it has no distill.json")
-    out = Path(cfg.out) if cfg.out else run / "student_ddp"
-    dcfg = read_json(run / "distill.json")["config"]
+def mlp_job(run: Path, dcfg: dict[str, Any], cfg: TrainStudentConfig, device: torch.device) -> StudentJob:
+    """The run's MLP student on its episodes' teacher labels, with the run's loss."""
     student = load_bundle(run / "student", device=device, frozen=False)
     if getattr(student, "stateful", False):
         raise ValueError(f"{run}: train-student trains stateless (MLP) students on i.i.d. steps; this history "
                          f"student ({type(student).__name__}) trains on whole episodes in 'distill'")
-    store = EpisodeStore(run / "episodes")
-    data = student_dataset(store, student.groups)
+    data = student_dataset(EpisodeStore(run / "episodes"), student.groups)
     loss_fn = make_loss(dcfg["loss"], teacher_has_std="std" in data, student_has_std=student.log_std is not None,
                         **dcfg.get("loss_params", {}))
     weights = None
@@ -69,25 +89,92 @@ def train_student(cfg: TrainStudentConfig) -> dict[str, Any]:
         weights = 1.0 / counts[data["task"]]
     data.pop("task")
 
-    def loss_on_batch(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def loss_on_batch(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return loss_fn(model.raw(batch["x"]), batch["y"], student_log_std=model.log_std, teacher_std=batch.get("std"))
 
+    return StudentJob(student, loss_on_batch, data, cfg.lr or dcfg["lr"], student, sample_weights=weights)
+
+
+def diffusion_job(run: Path, dcfg: dict[str, Any], cfg: TrainStudentConfig, device: torch.device) -> StudentJob:
+    """The run's diffusion policy (from its EMA weights) on windows of its episodes (+ its ``diffusion.data``)."""
+    from policydistill.data.chunks import chunk_windows
+    from policydistill.distill.diffusion import cosine_lr, diffusion_loss, diffusion_noise, ema_decay, update_ema
+
+    d = dcfg["diffusion"]
+    policy = load_bundle(run / "student", device=device, frozen=False)
+    ema = copy.deepcopy(policy).frozen()
+    data = chunk_windows([run / "episodes", *d["data"]], policy.groups, policy.n_obs_steps, policy.horizon,
+                         device=device)
+    return StudentJob(policy, diffusion_loss, data.rows(), cfg.lr or d["lr"], ema,
+                      sample_weights=data.sample_weights(dcfg.get("balance_tasks", True)),
+                      draw_random=lambda rng, n: diffusion_noise(policy, rng, n),
+                      lr_factor=lambda step: cosine_lr(step, cfg.updates),
+                      after_step=lambda step: update_ema(ema, policy, ema_decay(step, d["ema_decay"])),
+                      keep={"ema": ema})
+
+
+def onestep_job(run: Path, dcfg: dict[str, Any], cfg: TrainStudentConfig, device: torch.device) -> StudentJob:
+    """The run's one-step student, trained further by its algorithm against the run's diffusion teacher."""
+    from policydistill.data.chunks import chunk_windows
+    from policydistill.distill.diffusion import cosine_lr
+    from policydistill.distill.onestep import make_algo
+
+    o = OneStepConfig(**dcfg["onestep"])
+    if o.algo == "dmd":
+        raise ValueError("train-student does not run onestep.algo=dmd: its auxiliary score network takes "
+                         "aux_updates steps with an optimiser of its own between generator steps, which the "
+                         "single-optimiser DDP loop does not carry; distil it in one process (policydistill distill "
+                         "method=onestep onestep.algo=dmd), or use dmd_det, consistency or regression")
+    teacher_path = Path(dcfg["teachers"])
+    if not (teacher_path / "policy.json").is_file():
+        raise FileNotFoundError(f"the run's diffusion teacher {teacher_path} (its distill.json 'teachers') is not "
+                                "a bundle here; run train-student from the folder the run was made in")
+    teacher = load_bundle(teacher_path, device=device)
+    data = chunk_windows([run / "episodes", *o.data], teacher.groups, teacher.n_obs_steps, teacher.horizon,
+                         device=device)
+    algo = make_algo(o.algo, teacher, o, data, cfg.batch_size, np.random.default_rng(cfg.seed))
+    algo.student.load_state_dict(load_bundle(run / "student", device=device, frozen=False).state_dict())
+    algo.prepare()  # fixed pairs and target networks, the same on every rank (seeded)
+    return StudentJob(algo.student, lambda model, batch: algo.student_loss(model, batch)[0], algo.dataset(),
+                      cfg.lr or o.lr, algo.student, sample_weights=algo.sample_weights(), draw_random=algo.randoms,
+                      lr_factor=lambda step: cosine_lr(step, cfg.updates), after_step=lambda step: algo.after_step(),
+                      keep=algo.state_modules())
+
+
+JOBS: dict[str, Callable[[Path, dict[str, Any], TrainStudentConfig, torch.device], StudentJob]] = {
+    "diffusion": diffusion_job, "onestep": onestep_job}
+
+
+def train_student(cfg: TrainStudentConfig) -> dict[str, Any]:
+    """Run on this process as rank ``RANK`` of ``WORLD_SIZE`` (1 without torchrun); returns the summary."""
+    device = init_from_env(cfg.device)
+    rank, size = world()
+    run = Path(cfg.run)
+    if not (run / "distill.json").is_file():
+        raise FileNotFoundError(f"{run} is not a distill run: it has no distill.json")
+    out = Path(cfg.out) if cfg.out else run / "student_ddp"
+    summary_in = read_json(run / "distill.json")
+    method = summary_in["method"]
+    job = JOBS.get(method, mlp_job)(run, summary_in["config"], cfg, device)
     tb = None
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
 
         tb = SummaryWriter(str(out / "tb"))
-    fit_cfg = FitConfig(steps=cfg.updates, batch_size=cfg.batch_size, lr=cfg.lr or dcfg["lr"], seed=cfg.seed,
+    fit_cfg = FitConfig(steps=cfg.updates, batch_size=cfg.batch_size, lr=job.lr, seed=cfg.seed,
                         checkpoint_every=cfg.checkpoint_every)
     t0 = time.perf_counter()
-    result = fit(student, loss_on_batch, data, fit_cfg, checkpoint=out / "checkpoint.pt", sample_weights=weights,
-                 device=device, on_log=(lambda step, loss: tb.add_scalar("train/loss", loss, step)) if tb else None)
+    result = fit(job.model, job.loss_on_batch, job.data, fit_cfg, checkpoint=out / "checkpoint.pt",
+                 sample_weights=job.sample_weights, device=device,
+                 on_log=(lambda step, loss: tb.add_scalar("train/loss", loss, step)) if tb else None,
+                 draw_random=job.draw_random, lr_factor=job.lr_factor, after_step=job.after_step, keep=job.keep)
     tail = result.losses[-max(1, cfg.updates // 10):]
-    summary = {"run": str(run), "world_size": size, "updates": cfg.updates, "resumed_from": result.resumed_from,
-               "dataset_steps": len(data["x"]), "final_loss": float(np.mean(tail)),
-               "wall_time_s": round(time.perf_counter() - t0, 2), "config": asdict(cfg)}
+    summary = {"run": str(run), "method": method, "world_size": size, "updates": cfg.updates,
+               "resumed_from": result.resumed_from, "dataset_rows": len(next(iter(job.data.values()))),
+               "final_loss": float(np.mean(tail)), "wall_time_s": round(time.perf_counter() - t0, 2),
+               "config": asdict(cfg)}
     if rank == 0:
-        save_bundle(student, out / "bundle", meta={"train_student": asdict(cfg), "world_size": size})
+        save_bundle(job.bundle.eval(), out / "bundle", meta={"train_student": asdict(cfg), "world_size": size})
         atomic_write_json(out / "train_student.json", summary)
         tb.close()
         log.info("trained %d updates on %d process(es): loss %.5f; bundle %s", cfg.updates, size,
