@@ -1,6 +1,6 @@
 """Async vs sync inference of a slow chunk policy in the fixed-rate loop: idle ticks for both, side by side.
 
-A K-step diffusion policy (``--bundle``; the target is the 10-step one) drives the default suite's
+A diffusion policy (``--bundle``) sampling with ``--sampler-steps`` (10) DDIM steps drives the default suite's
 simulated robot through ``policydistill.runtime.run.run_policy`` at a rate where one chunk takes
 longer than a control period (by default ``--periods-per-chunk`` = 3 periods of the measured median
 inference latency). ``sync``: the chunk is computed on the control thread when it is needed, so the
@@ -46,6 +46,8 @@ def idle(stats: dict) -> dict[str, int]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bundle", default=None, help="a K-step diffusion policy bundle (default: a slow stand-in)")
+    p.add_argument("--sampler-steps", type=int, default=10,
+                   help="the bundle's sampler runs with this many (DDIM) steps per chunk")
     p.add_argument("--backend", default="onnx", choices=["torch", "onnx"])
     p.add_argument("--suite", default="default", help="the simulated robot: a suite the policy was trained on")
     p.add_argument("--rate-hz", type=float, default=None, help="default: periods-per-chunk / median latency")
@@ -74,7 +76,8 @@ def main() -> None:
                                         Path(tmp) / ("policy.onnx" if args.backend == "onnx" else "policy.pt"))
         realtime = not args.normal_priority
         cpu = max(os.sched_getaffinity(0)) if realtime else None
-        probe = make_source(source_path)
+        steps = args.sampler_steps if args.bundle else None  # the stand-in is built with 10 steps
+        probe = make_source(source_path, sampler_steps=steps)
         x = np.zeros((1, probe.n_obs_steps * probe.obs_dim), np.float32)
         pinned = pin_to_cpu(cpu, realtime)  # measured as the control thread runs it in sync mode
         try:
@@ -88,6 +91,7 @@ def main() -> None:
         for r in range(args.runs):
             for mode in runs:
                 stats = run_policy(source_path, args.suite, rate, args.ticks, backend="torch", progress=False,
+                                   sampler_steps=steps,
                                    controller={"async_inference": mode == "async"}, cpu=cpu, realtime=realtime)
                 runs[mode].append(stats)
                 log.info("run %d %s: %s\n%s", r + 1, mode, idle(stats), format_stats(stats))
@@ -100,6 +104,7 @@ def main() -> None:
                       "others_cpu": [s["machine"]["others_cpu"] for s in rs]} for mode, rs in runs.items()}
     c = runs["async"][0]["controller"]
     result = {"bench": "async_inference", "policy": label, "stand_in": args.bundle is None, "backend": args.backend,
+              "sampler_steps": 10 if steps is None else steps,
               "suite": args.suite, "graph": probe.describe(), "median_inference_ms": latency * 1e3, "rate_hz": rate,
               "periods_per_chunk": latency * rate, "ticks": args.ticks, "runs_per_mode": args.runs,
               "control_thread": {"cpu": cpu, "sched_fifo": [s["pinned"]["realtime"] for s in runs["sync"]]},

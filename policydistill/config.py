@@ -224,7 +224,9 @@ class DistillConfig:
     ``teacher_noise``: when the teacher acts, execute its mean plus ``teacher_noise`` times its std of
     Gaussian noise (labels stay the mean): data on how it recovers from small deviations.
     ``collect_steps``: cut collected episodes at this many steps (truncated), so the same labels come from
-    more episode starts; evaluation keeps the tasks' own episode length."""
+    more episode starts; evaluation keeps the tasks' own episode length.
+    ``stop_score``: stop after the first round whose mean teacher-normalised score reaches it (None: run
+    every round); e.g. labels-to-target measurements."""
 
     method: str = "dagger"
     suite: str = "default"
@@ -248,6 +250,7 @@ class DistillConfig:
     success_filter: bool = False
     teacher_noise: float = 0.0
     collect_steps: int | None = None
+    stop_score: float | None = None
     eval_episodes: int = 10
     student: StudentConfig = field(default_factory=StudentConfig)
     kickstart: KickstartConfig = field(default_factory=KickstartConfig)

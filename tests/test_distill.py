@@ -158,3 +158,14 @@ def test_collect_steps_cuts_collected_episodes_only(default_suite, tmp_path):
     assert {e.length for e in run_episodes(default_suite, "north", student, 2)} == {100}  # evaluation: full episodes
     with pytest.raises(ValueError, match="collect_steps must be an int >= 1"):
         distill(quick(tmp_path / "bad", collect_steps=0), default_suite, scripted_teachers(default_suite))
+
+
+def test_stop_score_ends_the_run_after_the_first_round_reaching_it(default_suite, tmp_path):
+    teachers = scripted_teachers(default_suite)
+    low = distill(quick(tmp_path / "low", rounds=3, stop_score=-1e6), default_suite, teachers)
+    assert len(low["rounds"]) == 1  # round 0 already reached it
+    assert len(distill(quick(tmp_path / "low", rounds=3, stop_score=-1e6), default_suite, teachers)["rounds"]) == 1
+    high = distill(quick(tmp_path / "high", rounds=2, stop_score=1e6), default_suite, teachers)
+    assert len(high["rounds"]) == 2  # never reached: every round runs
+    with pytest.raises(ValueError, match="stop_score must be a finite number or None"):
+        distill(quick(tmp_path / "bad", stop_score=float("nan")), default_suite, teachers)

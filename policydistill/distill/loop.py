@@ -91,10 +91,19 @@ def _log_row(tb: SummaryWriter, row: dict[str, Any]) -> None:
     tb.flush()
 
 
+def _reached(row: dict[str, Any] | None, stop_score: float | None) -> bool:
+    """Whether ``row``'s mean score reaches ``stop_score`` (never when either is None)."""
+    return stop_score is not None and row is not None and row["mean_score"] is not None \
+        and row["mean_score"] >= stop_score
+
+
 def distill(cfg: DistillConfig, suite: Suite, teachers: dict[str, Policy]) -> dict[str, Any]:
     """Run (or resume) ``cfg.rounds`` rounds of ``cfg.method``; returns the content of distill.json."""
     if cfg.method not in METHODS:
         raise ValueError(f"unknown distillation method '{cfg.method}'; expected one of {list(METHODS)}")
+    if cfg.stop_score is not None and (isinstance(cfg.stop_score, bool) or not isinstance(cfg.stop_score, (int, float))
+                                       or not np.isfinite(cfg.stop_score)):
+        raise ValueError(f"stop_score must be a finite number or None, got {cfg.stop_score!r}")
     missing = [n for n in suite.task_names if n not in teachers]
     if missing:
         raise ValueError(f"no teacher for tasks {missing}; teachers given for {sorted(teachers)}")
@@ -140,6 +149,10 @@ def distill(cfg: DistillConfig, suite: Suite, teachers: dict[str, Policy]) -> di
         for r in tqdm(range(first_round, cfg.rounds), desc=f"distill ({cfg.method})", unit="round", initial=first_round,
                       total=cfg.rounds, leave=False):
             prev = summary["rounds"][-1] if summary["rounds"] else None
+            if _reached(prev, cfg.stop_score):
+                log.info("stopping after round %d: mean score %.3f >= stop_score %s", r - 1, prev["mean_score"],
+                         cfg.stop_score)
+                break
             numbers = method.run_round(r, prev, g_teacher)
             t_eval = time.perf_counter()
             evals = evaluate_per_task(suite, student, cfg.eval_episodes)
