@@ -43,6 +43,19 @@ def concat_groups(obs: ObsGroups, groups: Sequence[str]) -> np.ndarray:
     return np.concatenate([np.asarray(obs[g], dtype=np.float32) for g in select_groups(obs, groups)], axis=-1)
 
 
+def group_array(obs: ObsGroups, groups: Sequence[str], space: Mapping, lead: tuple[int, ...] = ()) -> np.ndarray:
+    """``groups`` of ``obs``, each checked against its Box in ``space`` (shape (n, *lead, dim)), concatenated
+    in order: float32 (n, *lead, sum of dims). A missing group is a KeyError, a wrong shape a ValueError."""
+    parts = []
+    for g, x in select_groups(obs, groups).items():
+        x = np.asarray(x, dtype=np.float32)
+        want = (*lead, space[g].shape[0])
+        if x.shape[1:] != want:
+            raise ValueError(f"observation group '{g}' has shape {x.shape}, expected (n, {', '.join(map(str, want))})")
+        parts.append(x)
+    return np.concatenate(parts, axis=-1)
+
+
 def stack_obs(obs_list: Sequence[ObsGroups]) -> dict[str, np.ndarray]:
     """Stack per-env unbatched observations into one batched observation: {group: (n_envs, dim)}."""
     return {g: np.stack([np.asarray(o[g], dtype=np.float32) for o in obs_list]) for g in obs_list[0]}

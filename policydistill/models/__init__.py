@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
+
+Module = TypeVar("Module", bound=torch.nn.Module)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -18,3 +22,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device '{device}' requested but CUDA is not available; use 'cpu' or 'auto'")
     return dev
+
+
+def freeze(module: Module) -> Module:
+    """Eval mode with every parameter's ``requires_grad`` off, as a teacher; returns ``module``."""
+    module.eval()
+    module.requires_grad_(False)
+    return module

@@ -31,9 +31,10 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
+from policydistill.models import freeze
 from policydistill.models.normalizer import ObsNormalizer, RangeNormalizer
 from policydistill.spaces import space_from_json, space_to_json
-from policydistill.types import ActionLabel, ObsGroups, check_groups
+from policydistill.types import ActionLabel, ObsGroups, check_groups, group_array
 
 BASE_KEYS = {"groups", "observation_space", "action_space", "n_obs_steps", "horizon", "n_action_steps", "seed"}
 
@@ -117,18 +118,8 @@ class ChunkPolicy(nn.Module):
 
     def obs_tensor(self, obs: ObsGroups, window: bool = False) -> torch.Tensor:
         """``groups`` of ``obs`` concatenated: (n, obs_dim), or (n, n_obs_steps, obs_dim) with ``window``."""
-        shape = (self.n_obs_steps,) if window else ()
-        parts = []
-        for g in self.groups:
-            if g not in obs:
-                raise KeyError(f"observation lacks group '{g}'; it has {sorted(obs)}")
-            x = np.asarray(obs[g], dtype=np.float32)
-            want = (*shape, self.observation_space[g].shape[0])
-            if x.shape[1:] != want:
-                raise ValueError(f"observation group '{g}' has shape {x.shape}, "
-                                 f"expected (n, {', '.join(map(str, want))})")
-            parts.append(x)
-        return torch.as_tensor(np.concatenate(parts, axis=-1), device=self.device)
+        lead = (self.n_obs_steps,) if window else ()
+        return torch.as_tensor(group_array(obs, self.groups, self.observation_space, lead), device=self.device)
 
     def _ensure_state(self, n: int) -> None:
         if self._history is None or len(self._history) != n or self._history.device != self.device:
@@ -202,9 +193,7 @@ class ChunkPolicy(nn.Module):
 
     def frozen(self) -> ChunkPolicy:
         """Eval mode with every parameter's ``requires_grad`` off, as a teacher; returns self."""
-        self.eval()
-        self.requires_grad_(False)
-        return self
+        return freeze(self)
 
     # ---- config ------------------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from policydistill.models import resolve_device
+from policydistill.models import freeze, resolve_device
 from policydistill.models.mlp_policy import ACTIVATIONS, NORMALIZER_KEYS
 from policydistill.models.normalizer import ObsNormalizer
 from policydistill.runtime.graph import OBS, ExportGraph, TensorSpec
@@ -306,9 +306,7 @@ class GeneralistPolicy(nn.Module):
 
     def frozen(self) -> GeneralistPolicy:
         """Eval mode with every parameter's ``requires_grad`` off, as a teacher; returns self."""
-        self.eval()
-        self.requires_grad_(False)
-        return self
+        return freeze(self)
 
     # ---- config ------------------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ from policydistill.models.normalizer import ObsNormalizer
 from policydistill.models.teacher_split import TeacherHead
 from policydistill.runtime.graph import OBS, ExportGraph, TensorSpec
 from policydistill.spaces import space_from_json, space_to_json
-from policydistill.types import TASK, ObsGroups, check_groups, concat_groups
+from policydistill.types import TASK, ObsGroups, check_groups, group_array
 
 ENCODERS = (*WINDOW_KINDS, "gru")
 CONFIG_KEYS = {"groups", "observation_space", "action_space", "encoder", "history", "rnn_hidden", "feature_dim",
@@ -185,11 +185,7 @@ class HistoryPolicy(nn.Module):
     # ---- Policy protocol (numpy in, numpy out) ------------------------------------------------
 
     def obs_tensor(self, obs: ObsGroups) -> torch.Tensor:
-        for g in self.groups:
-            if g in obs and np.shape(obs[g])[1:] != self.observation_space[g].shape:
-                raise ValueError(f"observation group '{g}' has shape {np.shape(obs[g])}, "
-                                 f"expected (n, {self.observation_space[g].shape[0]})")
-        return torch.as_tensor(concat_groups(obs, self.groups), device=self.device)
+        return torch.as_tensor(group_array(obs, self.groups, self.observation_space), device=self.device)
 
     def act(self, obs: ObsGroups, deterministic: bool = True) -> np.ndarray:
         """obs {group: (n, dim)} -> actions float32 (n, act_dim); advances the history of all n envs.

@@ -21,11 +21,11 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from policydistill.models import resolve_device
+from policydistill.models import freeze, resolve_device
 from policydistill.models.normalizer import ObsNormalizer
 from policydistill.runtime.graph import OBS, ExportGraph, TensorSpec
 from policydistill.spaces import space_from_json, space_to_json
-from policydistill.types import ActionLabel, ObsGroups, check_groups, concat_groups
+from policydistill.types import ActionLabel, ObsGroups, check_groups, group_array
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
 POSTS = ("clip", "tanh_unscale", "unscale")
@@ -124,11 +124,7 @@ class MLPPolicy(nn.Module):
 
     def obs_tensor(self, obs: ObsGroups) -> torch.Tensor:
         """``groups`` of ``obs`` (each (n, dim)) concatenated: float32 tensor (n, obs_dim) on the device."""
-        for g in self.groups:
-            if g in obs and np.shape(obs[g])[1:] != self.observation_space[g].shape:
-                raise ValueError(f"observation group '{g}' has shape {np.shape(obs[g])}, "
-                                 f"expected (n, {self.observation_space[g].shape[0]})")
-        return torch.as_tensor(concat_groups(obs, self.groups), device=self.device)
+        return torch.as_tensor(group_array(obs, self.groups, self.observation_space), device=self.device)
 
     def act(self, obs: ObsGroups, deterministic: bool = True) -> np.ndarray:
         """obs {group: (n, dim)} -> actions float32 (n, act_dim).
@@ -169,9 +165,7 @@ class MLPPolicy(nn.Module):
 
     def frozen(self) -> MLPPolicy:
         """Eval mode with every parameter's ``requires_grad`` off, as a teacher; returns self."""
-        self.eval()
-        self.requires_grad_(False)
-        return self
+        return freeze(self)
 
     # ---- config ------------------------------------------------------------------------------
 
