@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from importlib import metadata
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from policydistill.eval import latency
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDENT_DIR = ROOT / "runs/bench/student"
@@ -61,15 +62,7 @@ def stand_in_chunk_policy(kind: str, **kwargs: Any) -> Any:
 
 def time_calls(fn: Callable[[], object], iters: int, warmup: int = 500) -> list[float]:
     """Per-call wall times in microseconds of ``iters`` calls of ``fn`` (after ``warmup`` calls)."""
-    for _ in range(min(iters, warmup)):
-        fn()
-    out = []
-    clock = time.perf_counter_ns
-    for _ in range(iters):
-        t0 = clock()
-        fn()
-        out.append((clock() - t0) / 1000.0)
-    return out
+    return [ms * 1000.0 for ms in latency.time_calls(fn, iters, warmup=min(iters, warmup))["wall"]]
 
 
 def summarise(times: list[float]) -> dict[str, float]:
