@@ -1,7 +1,7 @@
 """Label efficiency: teacher labels needed to reach 0.95 of the teachers' return, DAgger vs BC.
 
     .venv/bin/python bench/label_efficiency.py --suite default_hazard --groups policy task --rounds 10 \
-        --updates 500 --seeds 0 1 2 3 4 --tag _hazard
+        --updates 250 --seeds 0 1 2 3 4 5 6 7 8 9 --tag _hazard_u250   # also 500 (_hazard) and 1000 (_hazard_u1000)
 
 Both methods run the same loop with the same collection per round (``--episodes-per-task`` episodes of
 every task, cut at ``--collect-steps``), student, updates, teacher noise and evaluation (BC: the teacher
