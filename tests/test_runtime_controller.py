@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import time
@@ -201,6 +202,28 @@ def test_fixed_rate_loop_counts_missed_ticks_and_sends_the_held_action(north):
     lat = stats["latency"]
     assert lat["count"] == stats["executed"] and lat["p50_us"] <= lat["p95_us"] <= lat["p99_us"] <= lat["max_us"]
     assert set(stats["machine"]) >= {"cpu_busy", "own_cpu", "loadavg_before", "involuntary_switches"}
+
+
+def test_fixed_rate_loop_pauses_the_garbage_collector_only_while_it_runs(north):
+    class GcWatchingRobot(SimRobot):
+        seen: list[bool] = []
+
+        def actuate(self, actions):
+            self.seen.append(gc.isenabled())
+            return super().actuate(actions)
+
+    robot = GcWatchingRobot(load_suite("default"), "north", seed=0)
+    assert gc.isenabled()
+    with Controller(make_source(north), 0.002) as ctrl:
+        FixedRateLoop(500).run(ctrl, robot, 20)
+        assert robot.seen == [False] * 20 and gc.isenabled()  # paused during the ticks, back after
+        gc.disable()
+        try:
+            FixedRateLoop(500).run(ctrl, robot, 5)
+            assert not gc.isenabled()  # a caller's own choice is kept
+        finally:
+            gc.enable()
+    robot.close()
 
 
 def test_run_drives_the_simulated_robot_and_finishes_episodes(north):
