@@ -21,7 +21,6 @@ diffusion policy. Writes ``bench/results/async_inference[_standin].json``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import statistics
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 from runtime_setup import ROOT, STAND_IN, stand_in_chunk_policy, time_calls, versions
 
+from policydistill.io import atomic_write_json
 from policydistill.runtime import export_policy, make_source
 from policydistill.runtime.loop import format_stats, pin_to_cpu, restore_scheduling
 from policydistill.runtime.run import run_policy
@@ -116,8 +116,7 @@ def main() -> None:
               "runs": {k: [{kk: vv for kk, vv in s.items() if kk != "episodes"} for s in v] for k, v in runs.items()},
               "versions": versions()}
     out = Path(args.out or ROOT / f"bench/results/async_inference{'' if args.bundle else '_standin'}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(out, result)
     print(f"async vs sync inference, {label}\n  {probe.describe()}, backend {args.backend}, control thread "
           f"{'SCHED_FIFO on CPU ' + str(cpu) if realtime else 'at normal priority'}")
     print(f"  median inference {latency * 1e3:.2f} ms = {latency * rate:.2f} control periods at {rate:.1f} Hz; "

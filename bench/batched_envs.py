@@ -14,7 +14,6 @@ steps per second and the ratio batched / sync per batch size, writes bench/resul
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -28,6 +27,7 @@ from runtime_setup import shown
 
 from policydistill.bundle import load_bundle
 from policydistill.eval.batched_rollout import drive
+from policydistill.io import atomic_write_json
 from policydistill.suite import load_suite
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,8 +89,7 @@ def main() -> None:
               "threads": 1,
               "cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
               "by_n_envs": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(args.out, result)
     after = result["loadavg_after"][0]
     print(f"load average before/after: {load_before[0]:.2f} / {after:.2f} on {os.cpu_count()} CPUs")
 

@@ -18,7 +18,6 @@ the harness runs a labelled stand-in (see runtime_setup.py), not a diffusion pol
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import statistics
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 from runtime_setup import ROOT, STAND_IN, stand_in_chunk_policy, summarise, time_calls, versions
 
+from policydistill.io import atomic_write_json
 from policydistill.runtime import OnnxPolicy, export_policy
 from policydistill.runtime.latency import LoadMeter
 from policydistill.runtime.torch_policy import GraphPolicy
@@ -100,8 +100,7 @@ def main() -> None:
               "rounds": args.rounds, "latency": stats, "speedup_over_onnx": speedup, "per_round": per_round,
               "target": TARGET, "passed": speedup[torch_ref] >= TARGET, "machine": machine, "versions": versions()}
     out = Path(args.out or ROOT / f"bench/results/chunk_latency{'' if args.bundle else '_standin'}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(out, result)
     print(f"chunk policy latency at batch 1, one thread on CPU {cpu}, {args.rounds} rounds x {args.iters} calls")
     print(f"  policy: {label}\n  graph: {graph_policy.describe()}")
     for name, s in stats.items():

@@ -19,16 +19,15 @@ machine itself (timer wake-ups, preemption), the floor under every other variant
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import statistics
-from pathlib import Path
 
 import numpy as np
 import torch
 from runtime_setup import ROOT, shown, student_bundle, versions
 
+from policydistill.io import atomic_write_json
 from policydistill.runtime.loop import FixedRateLoop, format_stats, pin_to_cpu, restore_scheduling
 from policydistill.runtime.run import run_policy
 
@@ -116,8 +115,7 @@ def main() -> None:
               "ticks": args.ticks, "runs_per_variant": args.runs, "cpu": cpu, "summary": summary,
               "runs": {k: [{kk: vv for kk, vv in s.items() if kk != "episodes"} for s in v] for k, v in runs.items()},
               "versions": versions()}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(args.out, result)
     print(f"MLP student in the fixed-rate loop: {args.rate_hz:g} Hz, {args.ticks} ticks per run, {args.runs} runs per "
           f"variant, control thread pinned to CPU {cpu}, simulated robot: default suite")
     print(f"  {'variant':<12}{'p50 us':>9}{'p99 us':>9}{'max us':>9}{'jitter p99':>12}  deadline misses per run"

@@ -26,6 +26,7 @@ import torch
 from policydistill.config import DistillConfig, StudentConfig
 from policydistill.distill.loop import distill
 from policydistill.eval.evaluate import policies_for_suite
+from policydistill.io import atomic_write_json
 from policydistill.suite import load_suite
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,8 +120,7 @@ def main() -> None:
                            "median_success": {n: statistics.median(r["tasks"][n]["success_rate"] for r in runs["blind"])
                                               for n in suite.task_names}}
     out = ROOT / "bench/results" / f"distill_fidelity_{args.suite}{args.tag}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(out, result)
     print(f"median over {len(main_runs)} seeds: mean score {result['median_mean_score']:.3f}, min task score "
           f"{result['median_min_score']:.3f}, worst success gap {result['median_max_success_gap']:+.2f}, per task "
           f"{ {n: round(v, 3) for n, v in result['median_task_scores'].items()} }  (targets {result['targets']})")

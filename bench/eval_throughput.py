@@ -9,7 +9,6 @@ core, alternating rounds; prints medians and the ratio (target: framework >= 0.7
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 
 from policydistill.bundle import load_bundle
 from policydistill.eval.rollout import run_episodes
+from policydistill.io import atomic_write_json
 from policydistill.suite import load_suite
 from policydistill.types import stack_obs
 
@@ -87,8 +87,7 @@ def main() -> None:
         "ratio_framework_over_env_only": statistics.median(f / e for f, e in zip(fw, sim, strict=True)),
         "target_ratio": 0.7,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(args.out, result)
     print(f"raw env.step loop:        {result['raw_steps_per_s_median']:9.0f} steps/s (median of {args.rounds})")
     print(f"framework evaluation:     {result['framework_steps_per_s_median']:9.0f} steps/s "
           f"({args.n_envs} envs, batched policy)")

@@ -37,6 +37,7 @@ from distill_fidelity import ROOT, run_distill  # noqa: E402
 
 from policydistill.distill.dagger import short_episodes  # noqa: E402
 from policydistill.eval.evaluate import policies_for_suite  # noqa: E402
+from policydistill.io import atomic_write_json
 from policydistill.suite import Suite, load_suite, suite_from_dict  # noqa: E402
 
 RATIO_TARGET = 0.3  # DAgger's labels to the target at most this share of BC's ...
@@ -163,7 +164,7 @@ def main() -> None:
         if all(b["dagger_over_bc"] for b in result["methods"]["bc"]["runs"]) else None
     result["verdict"], result["target_met"] = verdict(bc, dagger, bc_budget, args.target)
     name = f"label_efficiency_{args.suite}{args.tag}"
-    (ROOT / "bench/results" / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(ROOT / "bench/results" / f"{name}.json", result)
     plot(ROOT / "bench/results" / f"{name}.png", result)
     print(f"median labels to {args.target}: BC {bc} ({result['methods']['bc']['reached']} reached, budget "
           f"{bc_budget}), DAgger {dagger} ({result['methods']['dagger']['reached']} reached): {result['verdict']} "

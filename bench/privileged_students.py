@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import statistics
 import tempfile
@@ -161,8 +160,7 @@ def main() -> None:
         result["mass_sweep"] = {"scales": args.sweep, "train_range": TRAIN_MASS, "returns": lines}
         plot(ROOT / "bench/results/privileged_students_mass_sweep.png", args.sweep, lines)
     out = ROOT / "bench/results/privileged_students.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(out, result)
     print(f"\n{'kind':15s} {'seeds':>6s} {'median score':>13s}  per task (walk run back)")
     for k, v in kinds.items():
         print(f"{k:15s} {len(v['seeds']):6d} {v['median_score']:13.3f}  "

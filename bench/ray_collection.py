@@ -14,7 +14,6 @@ bench/results/ray_collection.json with the machine's load average.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import statistics
@@ -31,6 +30,7 @@ from policydistill.data.shards import ShardWriter
 from policydistill.distill.collectors import LocalCollector
 from policydistill.distill.dagger import build_student
 from policydistill.eval.evaluate import policies_for_suite
+from policydistill.io import atomic_write_json
 from policydistill.scale.ray_collect import RayCollector
 from policydistill.scale.ray_session import ray_session
 from policydistill.suite import load_suite
@@ -107,8 +107,7 @@ def main() -> None:
               "ratio_ray1_over_inprocess_time_range": [min(overhead), max(overhead)],
               "speedup_ray2_over_ray1_median": statistics.median(speedup),
               "speedup_ray2_over_ray1_range": [min(speedup), max(speedup)], "target_overhead": 1.3}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(args.out, result)
     for n in names:
         print(f"{n:15s} {rate[n]:8.0f} env steps/s  (round {result['round_time_s_median'][n]:.2f} s, median of "
               f"{args.rounds})")

@@ -20,7 +20,6 @@ updates, evaluation excluded); medians over the seeds and their ratios.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -41,6 +40,7 @@ from policydistill.distill.loop import distill  # noqa: E402
 from policydistill.eval.evaluate import policies_for_suite  # noqa: E402
 from policydistill.eval.metrics import summarise, teacher_normalised  # noqa: E402
 from policydistill.eval.rollout import run_episodes  # noqa: E402
+from policydistill.io import atomic_write_json
 from policydistill.suite import Suite, load_suite  # noqa: E402
 from policydistill.teachers import TeacherBank  # noqa: E402
 from policydistill.types import stack_obs  # noqa: E402
@@ -246,7 +246,7 @@ def main() -> None:
     print(f"collection {ours['median_collect_time_s']:.1f} s vs {peer['median_collect_time_s']:.1f} s, updates "
           f"{ours['median_update_time_s']:.1f} s vs {peer['median_update_time_s']:.1f} s (policydistill vs rsl_rl)")
     out = ROOT / "bench/results" / f"rsl_rl_peer_{args.suite}{args.tag}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(out, result)
     print(f"median over {len(args.seeds)} seeds at {ours['env_steps_per_round'][-1]} env steps: score "
           f"policydistill {ours['median_final_score']:.3f} vs rsl_rl {peer['median_final_score']:.3f} "
           f"(ratio {result['score_ratio_ours_over_rsl_rl']:.2f}); training time {ours['median_train_time_s']:.0f} s "

@@ -16,19 +16,18 @@ ONNX / torch eager, and writes them to ``bench/results/runtime_latency.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import tempfile
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import torch
-from runtime_setup import shown, time_calls
+from runtime_setup import shown, time_calls, versions
 
 from policydistill.bundle import load_bundle
+from policydistill.io import atomic_write_json
 from policydistill.runtime import OnnxPolicy, export_policy
 from policydistill.types import concat_groups
 
@@ -83,10 +82,9 @@ def main() -> None:
         "iters_per_round": args.iters, "rounds": args.rounds, "latency": stats,
         "ratio_onnx_act_over_torch_act": {k: onnx[k] / stats["torch_act"][k] for k in ("median_us", "p99_us")},
         "ratio_onnx_act_over_torch_forward": {k: onnx[k] / stats["torch_forward"][k] for k in ("median_us", "p99_us")},
-        "versions": {d: metadata.version(d) for d in ("torch", "onnxruntime", "onnx", "numpy")},
+        "versions": versions(),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(args.out, result)
     print(f"batch-1 latency, {policy.obs_dim}->{policy.hidden}->{policy.act_dim}, one thread, "
           f"{args.rounds}x{args.iters} calls")
     for name, s in stats.items():

@@ -17,7 +17,6 @@ bare_forward <= 1.2), and writes ``bench/results/runtime_overhead.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import statistics
@@ -30,6 +29,7 @@ import torch
 from runtime_setup import ROOT, shown, student_bundle, summarise, time_calls, versions
 
 from policydistill.bundle import load_bundle
+from policydistill.io import atomic_write_json
 from policydistill.runtime import Controller, OnnxPolicy, export_policy, make_source
 from policydistill.runtime.latency import LoadMeter
 from policydistill.types import concat_groups
@@ -106,8 +106,7 @@ def main() -> None:
               "threads": 1, "cpu": cpu, "iters_per_round": args.iters, "rounds": args.rounds, "latency": stats,
               "per_round": per_round, "ratios": ratio, "target": TARGET, "passed": passed, "machine": machine,
               "versions": versions()}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(args.out, result)
     print(f"runtime wrapper overhead, MLP student {policy.obs_dim}->{policy.hidden}->{policy.act_dim}, batch 1, "
           f"one thread on CPU {cpu}, {args.rounds} rounds x {args.iters} calls")
     for name, s in stats.items():
