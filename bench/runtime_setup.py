@@ -62,7 +62,7 @@ def stand_in_chunk_policy(kind: str, **kwargs: Any) -> Any:
 
 def time_calls(fn: Callable[[], object], iters: int, warmup: int = 500) -> list[float]:
     """Per-call wall times in microseconds of ``iters`` calls of ``fn`` (after ``warmup`` calls)."""
-    return [ms * 1000.0 for ms in latency.time_calls(fn, iters, warmup=min(iters, warmup))["wall"]]
+    return (latency.time_calls(fn, iters, warmup=min(iters, warmup))["wall"] * 1000.0).tolist()
 
 
 def summarise(times: list[float]) -> dict[str, float]:
