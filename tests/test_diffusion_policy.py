@@ -13,10 +13,11 @@ from gymnasium import spaces
 from policydistill.bundle import load_bundle, save_bundle
 from policydistill.io import read_json
 from policydistill.models.diffusion import DiffusionPolicy, apply_sampler, parse_sampler
-from policydistill.models.noise import alphas_cumprod, sampler_levels
+from policydistill.models.noise import alphas_cumprod
 from policydistill.models.onestep import OneStepPolicy
 from policydistill.runtime import OnnxPolicy, export_policy
 from policydistill.runtime.export import sidecar_path
+from policydistill.runtime.sampler import sampler_levels
 
 OBS = spaces.Dict({"policy": spaces.Box(-np.inf, np.inf, (4,), np.float32), "task": spaces.Box(0, 1, (3,), np.float32)})
 ACT = spaces.Box(-1.0, 1.0, (2,), np.float32)
@@ -196,6 +197,12 @@ def test_denoiser_graph_runs_the_k_step_sampler_in_the_runtime(tmp_path) -> None
     with torch.inference_mode():
         want = p.to_actions(p.sample_from(p.cond(p.obs_tensor(win, window=True)), torch.as_tensor(z), None))
     assert np.allclose(got, want.numpy(), atol=1e-4)
+    # the runtime's step-count override visits the levels the torch policy visits with that count
+    fewer = OnnxPolicy(tmp_path / "denoiser.onnx", sampler_steps=2).predict(flat(win), noise={"sample": z})
+    p.set_sampler("ddim", 2)
+    with torch.inference_mode():
+        want = p.to_actions(p.sample_from(p.cond(p.obs_tensor(win, window=True)), torch.as_tensor(z), None))
+    assert np.allclose(fewer, want.numpy(), atol=1e-4)
 
 
 def test_invalid_chunking_and_config_are_refused() -> None:

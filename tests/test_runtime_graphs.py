@@ -167,7 +167,7 @@ def test_denoiser_in_its_sampler_matches_the_torch_loop(fmt, modules, exported, 
         want = module.sample(torch.from_numpy(x), torch.from_numpy(z)).numpy()
         np.testing.assert_allclose(runner.predict(x, noise={"sample": z}), want, rtol=0, atol=TOL[fmt])
     fewer = _runner(exported["denoiser", fmt], fmt, sampler_steps=4)
-    assert fewer.sampler.timesteps == (75, 50, 25, 0)
+    assert fewer.sampler.timesteps == (99, 74, 49, 24)  # the levels the torch policy visits with 4 steps
     module.spec, spec = module.spec.with_steps(4), module.spec
     try:
         want = module.sample(torch.from_numpy(x), torch.from_numpy(z)).numpy()

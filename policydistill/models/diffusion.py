@@ -28,9 +28,9 @@ from torch import nn
 from policydistill.models import resolve_device
 from policydistill.models.chunk_policy import BASE_KEYS, ChunkPolicy
 from policydistill.models.denoisers import make_denoiser
-from policydistill.models.noise import SAMPLERS, NoiseSchedule, sampler_levels
+from policydistill.models.noise import SAMPLERS, NoiseSchedule
 from policydistill.runtime.graph import OBS, ExportGraph, TensorSpec
-from policydistill.runtime.sampler import SamplerSpec
+from policydistill.runtime.sampler import SamplerSpec, sampler_levels
 
 CONFIG_KEYS = BASE_KEYS | {"denoiser", "denoiser_params", "noise", "sampler"}
 

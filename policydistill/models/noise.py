@@ -10,8 +10,9 @@ Forward process over ``T`` noise levels ``t = 0 .. T-1``::
 
 Sampling (:class:`policydistill.runtime.sampler.SamplerSpec`, the one implementation the torch policy
 and the exported runtimes share) visits ``K`` evenly spaced levels from ``T-1`` down
-(:func:`sampler_levels`, "trailing" spacing, so even one step starts from pure noise) with the
-generalised DDIM update; ``ddim`` is its deterministic form (eta 0), ``ddpm`` the ancestral one (eta 1).
+(:func:`~policydistill.runtime.sampler.sampler_levels`, "trailing" spacing, so even one step starts
+from pure noise) with the generalised DDIM update; ``ddim`` is its deterministic form (eta 0),
+``ddpm`` the ancestral one (eta 1).
 """
 
 from __future__ import annotations
@@ -38,13 +39,6 @@ def alphas_cumprod(steps: int, schedule: str = "cosine") -> torch.Tensor:
     else:
         raise ValueError(f"unknown noise schedule '{schedule}'; expected one of {list(SCHEDULES)}")
     return torch.cumprod(1 - betas, dim=0)
-
-
-def sampler_levels(steps: int, sampler_steps: int) -> list[int]:
-    """The ``sampler_steps`` noise levels a sampler visits, from ``steps-1`` down to 0 (trailing spacing)."""
-    if isinstance(sampler_steps, bool) or not isinstance(sampler_steps, int) or not 1 <= sampler_steps <= steps:
-        raise ValueError(f"sampler steps must be an int in [1, {steps}], got {sampler_steps!r}")
-    return [round(steps - k * steps / sampler_steps) - 1 for k in range(sampler_steps)]
 
 
 class NoiseSchedule:

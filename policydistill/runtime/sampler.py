@@ -56,11 +56,12 @@ def alphas_cumprod(schedule: str, train_steps: int, beta_start: float = 1e-4, be
     return np.cumprod(1.0 - betas).tolist()
 
 
-def spaced_timesteps(train_steps: int, steps: int) -> list[int]:
-    """``steps`` timesteps evenly spaced over [0, train_steps), descending, ending at 0."""
-    if not 1 <= steps <= train_steps:
-        raise ValueError(f"sampler steps must be in [1, {train_steps}], got {steps}")
-    return [int(t) for t in (np.arange(steps) * (train_steps // steps))[::-1]]
+def sampler_levels(train_steps: int, steps: int) -> list[int]:
+    """The ``steps`` noise levels a sampler visits, from ``train_steps - 1`` down (trailing spacing, so even
+    one step starts from pure noise); the torch policies use the same levels."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= train_steps:
+        raise ValueError(f"sampler steps must be in [1, {train_steps}] (an int), got {steps!r}")
+    return [round(train_steps - k * train_steps / steps) - 1 for k in range(steps)]
 
 
 @dataclass(frozen=True)
@@ -109,13 +110,13 @@ class SamplerSpec:
     @classmethod
     def ddim(cls, alphas_cumprod: Sequence[float], steps: int, action_scale: Sequence[float],
              action_offset: Sequence[float], **kwargs: Any) -> SamplerSpec:
-        """A sampler visiting ``steps`` evenly spaced timesteps of a training schedule."""
-        return cls(tuple(alphas_cumprod), tuple(spaced_timesteps(len(alphas_cumprod), steps)), tuple(action_scale),
+        """A sampler visiting ``steps`` evenly spaced timesteps of a training schedule (:func:`sampler_levels`)."""
+        return cls(tuple(alphas_cumprod), tuple(sampler_levels(len(alphas_cumprod), steps)), tuple(action_scale),
                    tuple(action_offset), **kwargs)
 
     def with_steps(self, steps: int) -> SamplerSpec:
-        """The same sampler visiting ``steps`` evenly spaced timesteps instead."""
-        return dataclasses.replace(self, timesteps=tuple(spaced_timesteps(len(self.alphas_cumprod), steps)))
+        """The same sampler visiting ``steps`` evenly spaced timesteps instead (:func:`sampler_levels`)."""
+        return dataclasses.replace(self, timesteps=tuple(sampler_levels(len(self.alphas_cumprod), steps)))
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "alphas_cumprod": list(self.alphas_cumprod), "timesteps": list(self.timesteps),
