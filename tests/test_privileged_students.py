@@ -188,6 +188,10 @@ def test_student_kinds_on_the_command_line(tmp_path, caplog):
                  "student.kind=transformer"]) == 2
     assert "unknown student kind 'transformer'; expected one of ['mlp', 'history_mlp', 'tcn', 'gru', 'latent']" \
         in caplog.text
+    caplog.clear()
+    assert main(["distill", "suite=default", f"teachers={ROOT / 'envs/zoo/default'}", f"out={tmp_path}",
+                 "student=gru", "student.tbptt=0"]) == 2
+    assert "student.tbptt must be an int >= 1 for a GRU encoder, got 0" in caplog.text
     from policydistill.cli import compose_config
 
     cfg = compose_config("distill", ["student=gru", "student.groups=[policy,task]", "student.history=4"])

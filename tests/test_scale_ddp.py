@@ -64,6 +64,9 @@ def test_bad_input_is_refused(run, tmp_path):
 
     with pytest.raises(ValueError, match="at least one"):
         launch(TrainStudentConfig(run=str(run), nproc=0))
+    for key in ("updates", "batch_size", "checkpoint_every"):
+        with pytest.raises(ValueError, match=f"{key} must be an int of at least one, got 0"):
+            train_student(TrainStudentConfig(run=str(run), **{key: 0}))
     with pytest.raises(FileNotFoundError, match="not a distill run"):
         train_student(TrainStudentConfig(run=str(tmp_path)))
     with pytest.raises(ValueError, match="common, non-zero length"):

@@ -45,6 +45,11 @@ def check_kind(cfg: StudentConfig) -> str:
     if cfg.kind == "latent" and cfg.latent_encoder not in LATENT_ENCODERS:
         raise ValueError(f"unknown student.latent_encoder '{cfg.latent_encoder}'; expected one of "
                          f"{list(LATENT_ENCODERS)}")
+    if cfg.kind == "gru" or (cfg.kind == "latent" and cfg.latent_encoder == "gru"):
+        for name in ("tbptt", "rnn_hidden"):
+            value = getattr(cfg, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"student.{name} must be an int >= 1 for a GRU encoder, got {value!r}")
     return cfg.kind
 
 

@@ -145,8 +145,17 @@ JOBS: dict[str, Callable[[Path, dict[str, Any], TrainStudentConfig, torch.device
     "diffusion": diffusion_job, "onestep": onestep_job}
 
 
+def check_config(cfg: TrainStudentConfig) -> None:
+    """Counts that must be whole numbers >= 1, checked before any process starts or data loads."""
+    for name in ("nproc", "updates", "batch_size", "checkpoint_every"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int of at least one, got {value!r}")
+
+
 def train_student(cfg: TrainStudentConfig) -> dict[str, Any]:
     """Run on this process as rank ``RANK`` of ``WORLD_SIZE`` (1 without torchrun); returns the summary."""
+    check_config(cfg)
     device = init_from_env(cfg.device)
     rank, size = world()
     run = Path(cfg.run)
@@ -187,8 +196,7 @@ def train_student(cfg: TrainStudentConfig) -> dict[str, Any]:
 
 def launch(cfg: TrainStudentConfig) -> None:
     """``nproc`` 1: train here; more: run this module under torch.distributed.run (standalone, this machine)."""
-    if cfg.nproc < 1:
-        raise ValueError(f"nproc must be at least one, got {cfg.nproc}")
+    check_config(cfg)
     if cfg.nproc == 1:
         train_student(cfg)
         return
