@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from policydistill.runtime.action_queue import MODES, ActionQueue
-from policydistill.runtime.exported import ExportedPolicy, ObsWindow
+from policydistill.runtime.exported import ExportedPolicy, ObsWindow, reset_mask
 from policydistill.runtime.latency import LatencyRecorder
 
 log = logging.getLogger(__name__)
@@ -223,15 +223,14 @@ class Controller:
         """Forget the state, observation window and queued actions of the envs in ``env_mask`` (n,)
         bool, or of all envs; a chunk in flight is not used for them; their held action becomes the
         safe action."""
+        mask = None if self._n is None else np.ones(self._n, bool) if env_mask is None \
+            else reset_mask(env_mask, self._n)  # checked before anything is reset
         with self._lock:
             self.source.reset(env_mask)
         if self._window is not None:
             self._window.reset(env_mask)
-        if self._n is None:
+        if mask is None:
             return
-        mask = np.ones(self._n, bool) if env_mask is None else np.asarray(env_mask, dtype=bool)
-        if mask.shape != (self._n,):
-            raise ValueError(f"reset mask has shape {mask.shape}, expected ({self._n},)")
         if self._queue is not None:
             self._queue.clear(mask)
         self._epoch[mask] += 1

@@ -87,6 +87,14 @@ def _bound(value: Any, dim: int) -> np.ndarray:
     return np.array([float(v) for v in values], dtype=np.float32)
 
 
+def reset_mask(env_mask: np.ndarray, n: int) -> np.ndarray:
+    """``env_mask`` as a bool array (n,); any other shape is an error naming both."""
+    mask = np.asarray(env_mask, dtype=bool)
+    if mask.shape != (n,):
+        raise ValueError(f"reset mask has shape {mask.shape}, expected ({n},)")
+    return mask
+
+
 class ObsWindow:
     """The last ``steps`` observations of every env, oldest first, as one row: (n, steps * dim).
 
@@ -115,7 +123,7 @@ class ObsWindow:
         if env_mask is None or self._obs is None:
             self._obs = None
         else:
-            self._fresh |= np.asarray(env_mask, dtype=bool)
+            self._fresh |= reset_mask(env_mask, len(self._fresh))
 
 
 class ExportedPolicy:
@@ -299,15 +307,14 @@ class ExportedPolicy:
         if env_mask is None:
             self._state, self._queue = None, None
         else:
-            mask = np.asarray(env_mask, dtype=bool)
-            if self._state is not None:
-                if mask.shape != (len(next(iter(self._state.values()))),):
-                    raise ValueError(f"reset mask has shape {mask.shape}, expected "
-                                     f"({len(next(iter(self._state.values())))},)")
-                for v in self._state.values():
+            sizes = [len(v) for v in (self._state or {}).values()][:1] or \
+                ([self._queue.n_envs] if self._queue is not None else [])
+            if sizes:  # nothing is kept before the first act(): nothing to check or clear
+                mask = reset_mask(env_mask, sizes[0])
+                for v in (self._state or {}).values():
                     v[mask] = 0.0
-            if self._queue is not None:
-                self._queue.clear(mask)
+                if self._queue is not None:
+                    self._queue.clear(mask)
         if self._window is not None:
             self._window.reset(env_mask)
 
