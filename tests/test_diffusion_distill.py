@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -123,7 +124,8 @@ def test_teacher_stays_frozen(teacher_run, name: str) -> None:
     assert algo.teacher_calls > 0
 
 
-def test_interrupted_diffusion_training_resumes_from_its_checkpoint(tmp_path, default_suite, monkeypatch) -> None:
+def test_interrupted_diffusion_training_resumes_from_its_checkpoint(tmp_path, default_suite, monkeypatch,
+                                                                   caplog) -> None:
     seeker = goal_seeker()
     teachers = {n: seeker for n in default_suite.task_names}
     cfg = tiny_cfg(tmp_path)
@@ -146,7 +148,9 @@ def test_interrupted_diffusion_training_resumes_from_its_checkpoint(tmp_path, de
     assert read_json(tmp_path / "checkpoint" / "state.json") == {"round": 0, "step": 20}
     monkeypatch.setattr(diffusion_mod, "evaluate_per_task", real)
     steps_before = EpisodeStore(tmp_path / "episodes").steps
-    summary = distill_diffusion(cfg, default_suite, teachers)
+    with caplog.at_level(logging.INFO, "policydistill.distill.diffusion"):
+        summary = distill_diffusion(cfg, default_suite, teachers)
+    assert "resuming round 0 at update 20" in caplog.text
     assert len(summary["rounds"]) == 1 and EpisodeStore(tmp_path / "episodes").steps == steps_before
     summary = distill_diffusion(replace(cfg, diffusion=replace(cfg.diffusion, rounds=2, schedule="constant",
                                                                schedule_params={"beta": 0.5})), default_suite, teachers)

@@ -113,6 +113,7 @@ def test_seeded_sampling_repeats_after_a_full_reset_and_observation_errors_are_c
     p = diffusion(sampler={"kind": "ddpm", "steps": 4})
     o = obs_batch(3, 0)
     first = p.predict_chunk(o)
+    assert not np.array_equal(p.predict_chunk(o), first)  # the generator moves on between chunks
     p.reset(None)
     assert np.array_equal(p.predict_chunk(o), first)
     with pytest.raises(ValueError, match="observation group 'policy' has shape"):
