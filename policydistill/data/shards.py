@@ -254,7 +254,7 @@ class ShardWriter:
         if not self._pending:
             return None
         entry = write_shard(self.root, read_manifest(self.root)["next_shard"], self._pending)
-        commit_shards(self.root, [entry], self._fields)
+        commit_shards(self.root, [entry], self._fields, verify=False)  # this process just wrote and hashed it
         self._pending, self._pending_steps = [], 0
         return entry["file"]
 
@@ -305,9 +305,11 @@ def write_shard(root: str | Path, index: int, episodes: Sequence[tuple[EpisodeAr
     return {"file": name, "episodes": [m for _, m in episodes], "steps": int(sum(lengths)), "sha256": _sha256(blob)}
 
 
-def commit_shards(root: str | Path, entries: Sequence[dict[str, Any]], fields: dict[str, dict[str, Any]]) -> None:
+def commit_shards(root: str | Path, entries: Sequence[dict[str, Any]], fields: dict[str, dict[str, Any]],
+                  verify: bool = True) -> None:
     """List written shards in the manifest of ``root`` with one atomic replace. Each shard file must be
-    there with its sha256, and ``fields`` must match the store's (an empty store takes them)."""
+    there with its sha256 (``verify``: read back and hashed, for shards other processes wrote), and
+    ``fields`` must match the store's (an empty store takes them)."""
     root = Path(root)
     manifest = read_manifest(root)
     if manifest["fields"] and fields != manifest["fields"]:
@@ -318,7 +320,7 @@ def commit_shards(root: str | Path, entries: Sequence[dict[str, Any]], fields: d
         path = root / entry["file"]
         if entry["file"] in listed or not _SHARD_RE.match(entry["file"]):
             raise ShardError(f"{path}: already listed in {MANIFEST} or not a shard name")
-        if not path.is_file() or _sha256(path.read_bytes()) != entry["sha256"]:
+        if not path.is_file() or (verify and _sha256(path.read_bytes()) != entry["sha256"]):
             raise ShardError(f"shard {path} is missing or differs from what was written (a writer on another "
                              "machine needs the store on a filesystem shared with this one)")
     manifest["fields"] = fields

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from policydistill.config import DistillConfig
-from policydistill.data.shards import EpisodeArrays, Meta, ShardWriter, prepare_episode
+from policydistill.data.shards import EpisodeArrays, Meta, ShardWriter
 from policydistill.distill.collect import collect, task_spaces
 from policydistill.eval.rollout import EnvPool, EpisodeRecord
 from policydistill.models.generalist import SpaceLayout
@@ -35,9 +35,9 @@ class RoundData:
 def episodes_to_store(records: Sequence[EpisodeRecord], round_index: int, beta: float, attempt: int,
                       success_filter: bool, layout: SpaceLayout | None = None) -> list[tuple[EpisodeArrays, Meta]]:
     """The episodes a round keeps (not dropped; with ``success_filter``, teacher-only episodes only if
-    successful), validated, with their metadata. With a ``layout`` whose tasks differ in their spaces, the
-    arrays are padded to the widest (see :class:`~policydistill.models.generalist.SpaceLayout`) and the
-    metadata gets the task's real ``dims``."""
+    successful) with their metadata, not yet validated (whoever stores them validates them). With a
+    ``layout`` whose tasks differ in their spaces, the arrays are padded to the widest (see
+    :class:`~policydistill.models.generalist.SpaceLayout`) and the metadata gets the task's real ``dims``."""
     out = []
     for rec in records:
         teacher_only = not rec.steps["actor"].any()
@@ -50,7 +50,7 @@ def episodes_to_store(records: Sequence[EpisodeRecord], round_index: int, beta: 
         if layout is not None and not layout.uniform:
             steps = layout.pad_steps(steps)
             meta["dims"] = {**layout.group_dims[rec.task_index], "action": layout.act_dims[rec.task_index]}
-        out.append(prepare_episode(steps, meta))
+        out.append((steps, meta))
     return out
 
 
@@ -84,7 +84,7 @@ class LocalCollector:
         for arrays, meta in episodes_to_store(records, round_index, beta, attempt, self.cfg.success_filter,
                                               self.layout):
             self.writer.add(arrays, meta)
-            kept += meta["length"]
+            kept += len(arrays["reward"])
         self.writer.flush()
         return RoundData(sum(r.episode.length for r in records), kept, len(records))
 

@@ -26,7 +26,7 @@ import torch
 
 from policydistill.batched.protocol import BatchedEnv, resolve_factory
 from policydistill.config import DistillConfig
-from policydistill.data.shards import commit_shards, field_spec, read_manifest, write_shard
+from policydistill.data.shards import commit_shards, field_spec, prepare_episode, read_manifest, write_shard
 from policydistill.distill.collect import collect
 from policydistill.distill.collectors import RoundData, episodes_to_store, suite_layout
 from policydistill.policy import Policy, Teacher
@@ -95,8 +95,8 @@ class RolloutWorker:
         rng = np.random.default_rng([self.cfg.seed, item["round"], first])
         records = collect(self.suite, list(range(len(self.suite.tasks))), self.bank, student, item["beta"], count,
                           self.cfg.n_envs, seed=item["seed"] + first, rng=rng, teacher_noise=self.cfg.teacher_noise)
-        kept = episodes_to_store(records, item["round"], item["beta"], item["attempt"], self.cfg.success_filter,
-                                 self.layout)
+        kept = [prepare_episode(steps, meta) for steps, meta in episodes_to_store(
+            records, item["round"], item["beta"], item["attempt"], self.cfg.success_filter, self.layout)]
         entry = write_shard(self.root, item["shard"], kept) if kept else None
         return {"entry": entry, "fields": field_spec(kept[0][0]) if kept else None, "episodes": len(records),
                 "steps": sum(r.episode.length for r in records), "kept": sum(m["length"] for _, m in kept)}
