@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from policydistill.data.sampling import RowSampler, task_weights
 from policydistill.data.shards import EpisodeStore
 
 ACTION_FIELD = "label_mean"
@@ -47,18 +48,15 @@ class ChunkWindows:
 
     def sample_weights(self, balance_tasks: bool = True) -> np.ndarray | None:
         """Sampling probabilities (N,) that give every task the same share, or None (uniform)."""
-        if not balance_tasks:
-            return None
-        p = 1.0 / np.bincount(self.task)[self.task]
-        return p / p.sum()
+        return task_weights(self.task) if balance_tasks else None
 
     def balanced_sampler(self, rng: np.random.Generator, balance_tasks: bool = True):
         """``draw(b) -> idx (b,)``: uniform over samples, or over tasks first with ``balance_tasks``."""
-        p = self.sample_weights(balance_tasks)
+        rows = RowSampler(len(self), self.sample_weights(balance_tasks))
         device = self.obs.device
 
         def draw(b: int) -> torch.Tensor:
-            return torch.as_tensor(rng.choice(len(self), size=b, p=p), device=device)
+            return torch.as_tensor(rows(rng, b), device=device)
 
         return draw
 

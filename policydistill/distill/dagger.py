@@ -26,6 +26,7 @@ import torch
 from gymnasium import spaces
 
 from policydistill.config import DistillConfig, StudentConfig
+from policydistill.data.sampling import RowSampler, task_weights
 from policydistill.data.shards import EpisodeStore, ShardWriter, evict
 from policydistill.distill.collect import task_spaces
 from policydistill.distill.collectors import make_collector
@@ -111,11 +112,7 @@ class _Trainer:
         std = torch.as_tensor(data["label_std"], device=dev) if "label_std" in data else None
         task = data[f"obs/{TASK}"].argmax(1)
         mask = action_mask(self.student, task)
-        p = None
-        if self.cfg.balance_tasks:
-            counts = np.bincount(task)
-            p = 1.0 / counts[task]
-            p /= p.sum()
+        draw = RowSampler(len(x), task_weights(task) if self.cfg.balance_tasks else None)
         losses = []
         self.student.train()
         for k in range(self.cfg.updates_per_round):
@@ -123,7 +120,7 @@ class _Trainer:
                 frac = k / max(1, self.cfg.updates_per_round - 1)
                 for group in self.opt.param_groups:
                     group["lr"] = self.cfg.lr * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * frac)))
-            idx = torch.as_tensor(self.rng.choice(len(x), size=min(self.cfg.batch_size, len(x)), p=p), device=dev)
+            idx = torch.as_tensor(draw(self.rng, min(self.cfg.batch_size, len(x))), device=dev)
             loss = self.loss_fn(self.student.raw(x[idx]), y[idx], student_log_std=self.student.log_std,
                                 teacher_std=None if std is None else std[idx], mask=None if mask is None else mask[idx])
             self.opt.zero_grad(set_to_none=True)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from policydistill.config import DistillConfig
+from policydistill.data.sampling import RowSampler, task_weights
 from policydistill.distill.losses import LossFn
 from policydistill.models.history_policy import HistoryPolicy
 from policydistill.models.teacher_split import PrivilegedLatent
@@ -91,10 +92,7 @@ class HistoryTrainer:
                             teacher_std=std)
 
     def _probabilities(self, task: np.ndarray) -> np.ndarray | None:
-        if not self.cfg.balance_tasks:
-            return None
-        p = 1.0 / np.bincount(task)[task]
-        return p / p.sum()
+        return task_weights(task) if self.cfg.balance_tasks else None
 
     def fit(self, data: dict[str, np.ndarray], set_stats: bool, lengths: Sequence[int] | None = None,
             round_index: int = 0) -> float:
@@ -134,10 +132,10 @@ class HistoryTrainer:
         with torch.no_grad():
             xn = student.normalizer(x)
         prev = torch.as_tensor(window_index(lengths, student.state_shape[0]), device=x.device)
-        p = self._probabilities(task)
+        draw = RowSampler(len(x), self._probabilities(task))
         losses = []
         for _ in range(self.cfg.updates_per_round):
-            rows = torch.as_tensor(self.rng.choice(len(x), size=min(self.cfg.batch_size, len(x)), p=p), device=x.device)
+            rows = torch.as_tensor(draw(self.rng, min(self.cfg.batch_size, len(x))), device=x.device)
             idx = prev[rows]
             valid = (idx >= 0).unsqueeze(-1).to(xn.dtype)
             state = torch.cat([xn[idx.clamp(min=0)] * valid, valid], dim=-1)
@@ -151,11 +149,11 @@ class HistoryTrainer:
         student, chunk = self.student, self.cfg.student.tbptt
         starts = np.cumsum(lengths) - lengths
         episode_task = task[starts]
-        p = self._probabilities(episode_task)
+        draw = RowSampler(len(lengths), self._probabilities(episode_task))
         n_seq = max(1, self.cfg.batch_size // chunk)
         losses: list[float] = []
         while len(losses) < self.cfg.updates_per_round:
-            chosen = self.rng.choice(len(lengths), size=min(n_seq, len(lengths)), p=p)
+            chosen = draw(self.rng, min(n_seq, len(lengths)))
             t_max = int(lengths[chosen].max())
             # (B, T) indices into the steps, padded past each episode's end (masked out of the loss)
             offs = np.arange(t_max)[None, :]

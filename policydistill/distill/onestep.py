@@ -34,6 +34,7 @@ from tqdm import tqdm
 from policydistill.bundle import is_bundle, load_bundle, read_bundle_info, save_bundle
 from policydistill.config import DistillConfig, OneStepConfig
 from policydistill.data.chunks import ChunkWindows, chunk_windows
+from policydistill.data.sampling import RowSampler
 from policydistill.data.shards import EpisodeStore, ShardWriter
 from policydistill.distill.collect import collect
 from policydistill.distill.dagger import evaluate_per_task
@@ -77,6 +78,7 @@ class OneStepAlgo:
         self.teacher_calls = 0
         self._windows: dict[str, torch.Tensor] | None = None
         self._weights = data.sample_weights()
+        self._draw: RowSampler | None = None
 
     @staticmethod
     def init_level(teacher: DiffusionPolicy, cfg: OneStepConfig) -> int:
@@ -103,9 +105,9 @@ class OneStepAlgo:
     def sample(self) -> dict[str, torch.Tensor]:
         """A minibatch: ``batch_size`` rows of :meth:`dataset` and their :meth:`randoms`, from ``rng``."""
         rows = self.dataset()
-        n = len(next(iter(rows.values())))
-        idx = torch.as_tensor(self.rng.choice(n, size=self.batch_size, p=self.sample_weights()),
-                              device=self.teacher.device)
+        if self._draw is None:
+            self._draw = RowSampler(len(next(iter(rows.values()))), self.sample_weights())
+        idx = torch.as_tensor(self._draw(self.rng, self.batch_size), device=self.teacher.device)
         return {**{k: v[idx] for k, v in rows.items()}, **self.randoms(self.rng, self.batch_size)}
 
     def teacher_view(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

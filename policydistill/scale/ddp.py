@@ -34,6 +34,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from policydistill.data.sampling import RowSampler
 from policydistill.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,8 @@ def fit(model: nn.Module, loss_on_batch: LossOnBatch, data: Mapping[str, np.ndar
     if n == 0 or any(len(v) != n for v in tensors.values()):
         lengths = {k: len(v) for k, v in tensors.items()}
         raise ValueError(f"dataset fields need one common, non-zero length, got {lengths}")
-    p = None if sample_weights is None else np.asarray(sample_weights, dtype=np.float64) / np.sum(sample_weights)
+    draw = RowSampler(n, None if sample_weights is None
+                      else np.asarray(sample_weights, dtype=np.float64) / np.sum(sample_weights))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     rng = np.random.default_rng(cfg.seed)
     result = FitResult(world_size=size)
@@ -173,7 +175,7 @@ def fit(model: nn.Module, loss_on_batch: LossOnBatch, data: Mapping[str, np.ndar
     model.train()
     steps = range(result.resumed_from, cfg.steps)
     for step in tqdm(steps, desc="train", unit="step", disable=rank != 0, dynamic_ncols=True):
-        idx = rng.choice(n, size=cfg.batch_size, p=p)[rank * per_rank:(rank + 1) * per_rank]
+        idx = draw(rng, cfg.batch_size)[rank * per_rank:(rank + 1) * per_rank]
         rows = torch.as_tensor(idx, device=device)
         batch = {k: v[rows] for k, v in tensors.items()}
         if draw_random is not None:  # for the whole global batch, then this rank's rows

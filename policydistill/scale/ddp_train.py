@@ -36,6 +36,7 @@ from torch import nn
 
 from policydistill.bundle import load_bundle, save_bundle
 from policydistill.config import OneStepConfig, TrainStudentConfig
+from policydistill.data.sampling import task_weights
 from policydistill.data.shards import EpisodeStore
 from policydistill.distill.losses import make_loss
 from policydistill.io import atomic_write_json, read_json
@@ -83,10 +84,7 @@ def mlp_job(run: Path, dcfg: dict[str, Any], cfg: TrainStudentConfig, device: to
     data = student_dataset(EpisodeStore(run / "episodes"), student.groups)
     loss_fn = make_loss(dcfg["loss"], teacher_has_std="std" in data, student_has_std=student.log_std is not None,
                         **dcfg.get("loss_params", {}))
-    weights = None
-    if dcfg.get("balance_tasks", True):
-        counts = np.bincount(data["task"])
-        weights = 1.0 / counts[data["task"]]
+    weights = task_weights(data["task"]) if dcfg.get("balance_tasks", True) else None
     data.pop("task")
 
     def loss_on_batch(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
