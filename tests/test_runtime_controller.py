@@ -93,6 +93,10 @@ def test_fallbacks_replace_non_finite_late_and_missed_actions(recorded):
         Controller(PolicySource(bad), 0.01, fallback="brake")
     with pytest.raises(ValueError, match="async inference needs a chunk policy"):
         Controller(PolicySource(bad), 0.01, async_inference=True)
+    with pytest.raises(ValueError, match="blend_steps must be >= 0 and ensemble_m finite, got -1"):
+        Controller(PolicySource(bad), 0.01, blend_steps=-1)
+    with pytest.raises(ValueError, match="latency_budget_s must be a finite number of seconds > 0, got nan"):
+        Controller(PolicySource(bad), 0.01, latency_budget_s=float("nan"))
 
 
 def test_sync_chunks_execute_n_action_steps_as_the_exported_policy_does(chunk_onnx, recorded):

@@ -43,6 +43,7 @@ import numpy as np
 from policydistill.runtime.action_queue import MODES, ActionQueue
 from policydistill.runtime.exported import ExportedPolicy, ObsWindow, reset_mask
 from policydistill.runtime.latency import LatencyRecorder
+from policydistill.types import select_groups
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +77,7 @@ class PolicySource:
         self.action_high = None if space is None else np.asarray(space.high, np.float32)
 
     def prepare(self, obs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        missing = [g for g in self.groups if g not in obs]
-        if missing:
-            raise KeyError(f"observation lacks groups {missing}; it has {sorted(obs)}")
-        return {g: obs[g] for g in self.groups}
+        return select_groups(obs, self.groups)
 
     def predict(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         if self.kind == "chunk":
@@ -176,6 +174,10 @@ class Controller:
         if not 1 <= self.replan <= self.horizon:
             raise ValueError(f"n_action_steps must be in [1, horizon={self.horizon}], got {self.replan}")
         self.queue_mode, self.ensemble_m, self.blend_steps = queue, float(ensemble_m), int(blend_steps)
+        if self.blend_steps < 0 or not math.isfinite(self.ensemble_m):
+            raise ValueError(f"blend_steps must be >= 0 and ensemble_m finite, got {blend_steps} and {ensemble_m}")
+        if latency_budget_s is not None and not (math.isfinite(latency_budget_s) and latency_budget_s > 0):
+            raise ValueError(f"latency_budget_s must be a finite number of seconds > 0, got {latency_budget_s}")
         self.async_inference, self.fallback = bool(async_inference), fallback
         default_budget = max(1, self.horizon - self.replan) * self.period
         self.latency_budget = float(latency_budget_s) if latency_budget_s is not None else default_budget
@@ -323,8 +325,8 @@ class Controller:
                 if tick >= self._next_request:
                     self._next_request = tick + self.replan
         actions, ok = q.pop(tick)
-        finite = np.isfinite(actions).all(axis=1)
-        if not finite.all():
+        if not _all_finite(actions):
+            finite = np.isfinite(actions).all(axis=1)
             self.counts["nonfinite_env_ticks"] += int((ok & ~finite).sum())
             ok = ok & finite
         if ok.all():

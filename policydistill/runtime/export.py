@@ -40,13 +40,13 @@ import torch
 
 from policydistill.bundle import POLICY_CLASSES, library_versions, load_bundle, policy_class, read_bundle_info
 from policydistill.io import atomic_write_json, file_sha256
+from policydistill.runtime.exported import SCHEMA_VERSION
 from policydistill.runtime.graph import ExportGraph
 from policydistill.spaces import space_to_json
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("torchscript", "onnx")
-EXPORT_SCHEMA_VERSION = 2
 BATCH = "n"
 DEFAULT_OPSET = 17
 TOLERANCE = {"torchscript": 1e-5, "onnx": 1e-4}
@@ -203,7 +203,7 @@ def describe_graph(policy: Any, graph: ExportGraph) -> dict[str, Any]:
             raise ExportError(f"the denoiser graph's sampler is invalid: {e}") from e
     specs = {s.name: s for s in graph.inputs}
     return {
-        "schema_version": EXPORT_SCHEMA_VERSION, "groups": groups, "obs_dim": graph.inputs[0].shape[0],
+        "schema_version": SCHEMA_VERSION, "groups": groups, "obs_dim": graph.inputs[0].shape[0],
         "act_dim": first.shape[-1],
         "observation_space": space_to_json(policy.observation_space),
         "action_space": space_to_json(policy.action_space),

@@ -295,7 +295,7 @@ class ExportedPolicy:
         if self._queue is None or self._queue.n_envs != n:
             self._queue = ActionQueue(n, self.act_dim, self.horizon)
         tick, self._tick = self._tick, self._tick + 1
-        empty = self._queue.remaining(tick) == 0
+        empty = ~self._queue.has(tick)  # nothing planned for this tick
         if empty.any():
             chunk = self.predict(x)
             self._queue.add(chunk[:, :self.n_action_steps], tick, tick, envs=empty)

@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from policydistill.bundle import load_bundle, save_bundle
+from policydistill.bundle import is_bundle, load_bundle, save_bundle
 from policydistill.config import OneStepConfig, TrainStudentConfig
 from policydistill.data.sampling import task_weights
 from policydistill.data.shards import EpisodeStore
@@ -124,7 +124,7 @@ def onestep_job(run: Path, dcfg: dict[str, Any], cfg: TrainStudentConfig, device
                          "single-optimiser DDP loop does not carry; distil it in one process (policydistill distill "
                          "method=onestep onestep.algo=dmd), or use dmd_det, consistency or regression")
     teacher_path = Path(dcfg["teachers"])
-    if not (teacher_path / "policy.json").is_file():
+    if not is_bundle(teacher_path):
         raise FileNotFoundError(f"the run's diffusion teacher {teacher_path} (its distill.json 'teachers') is not "
                                 "a bundle here; run train-student from the folder the run was made in")
     teacher = load_bundle(teacher_path, device=device)
