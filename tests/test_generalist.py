@@ -13,7 +13,7 @@ import yaml
 from conftest import goal_seeker
 
 from policydistill.bundle import load_bundle
-from policydistill.config import DistillConfig, StudentConfig
+from policydistill.config import DistillConfig, StudentConfig, TrainStudentConfig
 from policydistill.data.shards import EpisodeStore
 from policydistill.distill.dagger import build_student
 from policydistill.distill.loop import distill
@@ -23,6 +23,7 @@ from policydistill.eval.metrics import summarise
 from policydistill.eval.rollout import run_episodes
 from policydistill.models.generalist import GeneralistPolicy
 from policydistill.policy import RandomPolicy
+from policydistill.scale.ddp_train import mlp_job
 from policydistill.suite import load_suite
 from policydistill.types import stack_obs
 
@@ -102,6 +103,12 @@ def test_one_student_for_hopper_walker_and_cheetah(mixed_suite, tmp_path):
     assert metas["hopper"] == {"policy": 11, "privileged": 12, "task": 3, "action": 3}
     data = store.load(["obs/policy", "obs/task", "label_mean"], where=lambda m: m["task"] == "hopper")
     assert not data["obs/policy"][:, 11:].any() and not data["label_mean"][:, 3:].any()
+    # train-student's loss on this run counts each row's real action dims only, as distill's does
+    job = mlp_job(tmp_path / "run", summary["config"], TrainStudentConfig(run=str(tmp_path / "run")),
+                  torch.device("cpu"))
+    batch = {k: torch.as_tensor(v) for k, v in job.data.items()}
+    noisy = {**batch, "y": torch.where(batch["mask"], batch["y"], batch["y"] + 100.0)}
+    assert not batch["mask"].all() and job.loss_on_batch(student, noisy) == job.loss_on_batch(student, batch)
 
 
 def test_padding_and_masks_keep_tasks_apart(mixed_suite):

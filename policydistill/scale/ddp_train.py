@@ -40,6 +40,7 @@ from policydistill.data.sampling import task_weights
 from policydistill.data.shards import EpisodeStore
 from policydistill.distill.losses import make_loss
 from policydistill.io import atomic_write_json, read_json
+from policydistill.models.generalist import action_mask
 from policydistill.scale.ddp import FitConfig, LossOnBatch, RandomDraw, fit, init_from_env, world
 from policydistill.types import TASK
 
@@ -85,10 +86,13 @@ def mlp_job(run: Path, dcfg: dict[str, Any], cfg: TrainStudentConfig, device: to
     loss_fn = make_loss(dcfg["loss"], teacher_has_std="std" in data, student_has_std=student.log_std is not None,
                         **dcfg.get("loss_params", {}))
     weights = task_weights(data["task"]) if dcfg.get("balance_tasks", True) else None
-    data.pop("task")
+    mask = action_mask(student, data.pop("task"))  # a padded student: each row's real action dims only
+    if mask is not None:
+        data["mask"] = mask.cpu().numpy()
 
     def loss_on_batch(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return loss_fn(model.raw(batch["x"]), batch["y"], student_log_std=model.log_std, teacher_std=batch.get("std"))
+        return loss_fn(model.raw(batch["x"]), batch["y"], student_log_std=model.log_std, teacher_std=batch.get("std"),
+                       mask=batch.get("mask"))
 
     return StudentJob(student, loss_on_batch, data, cfg.lr or dcfg["lr"], student, sample_weights=weights)
 
