@@ -192,6 +192,10 @@ def test_student_kinds_on_the_command_line(tmp_path, caplog):
     assert main(["distill", "suite=default", f"teachers={ROOT / 'envs/zoo/default'}", f"out={tmp_path}",
                  "student=gru", "student.tbptt=0"]) == 2
     assert "student.tbptt must be an int >= 1 for a GRU encoder, got 0" in caplog.text
+    caplog.clear()
+    assert main(["distill", "suite=default", f"teachers={ROOT / 'envs/zoo/default'}", f"out={tmp_path}",
+                 "student=tcn", "lr_decay=true"]) == 2
+    assert "lr_decay applies to MLP students; student.kind 'tcn' trains at a constant lr" in caplog.text
     from policydistill.cli import compose_config
 
     cfg = compose_config("distill", ["student=gru", "student.groups=[policy,task]", "student.history=4"])

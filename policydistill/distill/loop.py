@@ -107,6 +107,12 @@ def distill(cfg: DistillConfig, suite: Suite, teachers: dict[str, Policy]) -> di
     missing = [n for n in suite.task_names if n not in teachers]
     if missing:
         raise ValueError(f"no teacher for tasks {missing}; teachers given for {sorted(teachers)}")
+    if cfg.method == "kickstart" and cfg.student.kind != "mlp":
+        raise ValueError(f"kickstart trains MLP students; student.kind '{cfg.student.kind}' trains with "
+                         "method=bc|dagger|onpolicy")
+    if cfg.lr_decay and cfg.student.kind != "mlp":
+        raise ValueError(f"lr_decay applies to MLP students; student.kind '{cfg.student.kind}' trains at a "
+                         "constant lr")
     if cfg.method == "kickstart":
         from policydistill.distill.kickstart import check_params
 
@@ -116,9 +122,6 @@ def distill(cfg: DistillConfig, suite: Suite, teachers: dict[str, Policy]) -> di
     out.mkdir(parents=True, exist_ok=True)
     bank = TeacherBank([teachers[n] for n in suite.task_names])
     torch.manual_seed(cfg.seed)
-    if cfg.method == "kickstart" and cfg.student.kind != "mlp":
-        raise ValueError(f"kickstart trains MLP students; student.kind '{cfg.student.kind}' trains with "
-                         "method=bc|dagger|onpolicy")
     student = make_student(suite, cfg.student, cfg.device, bank.teachers)
     loss_fn = make_loss(cfg.loss, teacher_has_std=teacher_has_std(bank, suite), student_has_std=cfg.student.learn_std,
                         **dict(cfg.loss_params))
