@@ -191,7 +191,8 @@ def validate_meta(meta: Mapping[str, Any], episode: EpisodeArrays) -> Meta:
     return out
 
 
-def _field_spec(arrays: EpisodeArrays) -> dict[str, dict[str, Any]]:
+def field_spec(arrays: EpisodeArrays) -> dict[str, dict[str, Any]]:
+    """The store fields an episode has: ``{name: {dtype, shape (trailing dims)}}``."""
     return {k: {"dtype": str(v.dtype), "shape": list(v.shape[1:])} for k, v in sorted(arrays.items())}
 
 
@@ -237,7 +238,7 @@ class ShardWriter:
         """Validate one episode ``{field: (T, ...)}`` and its metadata, buffer it, write a shard when full."""
         arrays = validate_episode(episode)
         clean_meta = validate_meta(meta, arrays)
-        spec = _field_spec(arrays)
+        spec = field_spec(arrays)
         if not self._fields:
             self._fields = spec
         elif spec != self._fields:
@@ -281,11 +282,6 @@ def prepare_episode(episode: Mapping[str, np.ndarray], meta: Mapping[str, Any]) 
     """Validate one episode and its metadata (see :func:`validate_episode`, :func:`validate_meta`)."""
     arrays = validate_episode(episode)
     return arrays, validate_meta(meta, arrays)
-
-
-def field_spec(arrays: EpisodeArrays) -> dict[str, dict[str, Any]]:
-    """The store fields an episode has: ``{name: {dtype, shape (trailing dims)}}``."""
-    return _field_spec(arrays)
 
 
 def write_shard(root: str | Path, index: int, episodes: Sequence[tuple[EpisodeArrays, Meta]]) -> dict[str, Any]:
