@@ -13,12 +13,12 @@ from conftest import goal_seeker
 
 from policydistill.bundle import load_bundle
 from policydistill.cli import compose_config, main
-from policydistill.config import DistillConfig
+from policydistill.config import DistillConfig, OneStepConfig
 from policydistill.data.chunks import chunk_windows
 from policydistill.data.shards import EpisodeStore
 from policydistill.distill import diffusion as diffusion_mod
 from policydistill.distill.diffusion import distill_diffusion
-from policydistill.distill.onestep import ALGOS, distill_onestep, make_algo
+from policydistill.distill.onestep import ALGOS, check_onestep, distill_onestep, make_algo
 from policydistill.eval.evaluate import policies_for_suite
 from policydistill.eval.metrics import summarise
 from policydistill.eval.rollout import run_episodes
@@ -175,6 +175,8 @@ def test_distill_commands_train_distil_and_evaluate(tmp_path) -> None:
                  f"out={tmp_path / 'x'}"]) == 2
     assert main(["distill", "method=onestep", "suite=default", f"teachers={teach}/student", f"out={tmp_path / 'y'}",
                  "onestep.algo=dmd3"]) == 2
+    with pytest.raises(ValueError, match="onestep.teacher_steps must be an int >= 1 or null"):
+        check_onestep(OneStepConfig(teacher_steps=0))
 
 
 @pytest.mark.slow

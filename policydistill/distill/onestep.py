@@ -210,11 +210,16 @@ def _teacher_of(teachers: dict[str, Policy], suite: Suite) -> DiffusionPolicy:
     return next(iter(found.values()))
 
 
-def _check(cfg: OneStepConfig) -> None:
+def check_onestep(cfg: OneStepConfig) -> None:
+    """Clear errors for one-step settings out of range, before any collection."""
     for name in ("steps", "episodes_per_task", "aux_updates", "ode_steps", "pairs", "checkpoint_every"):
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"onestep.{name} must be an int >= 1, got {value!r}")
+    if cfg.teacher_steps is not None and (isinstance(cfg.teacher_steps, bool) or not isinstance(cfg.teacher_steps, int)
+                                          or cfg.teacher_steps < 1):
+        raise ValueError(f"onestep.teacher_steps must be an int >= 1 or null (the teacher's own), "
+                         f"got {cfg.teacher_steps!r}")
     if not 0.0 <= cfg.init_level <= 1.0:
         raise ValueError(f"onestep.init_level must be in [0, 1], got {cfg.init_level}")
     if not 0.0 <= cfg.t_min < cfg.t_max <= 1.0:
@@ -232,7 +237,7 @@ def distill_onestep(cfg: DistillConfig, suite: Suite, teachers: dict[str, Policy
     """Distil the diffusion teacher (the one bundle in ``teachers``) with ``cfg.onestep.algo``; returns the
     content of ``distill.json`` (one row, as the other distillers' rounds)."""
     o = cfg.onestep
-    _check(o)
+    check_onestep(o)
     if o.algo not in ALGOS:
         raise ValueError(f"unknown onestep.algo '{o.algo}'; expected one of {list(ALGOS)}")
     teacher = _teacher_of(teachers, suite)
