@@ -3,37 +3,40 @@
 - ``sync``: gymnasium ``SyncVectorEnv`` over the suite's envs (autoreset), the policy called once per
   step on the batch: the usual gymnasium way.
 - ``batched``: PointReach in VecTask style (one ``mujoco.rollout`` call per step for the whole batch)
-  through the protocol adapter and the batched rollout driver (seeded episodes, bookkeeping and all).
+  through the protocol adapter and the rollout loop (``policydistill.eval.rollout.drive``: seeded
+  episodes, bookkeeping and all).
 
 Both sides run in one process on one thread, interleaved, several rounds each; prints medians of env
-steps per second and the ratio batched / sync per batch size, writes bench/results/batched_envs.json.
+steps per second and the ratio batched / sync per batch size.
 
-    .venv/bin/python bench/batched_envs.py [--n-envs 8 64 256] [--rounds 5]
+    .venv/bin/python -m bench batched_envs [--n-envs 8 64 256] [--rounds 5]
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import statistics
+import sys
 import time
 from pathlib import Path
+from typing import Any
+
+if not __package__:  # python bench/<name>.py: the bench package lives one folder up
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gymnasium as gym
 import torch
 from gymnasium.vector import AutoresetMode
 from policydistill_envs.point_reach_vectask import make_batched
-from runtime_setup import shown
 
-from policydistill.bundle import load_bundle
-from policydistill.eval.batched_rollout import drive
-from policydistill.io import atomic_write_json
-from policydistill.suite import load_suite
+from bench import envelope
+from bench.common import parse, parser, shown
+from policydistill import Suite, load_bundle, load_suite, zoo_dir
+from policydistill.eval.rollout import drive
 
-ROOT = Path(__file__).resolve().parents[1]
+SMOKE = {"n_envs": [8, 64], "iterations": 100, "rounds": 1}
 
 
-def sync_steps_per_s(suite, policy, n: int, iterations: int) -> float:
+def sync_steps_per_s(suite: Suite, policy: Any, n: int, iterations: int) -> float:
     venv = gym.vector.SyncVectorEnv([lambda i=i: suite.make_env(i % len(suite.tasks)) for i in range(n)],
                                     autoreset_mode=AutoresetMode.NEXT_STEP)
     obs, _ = venv.reset(seed=0)
@@ -45,7 +48,7 @@ def sync_steps_per_s(suite, policy, n: int, iterations: int) -> float:
     return n * iterations / elapsed
 
 
-def batched_steps_per_s(suite, policy, n: int, iterations: int) -> float:
+def batched_steps_per_s(suite: Suite, policy: Any, n: int, iterations: int) -> float:
     slots = [i % len(suite.tasks) for i in range(n)]
     env = make_batched(suite, slots)
     episodes = max(1, iterations // env.max_episode_length) * n // len(suite.tasks)
@@ -56,18 +59,17 @@ def batched_steps_per_s(suite, policy, n: int, iterations: int) -> float:
     return sum(r.episode.length for r in records) / elapsed
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--bundle", default=str(ROOT / "envs/zoo/default/north"))
+def main(argv: list[str] | None = None) -> dict:
+    p = parser("batched_envs", __doc__)
+    p.add_argument("--bundle", default=str(zoo_dir("default") / "north"))
     p.add_argument("--n-envs", type=int, nargs="+", default=[8, 64, 256])
     p.add_argument("--iterations", type=int, default=200, help="batch steps per round (2 episodes of 100)")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--out", default=str(ROOT / "bench/results/batched_envs.json"))
-    args = p.parse_args()
+    args = parse(p, argv, SMOKE)
+    started = envelope.start()
     torch.set_num_threads(1)
     suite = load_suite("default_vectask")
     policy = load_bundle(args.bundle, device="cpu")
-    load_before = os.getloadavg()
     rows = {}
     for n in args.n_envs:
         sync, batched = [], []
@@ -84,14 +86,13 @@ def main() -> None:
         print(f"n_envs {n:4d}: SyncVectorEnv {row['sync_steps_per_s_median']:9.0f} steps/s, batched tensor "
               f"{row['batched_steps_per_s_median']:9.0f} steps/s, ratio {row['ratio_batched_over_sync_median']:.2f}"
               f" (min {min(ratios):.2f}, max {max(ratios):.2f}, {args.rounds} rounds)")
-    result = {"bench": "batched_envs", "env": "policydistill/PointReach-v0 (default suite, 4 tasks)",
-              "policy": shown(args.bundle), "iterations_per_round": args.iterations, "rounds": args.rounds,
-              "threads": 1,
-              "cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-              "by_n_envs": rows}
-    atomic_write_json(args.out, result)
-    after = result["loadavg_after"][0]
-    print(f"load average before/after: {load_before[0]:.2f} / {after:.2f} on {os.cpu_count()} CPUs")
+    return envelope.write(
+        "batched_envs", args, started, runs=args.rounds,
+        medians={f"n_envs {n}": {"sync_steps_per_s": r["sync_steps_per_s_median"],
+                                 "batched_steps_per_s": r["batched_steps_per_s_median"]} for n, r in rows.items()},
+        ratios={f"batched_over_sync (n_envs {n})": r["ratio_batched_over_sync_median"] for n, r in rows.items()},
+        results={"env": "policydistill/PointReach-v0 (default suite, 4 tasks)", "policy": shown(args.bundle),
+                 "threads": 1, "by_n_envs": rows})
 
 
 if __name__ == "__main__":

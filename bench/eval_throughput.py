@@ -3,29 +3,33 @@
 Both drive the same env with actions from the same trained expert bundle, in one process on one
 core, alternating rounds; prints medians and the ratio (target: framework >= 0.7x raw steps/s).
 
-    .venv/bin/python bench/eval_throughput.py [--bundle envs/zoo/default/north] [--rounds 5]
+    .venv/bin/python -m bench eval_throughput [--bundle envs/zoo/default/north] [--rounds 5]
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
+from typing import Any
+
+if not __package__:  # python bench/<name>.py: the bench package lives one folder up
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gymnasium as gym
 import torch
 
-from policydistill.bundle import load_bundle
-from policydistill.eval.rollout import run_episodes
-from policydistill.io import atomic_write_json
-from policydistill.suite import load_suite
+from bench import envelope
+from bench.common import parse, parser, shown
+from policydistill import TaskSpec, load_bundle, load_suite, run_episodes, zoo_dir
 from policydistill.types import stack_obs
 
-ROOT = Path(__file__).resolve().parents[1]
+TARGET = 0.7
+SMOKE = {"episodes": 4, "rounds": 1}
 
 
-def raw_steps_per_s(spec, policy, steps: int) -> float:
+def raw_steps_per_s(spec: TaskSpec, policy: Any, steps: int) -> float:
     """One env, no wrappers beyond gymnasium's registry ones, batch-1 policy call per step."""
     env = gym.make(spec.env, **spec.kwargs)
     obs, _ = env.reset(seed=0)
@@ -38,7 +42,7 @@ def raw_steps_per_s(spec, policy, steps: int) -> float:
     return steps / (time.perf_counter() - t0)
 
 
-def env_only_steps_per_s(spec, steps: int) -> float:
+def env_only_steps_per_s(spec: TaskSpec, steps: int) -> float:
     """The simulator alone: pre-sampled actions, no policy (an upper bound for any evaluation)."""
     env = gym.make(spec.env, **spec.kwargs)
     env.reset(seed=0)
@@ -52,22 +56,22 @@ def env_only_steps_per_s(spec, steps: int) -> float:
     return steps / (time.perf_counter() - t0)
 
 
-def framework_steps_per_s(suite, task: str, policy, episodes: int, n_envs: int) -> float:
+def framework_steps_per_s(suite: Any, task: str, policy: Any, episodes: int, n_envs: int) -> float:
     t0 = time.perf_counter()
     eps = run_episodes(suite, task, policy, episodes, n_envs=n_envs, seed=0)
     return sum(e.length for e in eps) / (time.perf_counter() - t0)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--bundle", default=str(ROOT / "envs/zoo/default/north"))
+def main(argv: list[str] | None = None) -> dict:
+    p = parser("eval_throughput", __doc__)
+    p.add_argument("--bundle", default=str(zoo_dir("default") / "north"))
     p.add_argument("--suite", default="default")
     p.add_argument("--task", default="north")
     p.add_argument("--episodes", type=int, default=40)
     p.add_argument("--n-envs", type=int, default=8)
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--out", default=str(ROOT / "bench/results/eval_throughput.json"))
-    args = p.parse_args()
+    args = parse(p, argv, SMOKE)
+    started = envelope.start()
     torch.set_num_threads(1)
     suite = load_suite(args.suite)
     spec = suite.tasks[suite.index(args.task)]
@@ -78,22 +82,19 @@ def main() -> None:
         raw.append(raw_steps_per_s(spec, policy, steps))
         fw.append(framework_steps_per_s(suite, args.task, policy, args.episodes, args.n_envs))
         sim.append(env_only_steps_per_s(spec, steps))
-    result = {
-        "bench": "eval_throughput", "suite": args.suite, "task": args.task, "rounds": args.rounds,
-        "steps_per_round": steps, "n_envs": args.n_envs, "threads": 1,
-        "raw_steps_per_s_median": statistics.median(raw), "framework_steps_per_s_median": statistics.median(fw),
-        "env_only_steps_per_s_median": statistics.median(sim),
-        "ratio_framework_over_raw": statistics.median(f / r for f, r in zip(fw, raw, strict=True)),
-        "ratio_framework_over_env_only": statistics.median(f / e for f, e in zip(fw, sim, strict=True)),
-        "target_ratio": 0.7,
-    }
-    atomic_write_json(args.out, result)
-    print(f"raw env.step loop:        {result['raw_steps_per_s_median']:9.0f} steps/s (median of {args.rounds})")
-    print(f"framework evaluation:     {result['framework_steps_per_s_median']:9.0f} steps/s "
+    medians = {"raw_steps_per_s": statistics.median(raw), "framework_steps_per_s": statistics.median(fw),
+               "env_only_steps_per_s": statistics.median(sim)}
+    ratios = {"framework_over_raw": statistics.median(f / r for f, r in zip(fw, raw, strict=True)),
+              "framework_over_env_only": statistics.median(f / e for f, e in zip(fw, sim, strict=True))}
+    print(f"raw env.step loop:        {medians['raw_steps_per_s']:9.0f} steps/s (median of {args.rounds})")
+    print(f"framework evaluation:     {medians['framework_steps_per_s']:9.0f} steps/s "
           f"({args.n_envs} envs, batched policy)")
-    print(f"simulator alone:          {result['env_only_steps_per_s_median']:9.0f} steps/s (no policy)")
-    print(f"ratio framework / raw:    {result['ratio_framework_over_raw']:9.2f}  (target >= 0.7)")
-    print(f"ratio framework / sim:    {result['ratio_framework_over_env_only']:9.2f}")
+    print(f"simulator alone:          {medians['env_only_steps_per_s']:9.0f} steps/s (no policy)")
+    print(f"target: framework / raw >= {TARGET}")
+    return envelope.write("eval_throughput", args, started, runs=args.rounds, medians=medians, ratios=ratios,
+                          results={"bundle": shown(args.bundle), "steps_per_round": steps, "threads": 1,
+                                   "target_ratio": TARGET, "passed": ratios["framework_over_raw"] >= TARGET,
+                                   "rounds": {"raw": raw, "framework": fw, "env_only": sim}})
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Label efficiency: teacher labels needed to reach 0.95 of the teachers' return, DAgger vs BC.
 
-    .venv/bin/python bench/label_efficiency.py --suite default_hazard --groups policy task --rounds 10 \
+    .venv/bin/python -m bench label_efficiency --suite default_hazard --groups policy task --rounds 10 \
         --updates 250 --seeds 0 1 2 3 4 5 6 7 8 9 --tag _hazard_u250   # also 500 (_hazard) and 1000 (_hazard_u1000)
 
 Both methods run the same loop with the same collection per round (``--episodes-per-task`` episodes of
@@ -12,19 +12,22 @@ DAgger gets ``--rounds`` rounds; BC gets as many as ``--budget-multiple`` times 
 to the target need (at least ``--rounds``), so "BC never reached it within 10x" is measured, not assumed.
 A run that never reaches the target counts as not reached; medians treat it as above every label count
 (a median of "not reached" means most seeds did not reach it). ``--tasks`` keeps a subset of the suite's
-tasks. Target: DAgger needs at most 0.3x BC's labels (or BC never gets there within 10x). Writes
-``bench/results/label_efficiency_<suite><tag>.json`` and a plot of the score against labels (``.png``).
+tasks. Target: DAgger needs at most 0.3x BC's labels (or BC never gets there within 10x). Writes a plot
+of the score against labels beside the result (``label_efficiency_<suite><tag>.png``).
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import math
 import statistics
 import sys
-from dataclasses import asdict
 from pathlib import Path
+from typing import Any
+
+if not __package__:  # python bench/<name>.py: the bench package lives one folder up
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import matplotlib
 
@@ -32,16 +35,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from distill_fidelity import ROOT, run_distill  # noqa: E402
-
-from policydistill.distill.dagger import short_episodes  # noqa: E402
-from policydistill.eval.evaluate import policies_for_suite  # noqa: E402
-from policydistill.io import atomic_write_json
-from policydistill.suite import Suite, load_suite, suite_from_dict  # noqa: E402
+from bench import envelope  # noqa: E402
+from bench.common import parse, parser, run_distill, schedule_keys, zoo_teachers  # noqa: E402
+from policydistill import BCConfig, DAggerConfig, StudentConfig, Suite  # noqa: E402
+from policydistill.eval.report import save_figure  # noqa: E402
 
 RATIO_TARGET = 0.3  # DAgger's labels to the target at most this share of BC's ...
 BUDGET_TARGET = 10.0  # ... or BC not there within this multiple of DAgger's labels
+SMOKE = {"seeds": [0], "rounds": 2, "updates": 10, "eval_episodes": 2, "budget_multiple": 1.0}
 
 
 def labels_to_reach(rounds: list[dict], target: float) -> int | None:
@@ -57,7 +58,7 @@ def median_labels(labels: list[int | None]) -> float | None:
 
 def round_labels(suite: Suite, episodes_per_task: int, collect_steps: int | None) -> int:
     """Labels one round collects when no episode ends early: episodes x (cut) episode length, over tasks."""
-    cut = short_episodes(suite, collect_steps or 10**9)
+    cut = suite.with_episode_limit(collect_steps or 10**9)
     return sum(episodes_per_task * t.max_episode_steps for t in cut.tasks)
 
 
@@ -75,7 +76,7 @@ def verdict(bc: float | None, dagger: float | None, bc_budget: int, target: floa
     return f"neither reached {target} (median) within its rounds", False
 
 
-def plot(path: Path, result: dict) -> None:
+def plot(path: Path, result: dict[str, Any], title: str) -> None:
     """Mean score against labels used, one line per method and seed, the target as a dashed line."""
     fig, ax = plt.subplots(figsize=(7, 4))
     for method, color in (("bc", "tab:blue"), ("dagger", "tab:orange")):
@@ -84,16 +85,15 @@ def plot(path: Path, result: dict) -> None:
             ax.plot(labels, scores, marker=".", color=color, alpha=0.7, label=method.upper() if k == 0 else None)
     ax.axhline(result["target"], color="grey", ls="--", lw=0.8)
     ax.set(xscale="log", ylim=(max(-0.5, ax.get_ylim()[0]), 1.05), xlabel="teacher labels used",
-           ylabel="student / teacher return", title=f"{result['suite']}{result['tag']}: {result['verdict']}")
+           ylabel="student / teacher return", title=f"{title}: {result['verdict']}")
     ax.title.set_fontsize(9)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> dict:
+    p = parser("label_efficiency", __doc__)
     p.add_argument("--suite", default="locomotion")
     p.add_argument("--tasks", nargs="+", default=None, help="keep only these tasks of the suite")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -107,49 +107,44 @@ def main() -> None:
     p.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
     p.add_argument("--updates", type=int, default=1000)
     p.add_argument("--schedule", default="step")
-    p.add_argument("--schedule-params", default='{"switch_round": 1}', help="JSON")
+    p.add_argument("--schedule-params", default='{"switch_round": 1}', help="JSON: DAgger's schedule's parameters")
     p.add_argument("--eval-episodes", type=int, default=20)
     p.add_argument("--target", type=float, default=0.95)
     p.add_argument("--tag", default="", help="suffix of the result file name")
-    args = p.parse_args()
+    args = parse(p, argv, SMOKE)
+    started = envelope.start()
     torch.set_num_threads(1)
-    suite = load_suite(args.suite)
-    teachers = policies_for_suite(ROOT / "envs/zoo" / args.suite, suite, device="cpu")
+    suite, teachers = zoo_teachers(args.suite)
     if args.tasks:
-        suite = suite_from_dict({"name": suite.name, "description": suite.description,
-                                 "tasks": [asdict(t) for t in suite.tasks if t.name in args.tasks]}, args.suite)
+        suite = dataclasses.replace(suite, tasks=tuple(t for t in suite.tasks if t.name in args.tasks))
         teachers = {n: teachers[n] for n in suite.task_names}
     per_round = round_labels(suite, args.episodes_per_task, args.collect_steps)
-    common = {"teacher_noise": args.teacher_noise, "collect_steps": args.collect_steps, "hidden": args.hidden,
-              "stop_score": args.target}
-    result: dict = {"bench": "label_efficiency", "suite": args.suite, "tag": args.tag, "tasks": suite.task_names,
-                    "groups": args.groups, "seeds": args.seeds, "target": args.target,
-                    "episodes_per_task": args.episodes_per_task, "collect_steps": args.collect_steps,
-                    "labels_per_round": per_round, "teacher_noise": args.teacher_noise, "hidden": args.hidden,
-                    "updates_per_round": args.updates, "eval_episodes": args.eval_episodes,
-                    "dagger_schedule": {"name": args.schedule, **json.loads(args.schedule_params)},
-                    "budget_multiple": args.budget_multiple, "methods": {}}
+    common = {"episodes_per_task": args.episodes_per_task, "updates_per_round": args.updates,
+              "teacher_noise": args.teacher_noise, "collect_steps": args.collect_steps}
+    schedule = schedule_keys(args.schedule, json.loads(args.schedule_params))
+    student = StudentConfig(groups=list(args.groups), hidden=list(args.hidden))
+    result: dict[str, Any] = {"tasks": suite.task_names, "target": args.target, "labels_per_round": per_round,
+                              "dagger_schedule": schedule, "methods": {}}
     rounds = {"dagger": args.rounds}
-    for method in ("dagger", "bc"):
+    for name in ("dagger", "bc"):
+        method = DAggerConfig(rounds=rounds[name], **common, **schedule) if name == "dagger" else \
+            BCConfig(rounds=rounds[name], **common)
         runs = []
         for seed in args.seeds:
-            extra = {"schedule": args.schedule, "schedule_params": json.loads(args.schedule_params)} \
-                if method == "dagger" else {}
-            summary = run_distill(suite, teachers, seed, method, args.groups, rounds[method], args.episodes_per_task,
-                                  args.updates, args.eval_episodes, **common, **extra)
-            rows = summary["rounds"]
+            rows = run_distill(suite, teachers, seed, method, student, args.eval_episodes,
+                               stop_score=args.target)["rounds"]
             runs.append({"seed": seed, "labels_to_target": labels_to_reach(rows, args.target),
                          "labels_used": rows[-1]["labels_used"], "rounds_run": len(rows),
                          "curve": [(r["labels_used"], r["mean_score"]) for r in rows],
                          "final_tasks": {n: {"score": t["score"], "success_rate": t["success_rate"]}
                                          for n, t in rows[-1]["tasks"].items()}})
-            print(f"{method} seed {seed}: labels to {args.target}: {runs[-1]['labels_to_target']}, curve "
+            print(f"{name} seed {seed}: labels to {args.target}: {runs[-1]['labels_to_target']}, curve "
                   + " ".join(f"{s:.2f}" for _, s in runs[-1]["curve"]), flush=True)
         median = median_labels([r["labels_to_target"] for r in runs])
-        result["methods"][method] = {"rounds": rounds[method], "budget_labels": rounds[method] * per_round,
-                                     "runs": runs, "median_labels": median,
-                                     "reached": f"{sum(r['labels_to_target'] is not None for r in runs)}/{len(runs)}"}
-        if method == "dagger":
+        result["methods"][name] = {"rounds": rounds[name], "budget_labels": rounds[name] * per_round,
+                                   "runs": runs, "median_labels": median,
+                                   "reached": f"{sum(r['labels_to_target'] is not None for r in runs)}/{len(runs)}"}
+        if name == "dagger":
             want = math.ceil(args.budget_multiple * median / per_round) if median else args.rounds
             rounds["bc"] = max(args.rounds, want)
     bc, dagger = (result["methods"][m]["median_labels"] for m in ("bc", "dagger"))
@@ -157,20 +152,20 @@ def main() -> None:
     for b, d in zip(result["methods"]["bc"]["runs"], result["methods"]["dagger"]["runs"], strict=True):
         b["dagger_over_bc"] = d["labels_to_target"] / b["labels_to_target"] \
             if b["labels_to_target"] and d["labels_to_target"] else None
-    result["ratio_dagger_over_bc"] = dagger / bc if bc and dagger else None
-    result["bc_budget_over_dagger_labels"] = bc_budget / dagger if dagger else None
-    result["paired_median_dagger_over_bc"] = statistics.median(
-        b["dagger_over_bc"] for b in result["methods"]["bc"]["runs"]) \
-        if all(b["dagger_over_bc"] for b in result["methods"]["bc"]["runs"]) else None
+    paired = [b["dagger_over_bc"] for b in result["methods"]["bc"]["runs"]]
+    ratios = {"dagger_over_bc_labels": dagger / bc if bc and dagger else None,
+              "paired_median_dagger_over_bc_labels": statistics.median(paired) if all(paired) else None,
+              "bc_budget_over_dagger_labels": bc_budget / dagger if dagger else None}
     result["verdict"], result["target_met"] = verdict(bc, dagger, bc_budget, args.target)
     name = f"label_efficiency_{args.suite}{args.tag}"
-    atomic_write_json(ROOT / "bench/results" / f"{name}.json", result)
-    plot(ROOT / "bench/results" / f"{name}.png", result)
+    plot(Path(args.results_dir) / f"{name}.png", result, f"{args.suite}{args.tag}")
     print(f"median labels to {args.target}: BC {bc} ({result['methods']['bc']['reached']} reached, budget "
           f"{bc_budget}), DAgger {dagger} ({result['methods']['dagger']['reached']} reached): {result['verdict']} "
-          f"(median of the per-seed ratios {result['paired_median_dagger_over_bc']}) "
           f"-> target {'met' if result['target_met'] else 'not met'} (<= {RATIO_TARGET}x, or BC never reaching it "
           f"within {BUDGET_TARGET:g}x)")
+    return envelope.write("label_efficiency", args, started, runs=len(args.seeds),
+                          medians={"bc_labels_to_target": bc, "dagger_labels_to_target": dagger}, ratios=ratios,
+                          results=result, tag=f"_{args.suite}{args.tag}")
 
 
 if __name__ == "__main__":

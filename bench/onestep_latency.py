@@ -10,60 +10,67 @@ thread, the process pinned to one core. Variants, per denoiser (``mlp`` and ``un
   student's exported graph, one call (observation window [, noise] -> chunk).
 
 Rounds alternate the variants; each round reports p50 and p99 per call; the table gives the medians
-over rounds and the teacher/student ratios, and ``bench/results/onestep_latency.json`` holds them.
-Latency does not depend on the weights: by default both models are built untrained from the
-distill defaults; ``--teacher`` measures a given diffusion bundle and students of its architecture.
+over rounds and the teacher/student ratios. Latency does not depend on the weights: by default both
+models are built untrained from the diffusion defaults; ``--teacher`` measures a given diffusion bundle
+and students of its architecture.
 
-    nice .venv/bin/python bench/onestep_latency.py [--rounds 5] [--calls 300]
+    nice .venv/bin/python -m bench onestep_latency [--rounds 5] [--calls 300]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
-import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+if not __package__:  # python bench/<name>.py: the bench package lives one folder up
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import numpy as np
-import onnxruntime as ort
 import torch
 
-from policydistill.bundle import load_bundle
-from policydistill.cli import compose_config
+from bench import envelope
+from bench.common import parse, parser, pinned, setup_logging, shown
+from policydistill import DiffusionConfig, OnnxPolicy, export_policy, load_bundle, load_suite
 from policydistill.distill.diffusion import build_diffusion_policy
 from policydistill.eval.latency import percentiles, start_window, time_calls
-from policydistill.io import atomic_write_json
-from policydistill.models.diffusion import DiffusionPolicy
 from policydistill.models.onestep import OneStepPolicy
-from policydistill.runtime import OnnxPolicy, export_policy
-from policydistill.suite import load_suite
 from policydistill.types import stack_obs
 
-ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench.onestep_latency")
+SUITE = "default_hazard"
+KEYS = ("p50_ms", "p99_ms", "cpu_p50_ms", "cpu_p99_ms")
+TARGET = 50.0
+SMOKE = {"rounds": 1, "calls": 10}
 
 
-def models(denoiser: str, args: argparse.Namespace) -> tuple[DiffusionPolicy, dict[str, OneStepPolicy]]:
+def models(denoiser: str, args: argparse.Namespace) -> tuple[Any, dict[str, OneStepPolicy]]:
     """The teacher and its one-step students: stochastic (noise input) and deterministic (anchor)."""
     if args.teacher:
         teacher = load_bundle(args.teacher, device="cpu")
     else:
-        cfg = compose_config("distill", [f"diffusion.denoiser={denoiser}"])
-        teacher = build_diffusion_policy(load_suite("default_hazard"), cfg).eval()
+        teacher = build_diffusion_policy(load_suite(SUITE), DiffusionConfig(denoiser=denoiser)).eval()
     return teacher, {kind: OneStepPolicy.from_teacher(teacher, stochastic=kind == "stochastic").eval()
                      for kind in ("stochastic", "deterministic")}
 
 
+def with_steps(teacher: Any, steps: int) -> Any:
+    """A copy of the diffusion policy ``teacher`` sampling with DDIM ``steps``."""
+    return copy.deepcopy(teacher).eval().set_sampler("ddim", steps)
+
+
 def measure(denoiser: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     teacher, students = models(denoiser, args)
-    obs = stack_obs([load_suite("default_hazard").make_env(0).reset(seed=0)[0]])
+    obs = stack_obs([load_suite(SUITE).make_env(0).reset(seed=0)[0]])
     window = start_window(teacher, obs)
     flat = np.concatenate([window[g] for g in teacher.groups], axis=-1).reshape(1, -1).astype(np.float32)
-    teachers = {k: load_bundle_like(teacher, k) for k in (100, 10, 1)}
+    teachers = {k: with_steps(teacher, k) for k in (100, 10, 1)}
     export_policy(teachers[100], "onnx", tmp / f"{denoiser}_denoiser.onnx")
     for kind, student in students.items():
         export_policy(student, "onnx", tmp / f"{denoiser}_{kind}.onnx")
@@ -80,62 +87,49 @@ def measure(denoiser: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any
         for name, (fn, calls) in variants.items():
             rounds[name].append(percentiles(time_calls(fn, calls)))
         log.info("%s round %d: %s", denoiser, r, {k: round(v[-1]["p50_ms"], 3) for k, v in rounds.items()})
-    keys = ("p50_ms", "p99_ms", "cpu_p50_ms", "cpu_p99_ms")
-    med = {k: {**{q: float(np.median([x[q] for x in v])) for q in keys}, "calls_per_round": variants[k][1]}
+    med = {k: {**{q: float(np.median([x[q] for x in v])) for q in KEYS}, "calls_per_round": variants[k][1]}
            for k, v in rounds.items()}
     ratios = {}
     for engine in ("torch", "onnx"):
         for kind in students:
             t, s = med[f"{engine} teacher ddim 100"], med[f"{engine} one-step {kind}"]
-            ratios[f"{engine} {kind}"] = {q.removesuffix("_ms"): t[q] / s[q] for q in keys}
+            ratios[f"{engine} {kind}"] = {q.removesuffix("_ms"): t[q] / s[q] for q in KEYS}
     params = sum(p.numel() for p in teacher.denoiser.parameters())
     return {"denoiser": denoiser, "parameters": params, "medians": med, "ratios_teacher100_over_student": ratios,
             "rounds": rounds}
 
 
-def load_bundle_like(teacher: DiffusionPolicy, steps: int) -> DiffusionPolicy:
-    """A copy of ``teacher`` sampling with DDIM ``steps``."""
-    copy = DiffusionPolicy.from_config(teacher.config())
-    copy.load_state_dict(teacher.state_dict())
-    return copy.eval().set_sampler("ddim", steps)
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> dict:
+    p = parser("onestep_latency", __doc__)
     p.add_argument("--denoisers", nargs="+", default=["mlp", "unet"])
-    p.add_argument("--teacher", help="a diffusion bundle (default: an untrained one with the distill defaults)")
+    p.add_argument("--teacher", help="a diffusion bundle (default: an untrained one with the diffusion defaults)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--calls", type=int, default=300, help="calls per round of a teacher (students: 10x)")
     p.add_argument("--core", type=int, default=0, help="CPU core to pin the process to")
-    p.add_argument("--out", default=str(ROOT / "bench/results/onestep_latency.json"))
-    args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    args = parse(p, argv, SMOKE)
+    started = envelope.start()
+    setup_logging("%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(1)
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {args.core})
-    results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for denoiser in ([None] if args.teacher else args.denoisers):
-            results.append(measure(denoiser or "bundle", args, Path(tmp)))
+    with pinned(args.core), tempfile.TemporaryDirectory() as tmp:
+        results = [measure(d or "bundle", args, Path(tmp)) for d in ([None] if args.teacher else args.denoisers)]
     print(f"\nbatch 1, one core, one thread; medians over {args.rounds} rounds (ms per chunk; wall-clock and "
           "thread CPU time)")
     head = f"{'denoiser':<10}{'variant':<34}{'p50':>9}{'p99':>9}{'cpu p50':>9}{'cpu p99':>9}"
     print(head + "\n" + "-" * len(head))
     for r in results:
         for name, m in r["medians"].items():
-            print(f"{r['denoiser']:<10}{name:<34}" + "".join(f"{m[q]:>9.3f}" for q in
-                                                          ("p50_ms", "p99_ms", "cpu_p50_ms", "cpu_p99_ms")))
-        for engine, ratio in r["ratios_teacher100_over_student"].items():
-            print(f"{r['denoiser']:<10}{'100 steps / ' + engine:<34}" + "".join(
-                f"{ratio[q]:>8.1f}x" for q in ("p50", "p99", "cpu_p50", "cpu_p99")))
-    checks = {f"{r['denoiser']} {e} {clock} >= 50x (p50 and p99)": min(v[f"{pre}p50"], v[f"{pre}p99"]) >= 50
+            print(f"{r['denoiser']:<10}{name:<34}" + "".join(f"{m[q]:>9.3f}" for q in KEYS))
+    checks = {f"{r['denoiser']} {e} {clock} >= {TARGET:g}x (p50 and p99)": min(v[f"{pre}p50"], v[f"{pre}p99"]) >= TARGET
               for r in results for e, v in r["ratios_teacher100_over_student"].items()
               for clock, pre in (("wall", ""), ("cpu", "cpu_"))}
     print("\nchecks:", json.dumps(checks, indent=1))
-    atomic_write_json(args.out, {"rounds": args.rounds, "calls": args.calls, "core": args.core,
-                                 "results": results, "checks": checks,
-                                 "versions": {"torch": torch.__version__, "onnxruntime": ort.__version__}})
-    log.info("wrote %s", args.out)
+    return envelope.write("onestep_latency", args, started, runs=args.rounds,
+                          medians={r["denoiser"]: r["medians"] for r in results},
+                          ratios={"teacher100_over_student": {r["denoiser"]: r["ratios_teacher100_over_student"]
+                                                                     for r in results}},
+                          results={"teacher": shown(args.teacher) if args.teacher else "untrained, diffusion defaults",
+                                   "parameters": {r["denoiser"]: r["parameters"] for r in results},
+                                   "checks": checks, "rounds": {r["denoiser"]: r["rounds"] for r in results}})
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Privileged-information students on the locomotion suite: return under randomised dynamics per student kind.
 
-    .venv/bin/python bench/privileged_students.py --seeds 0 1 2
-    .venv/bin/python bench/privileged_students.py --kinds gru --seeds 1     # one piece (runs resume per piece)
+    .venv/bin/python -m bench privileged_students --seeds 0 1 2
+    .venv/bin/python -m bench privileged_students --kinds gru --seeds 1     # one piece (runs resume per piece)
 
 The zoo teachers read ``[policy, privileged]`` (mass, friction and actuator-strength scales, true base
 velocity); every student below reads ``[policy, task]`` only, except the reference ``mlp_privileged``.
@@ -9,7 +9,8 @@ Each (kind, seed) is one DAgger run (linear beta 1 -> 0); its final student and 
 evaluated on the same seeded episodes (score = student return / teacher return, per task, averaged).
 Then the mass scale, drawn from [0.7, 1.3] in training, is swept past that range (fixed per sweep
 point) for the teachers, the best history student and the proprio-only MLP: medians over seeds,
-plotted to ``bench/results/privileged_students_mass_sweep.png``.
+plotted beside the result (``privileged_students_mass_sweep.png``). Pieces are cached under
+``runs/bench/privileged_students`` (``--cache``), one file per kind, seed and budget.
 Target: the best history student's median score >= 0.90; the proprio-only MLP reported beside it.
 """
 
@@ -17,12 +18,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import statistics
-import tempfile
+import sys
 import time
-from dataclasses import replace
 from pathlib import Path
+from typing import Any
+
+if not __package__:  # python bench/<name>.py: the bench package lives one folder up
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import matplotlib
 
@@ -30,25 +33,35 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from policydistill.bundle import load_bundle  # noqa: E402
-from policydistill.config import DistillConfig, StudentConfig  # noqa: E402
-from policydistill.distill.dagger import distill, evaluate_per_task  # noqa: E402
-from policydistill.eval.evaluate import policies_for_suite  # noqa: E402
-from policydistill.io import atomic_write_json, read_json  # noqa: E402
-from policydistill.privileged_stage import student_config  # noqa: E402
-from policydistill.suite import Suite, load_suite  # noqa: E402
+from bench import envelope  # noqa: E402
+from bench.common import cache_dir, distill_run, parse, parser, setup_logging, zoo_teachers  # noqa: E402
+from policydistill import (  # noqa: E402
+    DAggerConfig,
+    DistillConfig,
+    StudentConfig,
+    Suite,
+    evaluate_per_task,
+    load_bundle,
+)
+from policydistill.eval.report import save_figure  # noqa: E402
+from policydistill.files import atomic_write_json, read_json  # noqa: E402
+from policydistill.pipeline.privileged import student_config  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 HISTORY_KINDS = ("history_mlp", "tcn", "gru", "latent")
 KINDS = ("mlp", "mlp_privileged", *HISTORY_KINDS)
 TARGET = 0.90
 TRAIN_MASS = (0.7, 1.3)
+EVAL_SEED = DistillConfig.eval_seed  # the seeds distill evaluates its students on
+SMOKE = {"seeds": [0], "rounds": 1, "episodes_per_task": 1, "updates": 10, "eval_episodes": 1,
+         "sweep": [1.0], "sweep_episodes": 1}
 
 
 def bench_student(kind: str) -> StudentConfig:
+    """The student of ``kind`` as the pipeline configures it, reading ``[policy, task]`` (``mlp_privileged``:
+    ``[policy, privileged, task]``), without the predictability check."""
     if kind == "mlp_privileged":
-        return replace(student_config("mlp", ["policy", "privileged", "task"]), check_predictable=False)
-    return replace(student_config(kind, ["policy", "task"]), check_predictable=False)
+        return dataclasses.replace(student_config("mlp", ["policy", "privileged", "task"]), check_predictable=False)
+    return dataclasses.replace(student_config(kind, ["policy", "task"]), check_predictable=False)
 
 
 def with_mass(suite: Suite, scale: float) -> Suite:
@@ -57,29 +70,27 @@ def with_mass(suite: Suite, scale: float) -> Suite:
     return dataclasses.replace(suite, name=f"{suite.name}_mass{scale}", tasks=tasks)
 
 
-def sweep(suite: Suite, policy, scales: list[float], episodes: int) -> list[float]:
+def sweep(suite: Suite, policy: Any, scales: list[float], episodes: int) -> list[float]:
     """Mean return over the suite's tasks at each fixed mass scale."""
     out = []
     for m in scales:
-        evals = evaluate_per_task(with_mass(suite, m), policy, episodes)
+        evals = evaluate_per_task(with_mass(suite, m), policy, episodes, seed=EVAL_SEED)
         out.append(statistics.mean(e["return_mean"] for e in evals.values()))
     return out
 
 
-def run_piece(kind: str, seed: int, args, suite: Suite, teachers: dict, cache: Path) -> dict:
+def run_piece(kind: str, seed: int, args: argparse.Namespace, suite: Suite, teachers: dict, cache: Path) -> dict:
     """One DAgger run of ``kind``; its final numbers and mass sweep, cached in ``cache``."""
     if cache.exists():
         return read_json(cache)
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = DistillConfig(suite=suite.name, teachers="zoo", out=tmp, seed=seed, device="cpu", rounds=args.rounds,
-                            episodes_per_task=args.episodes_per_task, updates_per_round=args.updates,
-                            eval_episodes=args.eval_episodes, schedule_params={"rounds": max(1, args.rounds // 2)},
-                            student=bench_student(kind))
-        summary = distill(cfg, suite, teachers)
+    method = DAggerConfig(rounds=args.rounds, episodes_per_task=args.episodes_per_task, updates_per_round=args.updates,
+                          beta_rounds=max(1, args.rounds // 2))
+    student_cfg = bench_student(kind)
+    with distill_run(suite, teachers, seed, method, student_cfg, args.eval_episodes) as (summary, out):
         last = summary["rounds"][-1]
-        student = load_bundle(Path(tmp) / "student", device="cpu")
-        result = {"kind": kind, "seed": seed, "groups": cfg.student.groups, "mean_score": last["mean_score"],
+        student = load_bundle(out / "student", device="cpu")
+        result = {"kind": kind, "seed": seed, "groups": student_cfg.groups, "mean_score": last["mean_score"],
                   "student_return": last["student_return"], "labels_used": last["labels_used"],
                   "wall_time_s": round(time.perf_counter() - t0, 1),
                   "teacher_return": statistics.mean(t["return_mean"] for t in summary["teacher"].values()),
@@ -95,6 +106,7 @@ def run_piece(kind: str, seed: int, args, suite: Suite, teachers: dict, cache: P
 
 
 def plot(path: Path, scales: list[float], lines: dict[str, list[float]]) -> None:
+    """Mean return against the fixed mass scale, one line per policy, the training range shaded."""
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.axvspan(*TRAIN_MASS, color="grey", alpha=0.15, label="training range")
     for name, ys in lines.items():
@@ -103,12 +115,11 @@ def plot(path: Path, scales: list[float], lines: dict[str, list[float]]) -> None
            title="locomotion: return vs mass scale")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> dict:
+    p = parser("privileged_students", __doc__)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     p.add_argument("--rounds", type=int, default=8)
@@ -117,24 +128,24 @@ def main() -> None:
     p.add_argument("--eval-episodes", type=int, default=20)
     p.add_argument("--sweep", type=float, nargs="+", default=[0.4, 0.55, 0.7, 1.0, 1.3, 1.5, 1.7])
     p.add_argument("--sweep-episodes", type=int, default=4)
-    p.add_argument("--cache", default=str(ROOT / "runs/bench_privileged_students"))
-    args = p.parse_args()
+    p.add_argument("--cache", default=None,
+                   help="where pieces are cached (default: runs/bench/privileged_students; smoke: a temporary folder)")
+    args = parse(p, argv, SMOKE)
+    started = envelope.start()
     torch.set_num_threads(1)
-    logging.basicConfig(level=logging.WARNING)
-    suite = load_suite("locomotion")
-    teachers = policies_for_suite(ROOT / "envs/zoo/locomotion", suite, device="cpu")
-    cache = Path(args.cache)
-    cache.mkdir(parents=True, exist_ok=True)
+    setup_logging()
+    suite, teachers = zoo_teachers("locomotion")
     settings = f"r{args.rounds}_e{args.episodes_per_task}_u{args.updates}_v{args.eval_episodes}"
-    for seed in args.seeds:
-        for kind in args.kinds:
-            run_piece(kind, seed, args, suite, teachers, cache / f"{kind}_{seed}_{settings}.json")
-
-    # aggregate everything cached with these settings (pieces may come from several invocations)
-    runs: dict[str, list[dict]] = {}
-    for f in sorted(cache.glob(f"*_{settings}.json")):
-        r = read_json(f)
-        runs.setdefault(r["kind"], []).append(r)
+    with cache_dir(args.cache, args.smoke, "privileged_students") as cache:
+        cache.mkdir(parents=True, exist_ok=True)
+        for seed in args.seeds:
+            for kind in args.kinds:
+                run_piece(kind, seed, args, suite, teachers, cache / f"{kind}_{seed}_{settings}.json")
+        # aggregate everything cached with these settings (pieces may come from several invocations)
+        runs: dict[str, list[dict]] = {}
+        for f in sorted(cache.glob(f"*_{settings}.json")):
+            r = read_json(f)
+            runs.setdefault(r["kind"], []).append(r)
     kinds = {k: {"seeds": [r["seed"] for r in rs],
                  "median_score": statistics.median(r["mean_score"] for r in rs),
                  "median_return": statistics.median(r["student_return"] for r in rs),
@@ -144,11 +155,10 @@ def main() -> None:
              for k, rs in runs.items()}
     history = {k: v for k, v in kinds.items() if k in HISTORY_KINDS}
     best = max(history, key=lambda k: history[k]["median_score"]) if history else None
-    result = {"bench": "privileged_students", "suite": suite.name, "settings": vars(args) | {"cache": None},
-              "teacher_median_return": statistics.median(r["teacher_return"] for rs in runs.values() for r in rs),
-              "kinds": kinds, "best_history_kind": best,
-              "best_history_score": history[best]["median_score"] if best else None, "target": TARGET,
-              "proprio_mlp_score": kinds.get("mlp", {}).get("median_score"), "runs": runs}
+    results: dict[str, Any] = {
+        "suite": suite.name, "teacher_median_return": statistics.median(r["teacher_return"] for rs in runs.values()
+                                                                        for r in rs),
+        "kinds": kinds, "best_history_kind": best, "target": TARGET, "runs": runs}
     lines = {}
     if best and "mlp" in runs:
         teacher_sweep = sweep(suite, teachers, args.sweep, args.sweep_episodes)
@@ -157,19 +167,23 @@ def main() -> None:
                                                for i in range(len(args.sweep))],
                  "mlp student (proprio only)": [statistics.median(r["mass_sweep"][i] for r in runs["mlp"])
                                                 for i in range(len(args.sweep))]}
-        result["mass_sweep"] = {"scales": args.sweep, "train_range": TRAIN_MASS, "returns": lines}
-        plot(ROOT / "bench/results/privileged_students_mass_sweep.png", args.sweep, lines)
-    out = ROOT / "bench/results/privileged_students.json"
-    atomic_write_json(out, result)
+        results["mass_sweep"] = {"scales": args.sweep, "train_range": TRAIN_MASS, "returns": lines}
+        plot(Path(args.results_dir) / "privileged_students_mass_sweep.png", args.sweep, lines)
     print(f"\n{'kind':15s} {'seeds':>6s} {'median score':>13s}  per task (walk run back)")
     for k, v in kinds.items():
         print(f"{k:15s} {len(v['seeds']):6d} {v['median_score']:13.3f}  "
               + " ".join(f"{s:.3f}" for s in v["median_task_scores"].values()))
     if best:
         print(f"best history student: {best} {history[best]['median_score']:.3f} (target >= {TARGET}); "
-              f"proprio-only MLP {result['proprio_mlp_score']}")
+              f"proprio-only MLP {kinds.get('mlp', {}).get('median_score')}")
     for name, ys in lines.items():
         print(f"mass sweep {name:28s} " + " ".join(f"{m}:{y:.0f}" for m, y in zip(args.sweep, ys, strict=True)))
+    ratios = {f"{k}_student_over_teacher_return": v["median_score"] for k, v in kinds.items()}
+    if best:
+        ratios["best_history_student_over_teacher_return"] = history[best]["median_score"]
+    return envelope.write("privileged_students", args, started,
+                          runs=max((len(v["seeds"]) for v in kinds.values()), default=0),
+                          medians={k: v["median_score"] for k, v in kinds.items()}, ratios=ratios, results=results)
 
 
 if __name__ == "__main__":

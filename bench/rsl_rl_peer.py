@@ -1,7 +1,7 @@
 """policydistill DAgger vs rsl_rl's Distillation on the same envs, teachers, student network and env-step budget.
 
     # rsl-rl-lib comes with the dev extra (scripts/setup.sh); alone: .venv/bin/pip install -e ".[rslrl]"
-    .venv/bin/python bench/rsl_rl_peer.py --suite locomotion --seeds 0 1 2
+    .venv/bin/python -m bench rsl_rl_peer --suite locomotion --seeds 0 1 2
 
 rsl_rl's ``Distillation`` (PyPI rsl-rl-lib) is driven the way its runner drives it (``act`` ->
 ``env.step`` -> ``process_env_step`` per step, ``update`` per iteration) through a small adapter: a
@@ -12,38 +12,39 @@ sizes and activation as ours, observation normalisation and IsaacLab's distillat
 env steps as one DAgger round (every task's episodes, ``--episodes-per-task`` each), and both students
 are evaluated after every round/iteration on the same seeded episodes, outside the timed training.
 
-Printed and written to ``bench/results/rsl_rl_peer_<suite>.json``: per method the student's mean
-teacher-normalised score after each round against env steps, and the training wall time (collection +
-updates, evaluation excluded); medians over the seeds and their ratios.
+Printed and written to ``rsl_rl_peer_<suite><tag>.json``: per method the student's mean teacher-normalised
+score after each round against env steps, and the training wall time (collection + updates, evaluation
+excluded); medians over the seeds and their ratios.
 """
 
 from __future__ import annotations
 
-import argparse
+import itertools
 import statistics
 import sys
-import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
+from typing import Any
+
+if not __package__:  # python bench/<name>.py: the bench package lives one folder up
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from distill_fidelity import ROOT  # noqa: E402
-
-from policydistill.config import DistillConfig, StudentConfig  # noqa: E402
-from policydistill.distill.dagger import EVAL_SEED  # noqa: E402
-from policydistill.distill.loop import distill  # noqa: E402
-from policydistill.eval.evaluate import policies_for_suite  # noqa: E402
-from policydistill.eval.metrics import summarise, teacher_normalised  # noqa: E402
-from policydistill.eval.rollout import run_episodes  # noqa: E402
-from policydistill.io import atomic_write_json
-from policydistill.suite import Suite, load_suite  # noqa: E402
-from policydistill.teachers import TeacherBank  # noqa: E402
-from policydistill.types import stack_obs  # noqa: E402
+from bench import envelope
+from bench.common import parse, parser, run_distill, zoo_teachers
+from policydistill import (
+    DAggerConfig,
+    DistillConfig,
+    StudentConfig,
+    Suite,
+    TeacherBank,
+    evaluate_per_task,
+)
+from policydistill.eval.metrics import teacher_normalised
+from policydistill.types import stack_obs
 
 try:
     from rsl_rl.algorithms import Distillation
@@ -54,7 +55,8 @@ try:
 except ImportError as e:  # pragma: no cover - a benchmark-only dependency
     raise SystemExit(f"this benchmark needs rsl-rl-lib: .venv/bin/pip install -e '.[rslrl]' ({e})") from e
 
-
+EVAL_SEED = DistillConfig.eval_seed  # the seeds distill evaluates its students on
+SMOKE = {"seeds": [0], "rounds": 2, "episodes_per_task": 1, "updates": 10, "eval_episodes": 2}
 THRESHOLDS = (0.9, 0.95)
 
 
@@ -127,11 +129,10 @@ class RslStudent:
         """Stateless."""
 
 
-def evaluate(suite: Suite, policy, teacher_eval: dict, episodes: int) -> float:
+def evaluate(suite: Suite, policy: Any, teacher_eval: dict, episodes: int) -> float:
     """Mean teacher-normalised score over the tasks on the seeded evaluation episodes."""
-    scores = [teacher_normalised(summarise(run_episodes(suite, n, policy, episodes, seed=EVAL_SEED)),
-                                 teacher_eval[n])["score"] for n in suite.task_names]
-    return float(np.mean(scores))
+    evals = evaluate_per_task(suite, policy, episodes, seed=EVAL_SEED)
+    return float(np.mean([teacher_normalised(evals[n], teacher_eval[n])["score"] for n in suite.task_names]))
 
 
 def run_rsl_rl(suite: Suite, teachers: dict, groups: list[str], hidden: list[int], seed: int, iterations: int,
@@ -171,16 +172,14 @@ def run_rsl_rl(suite: Suite, teachers: dict, groups: list[str], hidden: list[int
 
 def run_dagger(suite: Suite, teachers: dict, groups: list[str], hidden: list[int], seed: int, rounds: int,
                episodes_per_task: int, eval_episodes: int, updates: int) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = replace(DistillConfig(), suite=suite.name, teachers="zoo", out=tmp, seed=seed, device="cpu",
-                      rounds=rounds, episodes_per_task=episodes_per_task, n_envs=episodes_per_task * len(suite.tasks),
-                      updates_per_round=updates, eval_episodes=eval_episodes,
-                      schedule_params={"rounds": max(1, rounds - 2)},
-                      student=StudentConfig(groups=list(groups), hidden=list(hidden)))
-        summary = distill(cfg, suite, teachers)
+    method = DAggerConfig(rounds=rounds, episodes_per_task=episodes_per_task, updates_per_round=updates,
+                          beta_rounds=max(1, rounds - 2))
+    summary = run_distill(suite, teachers, seed, method, StudentConfig(groups=list(groups), hidden=list(hidden)),
+                          eval_episodes, n_envs=episodes_per_task * len(suite.tasks))
     rows = summary["rounds"]
-    curve = [{"env_steps": r["env_steps"], "train_time_s": round(r["wall_time_s"] - r["eval_time_s"], 2),
-              "mean_score": r["mean_score"]} for r in rows]
+    train_times = itertools.accumulate(r["collect_time_s"] + r["update_time_s"] for r in rows)
+    curve = [{"env_steps": r["env_steps"], "train_time_s": round(t, 2), "mean_score": r["mean_score"]}
+             for r, t in zip(rows, train_times, strict=True)]
     return {"curve": curve, "train_time_s": curve[-1]["train_time_s"], "teacher": summary["teacher"],
             "collect_time_s": sum(r["collect_time_s"] for r in rows),
             "update_time_s": sum(r["update_time_s"] for r in rows)}
@@ -191,8 +190,8 @@ def time_to(curve: list[dict], score: float) -> float | None:
     return next((c["train_time_s"] for c in curve if c["mean_score"] >= score), None)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> dict:
+    p = parser("rsl_rl_peer", __doc__)
     p.add_argument("--suite", default="locomotion")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--groups", nargs="+", default=["policy", "privileged", "task"])
@@ -203,10 +202,10 @@ def main() -> None:
     p.add_argument("--eval-episodes", type=int, default=20)
     p.add_argument("--rsl-epochs", type=int, default=2, help="rsl_rl num_learning_epochs (IsaacLab uses 2)")
     p.add_argument("--tag", default="", help="suffix of the result file name")
-    args = p.parse_args()
+    args = parse(p, argv, SMOKE)
+    started = envelope.start()
     torch.set_num_threads(1)
-    suite = load_suite(args.suite)
-    teachers = policies_for_suite(ROOT / "envs/zoo" / args.suite, suite, device="cpu")
+    suite, teachers = zoo_teachers(args.suite)
     runs: dict[str, list[dict]] = {"policydistill_dagger": [], "rsl_rl_distillation": []}
     for seed in args.seeds:
         ours = run_dagger(suite, teachers, args.groups, args.hidden, seed, args.rounds, args.episodes_per_task,
@@ -230,37 +229,22 @@ def main() -> None:
                          "median_update_time_s": statistics.median(r["update_time_s"] for r in rs),
                          "time_to_score": {str(t): [time_to(r["curve"], t) for r in rs] for t in THRESHOLDS}}
     ours, peer = summary["policydistill_dagger"], summary["rsl_rl_distillation"]
-    result = {"bench": "rsl_rl_peer", "suite": args.suite, "seeds": args.seeds, "groups": args.groups,
-              "hidden": args.hidden, "rounds": args.rounds, "episodes_per_task": args.episodes_per_task,
-              "updates_per_round": args.updates, "eval_episodes": args.eval_episodes,
-              "rsl_rl": {"version": _version("rsl-rl-lib"), "num_learning_epochs": args.rsl_epochs,
-                         "gradient_length": 15,
-                         "learning_rate": 1e-3, "init_std": 0.1},
-              "summary": summary,
-              "score_ratio_ours_over_rsl_rl": ours["median_final_score"] / peer["median_final_score"],
-              "train_time_ratio_rsl_rl_over_ours": peer["median_train_time_s"] / ours["median_train_time_s"],
-              "runs": runs}
     for t in THRESHOLDS:
         print(f"training seconds to score {t}: policydistill {ours['time_to_score'][str(t)]}, "
               f"rsl_rl {peer['time_to_score'][str(t)]} (None: not within the budget)")
     print(f"collection {ours['median_collect_time_s']:.1f} s vs {peer['median_collect_time_s']:.1f} s, updates "
           f"{ours['median_update_time_s']:.1f} s vs {peer['median_update_time_s']:.1f} s (policydistill vs rsl_rl)")
-    out = ROOT / "bench/results" / f"rsl_rl_peer_{args.suite}{args.tag}.json"
-    atomic_write_json(out, result)
     print(f"median over {len(args.seeds)} seeds at {ours['env_steps_per_round'][-1]} env steps: score "
-          f"policydistill {ours['median_final_score']:.3f} vs rsl_rl {peer['median_final_score']:.3f} "
-          f"(ratio {result['score_ratio_ours_over_rsl_rl']:.2f}); training time {ours['median_train_time_s']:.0f} s "
-          f"vs {peer['median_train_time_s']:.0f} s (rsl_rl / policydistill "
-          f"{result['train_time_ratio_rsl_rl_over_ours']:.2f}x)")
-
-
-def _version(dist: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
+          f"policydistill {ours['median_final_score']:.3f} vs rsl_rl {peer['median_final_score']:.3f}; training "
+          f"time {ours['median_train_time_s']:.0f} s vs {peer['median_train_time_s']:.0f} s")
+    medians = {name: {k: s[k] for k in ("median_final_score", "median_train_time_s", "median_collect_time_s",
+                                        "median_update_time_s")} for name, s in summary.items()}
+    ratios = {"score_ours_over_rsl_rl": ours["median_final_score"] / peer["median_final_score"]
+              if peer["median_final_score"] else None,
+              "train_time_rsl_rl_over_ours": peer["median_train_time_s"] / ours["median_train_time_s"]}
+    rsl_rl = {"num_learning_epochs": args.rsl_epochs, "gradient_length": 15, "learning_rate": 1e-3, "init_std": 0.1}
+    return envelope.write("rsl_rl_peer", args, started, runs=len(args.seeds), medians=medians, ratios=ratios,
+                          results={"rsl_rl": rsl_rl, "summary": summary, "runs": runs}, tag=f"_{args.suite}{args.tag}")
 
 
 if __name__ == "__main__":

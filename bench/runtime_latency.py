@@ -8,47 +8,44 @@ Variants, all on the same exported bundle and the same observation:
 - ``onnx_act``: ``OnnxPolicy.act`` (numpy groups in, numpy actions out, 1 intra-op thread).
 
 Rounds alternate the variants; reports median and p99 per call in microseconds and the ratios
-ONNX / torch eager, and writes them to ``bench/results/runtime_latency.json``.
+ONNX / torch eager.
 
-    .venv/bin/python bench/runtime_latency.py [--bundle envs/zoo/locomotion/walk] [--iters 20000]
+    .venv/bin/python -m bench runtime_latency [--bundle envs/zoo/locomotion/walk] [--iters 20000]
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
 import statistics
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+if not __package__:  # python bench/<name>.py: the bench package lives one folder up
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import numpy as np
 import torch
-from runtime_setup import shown, time_calls, versions
 
-from policydistill.bundle import load_bundle
-from policydistill.io import atomic_write_json
-from policydistill.runtime import OnnxPolicy, export_policy
+from bench import envelope
+from bench.common import one_thread, parse, parser, random_obs, shown, summarise, time_calls
+from policydistill import OnnxPolicy, export_policy, load_bundle, zoo_dir
 from policydistill.types import concat_groups
 
-ROOT = Path(__file__).resolve().parents[1]
-log = logging.getLogger("bench.runtime_latency")
+SMOKE = {"iters": 300, "rounds": 1}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--bundle", default=str(ROOT / "envs/zoo/locomotion/walk"))
+def main(argv: list[str] | None = None) -> dict:
+    p = parser("runtime_latency", __doc__)
+    p.add_argument("--bundle", default=str(zoo_dir("locomotion") / "walk"))
     p.add_argument("--iters", type=int, default=20_000, help="calls per variant per round")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--out", default=str(ROOT / "bench/results/runtime_latency.json"))
-    args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    torch.set_num_threads(1)
-    torch.set_num_interop_threads(1)
+    args = parse(p, argv, SMOKE)
+    started = envelope.start()
+    one_thread()
 
     policy = load_bundle(args.bundle, device="cpu")
-    rng = np.random.default_rng(0)
-    obs = {g: rng.normal(size=(1, policy.observation_space[g].shape[0])).astype(np.float32) for g in policy.groups}
+    obs = random_obs(policy)
     x = torch.from_numpy(concat_groups(obs, policy.groups))
     with tempfile.TemporaryDirectory() as tmp:
         scripted = torch.jit.load(str(export_policy(args.bundle, "torchscript", Path(tmp) / "policy.pt")))
@@ -73,26 +70,18 @@ def main() -> None:
             for name, fn in variants.items():
                 times[name] += time_calls(fn, args.iters)
 
-    stats = {name: {"median_us": statistics.median(t), "p99_us": float(np.percentile(t, 99)),
-                    "mean_us": statistics.fmean(t)} for name, t in times.items()}
+    stats = {name: summarise(t) for name, t in times.items()}
     onnx = stats["onnx_act"]
-    result = {
-        "bench": "runtime_latency", "bundle": shown(args.bundle), "batch": 1, "threads": 1,
-        "obs_dim": policy.obs_dim, "act_dim": policy.act_dim, "hidden": policy.hidden,
-        "iters_per_round": args.iters, "rounds": args.rounds, "latency": stats,
-        "ratio_onnx_act_over_torch_act": {k: onnx[k] / stats["torch_act"][k] for k in ("median_us", "p99_us")},
-        "ratio_onnx_act_over_torch_forward": {k: onnx[k] / stats["torch_forward"][k] for k in ("median_us", "p99_us")},
-        "versions": versions(),
-    }
-    atomic_write_json(args.out, result)
+    ratios = {f"onnx_act_over_{ref_name}": {k: onnx[k] / stats[ref_name][k] for k in ("median_us", "p99_us")}
+              for ref_name in ("torch_act", "torch_forward")}
     print(f"batch-1 latency, {policy.obs_dim}->{policy.hidden}->{policy.act_dim}, one thread, "
           f"{args.rounds}x{args.iters} calls")
     for name, s in stats.items():
         print(f"  {name:14s} median {s['median_us']:8.1f} us   p99 {s['p99_us']:8.1f} us")
-    for ref_name in ("torch_act", "torch_forward"):
-        r = result[f"ratio_onnx_act_over_{ref_name}"]
-        print(f"  onnx_act / {ref_name:14s} median {r['median_us']:.2f}   p99 {r['p99_us']:.2f}")
-    log.info("wrote %s", args.out)
+    return envelope.write("runtime_latency", args, started, runs=args.rounds,
+                          medians={name: statistics.median(t) for name, t in times.items()}, ratios=ratios,
+                          results={"bundle": shown(args.bundle), "batch": 1, "threads": 1, "obs_dim": policy.obs_dim,
+                                   "act_dim": policy.act_dim, "hidden": policy.hidden, "latency": stats})
 
 
 if __name__ == "__main__":

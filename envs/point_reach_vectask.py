@@ -25,8 +25,8 @@ from mujoco import rollout
 from policydistill_envs.point_reach import ASSET, resolve_target
 
 if TYPE_CHECKING:
-    from policydistill.batched.vectask import VecTaskEnv
-    from policydistill.suite import Suite
+    from policydistill.suites import Suite
+    from policydistill.suites.batched.vectask import VecTaskEnv
 
 
 class PointReachVecTask:
@@ -157,7 +157,7 @@ def make_batched(suite: Suite, slot_tasks: Sequence[int]) -> VecTaskEnv:
     PointReachVecTask whose row ``i`` runs the PointReach task ``slot_tasks[i]``, behind the VecTask adapter."""
     from policydistill_envs import POINT_REACH_ID
 
-    from policydistill.batched.vectask import VecTaskEnv
+    from policydistill.suites.batched.vectask import VecTaskEnv
 
     targets, extra = [], {}
     for t in slot_tasks:

@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import policydistill
-from policydistill.io import file_sha256
+from policydistill.files import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +40,11 @@ _ASIDE = ".old"
 _TMP = ".tmp-"
 
 POLICY_CLASSES: dict[str, type | str] = {
-    "MLPPolicy": "policydistill.models.mlp_policy:MLPPolicy",
+    "MLPPolicy": "policydistill.models.mlp:MLPPolicy",
     "GeneralistPolicy": "policydistill.models.generalist:GeneralistPolicy",
     "DiffusionPolicy": "policydistill.models.diffusion:DiffusionPolicy",
     "OneStepPolicy": "policydistill.models.onestep:OneStepPolicy",
-    "HistoryPolicy": "policydistill.models.history_policy:HistoryPolicy",
+    "HistoryPolicy": "policydistill.models.history:HistoryPolicy",
 }
 """Allow-list of policy classes a bundle may name: a class, or ``"module:Class"`` imported on first use."""
 

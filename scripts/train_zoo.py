@@ -18,9 +18,9 @@ import torch
 from policydistill.bundle import load_bundle
 from policydistill.cli import compose_config
 from policydistill.eval.evaluate import evaluate, format_table
-from policydistill.io import atomic_write_json
-from policydistill.suite import load_suite
-from policydistill.train.experts import train_experts
+from policydistill.experts import train_experts
+from policydistill.files import atomic_write_json
+from policydistill.suites import load_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 

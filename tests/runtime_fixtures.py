@@ -11,10 +11,10 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
+from policydistill.graph import OBS, ExportGraph, TensorSpec
 from policydistill.models.normalizer import ObsNormalizer
-from policydistill.runtime.graph import OBS, ExportGraph, TensorSpec
 from policydistill.runtime.sampler import SamplerSpec, alphas_cumprod
-from policydistill.suite import load_suite
+from policydistill.suites import load_suite
 from policydistill.types import concat_groups, stack_obs
 
 GROUPS = ("policy", "privileged")

@@ -1,6 +1,7 @@
 """Conformance suite of the batched tensor env protocol: every adapter passes the same tests on real envs
-(gymnasium's SyncVectorEnv over the default suite, PointReach in VecTask style with MuJoCo underneath,
-and the rsl_rl VecEnv adapters both ways)."""
+(plain gymnasium envs, one per row, as every suite without a batched factory is rolled out; gymnasium's
+SyncVectorEnv over the default suite; PointReach in VecTask style with MuJoCo underneath; and the rsl_rl
+VecEnv adapters both ways)."""
 
 from __future__ import annotations
 
@@ -12,16 +13,19 @@ import torch
 from conftest import goal_seeker
 from policydistill_envs.point_reach_vectask import make_batched
 
-from policydistill.batched.gym_vector import from_suite
-from policydistill.batched.protocol import BatchedEnv
 from policydistill.distill.collect import collect
-from policydistill.eval.batched_rollout import drive
-from policydistill.eval.rollout import rollout, run_episodes
+from policydistill.eval.rollout import drive, rollout, run_episodes
 from policydistill.policy import CallablePolicy, RandomPolicy
-from policydistill.suite import load_suite, suite_from_dict
+from policydistill.suites import load_suite, suite_from_dict
+from policydistill.suites.batched import BatchedEnv, GymEnvs, from_suite
 from policydistill.teachers import TeacherBank
 
 SLOTS = [0, 1, 2, 3, 0, 1]
+
+
+def _gym_envs() -> BatchedEnv:
+    suite = load_suite("default")
+    return GymEnvs([suite.make_env(t) for t in SLOTS])
 
 
 def _gymnasium() -> BatchedEnv:
@@ -33,12 +37,12 @@ def _vectask() -> BatchedEnv:
 
 
 def _rsl_rl() -> BatchedEnv:
-    from policydistill.batched.rsl_rl import FromRslRl, to_rsl_rl
+    from policydistill.suites.batched.rsl_rl import FromRslRl, to_rsl_rl
 
     return FromRslRl(to_rsl_rl(make_batched(load_suite("default_vectask"), SLOTS)))
 
 
-ADAPTERS = {"gymnasium": _gymnasium, "vectask": _vectask, "rsl_rl": _rsl_rl}
+ADAPTERS = {"gym_envs": _gym_envs, "gymnasium": _gymnasium, "vectask": _vectask, "rsl_rl": _rsl_rl}
 
 
 @pytest.fixture(params=list(ADAPTERS))
@@ -176,7 +180,7 @@ def test_rsl_rl_side_of_the_adapter():
     from rsl_rl.env import VecEnv
     from tensordict import TensorDict
 
-    from policydistill.batched.rsl_rl import to_rsl_rl
+    from policydistill.suites.batched.rsl_rl import to_rsl_rl
 
     vec = to_rsl_rl(_vectask(), seed=0)
     assert isinstance(vec, VecEnv) and isinstance(vec.get_observations(), TensorDict)
@@ -188,7 +192,7 @@ def test_rsl_rl_side_of_the_adapter():
 
 
 def test_isaacgym_absent_gives_a_clear_error():
-    from policydistill.batched.vectask import load_isaacgym_task
+    from policydistill.suites.batched.vectask import load_isaacgym_task
 
     with pytest.raises(ImportError, match="IsaacGym is not available"):
         load_isaacgym_task("Ant", {})
@@ -199,7 +203,7 @@ def test_rsl_rl_ppo_learns_on_a_protocol_env():
     """rsl_rl's own PPO runner trains through to_rsl_rl on the VecTask-style PointReach."""
     from rsl_rl.runners import OnPolicyRunner
 
-    from policydistill.batched.rsl_rl import to_rsl_rl
+    from policydistill.suites.batched.rsl_rl import to_rsl_rl
 
     def mean_reward(policy) -> float:
         env = to_rsl_rl(make_batched(load_suite("default_vectask"), [0] * 32), seed=123)

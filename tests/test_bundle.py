@@ -28,7 +28,7 @@ from policydistill.bundle import (
     save_bundle,
 )
 from policydistill.models import resolve_device
-from policydistill.models.mlp_policy import MLPPolicy
+from policydistill.models.mlp import MLPPolicy
 from policydistill.models.normalizer import ObsNormalizer
 from policydistill.spaces import space_from_json, space_to_json
 
@@ -334,7 +334,7 @@ WRITER = """
 import sys, torch
 from gymnasium import spaces
 from policydistill.bundle import save_bundle
-from policydistill.models.mlp_policy import MLPPolicy
+from policydistill.models.mlp import MLPPolicy
 obs = spaces.Dict({"policy": spaces.Box(-1, 1, (64,))})
 policy = MLPPolicy(["policy"], obs, spaces.Box(-1, 1, (2,)), hidden=[256, 256])
 print("ready", flush=True)

@@ -1,15 +1,26 @@
+"""The command line: composition into the schema dataclasses, clear errors, --cfg for every command, sweeps."""
+
+import importlib.util
+import json
 import logging
+from pathlib import Path
 
 import pytest
 
 from policydistill.cli import ConfigError, compose_config, main
-from policydistill.config import TrainExpertsConfig
+from policydistill.cli.commands import COMMANDS
+from policydistill.distill.diffusion import DiffusionConfig
+from policydistill.experts import TrainExpertsConfig
+
+ZOO = Path(__file__).resolve().parents[1] / "envs" / "zoo" / "default"
 
 
 def test_compose_gives_the_schema_dataclass():
     cfg = compose_config("train-experts", ["suite=locomotion", "expert=sac", "workers=1"])
     assert isinstance(cfg, TrainExpertsConfig)
     assert (cfg.suite, cfg.expert.algo, cfg.workers, cfg.expert.n_envs) == ("locomotion", "sac", 1, 1)
+    cfg = compose_config("distill", ["method=diffusion", "teachers=x", "method.train_steps=7"])
+    assert isinstance(cfg.method, DiffusionConfig) and cfg.method.train_steps == 7 and cfg.method_name == "diffusion"
 
 
 def test_unknown_key_lists_valid_keys():
@@ -21,6 +32,12 @@ def test_unknown_key_lists_valid_keys():
         compose_config("train-experts", ["expert.hyperparams.clip_range=0.1"])
     cfg = compose_config("train-experts", ["+expert.hyperparams.clip_range=0.1"])
     assert cfg.expert.hyperparams["clip_range"] == 0.1
+    with pytest.raises(ConfigError, match=r"method 'diffusion' has no key 'method.lr_decay'; valid keys: .*"
+                                          r"method.train_steps"):
+        compose_config("distill", ["method=diffusion", "method.lr_decay=true"])
+    with pytest.raises(ConfigError, match=r"unknown method 'ppo'; expected one of \['bc', 'dagger', 'diffusion', "
+                                          r"'kickstart', 'onestep', 'onpolicy'\]"):
+        compose_config("distill", ["method=ppo"])
 
 
 def test_wrong_type_and_missing_value_are_clear():
@@ -30,6 +47,9 @@ def test_wrong_type_and_missing_value_are_clear():
         compose_config("evaluate", [])
     with pytest.raises(ConfigError, match=r"unknown command 'train'.*train-experts"):
         compose_config("train", [])
+    with pytest.raises(ConfigError, match=r"suite=Hopper-v5,Walker2d-v5 is a sweep over 2 values: add -m .*"
+                                          r"suite=Hopper-v5\+Walker2d-v5"):
+        compose_config("train-experts", ["suite=Hopper-v5,Walker2d-v5"])
 
 
 def test_main_reports_errors_with_exit_code_2(caplog, tmp_path):
@@ -38,4 +58,52 @@ def test_main_reports_errors_with_exit_code_2(caplog, tmp_path):
     assert "unknown suite 'nope'" in caplog.text and "default" in caplog.text
     assert main(["evaluate", f"policy={tmp_path / 'missing'}"]) == 2
     assert "no policy bundle or folder of bundles" in caplog.text
+    assert main(["distill", f"out={tmp_path / 'x'}"]) == 2
+    assert "'distill' needs teachers=..." in caplog.text and not (tmp_path / "x").exists()
     assert main(["--help"]) == 0
+
+
+def test_video_without_a_renderer_is_one_clear_error(caplog, tmp_path):
+    """Classic-control envs render with pygame, which the default install lacks: refused before any episode."""
+    if importlib.util.find_spec("pygame") is not None:
+        pytest.skip("pygame is installed: Pendulum renders")
+    caplog.set_level(logging.ERROR)
+    out = tmp_path / "eval" / "result.json"
+    assert main(["evaluate", "policy=suite", "suite=Pendulum-v1", "video=true", f"out={out}"]) == 2
+    assert "video=true cannot render task 'Pendulum-v1': pygame is not installed" in caplog.text
+    assert not (tmp_path / "eval").exists()
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_cfg_prints_the_composed_config_before_required_keys_are_given(command, capsys):
+    assert main([command, "--cfg"]) == 0
+    printed = capsys.readouterr().out
+    assert "suite:" in printed or "policy:" in printed or "run:" in printed or "model:" in printed
+
+
+def test_a_plus_joined_suite_is_one_suite_of_its_env_ids():
+    from policydistill.suites import load_suite
+
+    suite = load_suite("Hopper-v5+Walker2d-v5")
+    assert suite.task_names == ["Hopper-v5", "Walker2d-v5"]
+
+
+def test_a_sweep_runs_one_job_per_value_and_writes_one_table(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert main(["evaluate", f"policy={ZOO}", "suite=default", "episodes=1", f"out={out}.json", "-m",
+                 "seed=1000,2000"]) == 0
+    table = json.loads((out / "sweep.json").read_text())
+    assert [job["seed"] for job in table["jobs"]] == ["1000", "2000"]
+    assert all(job["return"] > 0 for job in table["jobs"])
+    assert (out / "seed=1000.json").is_file() and (out / "seed=2000.json").is_file()
+    assert "| job | seed | return | success |" in (out / "sweep.md").read_text()
+
+
+def test_a_torch_module_named_as_module_attr_is_a_teacher(tmp_path, monkeypatch):
+    """``module:attr`` naming a plain torch module ``(n, obs_dim) -> (n, act_dim)`` over the ``policy`` group."""
+    module = tmp_path / "mymodule.py"
+    module.write_text("import torch\ncontroller = torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.Tanh())\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["evaluate", "policy=mymodule:controller", "suite=default", "episodes=1",
+                 f"out={tmp_path / 'eval.json'}"]) == 0
+    assert json.loads((tmp_path / "eval.json").read_text())["tasks"]["north"]["episodes"] == 1

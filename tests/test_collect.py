@@ -8,7 +8,7 @@ from conftest import goal_seeker
 from policydistill.data.shards import EpisodeStore, ShardWriter
 from policydistill.distill.collect import collect
 from policydistill.policy import CallablePolicy, RandomPolicy
-from policydistill.suite import load_suite
+from policydistill.suites import load_suite
 from policydistill.teachers import TeacherBank
 
 
@@ -68,7 +68,7 @@ def test_envs_reused_from_a_pool_give_the_same_episodes(default_suite):
 def test_teacher_noise_perturbs_executed_actions_not_labels(default_suite):
     import pytest
 
-    from policydistill.eval.evaluate import policies_for_suite
+    from policydistill.teachers import policies_for_suite
 
     zoo = policies_for_suite(Path(__file__).resolve().parents[1] / "envs/zoo/default", default_suite, device="cpu")
     bank = TeacherBank([zoo[n] for n in default_suite.task_names])

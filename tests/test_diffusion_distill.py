@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,29 +12,30 @@ from conftest import goal_seeker
 
 from policydistill.bundle import load_bundle
 from policydistill.cli import compose_config, main
-from policydistill.config import DistillConfig, OneStepConfig
 from policydistill.data.chunks import chunk_windows
 from policydistill.data.shards import EpisodeStore
-from policydistill.distill import diffusion as diffusion_mod
-from policydistill.distill.diffusion import distill_diffusion
-from policydistill.distill.onestep import ALGOS, check_onestep, distill_onestep, make_algo
-from policydistill.eval.evaluate import policies_for_suite
+from policydistill.distill.algorithm import Context
+from policydistill.distill.fit import fit
+from policydistill.distill.onestep import ALGOS, OneStepAlgorithm, OneStepConfig
+from policydistill.distill.runner import distill
 from policydistill.eval.metrics import summarise
 from policydistill.eval.rollout import run_episodes
-from policydistill.io import read_json
+from policydistill.files import read_json
 from policydistill.models.diffusion import DiffusionPolicy
 from policydistill.models.onestep import OneStepPolicy
+from policydistill.models.students import StudentConfig
 from policydistill.policy import RandomPolicy
-from policydistill.suite import load_suite, suite_from_dict
+from policydistill.suites import load_suite, suite_from_dict
+from policydistill.teachers import policies_for_suite
 from policydistill.teachers.routes import EpisodeMixture, MirroredPolicy, mirror_routes
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["diffusion.hidden=[32,32]", "diffusion.horizon=8", "diffusion.n_action_steps=4", "diffusion.sampler_steps=4",
-        "diffusion.episodes_per_task=2", "diffusion.train_steps=40", "diffusion.checkpoint_every=20",
-        "eval_episodes=1", "batch_size=32"]
+TINY = ["method.hidden=[32,32]", "method.horizon=8", "method.n_action_steps=4", "method.sampler_steps=4",
+        "method.episodes_per_task=2", "method.train_steps=40", "method.checkpoint_every=20", "eval_episodes=1",
+        "method.batch_size=32"]
 
 
-def tiny_cfg(out: Path, *extra: str) -> DistillConfig:
+def tiny_cfg(out: Path, *extra: str):
     return compose_config("distill", ["method=diffusion", "teachers=unused", f"out={out}", *TINY, *extra])
 
 
@@ -44,8 +44,7 @@ def teacher_run(tmp_path_factory, default_suite) -> Path:
     """A tiny diffusion policy trained on the scripted goal seeker's episodes (mirror routes)."""
     out = tmp_path_factory.mktemp("diffusion")
     seeker = goal_seeker()
-    distill_diffusion(tiny_cfg(out, "diffusion.demos=mirror_routes"), default_suite,
-                      {n: seeker for n in default_suite.task_names})
+    distill(tiny_cfg(out, "method.demos=mirror_routes"), default_suite, {n: seeker for n in default_suite.task_names})
     return out
 
 
@@ -58,7 +57,7 @@ def test_diffusion_run_writes_bundle_episodes_and_summary(teacher_run, default_s
     summary = read_json(teacher_run / "distill.json")
     assert summary["method"] == "diffusion" and len(summary["rounds"]) == 1
     row = summary["rounds"][0]
-    assert row["dataset_steps"] == store.steps and np.isfinite(row["loss"])
+    assert row["dataset_steps"] == store.steps and np.isfinite(row["loss"]) and row["updates"] == 40
     assert set(row["tasks"]) == set(default_suite.task_names)
     assert not torch.equal(policy.obs_normalizer.var, torch.ones_like(policy.obs_normalizer.var))
 
@@ -87,96 +86,70 @@ def test_mirror_routes_mix_two_ways_per_episode(default_suite) -> None:
         mirror_routes(no_mirror, {"Pendulum-v1": seeker})
 
 
-def _algo(name: str, teacher_run: Path, batch_size: int = 16):
+def _algo(name: str, teacher_run: Path, suite) -> OneStepAlgorithm:
+    """The algorithm ``name`` over the teacher of ``teacher_run`` and its episodes, ready to update."""
     teacher = load_bundle(teacher_run / "student", device="cpu")
-    data = chunk_windows([teacher_run / "episodes"], teacher.groups, teacher.n_obs_steps, teacher.horizon)
-    cfg = replace(DistillConfig().onestep, pairs=64, steps=10)
+    cfg = OneStepConfig(pairs=64, steps=10, batch_size=16).for_algo(name)
     torch.manual_seed(0)
-    return teacher, make_algo(name, teacher, cfg, data, batch_size, np.random.default_rng(0))
+    algo = OneStepAlgorithm.build(cfg, Context(suite, dict.fromkeys(suite.task_names, teacher), StudentConfig(),
+                                               torch.device("cpu"), 0, teacher_run))
+    algo.windows(EpisodeStore(teacher_run / "episodes"))
+    algo.prepare()
+    return algo
 
 
 @pytest.mark.parametrize("name", ALGOS)
-def test_every_student_parameter_gets_a_gradient(teacher_run, name: str) -> None:
-    _, algo = _algo(name, teacher_run)
-    algo.prepare()
-    algo.before_student()
-    loss, stats = algo.student_loss(algo.student, algo.sample())
+def test_every_student_parameter_gets_a_gradient(teacher_run, default_suite, name: str) -> None:
+    algo = _algo(name, teacher_run, default_suite)
+    n, take, weights = algo.dataset()
+    rng = np.random.default_rng(0)
+    batch = {**take(torch.as_tensor(rng.integers(0, n, 16))), **algo.randoms(rng, 16)}
+    aux = algo.aux()
+    if aux is not None:  # dmd: the auxiliary network learns from the generator's chunks
+        aux.loss(rng).backward()
+        assert all(p.grad is not None for p in aux.module.parameters())
+    loss, stats = algo.student_loss(algo.student, batch)
     loss.backward()
     params = dict(algo.student.named_parameters())
     assert params and all(v.requires_grad for v in params.values())
     dead = [k for k, v in params.items() if v.grad is None or not torch.any(v.grad != 0)]
     assert not dead, f"{name}: parameters without gradient: {dead}"
-    assert all(np.isfinite(v) for v in stats.values())
+    assert all(np.isfinite(float(v)) for v in stats.values())
 
 
 @pytest.mark.parametrize("name", ALGOS)
-def test_teacher_stays_frozen(teacher_run, name: str) -> None:
-    teacher, algo = _algo(name, teacher_run)
+def test_teacher_stays_frozen(teacher_run, default_suite, name: str) -> None:
+    algo = _algo(name, teacher_run, default_suite)
+    teacher = algo.teacher
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     student_before = [p.detach().clone() for p in algo.student.parameters()]
-    algo.prepare()
-    for step in range(3):
-        algo.set_progress(step)
-        algo.update()
+    fit(algo.fit_job(EpisodeStore(teacher_run / "episodes"), 0, steps=3), np.random.default_rng(0), progress=False)
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
     assert any(not torch.equal(a, b) for a, b in zip(student_before, algo.student.parameters(), strict=True))
     assert algo.teacher_calls > 0
 
 
-def test_interrupted_diffusion_training_resumes_from_its_checkpoint(tmp_path, default_suite, monkeypatch,
-                                                                   caplog) -> None:
-    seeker = goal_seeker()
-    teachers = {n: seeker for n in default_suite.task_names}
-    cfg = tiny_cfg(tmp_path)
-
-    def killed(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    calls = {"n": 0}
-    real = diffusion_mod.evaluate_per_task
-
-    def kill_after_teacher_eval(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] > 1:  # the first call evaluates the teachers; the second, after training, is "killed"
-            killed()
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(diffusion_mod, "evaluate_per_task", kill_after_teacher_eval)
-    with pytest.raises(KeyboardInterrupt):
-        distill_diffusion(cfg, default_suite, teachers)
-    assert read_json(tmp_path / "checkpoint" / "state.json") == {"round": 0, "step": 20}
-    monkeypatch.setattr(diffusion_mod, "evaluate_per_task", real)
-    steps_before = EpisodeStore(tmp_path / "episodes").steps
-    with caplog.at_level(logging.INFO, "policydistill.distill.diffusion"):
-        summary = distill_diffusion(cfg, default_suite, teachers)
-    assert "resuming round 0 at update 20" in caplog.text
-    assert len(summary["rounds"]) == 1 and EpisodeStore(tmp_path / "episodes").steps == steps_before
-    summary = distill_diffusion(replace(cfg, diffusion=replace(cfg.diffusion, rounds=2, schedule="constant",
-                                                               schedule_params={"beta": 0.5})), default_suite, teachers)
-    assert [r["beta"] for r in summary["rounds"]] == [1.0, 0.5]
-    assert {m["round"] for m in EpisodeStore(tmp_path / "episodes").episodes()} == {0, 1}
-
-
 def test_distill_commands_train_distil_and_evaluate(tmp_path) -> None:
     teach, student = tmp_path / "teacher", tmp_path / "onestep"
-    assert main(["distill", "method=diffusion", "suite=default", "teachers=envs/zoo/default", f"out={teach}",
-                 *TINY]) == 0
+    assert main(["distill", "method=diffusion", "suite=default", f"teachers={ROOT / 'envs/zoo/default'}",
+                 f"out={teach}", *TINY]) == 0
     assert main(["distill", "method=onestep", "suite=default", f"teachers={teach}/student", f"out={student}",
-                 "onestep.algo=regression", "onestep.steps=5", "onestep.pairs=32", "onestep.episodes_per_task=1",
-                 "eval_episodes=1", "batch_size=16"]) == 0
+                 "method.algo=regression", "method.steps=5", "method.pairs=32", "method.episodes_per_task=1",
+                 "eval_episodes=1", "method.batch_size=16"]) == 0
     summary = read_json(student / "distill.json")
-    assert summary["teacher_train_steps"] == 40 and summary["rounds"][0]["updates"] == 5
+    assert summary["rounds"][0]["info"]["teacher_train_steps"] == 40 and summary["rounds"][0]["updates"] == 5
+    assert summary["info"] == {"algo": "regression", "teacher_sampler": {"kind": "ddim", "steps": 4}}
     assert isinstance(load_bundle(student / "student", device="cpu"), OneStepPolicy)
     assert main(["evaluate", f"policy={teach}/student", "suite=default", "episodes=1", "sampler=ddim:1",
                  f"out={tmp_path / 'eval.json'}"]) == 0
     assert read_json(tmp_path / "eval.json")["sampler"] == "ddim:1"
-    assert main(["distill", "method=onestep", "suite=default", "teachers=envs/zoo/default",
+    assert main(["distill", "method=onestep", "suite=default", f"teachers={ROOT / 'envs/zoo/default'}",
                  f"out={tmp_path / 'x'}"]) == 2
     assert main(["distill", "method=onestep", "suite=default", f"teachers={teach}/student", f"out={tmp_path / 'y'}",
-                 "onestep.algo=dmd3"]) == 2
-    with pytest.raises(ValueError, match="onestep.teacher_steps must be an int >= 1 or null"):
-        check_onestep(OneStepConfig(teacher_steps=0))
+                 "method.algo=dmd3"]) == 2
+    with pytest.raises(ValueError, match="method.teacher_steps must be an int >= 1 or null"):
+        OneStepConfig(algo="regression", teacher_steps=0)
 
 
 @pytest.mark.slow
@@ -187,14 +160,14 @@ def test_diffusion_policy_and_one_step_student_learn_to_reach(tmp_path) -> None:
         {"name": "north", "env": "policydistill/PointReach-v0", "kwargs": {"target": "north"}},
         {"name": "east", "env": "policydistill/PointReach-v0", "kwargs": {"target": "east"}}]}, "two")
     experts = {n: load_bundle(ROOT / "envs/zoo/default" / n, device="cpu") for n in suite.task_names}
-    cfg = compose_config("distill", ["method=diffusion", f"out={tmp_path / 'teacher'}", "diffusion.hidden=[128,128]",
-                                     "diffusion.episodes_per_task=10", "diffusion.train_steps=1500",
-                                     "diffusion.sampler_steps=10", "eval_episodes=4"])
-    distill_diffusion(cfg, suite, experts)
+    cfg = compose_config("distill", ["method=diffusion", "teachers=x", f"out={tmp_path / 'teacher'}",
+                                     "method.hidden=[128,128]", "method.episodes_per_task=10",
+                                     "method.train_steps=1500", "method.sampler_steps=10", "eval_episodes=4"])
+    distill(cfg, suite, experts)
     teacher = load_bundle(tmp_path / "teacher" / "student", device="cpu")
     cfg = replace(cfg, out=str(tmp_path / "student"), teachers=str(tmp_path / "teacher" / "student"),
-                  onestep=replace(cfg.onestep, algo="dmd_det", steps=150, episodes_per_task=4))
-    distill_onestep(cfg, suite, policies_for_suite(cfg.teachers, suite, device="cpu"))
+                  method=OneStepConfig(algo="dmd_det", steps=150, episodes_per_task=4))
+    distill(cfg, suite, policies_for_suite(cfg.teachers, suite, device="cpu"))
     student = load_bundle(tmp_path / "student" / "student", device="cpu")
 
     def mean_return(policies: dict) -> float:
@@ -222,36 +195,9 @@ def test_load_suite_default_hazard_keeps_the_default_tasks_and_spaces() -> None:
 def test_diffusion_trains_on_given_episode_stores_too(tmp_path, teacher_run, default_suite) -> None:
     """DAgger-aggregated (or any) episode stores given in ``diffusion.data`` join the collected episodes."""
     seeker = goal_seeker()
-    cfg = tiny_cfg(tmp_path, f"diffusion.data=[{teacher_run / 'episodes'}]", "diffusion.episodes_per_task=1")
-    summary = distill_diffusion(cfg, default_suite, {n: seeker for n in default_suite.task_names})
+    cfg = tiny_cfg(tmp_path, f"method.data=[{teacher_run / 'episodes'}]", "method.episodes_per_task=1")
+    summary = distill(cfg, default_suite, {n: seeker for n in default_suite.task_names})
     own, given = EpisodeStore(tmp_path / "episodes").steps, EpisodeStore(teacher_run / "episodes").steps
-    assert summary["rounds"][0]["dataset_steps"] == own + given
+    assert summary["rounds"][0]["info"]["windows"] == own + given and summary["rounds"][0]["dataset_steps"] == own
     with pytest.raises(ValueError, match="lack fields"):
         chunk_windows([teacher_run / "episodes"], ("policy", "privileged", "task", "missing"), 1, 4)
-
-
-def test_interrupted_one_step_distillation_resumes(tmp_path, teacher_run, default_suite, monkeypatch) -> None:
-    from policydistill.distill.onestep import OneStepAlgo
-
-    teacher = str(teacher_run / "student")
-    cfg = compose_config("distill", ["method=onestep", f"teachers={teacher}", f"out={tmp_path}", "onestep.steps=10",
-                                     "onestep.checkpoint_every=5", "onestep.episodes_per_task=1", "onestep.pairs=32",
-                                     "eval_episodes=1", "batch_size=16"])
-    teachers = policies_for_suite(teacher, default_suite, device="cpu")
-    real, calls = OneStepAlgo.update, {"n": 0}
-
-    def killed_at_the_seventh_update(self):
-        calls["n"] += 1
-        if calls["n"] == 7:
-            raise KeyboardInterrupt
-        return real(self)
-
-    monkeypatch.setattr(OneStepAlgo, "update", killed_at_the_seventh_update)
-    with pytest.raises(KeyboardInterrupt):
-        distill_onestep(cfg, default_suite, teachers)
-    assert read_json(tmp_path / "checkpoint.json") == {"step": 5}
-    calls["n"] = 0
-    summary = distill_onestep(cfg, default_suite, teachers)
-    assert calls["n"] == 5  # updates 5..9 only
-    assert len(summary["rounds"]) == 1 and summary["rounds"][0]["updates"] == 10
-    assert isinstance(load_bundle(tmp_path / "student", device="cpu"), OneStepPolicy)

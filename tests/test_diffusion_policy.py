@@ -11,7 +11,7 @@ import torch
 from gymnasium import spaces
 
 from policydistill.bundle import load_bundle, save_bundle
-from policydistill.io import read_json
+from policydistill.files import read_json
 from policydistill.models.diffusion import DiffusionPolicy, apply_sampler, parse_sampler
 from policydistill.models.noise import alphas_cumprod
 from policydistill.models.onestep import OneStepPolicy

@@ -10,13 +10,14 @@ from conftest import goal_seeker
 
 from policydistill.bundle import load_bundle
 from policydistill.cli import main
-from policydistill.config import DistillConfig, StudentConfig
 from policydistill.data.shards import EpisodeStore
 from policydistill.distill.collect import collect
-from policydistill.distill.dagger import build_student, distill
+from policydistill.distill.dagger import BCConfig, DAggerConfig, OnPolicyConfig
+from policydistill.distill.runner import DistillConfig, distill
 from policydistill.eval.metrics import summarise
 from policydistill.eval.rollout import run_episodes
-from policydistill.io import read_json
+from policydistill.files import read_json
+from policydistill.models.students import StudentConfig, build_student
 from policydistill.policy import CallablePolicy, RandomPolicy
 from policydistill.teachers import TeacherBank
 from policydistill.types import stack_obs
@@ -24,10 +25,18 @@ from policydistill.types import stack_obs
 ZOO = Path(__file__).resolve().parents[1] / "envs" / "zoo" / "default"
 
 
-def quick(tmp_path: Path, **kw) -> DistillConfig:
-    base = DistillConfig(teachers="-", out=str(tmp_path / "run"), rounds=2, episodes_per_task=2, updates_per_round=50,
-                         eval_episodes=2, schedule="linear", schedule_params={"rounds": 2})
-    return replace(base, **kw)
+METHOD_CONFIGS = {"bc": BCConfig, "dagger": DAggerConfig, "onpolicy": OnPolicyConfig}
+
+
+def quick(tmp_path: Path, method: str = "dagger", student: StudentConfig | None = None, **kw) -> DistillConfig:
+    """A tiny run of the DAgger family: ``kw`` are method keys, or run keys (device, stop_score, ...)."""
+    run_keys = {"device", "stop_score", "eval_episodes", "n_envs", "seed"}
+    method_kw = {"rounds": 2, "episodes_per_task": 2, "updates_per_round": 50,
+                 **({"beta_rounds": 2} if method == "dagger" and kw.get("schedule", "linear") == "linear" else {}),
+                 **{k: v for k, v in kw.items() if k not in run_keys}}
+    return DistillConfig(teachers="-", out=str(tmp_path / "run"), method=METHOD_CONFIGS[method](**method_kw),
+                         student=student or StudentConfig(), **{"eval_episodes": 2, **{k: v for k, v in kw.items()
+                                                                                       if k in run_keys}})
 
 
 def scripted_teachers(suite) -> dict:
@@ -36,8 +45,8 @@ def scripted_teachers(suite) -> dict:
 
 @pytest.mark.slow
 def test_dagger_generalist_learns_every_task_and_beats_random(default_suite, tmp_path):
-    cfg = quick(tmp_path, rounds=4, episodes_per_task=4, updates_per_round=400, eval_episodes=5,
-                schedule_params={"rounds": 3})
+    cfg = replace(quick(tmp_path, rounds=4, episodes_per_task=4, updates_per_round=400, beta_rounds=3),
+                  eval_episodes=5)
     summary = distill(cfg, default_suite, scripted_teachers(default_suite))
     student = load_bundle(tmp_path / "run" / "student", device="cpu")
     env = default_suite.make_env(0)
@@ -51,8 +60,7 @@ def test_dagger_generalist_learns_every_task_and_beats_random(default_suite, tmp
 
 
 def test_rounds_follow_the_schedule_and_count_labels(default_suite, tmp_path):
-    summary = distill(quick(tmp_path, rounds=3, schedule_params={"rounds": 2}), default_suite,
-                      scripted_teachers(default_suite))
+    summary = distill(quick(tmp_path, rounds=3, beta_rounds=2), default_suite, scripted_teachers(default_suite))
     assert [r["beta"] for r in summary["rounds"]] == [1.0, 0.5, 0.0]
     assert [r["labels_used"] for r in summary["rounds"]] == [800, 1600, 2400]
     store = EpisodeStore(tmp_path / "run" / "episodes")
@@ -115,27 +123,29 @@ def test_onpolicy_keeps_only_the_last_round_and_the_cap_evicts_oldest(default_su
     assert {m["round"] for m in store.episodes()} == {2} and store.steps <= 1000
 
 
-def test_rerun_resumes_after_the_last_finished_round(default_suite, tmp_path):
-    teachers = scripted_teachers(default_suite)
-    first = distill(quick(tmp_path, rounds=1), default_suite, teachers)
-    resumed = distill(quick(tmp_path, rounds=2), default_suite, teachers)
-    assert len(resumed["rounds"]) == 2 and resumed["rounds"][0] == first["rounds"][0]
-    assert resumed["rounds"][1]["labels_used"] == 1600
+def test_a_schedule_is_chosen_alone_and_its_keys_are_its_own(default_suite, tmp_path):
+    summary = distill(quick(tmp_path, rounds=3, schedule="step", switch_round=2), default_suite,
+                      scripted_teachers(default_suite))
+    assert [r["beta"] for r in summary["rounds"]] == [1.0, 1.0, 0.0]
+    with pytest.raises(ValueError, match="schedule 'step' does not read method.beta_rounds"):
+        DAggerConfig(schedule="step", beta_rounds=3)
 
 
 def test_distill_cli_and_bad_input(tmp_path, caplog):
     out = tmp_path / "cli"
-    assert main(["distill", "suite=default", f"teachers={ZOO}", f"out={out}", "rounds=1", "updates_per_round=20",
-                 "eval_episodes=1", "episodes_per_task=1"]) == 0
+    assert main(["distill", "suite=default", f"teachers={ZOO}", f"out={out}", "method.rounds=1",
+                 "method.updates_per_round=20", "eval_episodes=1", "method.episodes_per_task=1"]) == 0
     assert read_json(out / "distill.json")["rounds"][0]["labels_used"] == 400
     load_bundle(out / "student", device="cpu").act(stack_obs([
         {"policy": np.zeros(4, np.float32), "task": np.eye(4, dtype=np.float32)[0]}]))
     assert main(["distill", "method=ppo", f"teachers={ZOO}", f"out={tmp_path / 'x'}"]) == 2
-    assert "unknown distillation method 'ppo'" in caplog.text
-    assert main(["distill", "teachers=conftest:goal_seeker", "loss=forward_kl", f"out={tmp_path / 'y'}"]) == 2
+    assert "unknown method 'ppo'" in caplog.text
+    assert main(["distill", "teachers=conftest:goal_seeker", "method.loss=forward_kl", f"out={tmp_path / 'y'}"]) == 2
     assert "needs a teacher std and a student std" in caplog.text and "['huber', 'mse']" in caplog.text
     assert main(["distill", f"out={tmp_path / 'z'}"]) == 2
     assert "'distill' needs teachers=" in caplog.text
+    assert main(["distill", "teachers=conftest:goal_seeker", "method.teacher_noise=0.5", f"out={tmp_path / 'n'}"]) == 2
+    assert "teacher_noise needs teachers with a label std" in caplog.text and not (tmp_path / "n").exists()
 
 
 @pytest.mark.slow
@@ -157,15 +167,4 @@ def test_collect_steps_cuts_collected_episodes_only(default_suite, tmp_path):
     student = load_bundle(tmp_path / "run" / "student", device="cpu")
     assert {e.length for e in run_episodes(default_suite, "north", student, 2)} == {100}  # evaluation: full episodes
     with pytest.raises(ValueError, match="collect_steps must be an int >= 1"):
-        distill(quick(tmp_path / "bad", collect_steps=0), default_suite, scripted_teachers(default_suite))
-
-
-def test_stop_score_ends_the_run_after_the_first_round_reaching_it(default_suite, tmp_path):
-    teachers = scripted_teachers(default_suite)
-    low = distill(quick(tmp_path / "low", rounds=3, stop_score=-1e6), default_suite, teachers)
-    assert len(low["rounds"]) == 1  # round 0 already reached it
-    assert len(distill(quick(tmp_path / "low", rounds=3, stop_score=-1e6), default_suite, teachers)["rounds"]) == 1
-    high = distill(quick(tmp_path / "high", rounds=2, stop_score=1e6), default_suite, teachers)
-    assert len(high["rounds"]) == 2  # never reached: every round runs
-    with pytest.raises(ValueError, match="stop_score must be a finite number or None"):
-        distill(quick(tmp_path / "bad", stop_score=float("nan")), default_suite, teachers)
+        quick(tmp_path / "bad", collect_steps=0)

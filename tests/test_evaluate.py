@@ -9,9 +9,10 @@ from gymnasium import spaces
 
 from policydistill.bundle import save_bundle
 from policydistill.cli import main
-from policydistill.eval.evaluate import evaluate, policies_for_suite
-from policydistill.models.mlp_policy import MLPPolicy
-from policydistill.suite import load_suite
+from policydistill.eval.evaluate import evaluate
+from policydistill.models.mlp import MLPPolicy
+from policydistill.suites import load_suite
+from policydistill.teachers import policies_for_suite
 
 
 @pytest.fixture
@@ -80,7 +81,7 @@ def test_suite_teachers_and_callables_evaluate_like_bundles(tmp_path, capsys):
 
 def test_import_sb3_zip_gives_the_same_policy_as_the_trained_bundle(tiny_experts, tmp_path):
     from policydistill.bundle import load_bundle
-    from policydistill.io import read_json
+    from policydistill.files import read_json
     from policydistill.types import stack_obs
 
     files = read_json(tiny_experts / "east" / "checkpoint.json")["files"]

@@ -1,24 +1,20 @@
 """Expert training end to end with real SB3: summary, bundles, resume after a kill, SB3 parity."""
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY
+from conftest import TINY, run_and_kill
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from policydistill.bundle import load_bundle
 from policydistill.cli import main
-from policydistill.io import read_json
-from policydistill.suite import load_suite
+from policydistill.files import read_json
+from policydistill.suites import load_suite
+from policydistill.suites.wrappers import FlattenGroups
 from policydistill.types import stack_obs
-from policydistill.wrappers import FlattenGroups
 
 
 @pytest.fixture
@@ -75,22 +71,13 @@ def test_mismatched_suite_in_out_dir_is_refused(trained, caplog):
 
 def test_killed_training_resumes_from_its_checkpoint(tmp_path):
     out = tmp_path / "kill"
-    cmd = [sys.executable, "-m", "policydistill.cli", "train-experts", "suite=default", f"out={out}",
-           "workers=1", "tasks=[south]", *TINY]
-    proc = subprocess.Popen([*cmd, "expert.total_steps=200000"], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = ["train-experts", "suite=default", f"out={out}", "workers=1", "tasks=[south]", *TINY]
     index = out / "south" / "checkpoint.json"
-    deadline = time.time() + 120
-    while not (index.exists() and read_json(index)["env_steps"] >= 2048):
-        assert time.time() < deadline and proc.poll() is None, "no checkpoint was written"
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    run_and_kill([*args, "expert.total_steps=200000"],
+                 lambda: index.exists() and read_json(index)["env_steps"] >= 2048)
     killed_at = read_json(index)["env_steps"]
     assert not (out / "south" / "result.json").exists()
-    done = subprocess.run([*cmd, f"expert.total_steps={killed_at + 1024}"], capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert main([*args, f"expert.total_steps={killed_at + 1024}"]) == 0
     result = read_json(out / "south" / "result.json")
     assert result["resumed_from"] == [killed_at]
     assert killed_at + 1024 <= result["env_steps"] < killed_at + 2 * 1024
@@ -104,7 +91,7 @@ def test_env_faults_during_training_are_dropped_and_reported(tmp_path):
     suite.write_text("name: faulty\ntasks:\n  - {name: f, env: 'faulty_envs:FaultyEnv', "
                      "kwargs: {fault: raise, length: 10, every: 3}, train_steps: 1024}\n")
     out = tmp_path / "out"
-    assert main(["train-experts", f"suite={suite}", f"out={out}", "workers=1", *TINY, "expert.groups=[policy]"]) == 0
+    assert main(["train-experts", f"suite={suite}", f"out={out}", "workers=1", *TINY]) == 0
     row = read_json(out / "experts.json")["tasks"]["f"]
     assert row["env_steps"] >= 1024 and row["dropped_episodes"] > 0
     load_bundle(out / "f" / "bundle", device="cpu")
@@ -115,7 +102,8 @@ def test_sac_and_td3_experts_train_checkpoint_and_bundle(algo, tmp_path):
     out = tmp_path / algo
     args = ["train-experts", "suite=Pendulum-v1", f"out={out}", "workers=1", f"expert={algo}",
             "expert.total_steps=600", "expert.eval_every=300", "expert.checkpoint_every=300", "expert.eval_episodes=2",
-            "expert.hyperparams.learning_starts=100", "expert.net=[32,32]", "expert.groups=[policy]"]
+            "expert.final_episodes=2", "expert.hyperparams.learning_starts=100", "expert.hyperparams.batch_size=32",
+            "expert.net=[32,32]"]  # groups: the default
     assert main(args) == 0
     row = read_json(out / "experts.json")["tasks"]["Pendulum-v1"]
     assert row["algo"] == algo and row["env_steps"] == 600

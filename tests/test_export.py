@@ -14,11 +14,11 @@ import torch
 from gymnasium import spaces
 
 from policydistill.bundle import load_bundle, read_bundle_info
-from policydistill.models.mlp_policy import MLPPolicy
+from policydistill.models.mlp import MLPPolicy
 from policydistill.policy import CallablePolicy, Policy
 from policydistill.runtime import ExportedModelError, ExportError, OnnxPolicy, export_policy
 from policydistill.spaces import check_spaces
-from policydistill.suite import load_suite
+from policydistill.suites import load_suite
 from policydistill.types import concat_groups, stack_obs
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,18 +13,18 @@ import yaml
 from conftest import goal_seeker
 
 from policydistill.bundle import load_bundle
-from policydistill.config import DistillConfig, StudentConfig, TrainStudentConfig
 from policydistill.data.shards import EpisodeStore
-from policydistill.distill.dagger import build_student
-from policydistill.distill.loop import distill
+from policydistill.distill.dagger import DAggerConfig
 from policydistill.distill.losses import mse
-from policydistill.eval.evaluate import policies_for_suite
+from policydistill.distill.retrain import rebuild
+from policydistill.distill.runner import DistillConfig, distill
 from policydistill.eval.metrics import summarise
 from policydistill.eval.rollout import run_episodes
 from policydistill.models.generalist import GeneralistPolicy
+from policydistill.models.students import StudentConfig, build_student
 from policydistill.policy import RandomPolicy
-from policydistill.scale.ddp_train import mlp_job
-from policydistill.suite import load_suite
+from policydistill.suites import load_suite
+from policydistill.teachers import policies_for_suite
 from policydistill.types import stack_obs
 
 ENVS = {"Hopper-v5": (11, 3), "Walker2d-v5": (17, 6), "HalfCheetah-v5": (17, 6)}
@@ -46,14 +46,19 @@ cheetah_teacher = _linear_controller(17, 6, 2)
 
 
 @pytest.fixture(scope="module")
-def mixed_suite(tmp_path_factory):
+def mixed_yaml(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("suite") / "mixed.yaml"
     path.write_text(yaml.safe_dump({"name": "mixed", "tasks": [
         {"name": "hopper", "env": "Hopper-v5", "teacher": "test_generalist:hopper_teacher", "max_episode_steps": 60},
         {"name": "walker", "env": "Walker2d-v5", "teacher": "test_generalist:walker_teacher", "max_episode_steps": 60},
         {"name": "cheetah", "env": "HalfCheetah-v5", "teacher": "test_generalist:cheetah_teacher",
          "max_episode_steps": 60}]}))
-    return load_suite(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def mixed_suite(mixed_yaml):
+    return load_suite(str(mixed_yaml))
 
 
 def _imitation_error(student, suite, teachers, seed: int = 11) -> dict[str, float]:
@@ -77,10 +82,11 @@ def _imitation_error(student, suite, teachers, seed: int = 11) -> dict[str, floa
 
 
 @pytest.mark.slow
-def test_one_student_for_hopper_walker_and_cheetah(mixed_suite, tmp_path):
+def test_one_student_for_hopper_walker_and_cheetah(mixed_suite, mixed_yaml, tmp_path):
     teachers = policies_for_suite("suite", mixed_suite, device="cpu")
-    cfg = DistillConfig(teachers="suite", out=str(tmp_path / "run"), rounds=3, episodes_per_task=4, n_envs=4,
-                        updates_per_round=500, eval_episodes=2, device="cpu", schedule_params={"rounds": 2})
+    cfg = DistillConfig(suite=str(mixed_yaml), teachers="suite", out=str(tmp_path / "run"),
+                        n_envs=4, eval_episodes=2, device="cpu",
+                        method=DAggerConfig(rounds=3, episodes_per_task=4, updates_per_round=500, beta_rounds=2))
     torch.manual_seed(0)
     untrained = build_student(mixed_suite, cfg.student, "cpu")
     assert isinstance(untrained, GeneralistPolicy) and untrained.obs_dim == 17 + 3 and untrained.act_dim == 6
@@ -103,12 +109,13 @@ def test_one_student_for_hopper_walker_and_cheetah(mixed_suite, tmp_path):
     assert metas["hopper"] == {"policy": 11, "privileged": 12, "task": 3, "action": 3}
     data = store.load(["obs/policy", "obs/task", "label_mean"], where=lambda m: m["task"] == "hopper")
     assert not data["obs/policy"][:, 11:].any() and not data["label_mean"][:, 3:].any()
-    # train-student's loss on this run counts each row's real action dims only, as distill's does
-    job = mlp_job(tmp_path / "run", summary["config"], TrainStudentConfig(run=str(tmp_path / "run")),
-                  torch.device("cpu"))
-    batch = {k: torch.as_tensor(v) for k, v in job.data.items()}
-    noisy = {**batch, "y": torch.where(batch["mask"], batch["y"], batch["y"] + 100.0)}
-    assert not batch["mask"].all() and job.loss_on_batch(student, noisy) == job.loss_on_batch(student, batch)
+    # train-student's fit job (the one distill runs) counts each row's real action dims only
+    algo, r = rebuild(tmp_path / "run", torch.device("cpu"))
+    job = algo.fit_job(EpisodeStore(tmp_path / "run" / "episodes"), r)
+    batch = job.batches.draw(np.random.default_rng(0))
+    mask = algo.student.loss_mask(batch["x"])
+    noisy = {**batch, "label_mean": torch.where(mask, batch["label_mean"], batch["label_mean"] + 100.0)}
+    assert not mask.all() and job.loss(algo.student, noisy)[0] == job.loss(algo.student, batch)[0]
 
 
 def test_padding_and_masks_keep_tasks_apart(mixed_suite):
@@ -122,7 +129,7 @@ def test_padding_and_masks_keep_tasks_apart(mixed_suite):
     assert (student(x)[:, 3:] == 0).all()  # padded action dims are bounded to [0, 0]
     # the loss ignores padded action dims: their head rows get no gradient from hopper rows
     y = student.raw(x)
-    mse(y, torch.zeros_like(y), mask=student.action_mask(np.zeros(5, dtype=int))).backward()
+    mse(y, torch.zeros_like(y), mask=student.loss_mask(x)).backward()
     assert student.head.weight.grad[3:].abs().sum() == 0 and student.head.weight.grad[:3].abs().sum() > 0
     # acting in each task's own space; a batch mixing spaces is refused with the reason
     env = mixed_suite.make_env("hopper")
@@ -140,8 +147,8 @@ def test_padding_and_masks_keep_tasks_apart(mixed_suite):
 @pytest.mark.slow
 def test_learned_task_embedding_solves_the_default_suite(default_suite, tmp_path):
     teachers = {n: goal_seeker() for n in default_suite.task_names}
-    cfg = DistillConfig(teachers="-", out=str(tmp_path / "emb"), rounds=4, episodes_per_task=4, updates_per_round=400,
-                        eval_episodes=5, device="cpu", schedule_params={"rounds": 3},
+    cfg = DistillConfig(teachers="-", out=str(tmp_path / "emb"), eval_episodes=5, device="cpu",
+                        method=DAggerConfig(rounds=4, episodes_per_task=4, updates_per_round=400, beta_rounds=3),
                         student=StudentConfig(task_encoding="embedding", embedding_dim=3))
     summary = distill(cfg, default_suite, teachers)
     student = load_bundle(Path(cfg.out) / "student", device="cpu")
@@ -153,18 +160,20 @@ def test_learned_task_embedding_solves_the_default_suite(default_suite, tmp_path
         r = summarise(run_episodes(default_suite, name, RandomPolicy(env.action_space), 5, seed=77))
         assert s["success_rate"] >= 0.8 and s["return_mean"] > r["return_mean"] + s["return_ci95"] + r["return_ci95"]
     assert summary["rounds"][-1]["mean_score"] > 0.9
-    with pytest.raises(ValueError, match="task_encoding 'hash' is not one of"):
-        build_student(default_suite, replace(cfg.student, task_encoding="hash"), "cpu")
+    with pytest.raises(ValueError, match="unknown student.task_encoding 'hash'"):
+        replace(cfg.student, task_encoding="hash")
 
 
-@pytest.mark.slow
 def test_kickstarting_runs_on_tasks_with_different_spaces(mixed_suite, tmp_path):
+    """SB3's PPO over envs padded to the suite's widest spaces; the student is the padded generalist."""
+    from policydistill.distill.kickstart import KickstartConfig
+
     teachers = policies_for_suite("suite", mixed_suite, device="cpu")
-    cfg = DistillConfig(method="kickstart", teachers="suite", out=str(tmp_path / "kick"), rounds=1, episodes_per_task=1,
-                        n_envs=3, eval_episodes=1, device="cpu", loss="mse")
+    cfg = DistillConfig(teachers="suite", out=str(tmp_path / "kick"), eval_episodes=1, device="cpu",
+                        method=KickstartConfig(rounds=1, n_envs=3, n_steps=32, batch_size=32, n_epochs=2, loss="mse"))
     row = distill(cfg, mixed_suite, teachers)["rounds"][0]
-    assert row["labels_used"] == row["env_steps"] > 0 and set(row["tasks"]) == {"hopper", "walker", "cheetah"}
-    assert np.isfinite(row["losses"]["policy"]) and len(row["student_std"]) == 6
+    assert row["labels_used"] == row["env_steps"] == 96 and set(row["tasks"]) == {"hopper", "walker", "cheetah"}
+    assert np.isfinite(row["losses"]["policy"]) and row["losses"]["kd"] > 0 and len(row["info"]["student_std"]) == 6
     assert isinstance(load_bundle(tmp_path / "kick" / "student", device="cpu"), GeneralistPolicy)
 
 

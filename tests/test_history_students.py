@@ -11,11 +11,10 @@ import torch
 from gymnasium import spaces
 
 from policydistill.bundle import load_bundle, save_bundle
-from policydistill.distill.history_trainer import window_index
-from policydistill.models.history_policy import HistoryPolicy
+from policydistill.models.history import HistoryPolicy, window_index
 from policydistill.models.teacher_split import split_teacher
 from policydistill.runtime import OnnxPolicy, export_policy
-from policydistill.suite import load_suite
+from policydistill.suites import load_suite
 from policydistill.types import stack_obs
 
 ROOT = Path(__file__).resolve().parents[1]

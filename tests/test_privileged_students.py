@@ -17,24 +17,30 @@ from test_distill import quick
 
 from policydistill.bundle import load_bundle
 from policydistill.cli import main
-from policydistill.config import StudentConfig
 from policydistill.data.shards import EpisodeStore
+from policydistill.distill.algorithm import Context
 from policydistill.distill.collect import STUDENT, collect
-from policydistill.distill.dagger import distill
-from policydistill.distill.history_trainer import HistoryTrainer
+from policydistill.distill.dagger import DAgger
+from policydistill.distill.fit import fit
 from policydistill.distill.predictability import predictability_of
-from policydistill.distill.students import make_student, make_trainer
+from policydistill.distill.runner import distill
 from policydistill.eval.metrics import summarise
 from policydistill.eval.rollout import run_episodes
-from policydistill.io import read_json
+from policydistill.files import read_json
+from policydistill.models.students import StudentConfig, build_student
 from policydistill.policy import CallablePolicy, RandomPolicy
 from policydistill.runtime import export_policy
-from policydistill.suite import Suite, TaskSpec, load_suite
+from policydistill.suites import Suite, TaskSpec, load_suite
 from policydistill.teachers import TeacherBank
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::UserWarning",
                                         "ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+
+
+def student_config(kind: str, **keys) -> StudentConfig:
+    """A student of ``kind`` with those of ``keys`` its kind reads."""
+    return StudentConfig(kind=kind, **{k: v for k, v in keys.items() if k in StudentConfig(kind=kind).reads()})
 
 
 def blind_teachers(suite: Suite) -> dict[str, CallablePolicy]:
@@ -56,9 +62,9 @@ def test_a_student_without_privileged_never_receives_it(kind, default_suite, tmp
     the stored episodes, yet the student's collected actions, training, evaluation and export are identical."""
     runs = {}
     for name, suite in (("real", default_suite), ("noise", noisy_suite(default_suite))):
-        cfg = quick(tmp_path / name, rounds=2, schedule_params={"rounds": 1}, device="cpu", updates_per_round=40,
-                    student=StudentConfig(kind=kind, groups=["policy", "task"], hidden=[32], history=4,
-                                          rnn_hidden=16, tbptt=8, check_predictable=False))
+        cfg = quick(tmp_path / name, rounds=2, beta_rounds=1, device="cpu", updates_per_round=40,
+                    student=student_config(kind, groups=["policy", "task"], hidden=[32], history=4, rnn_hidden=16,
+                                           tbptt=8, check_predictable=False))
         summary = distill(cfg, suite, blind_teachers(suite))
         store = EpisodeStore(tmp_path / name / "run" / "episodes")
         data = store.load(["obs/policy", "obs/privileged", "action", "actor"])
@@ -83,7 +89,7 @@ def test_a_stateful_student_observes_every_step_it_would_at_deployment(default_s
     replays that episode alone from its reset: it saw every step, and only its own env's."""
     cfg = StudentConfig(kind="gru", groups=["policy", "task"], hidden=[32], rnn_hidden=16)
     torch.manual_seed(0)
-    student = make_student(default_suite, cfg, "cpu")
+    student = build_student(default_suite, cfg, "cpu")
     x = np.random.default_rng(0).normal(size=(100, 8)).astype(np.float32)
     student.normalizer.set_stats(x.mean(0), x.var(0))
     bank = TeacherBank([goal_seeker() for _ in default_suite.tasks])
@@ -122,9 +128,8 @@ def test_predictability_warns_when_the_groups_cannot_explain_the_teacher(default
 @pytest.mark.parametrize("kind", ["gru", "tcn"])
 def test_history_students_learn_the_default_suite(kind, default_suite, tmp_path):
     cfg = quick(tmp_path, rounds=4, episodes_per_task=4, updates_per_round=300, eval_episodes=5, device="cpu",
-                schedule_params={"rounds": 3},
-                student=StudentConfig(kind=kind, groups=["policy", "task"], hidden=[64], history=8, rnn_hidden=64,
-                                      tbptt=16, check_predictable=False))
+                beta_rounds=3, student=student_config(kind, groups=["policy", "task"], hidden=[64], history=8,
+                                                      rnn_hidden=64, tbptt=16, check_predictable=False))
     summary = distill(cfg, default_suite, {n: goal_seeker() for n in default_suite.task_names})
     student = load_bundle(tmp_path / "run" / "student", device="cpu")
     env = default_suite.make_env(0)
@@ -142,37 +147,37 @@ def test_latent_student_regresses_the_teachers_latent_and_never_reads_privileged
     from each episode's reset) far closer to the teachers' latent."""
     suite = load_suite("locomotion")
     zoo = ROOT / "envs/zoo/locomotion"
-    teachers = [load_bundle(zoo / n, device="cpu") for n in suite.task_names]
+    teachers = {n: load_bundle(zoo / n, device="cpu") for n in suite.task_names}
     cfg = quick(tmp_path, rounds=1, episodes_per_task=2, updates_per_round=300, device="cpu",
                 student=StudentConfig(kind="latent", groups=["policy", "task"], hidden=[64], history=8))
     torch.manual_seed(0)
-    student = make_student(suite, cfg.student, "cpu", teachers)
+    algo = DAgger(cfg.method, Context(suite, teachers, cfg.student, torch.device("cpu"), 0, tmp_path))
+    student = algo.student
     widths = set()
     student.normalizer.register_forward_pre_hook(lambda m, args: widths.add(args[0].shape[-1]))
-    bank = TeacherBank(teachers)
-    records = collect(suite, [0, 1, 2], bank, None, 1.0, 2, 3, seed=0, rng=np.random.default_rng(0))
+    records = collect(suite, [0, 1, 2], algo.ctx.bank, None, 1.0, 2, 3, seed=0, rng=np.random.default_rng(0))
     keys = ["obs/policy", "obs/task", "obs/privileged", "label_mean"]
-    data = {k: np.concatenate([r.steps[k] for r in records]) for k in keys}
-    lengths = [r.episode.length for r in records]
-    trainer = make_trainer(student, cfg, torch.nn.functional.mse_loss, np.random.default_rng(0), teachers)
-    assert isinstance(trainer, HistoryTrainer) and trainer.extra_fields == ["obs/privileged"]
+    raw = {k: np.concatenate([r.steps[k] for r in records]) for k in keys}
+    lengths = np.array([r.episode.length for r in records])
+    task = raw["obs/task"].argmax(1)
+    assert algo.regresses_latent(0)
+    data = algo.student_data(raw, task, 0)
+    assert set(data) >= {"x", "z"} and data["x"].shape[1] == 9 + 3  # targets: the teachers' latent
 
     def latent_mse() -> float:
         with torch.no_grad():
-            z_true = trainer.targets(data, data["obs/task"].argmax(1), latent=True)
-            x = torch.as_tensor(np.concatenate([data["obs/policy"], data["obs/task"]], 1))
+            x = torch.as_tensor(data["x"])
             feats = []
             for s, n in zip(np.cumsum(lengths) - lengths, lengths, strict=True):
                 state = student.init_state(1)
                 for t in range(n):
                     f, state = student.encode(x[s + t:s + t + 1], state)
                     feats.append(f)
-            return float(((student.latent(torch.cat(feats)) - z_true) ** 2).mean())
+            return float(((student.latent(torch.cat(feats)) - torch.as_tensor(data["z"])) ** 2).mean())
 
-    student.normalizer.set_stats(*(lambda x: (x.mean(0), x.var(0)))(
-        np.concatenate([data["obs/policy"], data["obs/task"]], 1)))
+    student.fit_normalizer(data["x"])
     before = latent_mse()
-    trainer.fit(data, set_stats=True, lengths=lengths, round_index=0)
+    fit(algo.job(data, lengths, task), np.random.default_rng(0), progress=False)
     after = latent_mse()
     assert after < 0.5 * before
     assert widths == {9 + 3}
@@ -191,16 +196,16 @@ def test_student_kinds_on_the_command_line(tmp_path, caplog):
     caplog.clear()
     assert main(["distill", "suite=default", f"teachers={ROOT / 'envs/zoo/default'}", f"out={tmp_path}",
                  "student=gru", "student.tbptt=0"]) == 2
-    assert "student.tbptt must be an int >= 1 for a GRU encoder, got 0" in caplog.text
+    assert "student.tbptt must be an int >= 1, got 0" in caplog.text
     caplog.clear()
     assert main(["distill", "suite=default", f"teachers={ROOT / 'envs/zoo/default'}", f"out={tmp_path}",
-                 "student=tcn", "lr_decay=true"]) == 2
-    assert "lr_decay applies to MLP students; student.kind 'tcn' trains at a constant lr" in caplog.text
+                 "student=mlp", "student.history=4"]) == 2
+    assert "student kind 'mlp' does not read student.history" in caplog.text
     from policydistill.cli import compose_config
 
-    cfg = compose_config("distill", ["student=gru", "student.groups=[policy,task]", "student.history=4"])
-    assert (cfg.student.kind, cfg.student.groups, cfg.student.history) == ("gru", ["policy", "task"], 4)
-    assert compose_config("distill", []).student == StudentConfig()
+    cfg = compose_config("distill", ["teachers=x", "student=gru", "student.groups=[policy,task]", "student.tbptt=4"])
+    assert (cfg.student.kind, cfg.student.groups, cfg.student.tbptt) == ("gru", ["policy", "task"], 4)
+    assert compose_config("distill", ["teachers=x"]).student == StudentConfig()
     with pytest.raises(ValueError, match="latent regression needs MLPPolicy teachers"):
-        make_student(load_suite("default"), replace(StudentConfig(), kind="latent"), "cpu",
-                     list(blind_teachers(load_suite("default")).values()))
+        build_student(load_suite("default"), replace(StudentConfig(), kind="latent"), "cpu",
+                      list(blind_teachers(load_suite("default")).values()))

@@ -4,7 +4,7 @@ import pytest
 from policydistill.eval.metrics import ci95, summarise, teacher_normalised
 from policydistill.eval.rollout import run_episodes
 from policydistill.policy import RandomPolicy
-from policydistill.suite import suite_from_dict
+from policydistill.suites import suite_from_dict
 
 
 def test_seeker_succeeds_and_random_fails(default_suite, seeker):

@@ -22,7 +22,7 @@ from policydistill.runtime import Controller, FixedRateLoop, OnnxPolicy, export_
 from policydistill.runtime.action_queue import ensemble_offline
 from policydistill.runtime.controller import PolicySource
 from policydistill.runtime.run import SimRobot, run_policy
-from policydistill.suite import load_suite
+from policydistill.suites import load_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 NORTH = ROOT / "envs/zoo/default/north"

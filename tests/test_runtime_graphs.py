@@ -17,6 +17,7 @@ import torch
 from runtime_fixtures import DenoiserFixture, GRUFixture, HistoryFixture, NoiseChunkFixture, record_default
 
 from policydistill.bundle import load_bundle
+from policydistill.graph import TensorSpec
 from policydistill.runtime import (
     Controller,
     ExportedModelError,
@@ -27,7 +28,6 @@ from policydistill.runtime import (
     export_policy,
 )
 from policydistill.runtime.exported import ExportedPolicy, ObsWindow
-from policydistill.runtime.graph import TensorSpec
 from policydistill.runtime.sampler import alphas_cumprod
 from policydistill.runtime.torch_policy import GraphPolicy
 

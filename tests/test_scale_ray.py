@@ -14,23 +14,16 @@ from conftest import TINY
 
 from policydistill.bundle import find_bundles
 from policydistill.cli import main
-from policydistill.config import DistillConfig, RayConfig
 from policydistill.data.shards import EpisodeStore, ShardWriter
-from policydistill.distill.collectors import LocalCollector
-from policydistill.distill.dagger import build_student
-from policydistill.eval.evaluate import policies_for_suite
-from policydistill.scale.ray_session import ray_session, require_ray
-from policydistill.suite import load_suite
-from policydistill.teachers import TeacherBank
+from policydistill.distill.collect import CollectPlan, LocalCollector
+from policydistill.files import read_json
+from policydistill.models.students import StudentConfig, build_student
+from policydistill.scale.ray_session import RayConfig, require_ray
+from policydistill.suites import load_suite
+from policydistill.teachers import TeacherBank, policies_for_suite
 
 ZOO = Path(__file__).resolve().parents[1] / "envs" / "zoo" / "default"
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def ray_instance():
-    with ray_session(RayConfig(num_cpus=2)) as ray:
-        yield ray
 
 
 def _files(root: Path) -> set[str]:
@@ -46,19 +39,13 @@ def test_ray_launcher_lands_experts_in_the_local_layout(ray_instance, tiny_exper
     assert set(find_bundles(tmp_path)) == {"north", "east"}
 
 
-def _setup(tmp_path: Path, episodes: int = 4) -> tuple:
-    suite = load_suite("default")
-    cfg = DistillConfig(suite="default", out=str(tmp_path), episodes_per_task=episodes, n_envs=8,
-                        collector="ray", ray=RayConfig(workers=2))
-    bank = TeacherBank([policies_for_suite(ZOO, suite)[n] for n in suite.task_names])
-    student = build_student(suite, cfg.student, "cpu")
-    return suite, cfg, bank, student
-
-
 def test_a_worker_killed_mid_round_does_not_lose_the_round(ray_instance, tmp_path):
     from policydistill.scale.ray_collect import RayCollector
 
-    suite, cfg, bank, student = _setup(tmp_path)
+    suite = load_suite("default")
+    bank = TeacherBank([policies_for_suite(ZOO, suite)[n] for n in suite.task_names])
+    student = build_student(suite, StudentConfig(), "cpu")
+    plan = CollectPlan(1.0, 4, student)
     ShardWriter(tmp_path / "ray")
     killed = []
 
@@ -68,41 +55,60 @@ def test_a_worker_killed_mid_round_does_not_lose_the_round(ray_instance, tmp_pat
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
 
-    collector = RayCollector(cfg, suite, bank, student, tmp_path / "ray", on_event=kill_second_worker)
+    collector = RayCollector(RayConfig(workers=2), suite, 8, tmp_path / "ray", on_event=kill_second_worker)
+    collector._start_workers(plan, bank)
     pids = collector.worker_pids()
     try:
-        data = collector.round(0, 1.0, None, seed=500, attempt=1)
+        data = collector.round(plan, bank, 0, seed=500, rng=np.random.default_rng(0))
         assert killed and data.info["worker_failures"][0]["worker"] == 1
         assert data.episodes == 16 and data.kept == data.steps == 1600
-        again = collector.round(1, 1.0, None, seed=600, attempt=1)  # the replacement worker carries on
+        again = collector.round(plan, bank, 1, seed=600, rng=np.random.default_rng(1))  # the replacement carries on
         assert again.episodes == 16 and "worker_failures" not in again.info
     finally:
         collector.close()
     episodes = EpisodeStore(tmp_path / "ray").episodes()
     assert sorted((e["task"], e["seed"]) for e in episodes if e["round"] == 0) == \
         sorted((n, 500 + k) for n in suite.task_names for k in range(4))
-    local = LocalCollector(cfg, suite, bank, ShardWriter(tmp_path / "local"), np.random.default_rng(0))
-    local.round(0, 1.0, None, seed=500, attempt=1)
+    local = LocalCollector(suite, 8, tmp_path / "local")
+    local.round(plan, bank, 0, seed=500, rng=np.random.default_rng(0))
     by_key = lambda es: {(e["task"], e["seed"]): e["return"] for e in es if e["round"] == 0}  # noqa: E731
     ours, reference = by_key(episodes), by_key(EpisodeStore(tmp_path / "local").episodes())
     assert ours.keys() == reference.keys()
     assert [ours[k] for k in reference] == pytest.approx([reference[k] for k in reference], abs=1e-9)
 
 
-def test_dagger_with_ray_collector_end_to_end(ray_instance, tmp_path):
-    args = ["distill", "suite=default", f"teachers={ZOO}", f"out={tmp_path}", "collector=ray", "ray.workers=2",
-            "rounds=2", "episodes_per_task=2", "eval_episodes=2", "updates_per_round=50",
-            "schedule_params.rounds=1"]
+@pytest.mark.parametrize("method, extra", [
+    ("dagger", ["method.beta_rounds=1"]), ("bc", []), ("onpolicy", []),
+    ("diffusion", ["method.hidden=[32]", "method.horizon=8", "method.sampler_steps=2", "method.train_steps=5",
+                   "method.batch_size=16", "method.rounds=2", "method.schedule=step"])])
+def test_every_collecting_method_collects_on_ray_actors(ray_instance, tmp_path, method, extra):
+    """The runner's collector is the same for every method: rounds on Ray rollout actors, the acting policy's
+    weights sent each round, the shards in the run's store."""
+    args = ["distill", f"method={method}", "suite=default", f"teachers={ZOO}", f"out={tmp_path}", "collector=ray",
+            "ray.workers=1", "method.episodes_per_task=2", "eval_episodes=1", *extra]
+    if method != "diffusion":
+        args += ["method.rounds=2", "method.updates_per_round=20"]
     assert main(args) == 0
-    import json
-
-    summary = json.loads((tmp_path / "distill.json").read_text())
-    assert [r["collector"] for r in summary["rounds"]] == ["ray", "ray"]
-    assert [r["beta"] for r in summary["rounds"]] == [1.0, 0.0]
+    summary = read_json(tmp_path / "distill.json")
+    assert [r["info"]["collector"] for r in summary["rounds"]] == ["ray", "ray"]
     store = EpisodeStore(tmp_path / "episodes")
-    assert len(store) == 16 and {e["round"] for e in store.episodes()} == {0, 1}
-    actors = store.load(["actor"], where=lambda m: m["round"] == 1)["actor"]
-    assert actors.all()  # beta 0: the student, with the weights sent that round, acted on every step
+    rounds = {e["round"] for e in store.episodes()}
+    assert rounds == ({1} if method == "onpolicy" else {0, 1}) and len(store) == 8 * len(rounds)
+    student_acted = store.load(["actor"], where=lambda m: m["round"] == 1)["actor"]
+    assert student_acted.all() == (method != "bc") and student_acted.any() == (method != "bc")
+
+
+def test_one_step_distillation_collects_on_ray_actors(ray_instance, tmp_path):
+    teacher = tmp_path / "teacher"
+    assert main(["distill", "method=diffusion", "suite=default", f"teachers={ZOO}", f"out={teacher}",
+                 "method.hidden=[32]", "method.horizon=8", "method.sampler_steps=2", "method.train_steps=5",
+                 "method.batch_size=16", "method.episodes_per_task=1", "eval_episodes=1"]) == 0
+    out = tmp_path / "onestep"
+    assert main(["distill", "method=onestep", "suite=default", f"teachers={teacher / 'student'}", f"out={out}",
+                 "collector=ray", "ray.workers=1", "method.algo=regression", "method.steps=3", "method.pairs=16",
+                 "method.episodes_per_task=2", "method.batch_size=8", "eval_episodes=1"]) == 0
+    assert read_json(out / "distill.json")["rounds"][0]["info"]["collector"] == "ray"
+    assert len(EpisodeStore(out / "episodes")) == 8
 
 
 def test_missing_ray_is_a_clear_error(monkeypatch):

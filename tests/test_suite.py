@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from policydistill.suite import builtin_suites, load_suite, suite_from_dict
+from policydistill.suites import builtin_suites, load_suite, suite_from_dict
 from policydistill.types import GROUPS
 
 

@@ -14,7 +14,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from policydistill.bundle import load_bundle, save_bundle
 from policydistill.eval.rollout import run_episodes
-from policydistill.models.mlp_policy import MLPPolicy
+from policydistill.models.mlp import MLPPolicy
 from policydistill.policy import CallablePolicy, Policy, Teacher
 from policydistill.spaces import check_spaces
 from policydistill.teachers import TeacherBank, import_sb3_zip, load_policy, policy_from_sb3

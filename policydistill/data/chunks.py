@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from policydistill.data.sampling import RowSampler, task_weights
+from policydistill.data.sampling import task_weights
 from policydistill.data.shards import EpisodeStore
 
 ACTION_FIELD = "label_mean"
@@ -37,28 +37,13 @@ class ChunkWindows:
     def __len__(self) -> int:
         return len(self.obs_index)
 
-    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Samples ``idx`` (b,): windows (b, n_obs_steps, obs_dim) and chunks (b, horizon, act_dim)."""
-        return self.obs[self.obs_index[idx]], self.actions[self.act_index[idx]]
-
-    def rows(self) -> dict[str, torch.Tensor]:
-        """Every sample materialised: ``window`` (N, n_obs_steps, obs_dim) and ``chunk`` (N, horizon, act_dim)
-        (N * (n_obs_steps * obs_dim + horizon * act_dim) floats), for loops that index rows of a dataset."""
-        return {"window": self.obs[self.obs_index], "chunk": self.actions[self.act_index]}
+    def take(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Samples ``idx`` (b,): ``window`` (b, n_obs_steps, obs_dim) and ``chunk`` (b, horizon, act_dim)."""
+        return {"window": self.obs[self.obs_index[idx]], "chunk": self.actions[self.act_index[idx]]}
 
     def sample_weights(self, balance_tasks: bool = True) -> np.ndarray | None:
         """Sampling probabilities (N,) that give every task the same share, or None (uniform)."""
         return task_weights(self.task) if balance_tasks else None
-
-    def balanced_sampler(self, rng: np.random.Generator, balance_tasks: bool = True):
-        """``draw(b) -> idx (b,)``: uniform over samples, or over tasks first with ``balance_tasks``."""
-        rows = RowSampler(len(self), self.sample_weights(balance_tasks))
-        device = self.obs.device
-
-        def draw(b: int) -> torch.Tensor:
-            return torch.as_tensor(rows(rng, b), device=device)
-
-        return draw
 
 
 def chunk_windows(roots: Sequence[str | Path], groups: Sequence[str], n_obs_steps: int, horizon: int,

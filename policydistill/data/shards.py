@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from policydistill.io import atomic_write_bytes, atomic_write_json, read_json
+from policydistill.files import atomic_write_bytes, atomic_write_json, read_json
 from policydistill.types import GROUPS, check_groups
 
 log = logging.getLogger(__name__)
@@ -352,6 +352,29 @@ def evict(root: str | Path, max_steps: int) -> list[str]:
         (root / name).unlink(missing_ok=True)
     log.info("evicted %d shards from %s; %d steps remain", n_drop, root, total)
     return removed
+
+
+def drop_rounds(root: str | Path, first_round: int) -> list[str]:
+    """Remove the shards holding episodes of round ``first_round`` or later (what an interrupted attempt at a
+    round stored), manifest first. A shard never mixes rounds (collectors flush per round); one that does is
+    an error. Returns the removed file names."""
+    root = Path(root)
+    manifest = read_manifest(root)
+    keep, removed = [], []
+    for shard in manifest["shards"]:
+        late = [m["round"] >= first_round for m in shard["episodes"]]
+        if any(late) and not all(late):
+            raise ShardError(f"shard {root / shard['file']} mixes rounds before and after {first_round}")
+        (removed if any(late) else keep).append(shard)
+    if not removed:
+        return []
+    manifest["shards"] = keep
+    atomic_write_json(root / MANIFEST, _with_totals(manifest))
+    for shard in removed:
+        (root / shard["file"]).unlink(missing_ok=True)
+    log.warning("removed %d shards of round %d and later from %s (an interrupted attempt)", len(removed),
+                first_round, root)
+    return [s["file"] for s in removed]
 
 
 class EpisodeStore:

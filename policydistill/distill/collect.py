@@ -1,48 +1,71 @@
-"""Vectorised collection for distillation: per env and step, a coin with probability ``beta`` decides
-whether the teacher or the student acts; the teacher's label is recorded on every step either way.
+"""Collection for distillation: per env and step, a coin with probability ``beta`` decides whether the teacher
+or the student acts; the teacher's label is recorded on every step either way.
 
-Teacher and student are each called once per step on the whole batch. The student is handed only
-its own observation groups, so a student configured without ``privileged`` never receives it. A
-stateless student is called only on steps where it acts somewhere; a stateful one (``stateful`` True:
-history or recurrent) on every step, so its history is the one it would have at deployment. Tasks
-whose spaces differ (e.g. Hopper-v5 and Walker2d-v5 in one suite) are collected one space at a time,
-each batch holding the envs of the tasks that share that space.
+An algorithm asks for a round's data with a :class:`CollectPlan`; the runner hands it to its collector, in
+this process (:class:`LocalCollector`) or on Ray rollout actors
+(:class:`~policydistill.scale.ray_collect.RayCollector`). Both run :func:`collect` on the same seeded
+episodes and store the kept ones as shards of the run's episode store.
+
+Teacher and student are each called once per step on the whole batch. The student is handed only its own
+observation groups, so a student configured without ``privileged`` never receives it. A stateless student
+is called only on steps where it acts somewhere; a stateful one (history, recurrent, action chunks) on
+every step, so its history is the one it would have at deployment. Tasks whose spaces differ (e.g.
+Hopper-v5 and Walker2d-v5 in one suite) are collected one space at a time, each batch holding the envs of
+the tasks that share that space, and stored padded to the suite's widest spaces.
 """
 
 from __future__ import annotations
 
-import gymnasium as gym
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
 import numpy as np
 
+from policydistill.configs import require_number
+from policydistill.data.shards import EpisodeArrays, Meta, ShardWriter
 from policydistill.distill.schedules import draw_actor
-from policydistill.eval.rollout import EnvPool, EpisodeRecord, rollout
+from policydistill.eval.rollout import EpisodeRecord, rollout
+from policydistill.models.generalist import SpaceLayout
 from policydistill.policy import Policy, Teacher
-from policydistill.suite import Suite
+from policydistill.suites import Suite
+from policydistill.suites.batched import EnvPool
 from policydistill.types import select_groups, stack_obs
 
 TEACHER, STUDENT = 0, 1
 
 
-def task_spaces(suite: Suite) -> list[tuple[gym.spaces.Dict, gym.spaces.Box]]:
-    """(observation space, action space) of every task of ``suite``, in task order."""
-    out = []
-    for i in range(len(suite.tasks)):
-        env = suite.make_env(i)
-        out.append((env.observation_space, env.action_space))
-        env.close()
-    return out
+@dataclass(frozen=True)
+class CollectPlan:
+    """A round's collection: ``episodes_per_task`` episodes of every task, the teacher acting with probability
+    ``beta`` per env and step and ``student`` otherwise (None: the teacher always acts). ``teacher``: who acts
+    and labels (None: the run's teacher bank). ``teacher_noise``: the teacher executes its mean plus that many
+    of its stds of Gaussian noise (labels stay the mean). ``episode_steps``: cut collected episodes at this
+    many steps. ``success_filter``: drop teacher-only episodes that fail. After storing, the store keeps at
+    most ``keep_steps`` steps (oldest shards evicted first; None: all), or only this round's with
+    ``only_this_round``."""
+
+    beta: float
+    episodes_per_task: int
+    student: Policy | None = None
+    teacher: Teacher | None = None
+    teacher_noise: float = 0.0
+    episode_steps: int | None = None
+    success_filter: bool = False
+    keep_steps: int | None = None
+    only_this_round: bool = False
 
 
-def space_groups(suite: Suite, tasks: list[int]) -> list[list[int]]:
-    """``tasks`` grouped by their observation group shapes and action shape (first-seen order): the
-    tasks whose envs can be stepped in one batch."""
-    all_spaces = task_spaces(suite)
-    groups: dict[tuple, list[int]] = {}
-    for t in tasks:
-        obs, act = all_spaces[t]
-        key = (tuple((g, s.shape) for g, s in obs.spaces.items()), act.shape)
-        groups.setdefault(key, []).append(t)
-    return list(groups.values())
+@dataclass
+class RoundData:
+    """What a round collected: env ``steps`` (every episode), ``kept`` steps stored, ``episodes`` run, and
+    ``info`` for the round's summary (e.g. workers that failed)."""
+
+    steps: int
+    kept: int
+    episodes: int
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 def teacher_has_std(teacher: Teacher, suite: Suite) -> bool:
@@ -65,9 +88,8 @@ def collect(suite: Suite, tasks: list[int], teacher: Teacher, student: Policy | 
     ``pool`` keeps the envs open between calls. ``teacher_noise`` > 0 perturbs the teacher's executed
     actions by ``teacher_noise * std * N(0, 1)`` (its label std; clipped to the action bounds) while the
     label stays its mean, so the data shows how the teacher recovers from small deviations (as DART)."""
-    if teacher_noise < 0 or not np.isfinite(teacher_noise):
-        raise ValueError(f"teacher_noise must be a finite number >= 0, got {teacher_noise}")
-    bounds: list[gym.spaces.Box] = []
+    require_number("teacher_noise", teacher_noise, 0.0)
+    bounds = []
     stateful = bool(getattr(student, "stateful", False))
 
     def act(obs: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -95,12 +117,81 @@ def collect(suite: Suite, tasks: list[int], teacher: Teacher, student: Policy | 
             student.reset(mask)
 
     records = []
-    all_spaces = task_spaces(suite)
-    for same_space in space_groups(suite, tasks):
-        bounds[:] = [all_spaces[same_space[0]][1]]
+    for same_space in suite.space_groups(tasks):
+        bounds[:] = [suite.spaces[same_space[0]][1]]
         teacher.reset(None)
         if student is not None:
             student.reset(None)
         records += rollout(suite, same_space, act, episodes_per_task, n_envs=n_envs, seed=seed, on_reset=reset,
                            record=True, pool=pool)
     return sorted(records, key=lambda r: (r.task_index, r.episode.seed))
+
+
+def suite_layout(suite: Suite) -> SpaceLayout:
+    """The per-task dims of ``suite`` (what padding to the widest spaces needs)."""
+    return SpaceLayout.from_spaces(*zip(*suite.spaces, strict=True))
+
+
+def episodes_to_store(records: Sequence[EpisodeRecord], round_index: int, beta: float, success_filter: bool,
+                      layout: SpaceLayout) -> list[tuple[EpisodeArrays, Meta]]:
+    """The episodes a round keeps (not dropped; with ``success_filter``, teacher-only episodes only if
+    successful) with their metadata, not yet validated (whoever stores them validates them). When the tasks
+    differ in their spaces, the arrays are padded to the widest (see :class:`SpaceLayout`) and the metadata
+    gets the task's real ``dims``."""
+    out = []
+    for rec in records:
+        teacher_only = not rec.steps["actor"].any()
+        if rec.episode.error or (success_filter and teacher_only and not rec.episode.success):
+            continue
+        meta = {"task": rec.episode.task, "task_index": rec.task_index, "seed": rec.episode.seed,
+                "success": rec.episode.success, "round": round_index, "beta": beta, "return": rec.episode.ret}
+        steps = rec.steps
+        if not layout.uniform:
+            steps = layout.pad_steps(steps)
+            meta["dims"] = {**layout.group_dims[rec.task_index], "action": layout.act_dims[rec.task_index]}
+        out.append((steps, meta))
+    return out
+
+
+class Collector(Protocol):
+    def round(self, plan: CollectPlan, teacher: Teacher, round_index: int, seed: int,
+              rng: np.random.Generator) -> RoundData:
+        """Collect the plan's episodes (episode ``k`` of a task seeded ``seed + k``) with ``teacher`` acting and
+        labelling, and store the kept ones."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class LocalCollector:
+    """Collect in this process, drawing the actors' coins and the teacher noise from the round's ``rng``, and
+    append to the store at ``root``. Envs stay open across rounds."""
+
+    def __init__(self, suite: Suite, n_envs: int, root: Path) -> None:
+        self.suite, self.n_envs, self.writer = suite, n_envs, ShardWriter(root)
+        self.layout = suite_layout(suite)
+        self.views: dict[int | None, tuple[Suite, EnvPool]] = {}
+
+    def view(self, episode_steps: int | None) -> tuple[Suite, EnvPool]:
+        """The suite with its episodes cut at ``episode_steps`` (None: as they are), and its env pool."""
+        if episode_steps not in self.views:
+            suite = self.suite if episode_steps is None else self.suite.with_episode_limit(episode_steps)
+            self.views[episode_steps] = (suite, EnvPool(suite))
+        return self.views[episode_steps]
+
+    def round(self, plan: CollectPlan, teacher: Teacher, round_index: int, seed: int,
+              rng: np.random.Generator) -> RoundData:
+        suite, pool = self.view(plan.episode_steps)
+        records = collect(suite, list(range(len(suite.tasks))), teacher, plan.student, plan.beta,
+                          plan.episodes_per_task, self.n_envs, seed=seed, rng=rng, pool=pool,
+                          teacher_noise=plan.teacher_noise)
+        kept = 0
+        for arrays, meta in episodes_to_store(records, round_index, plan.beta, plan.success_filter, self.layout):
+            self.writer.add(arrays, meta)
+            kept += len(arrays["reward"])
+        self.writer.flush()
+        return RoundData(sum(r.episode.length for r in records), kept, len(records))
+
+    def close(self) -> None:
+        for _, pool in self.views.values():
+            pool.close()

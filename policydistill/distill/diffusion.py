@@ -1,259 +1,196 @@
 """``method=diffusion``: train a diffusion chunk policy on the teachers' episodes.
 
-The loop of every distiller: act (round ``r``'s beta decides whether the teachers or the diffusion
-policy acts; beta 1, the default, collects expert episodes), record the teachers' labels, update,
-evaluate, checkpoint. The update is DDPM training: a window and chunk of the stored episodes
-(:mod:`policydistill.data.chunks`), a noise level ``t ~ U{0..T-1}``, and the denoiser fitted to the
-clean chunk (or the noise) at ``x_t`` with Adam, a cosine learning-rate decay and an EMA of the
-weights. The EMA weights are the ones saved and acted with. The minibatch loss
-(:func:`diffusion_loss`, with its randomness drawn per row by :func:`diffusion_noise`) is the one
-``policydistill train-student`` runs under torchrun/DDP on a finished run.
+Per round: collect (beta from ``schedule``: 1, the default, collects expert episodes; lower lets the
+diffusion policy act, DAgger-style), then ``train_steps`` updates of the DDPM loss
+(:meth:`~policydistill.models.diffusion.DiffusionPolicy.compute_loss`) on windows and chunks of the stored
+episodes (:mod:`policydistill.data.chunks`) plus any stores in ``data``, through the fit loop: Adam, a
+warm-up then cosine learning-rate decay, and an EMA of the weights, which is the policy saved and acted
+with. Long rounds checkpoint every ``checkpoint_every`` updates, so a killed run resumes mid-round.
 
 ``demos=mirror_routes`` lets, per episode, each task's teacher or its mirror image act
 (:mod:`policydistill.teachers.routes`), so each task is demonstrated in two distinct ways.
-
-Output under ``out``: ``student/`` (the EMA policy's bundle), ``episodes/`` (shards + manifest),
-``checkpoint/`` (raw weights and the step, every ``checkpoint_every`` updates), ``distill.json``
-(per round: beta, data, loss, wall time, per-task evaluation). A rerun resumes from the last
-checkpoint (the optimiser's moments restart).
 """
 
 from __future__ import annotations
 
 import copy
-import logging
-import math
-import time
-from dataclasses import asdict
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import torch
-from gymnasium import spaces
-from tqdm import tqdm
-
-from policydistill.bundle import is_bundle, load_bundle, save_bundle
-from policydistill.config import DistillConfig
-from policydistill.data.chunks import ChunkWindows, chunk_windows
-from policydistill.data.shards import EpisodeStore, ShardWriter, evict
-from policydistill.distill.collect import collect, task_spaces
-from policydistill.distill.dagger import evaluate_per_task
-from policydistill.distill.schedules import make_schedule
-from policydistill.eval.metrics import teacher_normalised
-from policydistill.io import atomic_write_json, read_json
-from policydistill.models import resolve_device
-from policydistill.models.chunk_policy import ChunkPolicy
+from policydistill.configs import refuse_unread, require_choice, require_int, require_ints, require_number
+from policydistill.data.batches import RowBatches
+from policydistill.data.chunks import chunk_windows
+from policydistill.data.shards import EpisodeStore
+from policydistill.distill.algorithm import Algorithm, Context, FitWith
+from policydistill.distill.collect import CollectPlan
+from policydistill.distill.fit import Ema, FitConfig, FitJob, adam
+from policydistill.distill.schedules import ScheduleFields
+from policydistill.models.denoisers import DENOISERS
 from policydistill.models.diffusion import DiffusionPolicy
+from policydistill.models.noise import PREDICTIONS, SAMPLERS, SCHEDULES
 from policydistill.policy import Policy
-from policydistill.suite import Suite
+from policydistill.suites import Suite
 from policydistill.teachers import TeacherBank
 from policydistill.teachers.routes import mirror_routes
 from policydistill.types import check_groups
 
-log = logging.getLogger(__name__)
-
 DEMOS = ("experts", "mirror_routes")
 
 
-def shared_spaces(suite: Suite, groups: tuple[str, ...]) -> tuple[spaces.Dict, spaces.Box]:
+@dataclass
+class DiffusionFields:
+    groups: list[str] = field(default_factory=lambda: ["policy", "task"])
+    demos: str = "experts"
+    episodes_per_task: int = 100
+    data: list[str] = field(default_factory=list)
+    rounds: int = 1
+    max_steps: int = 200_000
+    denoiser: str = "mlp"
+    hidden: list[int] = field(default_factory=lambda: [256, 256, 256])
+    channels: list[int] = field(default_factory=lambda: [32, 64])
+    kernel_size: int = 5
+    time_dim: int = 32
+    n_obs_steps: int = 2
+    horizon: int = 16
+    n_action_steps: int = 4
+    noise_steps: int = 100
+    noise_schedule: str = "cosine"
+    prediction: str = "sample"
+    sampler: str = "ddim"
+    sampler_steps: int = 100
+    train_steps: int = 20_000
+    batch_size: int = 256
+    lr: float = 1e-3
+    ema_decay: float = 0.995
+    balance_tasks: bool = True
+    checkpoint_every: int = 1000
+
+
+@dataclass
+class DiffusionConfig(ScheduleFields, DiffusionFields):
+    """``method=diffusion``: a DDPM chunk policy reading ``groups``, trained on the teachers' episodes.
+
+    ``demos``: ``experts`` (each task's teacher acts) or ``mirror_routes`` (per episode, the teacher or its
+    mirror image acts: two ways per task, for envs with ``mirror_maps()``); ``episodes_per_task`` per round;
+    ``data``: more episode stores to train on (e.g. a DAgger run's ``episodes``). ``rounds`` > 1 with a
+    ``schedule`` giving beta < 1 lets the diffusion policy act (DAgger). Chunking: ``n_obs_steps``,
+    ``horizon``, ``n_action_steps``; denoiser ``mlp`` (``hidden``) or ``unet`` (``channels``,
+    ``kernel_size``); ``noise_steps`` levels on a ``noise_schedule``, predicting the clean ``sample`` or
+    ``epsilon``; ``sampler``/``sampler_steps``: how the saved policy acts (a runtime setting). Training:
+    ``train_steps`` updates per round of ``batch_size`` at ``lr`` (warm-up, cosine decay), EMA ``ema_decay``."""
+
+    schedule: str = "constant"
+
+    def __post_init__(self) -> None:
+        check_groups(self.groups)
+        require_choice("diffusion demos", self.demos, DEMOS)
+        require_choice("denoiser", self.denoiser, DENOISERS)
+        require_choice("noise schedule", self.noise_schedule, SCHEDULES)
+        require_choice("prediction", self.prediction, PREDICTIONS)
+        require_choice("sampler", self.sampler, list(SAMPLERS))
+        for name in ("episodes_per_task", "rounds", "max_steps", "kernel_size", "time_dim", "n_obs_steps",
+                     "horizon", "n_action_steps", "noise_steps", "sampler_steps", "train_steps", "batch_size",
+                     "checkpoint_every"):
+            require_int(f"method.{name}", getattr(self, name))
+        require_ints("method.hidden", self.hidden)
+        require_ints("method.channels", self.channels)
+        require_number("method.lr", self.lr, 0.0, low_open=True)
+        require_number("method.ema_decay", self.ema_decay, 0.0, 1.0)
+        denoiser = {"hidden"} if self.denoiser == "mlp" else {"channels", "kernel_size"}
+        others = set(DiffusionFields.__dataclass_fields__) - {"hidden", "channels", "kernel_size"}
+        refuse_unread(self, others | denoiser | self.schedule_keys(),
+                      f"denoiser '{self.denoiser}' with schedule '{self.schedule}'", "method.")
+        self.beta_schedule()
+
+
+def shared_spaces(suite: Suite, groups: tuple[str, ...]) -> tuple[Any, Any]:
     """The observation space of ``groups`` and the action space, which every task of the suite must share."""
-    all_spaces = task_spaces(suite)
-    obs0, act0 = all_spaces[0]
+    from gymnasium import spaces
+
+    obs0, act0 = suite.spaces[0]
     missing = [g for g in groups if g not in obs0.spaces]
     if missing:
         raise ValueError(f"groups {missing} are not observed by suite '{suite.name}'; it has {list(obs0.spaces)}")
-    for task, (obs, act) in zip(suite.tasks, all_spaces, strict=True):
+    for task, (obs, act) in zip(suite.tasks, suite.spaces, strict=True):
         if any(g not in obs.spaces or obs[g] != obs0[g] for g in groups) or act != act0:
             raise ValueError(f"task '{task.name}' has other spaces than '{suite.tasks[0].name}': a diffusion policy "
                              "needs one observation and action space across the suite")
     return spaces.Dict({g: obs0[g] for g in groups}), act0
 
 
-def build_diffusion_policy(suite: Suite, cfg: DistillConfig) -> DiffusionPolicy:
-    """An untrained diffusion policy reading ``cfg.student.groups`` with the suite's (shared) spaces."""
-    d = cfg.diffusion
-    groups = check_groups(cfg.student.groups)
+def build_diffusion_policy(suite: Suite, cfg: DiffusionConfig, seed: int = 0) -> DiffusionPolicy:
+    """An untrained diffusion policy reading ``cfg.groups`` with the suite's (shared) spaces."""
+    groups = check_groups(cfg.groups)
     obs_space, act_space = shared_spaces(suite, groups)
-    params: dict[str, Any] = {"time_dim": d.time_dim}
-    params.update({"hidden": list(d.hidden)} if d.denoiser == "mlp" else
-                  {"channels": list(d.channels), "kernel_size": d.kernel_size})
-    return DiffusionPolicy(groups, obs_space, act_space, d.n_obs_steps, d.horizon, d.n_action_steps, cfg.seed,
-                           d.denoiser, params,
-                           {"steps": d.noise_steps, "schedule": d.noise_schedule, "prediction": d.prediction},
-                           {"kind": d.sampler, "steps": d.sampler_steps})
+    params: dict[str, Any] = {"time_dim": cfg.time_dim}
+    params.update({"hidden": list(cfg.hidden)} if cfg.denoiser == "mlp" else
+                  {"channels": list(cfg.channels), "kernel_size": cfg.kernel_size})
+    return DiffusionPolicy(groups, obs_space, act_space, cfg.n_obs_steps, cfg.horizon, cfg.n_action_steps, seed,
+                           cfg.denoiser, params,
+                           {"steps": cfg.noise_steps, "schedule": cfg.noise_schedule, "prediction": cfg.prediction},
+                           {"kind": cfg.sampler, "steps": cfg.sampler_steps})
 
 
-def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """``ema <- decay * ema + (1 - decay) * model`` for parameters; buffers are copied."""
-    with torch.no_grad():
-        for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-            pe.lerp_(pm, 1.0 - decay)
-        for be, bm in zip(ema.buffers(), model.buffers(), strict=True):
-            be.copy_(bm)
+class Diffusion(Algorithm):
+    name = "diffusion"
+    config = DiffusionConfig
+    uses_student = False
+    not_read = "a diffusion policy's network and groups are method.* keys (denoiser, hidden, groups, ...)"
 
+    def __init__(self, cfg: DiffusionConfig, ctx: Context) -> None:
+        super().__init__(cfg, ctx)
+        self.model = build_diffusion_policy(ctx.suite, cfg, ctx.seed).to(ctx.device)
+        self.ema_policy = copy.deepcopy(self.model).frozen()
+        self.optimizer = adam(self.model, cfg.lr)
+        self.ema = Ema(self.ema_policy, self.model, cfg.ema_decay)
+        self.fitted = False
+        self.schedule = cfg.beta_schedule()
+        demos = mirror_routes(ctx.suite, ctx.teachers, seed=ctx.seed) if cfg.demos == "mirror_routes" \
+            else ctx.teachers
+        self.demos: dict[str, Policy] = demos
+        self.bank = TeacherBank([demos[n] for n in ctx.suite.task_names])
 
-def cosine_lr(step: int, total: int, warmup: int = 100) -> float:
-    """Learning-rate factor: linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
-    return min(1.0, (step + 1) / warmup) * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+    def reference(self) -> dict[str, Policy]:
+        return self.demos
 
+    def collect(self, round: int, prev: dict[str, Any] | None, teacher_return: float) -> CollectPlan:
+        beta = self.schedule(round, prev["student_return"] if prev else None, teacher_return)
+        return CollectPlan(beta, self.cfg.episodes_per_task, self.ema_policy if beta < 1 else None, teacher=self.bank,
+                           keep_steps=self.cfg.max_steps)
 
-def set_stats(policy: DiffusionPolicy, data: ChunkWindows) -> None:
-    """Observation mean/var and action range of the training data into the policy's normalisers."""
-    obs, actions = data.obs.cpu().numpy(), data.actions.cpu().numpy()
-    policy.obs_normalizer.set_stats(obs.mean(0), obs.var(0))
-    policy.action_normalizer.set_stats(actions.min(0), actions.max(0))
+    def fit_job(self, store: EpisodeStore, round: int, steps: int | None = None, batch_size: int | None = None,
+                lr: float | None = None) -> FitJob:
+        cfg, model = self.cfg, self.model
+        data = chunk_windows([store.root, *cfg.data], model.groups, model.n_obs_steps, model.horizon,
+                             device=model.device)
+        if not self.fitted:
+            model.fit_normalizers(data.obs.cpu().numpy(), data.actions.cpu().numpy())
+            self.ema.copy()
+            self.fitted = True
+        steps = steps or cfg.train_steps
+        batches = RowBatches(len(data), batch_size or cfg.batch_size, data.take,
+                             data.sample_weights(cfg.balance_tasks), model.training_noise, device=model.device)
+        return FitJob(model, lambda m, batch: m.compute_loss(batch), batches,
+                      FitConfig(steps, lr or cfg.lr, "cosine", warmup_steps=100, checkpoint_every=cfg.checkpoint_every),
+                      self.optimizer, ema=self.ema)
 
+    def update(self, store: EpisodeStore | None, round: int, fit_with: FitWith) -> dict[str, Any]:
+        assert store is not None
+        job = self.fit_job(store, round)
+        result = fit_with(job)
+        return {"loss": result.loss, "losses": result.stats, "updates": result.steps,
+                "info": {"windows": job.batches.sampler.n}}
 
-def ema_decay(step: int, decay: float) -> float:
-    """The EMA decay after update ``step``: ``decay``, lower while few updates were averaged."""
-    return min(decay, (1 + step) / (10 + step))
+    def policy(self) -> DiffusionPolicy:
+        return self.ema_policy
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "ema": self.ema.state_dict(), "fitted": self.fitted}
 
-def chunk_noise(policy: ChunkPolicy, rng: np.random.Generator, n: int) -> torch.Tensor:
-    """Standard normal chunks (n, H, A) drawn from ``rng``, on the policy's device."""
-    eps = rng.standard_normal((n, policy.horizon, policy.act_dim), dtype=np.float32)
-    return torch.as_tensor(eps, device=policy.device)
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.ema.load_state_dict(state["ema"])
+        self.fitted = bool(state["fitted"])
 
-
-def diffusion_noise(policy: DiffusionPolicy, rng: np.random.Generator, n: int) -> dict[str, torch.Tensor]:
-    """The DDPM loss's randomness for ``n`` rows, drawn from ``rng`` on the policy's device: noise levels
-    ``t`` (n,) uniform in ``0..T-1`` and noise ``eps`` (n, H, A)."""
-    t = torch.as_tensor(rng.integers(0, policy.schedule.steps, n), device=policy.device)
-    return {"t": t, "eps": chunk_noise(policy, rng, n)}
-
-
-def diffusion_loss(policy: DiffusionPolicy, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """DDPM loss on ``batch``: windows ``window`` (b, n_obs, obs_dim), chunks ``chunk`` (b, H, A), noise
-    levels ``t`` (b,) and noise ``eps`` (b, H, A) (:func:`diffusion_noise`): MSE of the denoiser's
-    output at ``x_t`` to its target (clean chunk or noise). The training loop here and the DDP one
-    (``train-student``) both call it."""
-    x0 = policy.action_normalizer(batch["chunk"])
-    t, eps = batch["t"], batch["eps"]
-    pred = policy.denoise(policy.schedule.add_noise(x0, eps, t), t, policy.cond(batch["window"]))
-    return torch.nn.functional.mse_loss(pred, policy.schedule.target(x0, eps))
-
-
-def _check(cfg: DistillConfig) -> None:
-    d = cfg.diffusion
-    if d.demos not in DEMOS:
-        raise ValueError(f"unknown diffusion.demos '{d.demos}'; expected one of {list(DEMOS)}")
-    for name in ("rounds", "episodes_per_task", "train_steps", "checkpoint_every"):
-        value = getattr(d, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"diffusion.{name} must be an int >= 1, got {value!r}")
-    if not 0.0 <= d.ema_decay < 1.0 or not d.lr > 0:
-        raise ValueError(f"diffusion.ema_decay must be in [0, 1) and diffusion.lr > 0, got {d.ema_decay}, {d.lr}")
-
-
-def _save_checkpoint(out: Path, policy: DiffusionPolicy, ema: DiffusionPolicy, state: dict[str, Any],
-                     meta: dict[str, Any]) -> None:
-    save_bundle(policy, out / "checkpoint" / "model", meta=meta)
-    save_bundle(ema, out / "student", meta=meta)
-    atomic_write_json(out / "checkpoint" / "state.json", state)
-
-
-def distill_diffusion(cfg: DistillConfig, suite: Suite, teachers: dict[str, Policy]) -> dict[str, Any]:
-    """Run (or resume) ``cfg.diffusion.rounds`` rounds; returns the content of ``distill.json``."""
-    _check(cfg)
-    d = cfg.diffusion
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    device = resolve_device(cfg.device)
-    policy = build_diffusion_policy(suite, cfg).to(device)
-    ema = copy.deepcopy(policy).frozen()
-    demos = mirror_routes(suite, teachers, seed=cfg.seed) if d.demos == "mirror_routes" else teachers
-    bank = TeacherBank([demos[n] for n in suite.task_names])
-    schedule = make_schedule(d.schedule, **dict(d.schedule_params))
-    summary_path, state_path = out / "distill.json", out / "checkpoint" / "state.json"
-    state = {"round": 0, "step": 0}
-    if summary_path.exists():
-        summary = read_json(summary_path)
-        if summary["method"] != "diffusion" or summary["suite"] != suite.name:
-            raise ValueError(f"{out} holds a '{summary['method']}' run on suite '{summary['suite']}': "
-                             "choose another out")
-        if state_path.exists() and is_bundle(out / "checkpoint" / "model"):
-            state = read_json(state_path)
-            policy.load_state_dict(load_bundle(out / "checkpoint" / "model", device=device, frozen=False).state_dict())
-            ema.load_state_dict(load_bundle(out / "student", device=device).state_dict())
-            if state["round"] < d.rounds:
-                log.info("resuming round %d at update %d", state["round"], state["step"])
-    else:
-        summary = {"method": "diffusion", "suite": suite.name, "config": asdict(cfg),
-                   "teacher": evaluate_per_task(suite, demos, cfg.eval_episodes), "rounds": []}
-        atomic_write_json(summary_path, summary)
-    meta = {"distill": asdict(cfg), "suite": suite.name}
-    writer = ShardWriter(out / "episodes")
-    tasks = list(range(len(suite.tasks)))
-    wall = summary["rounds"][-1]["wall_time_s"] if summary["rounds"] else 0.0
-    for r in range(len(summary["rounds"]), d.rounds):
-        t0 = time.perf_counter()
-        prev = summary["rounds"][-1] if summary["rounds"] else None
-        beta = schedule(r, prev["student_return"] if prev else None,
-                        float(np.mean([summary["teacher"][n]["return_mean"] for n in suite.task_names])))
-        if not any(m["round"] == r for m in EpisodeStore(out / "episodes").episodes()):
-            records = collect(suite, tasks, bank, ema if beta < 1 else None, beta, d.episodes_per_task,
-                              cfg.n_envs, seed=cfg.seed * 100_000 + r * 1000, rng=rng)
-            for rec in records:
-                if not rec.episode.error:
-                    writer.add(rec.steps, {"task": rec.episode.task, "task_index": rec.task_index,
-                                           "seed": rec.episode.seed, "success": rec.episode.success, "round": r,
-                                           "beta": beta, "return": rec.episode.ret})
-            writer.flush()
-            evict(out / "episodes", cfg.max_steps)
-        data = chunk_windows([out / "episodes", *d.data], policy.groups, policy.n_obs_steps, policy.horizon,
-                             device=device)
-        if r == 0 and state["step"] == 0:
-            set_stats(policy, data)
-            update_ema(ema, policy, 0.0)
-        loss = _train(policy, ema, data, cfg, rng, state, r, out, meta)
-        evals = evaluate_per_task(suite, ema, cfg.eval_episodes)
-        per_task = {n: {"return_mean": e["return_mean"], "success_rate": e["success_rate"],
-                        **teacher_normalised(e, summary["teacher"][n])} for n, e in evals.items()}
-        scores = [t["score"] for t in per_task.values() if t["score"] is not None]
-        wall += time.perf_counter() - t0
-        row = {"round": r, "beta": beta, "dataset_steps": len(data), "updates": d.train_steps, "loss": loss,
-               "wall_time_s": round(wall, 2),
-               "student_return": float(np.mean([e["return_mean"] for e in evals.values()])),
-               "mean_score": float(np.mean(scores)) if scores else None, "tasks": per_task}
-        save_bundle(ema, out / "student", meta={**meta, "round": r})
-        summary["rounds"].append(row)
-        atomic_write_json(summary_path, summary)
-        state = {"round": r + 1, "step": 0}
-        atomic_write_json(state_path, state)
-        log.info("round %d: beta %.2f, %d windows, loss %.4f, return %.2f, score %s", r, beta, len(data), loss,
-                 row["student_return"], "n/a" if row["mean_score"] is None else f"{row['mean_score']:.3f}")
-    return summary
-
-
-def _train(policy: DiffusionPolicy, ema: DiffusionPolicy, data: ChunkWindows, cfg: DistillConfig,
-           rng: np.random.Generator, state: dict[str, Any], r: int, out: Path, meta: dict[str, Any]) -> float:
-    """``diffusion.train_steps`` updates of round ``r`` from ``state["step"]``; returns the mean loss of the
-    last 10% of them. Checkpoints every ``checkpoint_every`` updates."""
-    d = cfg.diffusion
-    opt = torch.optim.Adam(policy.parameters(), lr=d.lr)
-    draw = data.balanced_sampler(rng, cfg.balance_tasks)
-    losses: list[float] = []
-    policy.train()
-    for step in tqdm(range(state["step"], d.train_steps), desc=f"diffusion round {r}", unit="upd", leave=False,
-                     initial=state["step"], total=d.train_steps):
-        for group in opt.param_groups:
-            group["lr"] = d.lr * cosine_lr(step, d.train_steps)
-        window, chunk = data.batch(draw(cfg.batch_size))
-        loss = diffusion_loss(policy, {"window": window, "chunk": chunk,
-                                       **diffusion_noise(policy, rng, cfg.batch_size)})
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"diffusion loss became non-finite at update {step}; lower diffusion.lr "
-                                     f"(now {d.lr})")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        update_ema(ema, policy, ema_decay(step, d.ema_decay))
-        losses.append(loss.item())
-        if (step + 1) % d.checkpoint_every == 0 and step + 1 < d.train_steps:
-            _save_checkpoint(out, policy, ema, {"round": r, "step": step + 1}, {**meta, "round": r})
-    policy.eval()
-    tail = losses[-max(1, len(losses) // 10):] if losses else [float("nan")]
-    return float(np.mean(tail))

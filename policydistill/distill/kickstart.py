@@ -1,409 +1,414 @@
-"""Kickstarting as rounds of the distillation loop (:mod:`policydistill.distill.loop`, ``method=kickstart``):
-PPO on the student's own rollouts plus a distillation loss to the teachers.
+"""``method=kickstart``: stable-baselines3's PPO on the student's own rollouts plus a distillation term.
 
-Each round the student acts alone (sampled actions) in envs spread over the suite's tasks, the
-:class:`TeacherBank` labels every visited state, and the student and its value network minimise::
+Each round is ``iterations_per_round`` PPO iterations (``n_steps`` steps in each of ``n_envs`` envs spread
+over the suite's tasks; SB3's rollout buffer, GAE with bootstrapping on truncation, clipped surrogate,
+value loss, entropy bonus, gradient clipping), and the student and its value network minimise::
 
-    ppo_loss + kd_weight(round) * distill_loss(student mean / log std, teacher label)
+    ppo_loss + kd_weight(round) * loss(student mean / log std, teacher label)
 
-``kd_weight`` starts at ``kickstart.kd_weight_start`` and decays per round: ``exponential``
-(``start * rate ** round``), ``linear`` (to 0 at round ``kd_decay_rounds``) or ``return_ratio``
-(``start * clip(1 - G_student / G_teacher, 0, 1)`` from the last evaluation). Once it reaches 0 the
-student is trained on the env reward only, so it may exceed its teachers. ``distill_loss`` is the
-config's ``loss``, any loss of the menu in :mod:`policydistill.distill.losses`. Labels count as used
+The teachers label every state the student visits: the env's observation carries, past the student's
+groups, the teacher bank's label (mean, and std where it has one), which the policy's feature extractor
+leaves out and the distillation term reads from SB3's rollout buffer. The term is added to SB3's loss
+through the optimiser: its ``zero_grad`` back-propagates it just before SB3 back-propagates the PPO loss,
+so the gradient clipped and applied is that of the sum. ``kd_weight`` starts at ``kd_weight_start`` and
+decays per round: ``exponential`` (``start * rate ** round``), ``linear`` (to 0 at round
+``kd_decay_rounds``) or ``return_ratio`` (``start * clip(1 - G_student / G_teacher, 0, 1)`` from the last
+evaluation). Once it reaches 0 the student is trained on the env reward only, so it may exceed its
+teachers. ``loss`` is any loss of the menu (:mod:`policydistill.distill.losses`). Labels count as used
 while the weight is positive.
 
-The round's episodes go to the episode store (``actor`` = student on every step), which keeps only the
-last round. The value network is checkpointed with the student, so a rerun resumes; it is a training
-aid and not part of the student bundle. Tasks with different spaces work as in DAgger: padded student,
-loss and log-probabilities over each task's real action dims.
+The student is the run's MLP student (its normaliser, network and learned std are the PPO actor; a padded
+generalist when the suite's tasks differ in their spaces: each env then runs in the widest spaces, the
+log-probabilities, entropy and distillation term count each task's real action dims only); the
+normaliser is fitted on the first rollout, whose values and log-probabilities are then recomputed.
+Rewards are normalised for the critic (SB3's VecNormalize); observations are not touched. The value
+network and the optimiser are checkpointed with the run, so a rerun resumes (episodes in progress
+restart). The rollouts are SB3's: nothing goes to the episode store, and ``collector`` does not apply.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.utils import obs_as_tensor
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper, VecNormalize
 from torch import nn
 
-from policydistill.config import DistillConfig, KickstartConfig
-from policydistill.data.shards import ShardWriter, evict
-from policydistill.distill.collect import STUDENT, space_groups, task_spaces
-from policydistill.distill.losses import LossFn
+from policydistill.configs import refuse_unread, require_choice, require_int, require_ints, require_number
+from policydistill.data.shards import EpisodeStore
+from policydistill.distill.algorithm import Algorithm, Context, FitWith
+from policydistill.distill.collect import suite_layout, teacher_has_std
+from policydistill.distill.losses import LOSSES, LossFn, make_loss
 from policydistill.distill.schedules import AdaptiveBeta, BetaSchedule, ExponentialBeta, LinearBeta
-from policydistill.eval.rollout import EnvPool, EpisodeRecord, rollout
-from policydistill.models.generalist import GeneralistPolicy, SpaceLayout, action_mask, fit_normalizer, pad_columns
-from policydistill.models.mlp_policy import MLPPolicy
-from policydistill.models.normalizer import ObsNormalizer
-from policydistill.suite import Suite
-from policydistill.teachers import TeacherBank
-from policydistill.types import TASK, select_groups
-
-log = logging.getLogger(__name__)
+from policydistill.models.base import TorchPolicy
+from policydistill.models.generalist import SpaceLayout, pad_columns
+from policydistill.models.students import build_student
+from policydistill.policy import Teacher
+from policydistill.suites import Suite
 
 KD_DECAYS = ("exponential", "linear", "return_ratio")
-Student = MLPPolicy | GeneralistPolicy
-
-
-def _count(name: str, value: Any, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"kickstart.{name} must be an int >= {minimum}, got {value!r}")
-
-
-def _number(name: str, value: Any, low: float, high: float, low_open: bool = False) -> None:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        bracket = "(" if low_open else "["
-        raise ValueError(f"kickstart.{name} must be a number in {bracket}{low}, {high}], got {value!r}")
-
-
-def check_params(params: KickstartConfig) -> KickstartConfig:
-    """Validate the kickstart settings; errors name the key and the valid range. Returns ``params``."""
-    for name in ("epochs", "minibatch_size", "kd_decay_rounds"):
-        _count(name, getattr(params, name))
-    _number("gamma", params.gamma, 0.0, 1.0)
-    _number("gae_lambda", params.gae_lambda, 0.0, 1.0)
-    _number("clip_range", params.clip_range, 0.0, 1.0, low_open=True)
-    _number("lr", params.lr, 0.0, 1.0, low_open=True)
-    _number("ent_coef", params.ent_coef, 0.0, math.inf)
-    _number("vf_coef", params.vf_coef, 0.0, math.inf, low_open=True)
-    _number("max_grad_norm", params.max_grad_norm, 0.0, math.inf, low_open=True)
-    _number("kd_weight_start", params.kd_weight_start, 0.0, math.inf)
-    _number("kd_decay_rate", params.kd_decay_rate, 0.0, 1.0)
-    if params.kd_decay not in KD_DECAYS:
-        raise ValueError(f"unknown kickstart.kd_decay '{params.kd_decay}'; expected one of {list(KD_DECAYS)}")
-    if not params.value_hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1
-                                      for h in params.value_hidden):
-        raise ValueError(f"kickstart.value_hidden must be a non-empty list of ints >= 1, got {params.value_hidden!r}")
-    return params
-
-
-def kd_schedule(params: KickstartConfig) -> BetaSchedule:
-    """The decay factor in [0, 1] per round (``kd_weight = kd_weight_start * factor``)."""
-    if params.kd_decay == "exponential":
-        return ExponentialBeta(decay=params.kd_decay_rate)
-    if params.kd_decay == "linear":
-        return LinearBeta(rounds=params.kd_decay_rounds)
-    return AdaptiveBeta()
-
-
-def kd_weight(params: KickstartConfig, round: int, student_return: float | None = None,
-              teacher_return: float | None = None) -> float:
-    """The distillation weight of ``round``; ``return_ratio`` reads the last evaluated returns (the
-    start weight while there is no student return yet or the teacher return is not positive)."""
-    return float(params.kd_weight_start * kd_schedule(params)(round, student_return, teacher_return))
-
-
-class ValueNet(nn.Module):
-    """State value: normaliser -> tanh MLP -> ``ret_mean + ret_std * out``, x (n, obs_dim) -> v (n,).
-
-    The MLP predicts returns standardised by ``ret_mean``/``ret_std``; :meth:`update_return_stats` moves
-    them and rescales the last layer so that the predictions are unchanged (as PopArt does), which keeps
-    the regression well scaled however large the returns grow.
-    """
-
-    def __init__(self, obs_dim: int, hidden: Sequence[int] = (64, 64)) -> None:
-        super().__init__()
-        self.normalizer = ObsNormalizer(obs_dim, enabled=True)
-        layers: list[nn.Module] = []
-        last = obs_dim
-        for h in hidden:
-            layers += [nn.Linear(last, h), nn.Tanh()]
-            last = h
-        self.body = nn.Sequential(*layers)
-        self.head = nn.Linear(last, 1)
-        self.register_buffer("ret_mean", torch.zeros(()))
-        self.register_buffer("ret_std", torch.ones(()))
-
-    def normalised(self, x: torch.Tensor) -> torch.Tensor:
-        """Standardised value prediction: x (n, obs_dim) -> (n,)."""
-        return self.head(self.body(self.normalizer(x))).squeeze(-1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ret_mean + self.ret_std * self.normalised(x)
-
-    @torch.no_grad()
-    def update_return_stats(self, returns: torch.Tensor, momentum: float = 0.5) -> None:
-        """Blend the mean/std of ``returns`` (N,) into the stats, preserving every prediction."""
-        mean = (1 - momentum) * self.ret_mean + momentum * returns.mean()
-        std = ((1 - momentum) * self.ret_std + momentum * returns.std(unbiased=False)).clamp_min(1e-3)
-        self.head.weight.mul_(self.ret_std / std)
-        self.head.bias.copy_((self.ret_std * self.head.bias + self.ret_mean - mean) / std)
-        self.ret_mean.copy_(mean)
-        self.ret_std.copy_(std)
-
-
-def gae(rewards: np.ndarray, values: np.ndarray, next_values: np.ndarray, terminated: np.ndarray,
-        episode_end: np.ndarray, gamma: float, lam: float) -> tuple[np.ndarray, np.ndarray]:
-    """Generalised advantage estimates over concatenated episodes, all inputs (T,).
-
-    ``next_values[t]`` is V of the state after step t (for an episode's last step, of the state it
-    ended on). A ``terminated`` step does not bootstrap; a truncated one (``episode_end`` without
-    ``terminated``) does. Advantages never flow across ``episode_end``. Returns (advantages, returns),
-    each float32 (T,), with returns = advantages + values.
-    """
-    rewards, values, next_values = (np.asarray(a, dtype=np.float64) for a in (rewards, values, next_values))
-    terminated, episode_end = np.asarray(terminated, dtype=bool), np.asarray(episode_end, dtype=bool)
-    if np.any(terminated & ~episode_end):
-        raise ValueError("a terminated step must end its episode")
-    delta = rewards + gamma * next_values * ~terminated - values
-    adv = np.zeros_like(delta)
-    running = 0.0
-    for t in range(len(delta) - 1, -1, -1):
-        running = delta[t] + (0.0 if episode_end[t] else gamma * lam * running)
-        adv[t] = running
-    return adv.astype(np.float32), (adv + values).astype(np.float32)
-
-
-class _KeepFinalObs(gym.Wrapper):
-    """Stores the observation an episode ended on in ``finals[(task, reset seed)]`` for bootstrapping."""
-
-    def __init__(self, env: gym.Env, task: int, finals: dict[tuple[int, int], dict[str, np.ndarray]]) -> None:
-        super().__init__(env)
-        self.task, self.finals, self.episode_seed = task, finals, -1
-
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
-        self.episode_seed = -1 if seed is None else int(seed)
-        return self.env.reset(seed=seed, options=options)
-
-    def step(self, action: Any) -> Any:
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        if terminated or truncated:
-            self.finals[(self.task, self.episode_seed)] = obs
-        return obs, reward, terminated, truncated, info
-
-
-@dataclass(frozen=True)
-class _FinalObsSuite(Suite):
-    """The same suite, its envs keeping the observation each episode ended on."""
-
-    finals: dict[tuple[int, int], dict[str, np.ndarray]] = field(default_factory=dict, compare=False)
-
-    def make_env(self, task: int | str, render_mode: str | None = None) -> gym.Env:
-        i = self.index(task) if isinstance(task, str) else task
-        return _KeepFinalObs(super().make_env(i, render_mode), i, self.finals)
 
 
 @dataclass
-class Batch:
-    """One round of student experience, N states: ``x`` (N, obs_dim) student inputs, ``sample`` (N, act_dim)
-    the Gaussian samples before clipping, ``old_logp``/``advantage``/``ret`` (N,), teacher ``label_mean``
-    (N, act_dim) and ``label_std`` (N, act_dim) or None, ``mask`` (N, act_dim) the real action dims of a
-    padded student (None for an unpadded one)."""
+class KickstartConfig:
+    """``method=kickstart`` (see the module doc): ``rounds`` rounds of ``iterations_per_round`` PPO iterations
+    of ``n_steps`` steps in each of ``n_envs`` envs; PPO's ``lr``, ``n_epochs`` passes over each rollout in
+    minibatches of ``batch_size``, ``gamma``, ``gae_lambda``, ``clip_range``, ``ent_coef``, ``vf_coef``,
+    ``max_grad_norm``, ``normalize_advantage``; a ``value_hidden`` tanh critic. The distillation term:
+    ``loss`` (+ ``loss_params``) weighted by ``kd_weight_start`` decaying by ``kd_decay`` (``kd_decay_rate``
+    for exponential, ``kd_decay_rounds`` for linear)."""
 
-    x: torch.Tensor
-    sample: torch.Tensor
-    old_logp: torch.Tensor
-    advantage: torch.Tensor
-    ret: torch.Tensor
-    label_mean: torch.Tensor
-    label_std: torch.Tensor | None = None
-    mask: torch.Tensor | None = None
+    rounds: int = 6
+    iterations_per_round: int = 1
+    n_envs: int = 8
+    n_steps: int = 200
+    loss: str = "forward_kl"
+    loss_params: dict[str, Any] = field(default_factory=dict)
+    kd_weight_start: float = 1.0
+    kd_decay: str = "exponential"
+    kd_decay_rate: float = 0.7
+    kd_decay_rounds: int = 10
+    lr: float = 3e-4
+    n_epochs: int = 10
+    batch_size: int = 64
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_range: float = 0.2
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    normalize_advantage: bool = True
+    value_hidden: list[int] = field(default_factory=lambda: [64, 64])
 
-    def __len__(self) -> int:
-        return len(self.x)
+    def __post_init__(self) -> None:
+        for name in ("rounds", "iterations_per_round", "n_envs", "n_steps", "n_epochs", "batch_size",
+                     "kd_decay_rounds"):
+            require_int(f"method.{name}", getattr(self, name))
+        require_choice("loss", self.loss, sorted(LOSSES))
+        require_choice("method.kd_decay", self.kd_decay, KD_DECAYS)
+        require_number("method.gamma", self.gamma, 0.0, 1.0)
+        require_number("method.gae_lambda", self.gae_lambda, 0.0, 1.0)
+        require_number("method.clip_range", self.clip_range, 0.0, 1.0, low_open=True)
+        require_number("method.lr", self.lr, 0.0, 1.0, low_open=True)
+        require_number("method.ent_coef", self.ent_coef, 0.0)
+        require_number("method.vf_coef", self.vf_coef, 0.0, low_open=True)
+        require_number("method.max_grad_norm", self.max_grad_norm, 0.0, low_open=True)
+        require_number("method.kd_weight_start", self.kd_weight_start, 0.0)
+        require_number("method.kd_decay_rate", self.kd_decay_rate, 0.0, 1.0)
+        require_ints("method.value_hidden", self.value_hidden)
+        decay = {"exponential": {"kd_decay_rate"}, "linear": {"kd_decay_rounds"}, "return_ratio": set()}
+        read = set(self.__dataclass_fields__) - {"kd_decay_rate", "kd_decay_rounds"} | decay[self.kd_decay]
+        refuse_unread(self, read, f"kd_decay '{self.kd_decay}'", "method.")
 
-    def __getitem__(self, idx: torch.Tensor) -> Batch:
-        def take(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t[idx]
-
-        return Batch(self.x[idx], self.sample[idx], self.old_logp[idx], self.advantage[idx], self.ret[idx],
-                     self.label_mean[idx], take(self.label_std), take(self.mask))
-
-
-def _log_prob(student: Student, mean: torch.Tensor, sample: torch.Tensor,
-              mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-density of ``sample`` (n, d) under N(mean, std) and its entropy, each (n,), over the real dims."""
-    assert student.log_std is not None
-    dist = torch.distributions.Normal(mean, torch.exp(student.log_std).expand_as(mean))
-    logp, entropy = dist.log_prob(sample), dist.entropy()
-    if mask is not None:
-        logp, entropy = torch.where(mask, logp, 0.0), torch.where(mask, entropy, 0.0)
-    return logp.sum(-1), entropy.sum(-1)
-
-
-def kickstart_loss(student: Student, value: ValueNet, batch: Batch, weight: float, kd_fn: LossFn,
-                   params: KickstartConfig) -> tuple[torch.Tensor, dict[str, float]]:
-    """``ppo_loss + weight * kd_fn(student mean, teacher mean, log stds)`` on one minibatch, where
-    ``ppo_loss = clipped surrogate - ent_coef * entropy + vf_coef * value MSE``; the scalar loss and its parts."""
-    mean = student.raw(batch.x)
-    logp, entropy = _log_prob(student, mean, batch.sample, batch.mask)
-    ratio = torch.exp(logp - batch.old_logp)
-    adv = batch.advantage
-    surrogate = torch.min(ratio * adv, torch.clamp(ratio, 1 - params.clip_range, 1 + params.clip_range) * adv)
-    policy_loss = -surrogate.mean()
-    value_loss = (value.normalised(batch.x) - (batch.ret - value.ret_mean) / value.ret_std).pow(2).mean()
-    loss = policy_loss - params.ent_coef * entropy.mean() + params.vf_coef * value_loss
-    kd = torch.zeros(())
-    if weight > 0:
-        kd = kd_fn(mean, batch.label_mean, student_log_std=student.log_std, teacher_std=batch.label_std,
-                   mask=batch.mask)
-        loss = loss + weight * kd
-    with torch.no_grad():
-        stats = {"policy": policy_loss.item(), "value": value_loss.item(), "kd": kd.item(),
-                 "entropy": entropy.mean().item(), "approx_kl": ((ratio - 1) - torch.log(ratio)).mean().item(),
-                 "clip_fraction": ((ratio - 1).abs() > params.clip_range).float().mean().item()}
-    return loss, stats
+    @property
+    def steps_per_round(self) -> int:
+        return self.iterations_per_round * self.n_steps * self.n_envs
 
 
-def _collect(suite: _FinalObsSuite, student: Student, bank: TeacherBank, n_envs: int, episodes_per_task: int,
-             seed: int, pool: EnvPool | None = None) -> list[EpisodeRecord]:
-    """Student-only episodes of every task recording ``sample`` (the student's pre-clip Gaussian sample, its
-    full width) and the bank's ``label_mean`` [``label_std``] per step; tasks of one space per batch."""
+def kd_schedule(cfg: KickstartConfig) -> BetaSchedule:
+    """The decay factor in [0, 1] per round (``kd_weight = kd_weight_start * factor``)."""
+    if cfg.kd_decay == "exponential":
+        return ExponentialBeta(decay=cfg.kd_decay_rate)
+    if cfg.kd_decay == "linear":
+        return LinearBeta(rounds=cfg.kd_decay_rounds)
+    return AdaptiveBeta()
 
-    def act(obs: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        label = bank.label(obs)
+
+def kd_weight(cfg: KickstartConfig, round: int, student_return: float | None = None,
+              teacher_return: float | None = None) -> float:
+    """The distillation weight of ``round``; ``return_ratio`` reads the last evaluated returns (the start
+    weight while there is no student return yet or the teacher return is not positive)."""
+    return float(cfg.kd_weight_start * kd_schedule(cfg)(round, student_return, teacher_return))
+
+
+class PaddedTask(gym.Wrapper):
+    """One task's env in the suite's widest spaces (see :class:`~policydistill.models.generalist.SpaceLayout`):
+    every observation group zero-padded to its widest dim, the action the widest, of which the task takes its
+    own dims (clipped to its bounds). Only the groups every task has are kept."""
+
+    def __init__(self, env: gym.Env, layout: SpaceLayout, low: np.ndarray, high: np.ndarray) -> None:
+        super().__init__(env)
+        self.layout, self.act_dim = layout, int(env.action_space.shape[0])
+        self.observation_space = gym.spaces.Dict({g: gym.spaces.Box(-np.inf, np.inf, (layout.width(g),), np.float32)
+                                                  for g in layout.groups})
+        self.action_space = gym.spaces.Box(low, high, dtype=np.float32)
+
+    def _pad(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {g: pad_columns(obs[g][None], self.layout.width(g))[0] for g in self.layout.groups}
+
+    def reset(self, **kwargs: Any) -> tuple[dict[str, np.ndarray], dict]:
+        obs, info = self.env.reset(**kwargs)
+        return self._pad(obs), info
+
+    def step(self, action: np.ndarray) -> tuple[Any, ...]:
+        a = np.clip(action[:self.act_dim], self.env.action_space.low, self.env.action_space.high)
+        obs, reward, terminated, truncated, info = self.env.step(a)
+        return self._pad(obs), reward, terminated, truncated, info
+
+
+class LabelledObs(VecEnvWrapper):
+    """Envs of tasks ``row_tasks`` (in the suite's padded spaces) -> flat observations ``[student groups | label
+    mean | label std]``, the label from ``teacher`` on every step, asked on each row's own (unpadded) groups,
+    the rows of tasks sharing their spaces at once; terminal observations get zero labels (nothing is learnt on
+    them)."""
+
+    def __init__(self, venv: VecEnv, groups: tuple[str, ...], teacher: Teacher, layout: SpaceLayout,
+                 row_tasks: list[int], with_std: bool) -> None:
+        self.groups, self.teacher, self.layout, self.with_std = groups, teacher, layout, with_std
+        self.act_dim = layout.act_width
+        self.width = sum(layout.width(g) for g in groups)
+        dims = [tuple(sorted(layout.group_dims[t].items())) + (layout.act_dims[t],) for t in row_tasks]
+        self.blocks = [(np.flatnonzero([d == k for d in dims]), row_tasks[dims.index(k)]) for k in dict.fromkeys(dims)]
+        total = self.width + self.act_dim * (2 if with_std else 1)
+        super().__init__(venv, observation_space=gym.spaces.Box(-np.inf, np.inf, (total,), np.float32))
+
+    def _labels(self, obs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        n = len(obs[self.groups[0]])
+        mean, std = np.zeros((n, self.act_dim), np.float32), np.ones((n, self.act_dim), np.float32)
+        for rows, task in self.blocks:
+            dims = self.layout.group_dims[task]
+            label = self.teacher.label({g: np.asarray(v[rows, :dims[g]], np.float32) for g, v in obs.items()})
+            d = self.layout.act_dims[task]
+            mean[rows, :d] = label.mean
+            if self.with_std:
+                std[rows, :d] = label.std
+        return [mean, std] if self.with_std else [mean]
+
+    def _flat(self, obs: dict[str, np.ndarray], labels: bool = True) -> np.ndarray:
+        x = [np.asarray(obs[g], dtype=np.float32).reshape(len(obs[self.groups[0]]), -1) for g in self.groups]
+        n = len(x[0])
+        x += self._labels(obs) if labels else [np.zeros((n, self.act_dim * (2 if self.with_std else 1)), np.float32)]
+        return np.concatenate(x, axis=1).astype(np.float32)
+
+    def reset(self) -> np.ndarray:
+        self.teacher.reset(None)
+        return self._flat(self.venv.reset())
+
+    def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+        obs, reward, done, infos = self.venv.step_wait()
+        for info in infos:
+            if "terminal_observation" in info:
+                final = {g: v[None] for g, v in info["terminal_observation"].items()}
+                info["terminal_observation"] = self._flat(final, labels=False)[0]
+        if done.any():
+            self.teacher.reset(done)
+        return self._flat(obs), reward, done, infos
+
+
+class StudentInputs(BaseFeaturesExtractor):
+    """The student's columns of the flat observation (the labels after them are left out)."""
+
+    def __init__(self, observation_space: gym.spaces.Box, width: int) -> None:
+        super().__init__(observation_space, features_dim=width)
+        self.width = width
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return obs[:, :self.width]
+
+
+class KickstartOptimizer(torch.optim.Adam):
+    """Adam whose ``zero_grad`` back-propagates the pending distillation term after zeroing, so that the
+    backward SB3 runs next accumulates the PPO loss's gradient on top of it."""
+
+    pending: torch.Tensor | None = None
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        super().zero_grad(set_to_none)
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.backward()
+
+
+class StudentActorCritic(ActorCriticPolicy):
+    """SB3's actor-critic with the student as the actor (see :meth:`attach`), log-probabilities and entropy over
+    each row's real action dims (a student padded over tasks with different spaces), and the distillation term."""
+
+    def attach(self, student: TorchPolicy, kd_fn: LossFn, lr: float) -> None:
+        """Make ``student`` the actor (its normaliser, network and learned std); the critic reads the
+        student's normalised inputs; the optimiser (re)built over both."""
+        self.student, self.kd_fn, self.kd_weight = student, kd_fn, 0.0
+        self.kd_values: list[float] = []
+        self.action_net = StudentMean(student)
+        self.log_std = student.log_std
+        self.mlp_extractor.value_net = nn.Sequential(student.normalizer, self.mlp_extractor.value_net)
+        self.optimizer = KickstartOptimizer(self.parameters(), lr=lr, eps=1e-5)
+
+    def _heads(self, obs: torch.Tensor) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
+        """The action distribution, the value and the real action dims (B, act_dim) (None: all) of ``obs``."""
+        latent_pi, latent_vf = self.mlp_extractor(self.extract_features(obs))
+        mask = self.student.loss_mask(obs[:, :self.student.obs_dim])
+        return self._get_action_dist_from_latent(latent_pi), self.value_net(latent_vf), mask
+
+    @staticmethod
+    def _masked_sum(per_dim: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        return per_dim.sum(-1) if mask is None else torch.where(mask, per_dim, 0.0).sum(-1)
+
+    def forward(self, obs: torch.Tensor, deterministic: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        distribution, values, mask = self._heads(obs)
+        actions = distribution.get_actions(deterministic=deterministic)
+        log_prob = self._masked_sum(distribution.distribution.log_prob(actions), mask)
+        return actions.reshape((-1, *self.action_space.shape)), values, log_prob
+
+    def evaluate_actions(self, obs: torch.Tensor, actions: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        distribution, values, mask = self._heads(obs)
+        log_prob = self._masked_sum(distribution.distribution.log_prob(actions), mask)
+        entropy = self._masked_sum(distribution.distribution.entropy(), mask)
+        if self.training and self.kd_weight > 0:
+            w, a = self.student.obs_dim, self.student.act_dim
+            std = obs[:, w + a:w + 2 * a] if obs.shape[1] >= w + 2 * a else None
+            kd = self.kd_fn(self.student.raw(obs[:, :w]), obs[:, w:w + a], student_log_std=self.student.log_std,
+                            teacher_std=std, mask=mask)
+            self.kd_values.append(kd.item())
+            self.optimizer.pending = self.kd_weight * kd
+        return values, log_prob, entropy
+
+
+class StudentMean(nn.Module):
+    """The actor's mean: the student's network output on the (raw) inputs, x (n, obs_dim) -> (n, act_dim)."""
+
+    def __init__(self, student: TorchPolicy) -> None:
+        super().__init__()
+        self.student = student
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.student.raw(x)
+
+
+class FitNormalizerOnce(BaseCallback):
+    """After the first rollout: fit the student's normaliser to its inputs, then recompute the rollout's
+    values, log-probabilities, returns and advantages with it."""
+
+    def __init__(self, algo: Kickstart) -> None:
+        super().__init__()
+        self.algo = algo
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if self.algo.fitted:
+            return
+        buf, policy = self.model.rollout_buffer, self.model.policy
+        obs = buf.observations.reshape(-1, buf.observations.shape[-1])
+        self.algo.student.fit_normalizer(obs[:, :self.algo.student.obs_dim])
         with torch.no_grad():
-            x = student.obs_tensor(select_groups(obs, student.groups))
-            mean = student.raw(x)
-            sample = mean + student.std(len(mean)) * torch.randn_like(mean)
-            if isinstance(student, GeneralistPolicy):
-                action = student.postprocess(sample, x)[:, :label.mean.shape[1]]
-            else:
-                action = student.postprocess(sample)
-        extras = {"sample": sample.cpu().numpy().astype(np.float32), "actor": np.full(len(x), STUDENT, np.uint8),
-                  "label_mean": label.mean.astype(np.float32)}
-        if label.std is not None:
-            extras["label_std"] = label.std.astype(np.float32)
-        return action.cpu().numpy().astype(np.float32), extras
-
-    suite.finals.clear()
-    records = []
-    for same_space in space_groups(suite, list(range(len(suite.tasks)))):
-        bank.reset(None)
-        records += rollout(suite, same_space, act, episodes_per_task, n_envs=n_envs, seed=seed, on_reset=bank.reset,
-                           record=True, pool=pool)
-    return sorted(records, key=lambda r: (r.task_index, r.episode.seed))
+            values, log_prob, _ = policy.evaluate_actions(obs_as_tensor(obs, self.model.device),
+                                                         obs_as_tensor(buf.actions.reshape(len(obs), -1),
+                                                                       self.model.device))
+            last = policy.predict_values(obs_as_tensor(self.locals["new_obs"], self.model.device))
+        buf.values = values.cpu().numpy().reshape(buf.values.shape)
+        buf.log_probs = log_prob.cpu().numpy().reshape(buf.log_probs.shape)
+        buf.compute_returns_and_advantage(last_values=last, dones=self.locals["dones"])
+        self.algo.fitted = True
 
 
-def _batch(records: list[EpisodeRecord], finals: dict[tuple[int, int], dict[str, np.ndarray]], student: Student,
-           value: ValueNet, params: KickstartConfig, layout: SpaceLayout, set_stats: bool) -> Batch:
-    """Advantages, returns and old log-probs of the (padded) episodes; normaliser stats on the first round."""
-    dev = student.device
-    steps = [layout.pad_steps(r.steps) for r in records]
+def student_envs(suite: Suite, row_tasks: list[int], layout: SpaceLayout, seed: int) -> DummyVecEnv:
+    """One env per entry of ``row_tasks`` (its task), SB3-monitored, in the suite's padded spaces when its tasks
+    differ (the action bounds: the widest over the tasks, padded dims [0, 0])."""
+    low = np.min([pad_columns(a.low[None], layout.act_width)[0] for _, a in suite.spaces], axis=0)
+    high = np.max([pad_columns(a.high[None], layout.act_width)[0] for _, a in suite.spaces], axis=0)
 
-    def cat(key: str) -> torch.Tensor | None:
-        return torch.as_tensor(np.concatenate([s[key] for s in steps]), device=dev) if key in steps[0] else None
+    def make(task: int) -> gym.Env:
+        env = suite.make_env(task)
+        return Monitor(env if layout.uniform else PaddedTask(env, layout, low, high))
 
-    x_np = np.concatenate([np.concatenate([s[f"obs/{g}"] for g in student.groups], axis=1) for s in steps])
-    if set_stats:
-        fit_normalizer(student, x_np)
-        fit_normalizer(value, x_np)
-    final_x = np.stack([np.concatenate([pad_columns(finals[(r.task_index, r.episode.seed)][g][None], layout.width(g))[0]
-                                        for g in student.groups]) for r in records])
-    task = np.concatenate([s[f"obs/{TASK}"] for s in steps]).argmax(1)
-    mask = action_mask(student, task)
-    with torch.no_grad():
-        x = torch.as_tensor(x_np, device=dev)
-        v = value(x).cpu().numpy()
-        v_final = value(torch.as_tensor(final_x, device=dev)).cpu().numpy()
-        sample = cat("sample")
-        old_logp, _ = _log_prob(student, student.raw(x), sample, mask)
-    lengths = np.array([r.episode.length for r in records])
-    ends = np.cumsum(lengths) - 1
-    episode_end = np.zeros(len(x_np), dtype=bool)
-    episode_end[ends] = True
-    next_v = np.append(v[1:], 0.0)
-    next_v[ends] = v_final
-    terminated = np.concatenate([s["terminated"] for s in steps])
-    adv, ret = gae(np.concatenate([s["reward"] for s in steps]), v, next_v, terminated, episode_end, params.gamma,
-                   params.gae_lambda)
-    if params.normalize_advantage and len(adv) > 1:
-        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-    ret_t = torch.as_tensor(ret, device=dev)
-    value.update_return_stats(ret_t, momentum=1.0 if set_stats else 0.5)
-    return Batch(x, sample, old_logp, torch.as_tensor(adv, device=dev), ret_t, cat("label_mean"), cat("label_std"),
-                 mask)
+    envs = DummyVecEnv([lambda t=t: make(t) for t in row_tasks])
+    envs.seed(seed)
+    return envs
 
 
-def _update(student: Student, value: ValueNet, opt: torch.optim.Optimizer, batch: Batch, weight: float,
-            kd_fn: LossFn, params: KickstartConfig, gen: torch.Generator) -> dict[str, float]:
-    """``epochs`` passes over ``batch`` in shuffled minibatches; the mean of each loss part."""
-    parts: list[dict[str, float]] = []
-    student.train()
-    for _ in range(params.epochs):
-        order = torch.randperm(len(batch), generator=gen).to(batch.x.device)
-        for start in range(0, len(batch), params.minibatch_size):
-            loss, stats = kickstart_loss(student, value, batch[order[start:start + params.minibatch_size]], weight,
-                                         kd_fn, params)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(student.parameters(), params.max_grad_norm)
-            nn.utils.clip_grad_norm_(value.parameters(), params.max_grad_norm)
-            opt.step()
-            parts.append(stats)
-    student.eval()
-    out = {k: float(np.mean([p[k] for p in parts])) for k in parts[0]}
-    with torch.no_grad():
-        out["explained_variance"] = (1 - (batch.ret - value(batch.x)).var() / batch.ret.var().clamp_min(1e-8)).item()
-    if not all(math.isfinite(v) for v in out.values()):
-        raise FloatingPointError(f"kickstart losses became non-finite ({out}); lower kickstart.lr (now {params.lr})")
-    return out
+class Kickstart(Algorithm):
+    name = "kickstart"
+    config = KickstartConfig
+    collects = False
+    not_read = "kickstarting collects through stable-baselines3's rollouts (method.n_envs, method.n_steps)"
 
-
-class KickstartRounds:
-    """One kickstarting round for the distillation loop: collect (student samples, teachers label), store,
-    then PPO + weighted distillation over the round's states."""
-
-    def __init__(self, cfg: DistillConfig, suite: Suite, bank: TeacherBank, student: Student, loss_fn: LossFn,
-                 out: Path, first_round: int) -> None:
-        self.params = check_params(cfg.kickstart)
+    def __init__(self, cfg: KickstartConfig, ctx: Context) -> None:
+        super().__init__(cfg, ctx)
+        if ctx.student.kind != "mlp":
+            raise ValueError(f"kickstart trains MLP students; student kind '{ctx.student.kind}' trains with "
+                             "method=bc|dagger|onpolicy")
+        student = build_student(ctx.suite, ctx.student, ctx.device)
         if student.log_std is None:
-            raise ValueError("kickstarting needs a student with a learned std (student.learn_std=true)")
-        self.cfg, self.bank, self.student, self.kd_fn = cfg, bank, student, loss_fn
-        self.capture = _FinalObsSuite(suite.name, suite.tasks, suite.description)
-        self.layout = SpaceLayout.from_spaces(*zip(*task_spaces(suite), strict=True))
-        self.value = ValueNet(student.obs_dim, self.params.value_hidden).to(student.device)
-        self.opt = torch.optim.Adam([*student.parameters(), *self.value.parameters()], lr=self.params.lr)
-        self.gen = torch.Generator().manual_seed(cfg.seed + 7919 * first_round)
-        self.writer = ShardWriter(out / "episodes")
-        self.root = out / "episodes"
-        self.pool = EnvPool(self.capture)
+            student.log_std = nn.Parameter(torch.zeros(student.act_dim, device=student.device))
+        self.student = student
+        has_std = teacher_has_std(ctx.bank, ctx.suite)
+        kd_fn = make_loss(cfg.loss, teacher_has_std=has_std, student_has_std=True, **dict(cfg.loss_params))
+        layout = suite_layout(ctx.suite)
+        row_tasks = [i % len(ctx.suite.tasks) for i in range(cfg.n_envs)]
+        venv = LabelledObs(student_envs(ctx.suite, row_tasks, layout, ctx.seed), student.groups, ctx.bank, layout,
+                           row_tasks, has_std)
+        self.venv = VecNormalize(venv, norm_obs=False, norm_reward=True, gamma=cfg.gamma)
+        self.model = PPO(StudentActorCritic, self.venv, learning_rate=cfg.lr, n_steps=cfg.n_steps,
+                         batch_size=cfg.batch_size, n_epochs=cfg.n_epochs, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda,
+                         clip_range=cfg.clip_range, ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef,
+                         max_grad_norm=cfg.max_grad_norm, normalize_advantage=cfg.normalize_advantage,
+                         policy_kwargs={"net_arch": {"pi": [], "vf": list(cfg.value_hidden)}, "ortho_init": False,
+                                        "features_extractor_class": StudentInputs,
+                                        "features_extractor_kwargs": {"width": student.obs_dim}},
+                         seed=ctx.seed, device=ctx.device, verbose=0)
+        self.model.policy.attach(student, kd_fn, cfg.lr)
+        self.fitted = False
+        self.last_return: float | None = None
+        self.teacher_return: float | None = None
 
-    def run_round(self, r: int, prev: dict[str, Any] | None, teacher_return: float) -> dict[str, Any]:
-        """Collect, store and update for round ``r``; the row's method numbers."""
-        weight = kd_weight(self.params, r, prev["student_return"] if prev else None, teacher_return)
-        seed = 10_000 + self.cfg.seed * 1_000_000 + r * 1000
-        self.student.eval()
-        t0 = time.perf_counter()
-        records = _collect(self.capture, self.student, self.bank, self.cfg.n_envs, self.cfg.episodes_per_task, seed,
-                           self.pool)
-        steps = sum(rec.episode.length for rec in records)
-        kept = [rec for rec in records if not rec.episode.error]
-        if not kept:
-            raise RuntimeError(f"round {r}: every episode was dropped ({records[0].episode.error})")
-        for rec in kept:
-            stored = {k: v for k, v in self.layout.pad_steps(rec.steps).items() if k != "sample"}
-            self.writer.add(stored, {"task": rec.episode.task, "task_index": rec.task_index, "seed": rec.episode.seed,
-                                     "success": rec.episode.success, "round": r, "beta": 0.0,
-                                     "return": rec.episode.ret})
-        self.writer.flush()
-        kept_steps = sum(rec.episode.length for rec in kept)
-        t_collect = time.perf_counter() - t0
-        evict(self.root, kept_steps)
-        batch = _batch(kept, self.capture.finals, self.student, self.value, self.params, self.layout, set_stats=r == 0)
-        losses = _update(self.student, self.value, self.opt, batch, weight, self.kd_fn, self.params, self.gen)
-        return {"beta": 0.0, "kd_weight": weight, "env_steps": steps, "labels": steps if weight > 0 else 0,
-                "dataset_steps": kept_steps, "loss": losses["kd"],
-                "rollout_return": float(np.mean([rec.episode.ret for rec in kept])),
-                "student_std": torch.exp(self.student.log_std).tolist(), "losses": losses,
-                "collect_time_s": round(t_collect, 2), "update_time_s": round(time.perf_counter() - t0 - t_collect, 2)}
+    def collect(self, round: int, prev: dict[str, Any] | None, teacher_return: float) -> None:
+        """Nothing: SB3 collects within :meth:`update`. The last evaluated student return and the teachers' are
+        kept for ``kd_decay=return_ratio``."""
+        self.last_return = prev["student_return"] if prev else None
+        self.teacher_return = teacher_return
+
+    def update(self, store: EpisodeStore | None, round: int, fit_with: FitWith) -> dict[str, Any]:
+        cfg, policy = self.cfg, self.model.policy
+        policy.kd_weight = kd_weight(cfg, round, self.last_return, self.teacher_return)
+        policy.kd_values = []
+        before = self.model.num_timesteps
+        self.model.learn(cfg.steps_per_round, callback=FitNormalizerOnce(self), reset_num_timesteps=before == 0,
+                         progress_bar=False)
+        steps = self.model.num_timesteps - before
+        logged = self.model.logger.name_to_value
+        losses = {k: float(logged[f"train/{key}"]) for k, key in (
+            ("policy", "policy_gradient_loss"), ("value", "value_loss"), ("entropy", "entropy_loss"),
+            ("approx_kl", "approx_kl"), ("clip_fraction", "clip_fraction"),
+            ("explained_variance", "explained_variance")) if f"train/{key}" in logged}
+        kd = float(np.mean(policy.kd_values)) if policy.kd_values else 0.0
+        losses["kd"] = kd
+        if not all(math.isfinite(v) for v in losses.values()):
+            raise FloatingPointError(f"kickstart losses became non-finite ({losses}); lower method.lr (now {cfg.lr})")
+        episodes = [e["r"] for e in self.model.ep_info_buffer]
+        return {"loss": kd, "losses": losses, "updates": cfg.iterations_per_round * cfg.n_epochs * math.ceil(
+                    cfg.n_steps * cfg.n_envs / cfg.batch_size), "env_steps": steps,
+                "labels": steps if policy.kd_weight > 0 else 0,
+                "info": {"kd_weight": policy.kd_weight, "student_std": torch.exp(self.student.log_std).tolist(),
+                         "rollout_return": float(np.mean(episodes)) if episodes else None}}
+
+    def policy(self) -> TorchPolicy:
+        return self.student
+
+    def state_dict(self) -> dict[str, Any]:
+        rms = self.venv.ret_rms
+        return {"policy": self.model.policy.state_dict(), "optimizer": self.model.policy.optimizer.state_dict(),
+                "fitted": self.fitted, "num_timesteps": self.model.num_timesteps,
+                "ret_rms": {"mean": float(rms.mean), "var": float(rms.var), "count": float(rms.count)}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.policy.load_state_dict(state["policy"])
+        self.model.policy.optimizer.load_state_dict(state["optimizer"])
+        self.fitted, self.model.num_timesteps = bool(state["fitted"]), int(state["num_timesteps"])
+        rms = self.venv.ret_rms
+        rms.mean, rms.var, rms.count = (np.float64(state["ret_rms"][k]) for k in ("mean", "var", "count"))
 
     def close(self) -> None:
-        self.pool.close()
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The value network (with its normaliser and return statistics)."""
-        return {f"value.{k}": v for k, v in self.value.state_dict().items()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.value.load_state_dict({k[len("value."):]: v for k, v in state.items() if k.startswith("value.")})
+        self.venv.close()

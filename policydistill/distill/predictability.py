@@ -15,16 +15,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from policydistill.config import DistillConfig
+from policydistill.distill.fit import FitJob, adam, fit
 from policydistill.distill.losses import LossFn
+from policydistill.models.students import build_student
 from policydistill.policy import Policy
-from policydistill.suite import Suite
-from policydistill.types import PRIVILEGED
+from policydistill.types import PRIVILEGED, TASK
+
+if TYPE_CHECKING:
+    from policydistill.distill.algorithm import Context
 
 log = logging.getLogger(__name__)
 
@@ -60,33 +63,36 @@ def _split(data: dict[str, np.ndarray], lengths: np.ndarray, episodes: np.ndarra
     return {k: v[rows] for k, v in data.items()}, lengths[episodes]
 
 
-def check_predictable(cfg: DistillConfig, suite: Suite, teachers: Sequence[Policy], data: dict[str, np.ndarray],
-                      lengths: Sequence[int], loss_fn: LossFn) -> dict[str, Any] | None:
+def check_predictable(ctx: Context, cfg: Any, loss_fn: LossFn, raw: dict[str, np.ndarray],
+                      lengths: Sequence[int]) -> dict[str, Any] | None:
     """Compare held-out action MSE of the configured student with and without ``privileged`` (see module doc).
 
-    ``data`` must hold ``obs/<group>`` for the student's groups and ``privileged`` and ``label_mean``.
-    ``loss_fn``: the run's loss. Returns the numbers (None when the student already reads ``privileged`` or
-    there are too few episodes)."""
-    from policydistill.distill.students import make_student, make_trainer
-
-    groups = list(cfg.student.groups)
+    ``raw`` holds ``obs/<group>`` for the student's groups, ``task`` and ``privileged`` and ``label_mean``
+    (+ ``label_std``) of episodes of ``lengths``; ``cfg`` the run's fit settings (updates, batch size, lr) and
+    ``loss_fn`` its loss. Returns the numbers (None when the student already reads ``privileged``)."""
+    groups = list(ctx.student.groups)
     lengths = np.asarray(lengths)
-    if PRIVILEGED in groups or f"obs/{PRIVILEGED}" not in data or len(lengths) < 2:
+    if PRIVILEGED in groups or f"obs/{PRIVILEGED}" not in raw or len(lengths) < 2:
         return None
-    rng = np.random.default_rng(cfg.seed + 7)
+    rng = np.random.default_rng(ctx.seed + 7)
     order = rng.permutation(len(lengths))
     n_test = max(1, int(round(HELD_OUT * len(lengths))))
-    train, train_len = _split(data, lengths, np.sort(order[n_test:]))
-    test, test_len = _split(data, lengths, np.sort(order[:n_test]))
+    train, train_len = _split(raw, lengths, np.sort(order[n_test:]))
+    test, test_len = _split(raw, lengths, np.sort(order[:n_test]))
     out: dict[str, Any] = {"held_out_episodes": int(n_test), "train_episodes": int(len(lengths) - n_test),
                            "updates": cfg.updates_per_round, "label_variance": float(test["label_mean"].var(0).mean())}
+    teachers = [ctx.teachers[n] for n in ctx.suite.task_names]
+    task = train[f"obs/{TASK}"].argmax(1)
     for name, gs in (("student", groups), ("with_privileged", [*groups, PRIVILEGED])):
-        torch.manual_seed(cfg.seed)
-        scfg = replace(cfg.student, groups=gs)
-        probe = make_student(suite, scfg, cfg.device, teachers)
-        trainer = make_trainer(probe, replace(cfg, student=scfg), loss_fn, np.random.default_rng(cfg.seed), teachers,
-                               action_only=True)
-        trainer.fit(train, set_stats=True, lengths=train_len)
+        torch.manual_seed(ctx.seed)
+        probe = build_student(ctx.suite, replace(ctx.student, groups=gs), ctx.device, teachers)
+        data = {"x": np.concatenate([train[f"obs/{g}"] for g in gs], axis=1),
+                **{k: train[k] for k in ("label_mean", "label_std") if k in train}}
+        probe.fit_normalizer(data["x"])
+        batches = probe.batches(data, train_len, cfg.batch_size, task if cfg.balance_tasks else None,
+                                ctx.student.tbptt)
+        fit(FitJob(probe, lambda model, batch: model.compute_loss(batch, loss_fn), batches, cfg.fit_config(),
+                   adam(probe, cfg.lr)), np.random.default_rng(ctx.seed), progress=False)
         out[f"{name}_mse"] = replay_mse(probe, test, test_len)
     out["ratio"] = out["student_mse"] / max(out["with_privileged_mse"], 1e-12)
     out["warning"] = out["ratio"] > RATIO
@@ -96,7 +102,7 @@ def check_predictable(cfg: DistillConfig, suite: Suite, teachers: Sequence[Polic
                     "teacher relies on information these inputs do not carry, so this loss will not fall by "
                     "training longer: give the student a history to infer it from (student=history_mlp|tcn|gru|"
                     "latent, or a longer student.history) or add the missing sensing to its groups.", groups,
-                    out["student_mse"], out["with_privileged_mse"], cfg.student.kind, PRIVILEGED, out["ratio"],
+                    out["student_mse"], out["with_privileged_mse"], ctx.student.kind, PRIVILEGED, out["ratio"],
                     out["label_variance"])
     else:
         log.info("predictability: held-out action MSE %.4g (student) vs %.4g (with '%s'), ratio %.2f",
@@ -106,4 +112,5 @@ def check_predictable(cfg: DistillConfig, suite: Suite, teachers: Sequence[Polic
 
 def predictability_of(summary: dict[str, Any]) -> dict[str, Any] | None:
     """The diagnostic's numbers from a distill.json content (in the row of the round it ran after)."""
-    return next((row["predictability"] for row in summary["rounds"] if row.get("predictability")), None)
+    return next((row["info"]["predictability"] for row in summary["rounds"] if row["info"].get("predictability")),
+                None)

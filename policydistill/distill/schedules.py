@@ -155,6 +155,43 @@ def make_schedule(name: str, **params: Any) -> BetaSchedule:
     return cls(**params)
 
 
+FLAT_KEYS: dict[str, dict[str, str]] = {
+    "constant": {"beta": "beta"}, "linear": {"beta_start": "start", "beta_end": "end", "beta_rounds": "rounds"},
+    "exponential": {"beta_start": "start", "beta_decay": "decay"}, "step": {"switch_round": "switch_round"},
+    "adaptive": {"beta_floor": "floor"},
+}
+"""Per schedule, the config keys of :class:`ScheduleFields` it reads and the parameter each one sets."""
+
+
+@dataclass
+class ScheduleFields:
+    """Config keys of a beta schedule, flat so that choosing another ``schedule`` needs no other change:
+    ``constant`` reads ``beta``; ``linear`` goes from ``beta_start`` to ``beta_end`` over ``beta_rounds`` rounds;
+    ``exponential`` is ``beta_start * beta_decay ** round``; ``step`` is 1 before ``switch_round``, then 0;
+    ``adaptive`` is ``max(beta_floor, 1 - G_student / G_teacher)``. Keys of another schedule are errors."""
+
+    schedule: str = "linear"
+    beta: float = 1.0
+    beta_start: float = 1.0
+    beta_end: float = 0.0
+    beta_rounds: int = 4
+    beta_decay: float = 0.5
+    switch_round: int = 1
+    beta_floor: float = 0.0
+
+    def schedule_keys(self) -> set[str]:
+        """The keys the chosen schedule reads (with ``schedule`` itself)."""
+        if self.schedule not in FLAT_KEYS:
+            raise ValueError(f"unknown beta schedule '{self.schedule}'; valid: {sorted(FLAT_KEYS)}")
+        return {"schedule", *FLAT_KEYS[self.schedule]}
+
+    def beta_schedule(self) -> BetaSchedule:
+        """The schedule these keys describe (parameters checked)."""
+        self.schedule_keys()
+        return make_schedule(self.schedule, **{param: getattr(self, key)
+                                               for key, param in FLAT_KEYS[self.schedule].items()})
+
+
 def draw_actor(beta: float, n_envs: int, rng: np.random.Generator) -> np.ndarray:
     """Who acts in each env this step: bool (n_envs,), True where the teacher acts (probability ``beta``)."""
     beta = _check_unit("beta", beta)

@@ -3,46 +3,51 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from policydistill.bundle import find_bundles, is_bundle, load_bundle
+from policydistill.configs import require_int
 from policydistill.eval.metrics import summarise, teacher_normalised
 from policydistill.eval.rollout import run_episodes
 from policydistill.eval.video import record_video
 from policydistill.policy import Policy
-from policydistill.suite import Suite
-from policydistill.teachers import load_policy
+from policydistill.suites import Suite
 
 log = logging.getLogger(__name__)
 
 
-def policies_for_suite(spec: str | Path, suite: Suite, device: str = "auto") -> dict[str, Policy]:
-    """The policy of every task of ``suite`` from ``spec``.
+@dataclass
+class EvaluateConfig:
+    """``policydistill evaluate``: ``episodes`` seeded episodes per task of ``suite`` (seeds ``seed``, ``seed``
+    + 1, ...) on ``n_envs`` envs for ``policy`` (a bundle, a folder of bundles named by task, ``module:callable``
+    or ``suite``), beside ``teachers`` when given (scores); a video per task with ``video``; ``sampler``
+    (``ddim:<steps>`` or ``ddpm:<steps>``) overrides how a diffusion policy samples. Writes ``out`` (JSON)."""
 
-    ``spec``: one bundle or ``module:callable`` (serves every task); a folder of bundles named by task
-    (one per task); or ``suite`` (each task's own ``teacher`` from the suite file).
-    """
-    if str(spec) == "suite":
-        missing = [t.name for t in suite.tasks if not t.teacher]
-        if missing:
-            raise ValueError(f"suite '{suite.name}' names no teacher for tasks {missing}")
-        return {t.name: load_policy(t.teacher, device=device) for t in suite.tasks}
-    path = Path(spec)
-    if is_bundle(path) or (not path.exists() and ":" in str(spec)):
-        policy = load_policy(str(spec), device=device)
-        return {name: policy for name in suite.task_names}
-    if not path.is_dir():
-        raise FileNotFoundError(f"no policy bundle or folder of bundles at '{path}' "
-                                "(expected a bundle, a folder of bundles, 'module:callable' or 'suite')")
-    found = find_bundles(path)
-    missing = [n for n in suite.task_names if n not in found]
-    if missing:
-        raise ValueError(f"'{path}' has no bundle for tasks {missing} of suite '{suite.name}'; "
-                         f"it has bundles {sorted(found)}")
-    return {n: load_bundle(found[n], device=device) for n in suite.task_names}
+    policy: str = "???"
+    suite: str = "default"
+    episodes: int = 20
+    out: str | None = None
+    teachers: str | None = None
+    video: bool = False
+    n_envs: int = 8
+    seed: int = 1000
+    device: str = "auto"
+    sampler: str | None = None
+
+    def __post_init__(self) -> None:
+        require_int("episodes", self.episodes)
+        require_int("n_envs", self.n_envs)
+        require_int("seed", self.seed, 0)
+
+
+def evaluate_per_task(suite: Suite, policy: Policy | dict[str, Policy], episodes: int, seed: int,
+                      n_envs: int = 8) -> dict[str, dict[str, Any]]:
+    """Seeded evaluation of every task (one policy for all, or one per task), each in its own spaces."""
+    return {n: summarise(run_episodes(suite, n, policy[n] if isinstance(policy, dict) else policy, episodes,
+                                      n_envs=n_envs, seed=seed)) for n in suite.task_names}
 
 
 def evaluate(suite: Suite, policies: dict[str, Policy], episodes: int = 20, n_envs: int = 8, seed: int = 1000,

@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from policydistill.io import atomic_write_text  # noqa: E402
+from policydistill.files import atomic_write_text  # noqa: E402
 
 
 @dataclass
@@ -75,7 +75,7 @@ def plot_experts(path: str | Path, curves: dict[str, list[dict[str, float]]], ex
     axes[2].set(title="evaluation return per task (95% CI)", ylabel="return")
     axes[2].legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_distill(path: str | Path, runs: dict[str, dict[str, Any]]) -> Path:
@@ -100,12 +100,13 @@ def plot_distill(path: str | Path, runs: dict[str, dict[str, Any]]) -> Path:
     axes[1].set(title="final student vs teacher return per task", ylabel="return")
     axes[1].legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig: Any, path: str | Path) -> Path:
-    """Write the figure as PNG atomically and close it."""
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Write the figure as PNG atomically (creating its folder) and close it."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp, dpi=100)
     plt.close(fig)

@@ -1,13 +1,17 @@
-"""Vectorised, seeded rollouts: the one stepping loop behind evaluation and data collection.
+"""Vectorised, seeded rollouts: the one stepping loop behind evaluation, data collection and videos.
 
-Envs are stepped in lockstep; the acting function is called once per step on the whole batch
-``{group: (n_envs, dim)}``. Each env slot runs episodes of one task; episode ``k`` of a task always
-uses reset seed ``seed + k``, whatever the number of envs, so two policies evaluated with the same
-seed face the same episodes. Envs are reset by this loop, never auto-reset: the observation an
-action is chosen on (and labelled on) always belongs to the episode the action is executed in.
+The loop (:func:`drive`) steps one :class:`~policydistill.suites.batched.BatchedEnv`: a suite's own batched
+tensor env when it names one, else its gymnasium envs, one per row (:class:`~policydistill.suites.batched.GymEnvs`).
+The acting function is called once per step on the whole batch ``{group: (n_envs, dim)}``. Row ``i`` runs
+episodes of task ``slot_tasks[i]``; episode ``k`` of a task is reset with seed ``seed + k`` whatever the
+number of rows, so two policies evaluated with the same seed face the same episodes. Rows are reset by
+this loop, never auto-reset: the observation an action is chosen (and labelled) on always belongs to the
+episode the action is executed in. Terminated and truncated stay apart.
 
-An env that raises or returns a non-finite observation or reward mid-episode has that episode
-flagged (the suite's ``SafeEpisodes`` wrapper ends it) and the run goes on.
+An episode with a non-finite action, observation or reward, or a fault the env reports as
+``episode_error`` (the suite's ``SafeEpisodes`` wrapper), is ended and flagged with the reason; the run
+goes on. Python work is per step and per finished episode, never per env and step (but for the
+gymnasium adapter's own loop over its envs).
 """
 
 from __future__ import annotations
@@ -17,11 +21,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from policydistill.eval.metrics import Episode
 from policydistill.policy import Policy
-from policydistill.suite import Suite
-from policydistill.types import select_groups, stack_obs
+from policydistill.spaces import check_spaces
+from policydistill.suites import Suite
+from policydistill.suites.batched import BatchedEnv, EnvPool, GymEnvs, make_batched_env, obs_to_numpy
+from policydistill.types import select_groups
 
 log = logging.getLogger(__name__)
 
@@ -45,35 +52,12 @@ def check_policy_fits(policy: Policy, suite: Suite, task: int) -> None:
     act_space = getattr(policy, "action_space", None)
     if obs_space is None or act_space is None:
         return
-    from policydistill.spaces import check_spaces
-
     env = suite.make_env(task)
     try:
         check_spaces(obs_space, act_space, env.observation_space, env.action_space,
                      f"policy on task '{suite.tasks[task].name}' of suite '{suite.name}'")
     finally:
         env.close()
-
-
-class EnvPool:
-    """Envs of a suite kept open across rollouts (a rollout borrows them and gives them back): building
-    a MuJoCo env costs about as much as a hundred steps. ``close()`` closes them."""
-
-    def __init__(self, suite: Suite) -> None:
-        self.suite, self.free = suite, {}
-
-    def take(self, task: int):
-        free = self.free.get(task)
-        return free.pop() if free else self.suite.make_env(task)
-
-    def give(self, task: int, env) -> None:
-        self.free.setdefault(task, []).append(env)
-
-    def close(self) -> None:
-        for envs in self.free.values():
-            for env in envs:
-                env.close()
-        self.free.clear()
 
 
 def slot_layout(tasks: Sequence[int], episodes_per_task: int, n_envs: int) -> list[int]:
@@ -85,79 +69,153 @@ def slot_layout(tasks: Sequence[int], episodes_per_task: int, n_envs: int) -> li
     return [tasks[i % len(tasks)] for i in range(n)]
 
 
+def suite_envs(suite: Suite, slot_tasks: Sequence[int], pool: EnvPool | None = None) -> BatchedEnv:
+    """The batched env of one rollout: the suite's own factory, or its gymnasium envs (from ``pool``, given
+    back when the env is closed)."""
+    if suite.batched is not None:
+        return make_batched_env(suite, slot_tasks)
+    if pool is None:
+        return GymEnvs([suite.make_env(t) for t in slot_tasks])
+    return GymEnvs([pool.take(t) for t in slot_tasks],
+                   on_close=lambda envs: [pool.give(t, e) for t, e in zip(slot_tasks, envs, strict=True)])
+
+
 def rollout(suite: Suite, tasks: Sequence[int], act: ActFn, episodes_per_task: int, n_envs: int = 8,
             seed: int = 0, on_reset: Callable[[np.ndarray], None] | None = None, record: bool = False,
             on_step: Callable[[int], None] | None = None, pool: EnvPool | None = None) -> list[EpisodeRecord]:
-    """Run ``episodes_per_task`` episodes of each task in ``tasks`` on ``n_envs`` envs (at least one per
-    task; slot ``i`` runs task ``tasks[i % len(tasks)]``). ``on_reset(mask (n_envs,))`` is called when
-    slots start a new episode (for stateful policies). Envs come from ``pool`` when given (and go back to
-    it), else are built and closed here. Returns the finished episodes, dropped ones flagged with their
-    ``error``, sorted by task then seed. A suite with a ``batched`` env is stepped through it
-    (:func:`~policydistill.eval.batched_rollout.rollout_batched`), with the same episodes."""
-    slot_task = slot_layout(tasks, episodes_per_task, n_envs)
-    if suite.batched is not None:  # one batched tensor env instead of a Python loop over envs
-        from policydistill.eval.batched_rollout import rollout_batched
+    """Run ``episodes_per_task`` episodes of each task in ``tasks`` on ``n_envs`` rows (at least one per
+    task; row ``i`` runs task ``tasks[i % len(tasks)]``). ``on_reset(mask (n_envs,))`` is called when rows
+    start a new episode (for stateful policies); ``on_step(n)`` after every step. Returns the finished
+    episodes, dropped ones flagged with their ``error``, sorted by task then seed."""
+    slot_tasks = slot_layout(tasks, episodes_per_task, n_envs)
+    env = suite_envs(suite, slot_tasks, pool)
+    try:
+        return drive(env, slot_tasks, suite.task_names, act, episodes_per_task, seed, on_reset, record, on_step)
+    finally:
+        env.close()
 
-        return rollout_batched(suite, slot_task, act, episodes_per_task, seed, on_reset, record, on_step)
-    n = len(slot_task)
-    envs = [pool.take(t) if pool is not None else suite.make_env(t) for t in slot_task]
-    next_episode = dict.fromkeys(tasks, 0)
-    obs: list[dict[str, np.ndarray]] = [{}] * n
-    episode_of = [-1] * n
-    buffers: list[list[dict[str, np.ndarray]]] = [[] for _ in range(n)]
-    ret, length = np.zeros(n), np.zeros(n, dtype=int)
+
+class _History:
+    """Per-step batch arrays ``{field: (steps, n_envs, ...)}``, so a finished episode is one slice.
+
+    Rows older than the oldest running episode's start are dropped when the buffer is full.
+    """
+
+    def __init__(self) -> None:
+        self.data: dict[str, np.ndarray] = {}
+        self.offset = 0  # absolute step index of data row 0
+        self.t = 0  # absolute index of the next step
+
+    def append(self, step: dict[str, np.ndarray], keep_from: int) -> None:
+        if not self.data:
+            self.data = {k: np.empty((64, *np.shape(v)), dtype=np.asarray(v).dtype) for k, v in step.items()}
+        cap = len(next(iter(self.data.values())))
+        if self.t - self.offset == cap:
+            drop = max(0, keep_from - self.offset)
+            new_cap = 2 * cap if cap - drop > cap // 2 else cap
+            for k, v in self.data.items():
+                grown = np.empty((new_cap, *v.shape[1:]), dtype=v.dtype)
+                grown[:cap - drop] = v[drop:]
+                self.data[k] = grown
+            self.offset += drop
+        row = self.t - self.offset
+        for k, v in step.items():
+            self.data[k][row] = v
+        self.t += 1
+
+    def episode(self, slot: int, start: int) -> dict[str, np.ndarray]:
+        """Steps ``start..now`` of row ``slot``: ``{field: (T, ...)}``."""
+        return {k: v[start - self.offset:self.t - self.offset, slot].copy() for k, v in self.data.items()}
+
+
+def drive(env: BatchedEnv, slot_tasks: Sequence[int], task_names: Sequence[str], act: ActFn, episodes_per_task: int,
+          seed: int = 0, on_reset: Callable[[np.ndarray], None] | None = None, record: bool = False,
+          on_step: Callable[[int], None] | None = None) -> list[EpisodeRecord]:
+    """Run ``episodes_per_task`` episodes of each task of ``slot_tasks`` on ``env`` (row ``i`` runs task
+    ``slot_tasks[i]``, a suite task index naming ``task_names``); see :func:`rollout` for the arguments."""
+    n = env.num_envs
+    slot_task = np.asarray(slot_tasks, dtype=int)
+    if slot_task.shape != (n,):
+        raise ValueError(f"slot_tasks has {len(slot_task)} entries for a batched env of {n} rows")
+    if not env.seeded_reset:
+        log.warning("%s does not take reset seeds: episodes are not reproducible from their seed",
+                    type(env).__name__)
+    next_episode = {int(t): 0 for t in np.unique(slot_task)}
+    episode_of = np.full(n, -1)
+    ret, length, start_at = np.zeros(n), np.zeros(n, dtype=int), np.zeros(n, dtype=int)
+    history = _History()
     results: list[EpisodeRecord] = []
+    obs: dict[str, np.ndarray] = {}
 
-    def start(slots: list[int]) -> None:
+    def start(slots: np.ndarray) -> None:
+        nonlocal obs
+        chosen, seeds = [], []
         for slot in slots:
-            t = slot_task[slot]
+            t = int(slot_task[slot])
             if next_episode[t] >= episodes_per_task:
                 episode_of[slot] = -1
                 continue
             episode_of[slot], next_episode[t] = next_episode[t], next_episode[t] + 1
-            obs[slot], _ = envs[slot].reset(seed=seed + episode_of[slot])
-            ret[slot], length[slot], buffers[slot] = 0.0, 0, []
-        if on_reset is not None and slots:
+            chosen.append(int(slot))
+            seeds.append(seed + int(episode_of[slot]))
+        if chosen:
+            mask = np.zeros(n, dtype=bool)
+            mask[chosen] = True
+            obs = obs_to_numpy(env.reset(mask, seeds))
+            ret[chosen], length[chosen], start_at[chosen] = 0.0, 0, history.t
+        if on_reset is not None and len(slots):
             on_reset(np.isin(np.arange(n), slots))
 
-    start(list(range(n)))
-    try:
-        while any(e >= 0 for e in episode_of):
-            batch = stack_obs(obs)
-            actions, extras = act(batch)
-            finished = []
-            for slot in range(n):
-                if episode_of[slot] < 0:
-                    continue
-                o, r, terminated, truncated, info = envs[slot].step(actions[slot])
-                if record:
-                    buffers[slot].append({**{f"obs/{g}": v[slot] for g, v in batch.items()},
-                                          "action": actions[slot], "reward": np.float32(r),
-                                          "terminated": bool(terminated), "truncated": bool(truncated),
-                                          **{k: v[slot] for k, v in extras.items()}})
-                obs[slot] = o
-                ret[slot] += r
-                length[slot] += 1
-                error = info.get("episode_error")
-                if not (terminated or truncated):
-                    continue
-                name = suite.tasks[slot_task[slot]].name
-                if error:
-                    log.warning("task %s: episode with seed %d dropped: %s", name, seed + episode_of[slot], error)
-                episode = Episode(name, seed + episode_of[slot], float(ret[slot]), int(length[slot]),
-                                  bool(info.get("is_success", False)) and not error, error)
-                steps = {k: np.stack([s[k] for s in buffers[slot]]) for k in buffers[slot][0]} if record else {}
-                results.append(EpisodeRecord(episode, slot_task[slot], steps))
-                finished.append(slot)
-            start(finished)
-            if on_step is not None:
-                on_step(n)
-    finally:
-        for t, env in zip(slot_task, envs, strict=True):
-            if pool is not None:
-                pool.give(t, env)
-            else:
-                env.close()
+    start(np.arange(n))
+    while (episode_of >= 0).any():
+        actions, extras = act(obs)
+        actions = np.asarray(actions)
+        bad_action = ~np.isfinite(actions.reshape(n, -1)).all(axis=1)
+        safe = actions.astype(np.float32, copy=False) if not bad_action.any() else \
+            np.where(bad_action.reshape(n, *[1] * (actions.ndim - 1)), 0, actions).astype(np.float32)
+        next_obs_t, reward_t, term_t, trunc_t, info = env.step(torch.as_tensor(safe, device=env.device))
+        next_obs = obs_to_numpy(next_obs_t)
+        reward = reward_t.numpy(force=True).astype(np.float64)
+        terminated, truncated = term_t.numpy(force=True).astype(bool), trunc_t.numpy(force=True).astype(bool)
+        finite = np.isfinite(reward)
+        for v in next_obs.values():
+            finite &= np.isfinite(v).all(axis=1)
+        errors = info.get("episode_error")
+        if errors is not None or not finite.all() or bad_action.any():
+            errors = list(errors or [None] * n)
+            for slot in np.flatnonzero(bad_action | ~finite):
+                errors[slot] = "policy returned a non-finite action" if bad_action[slot] else \
+                    "env returned a non-finite observation or reward"
+            failed = np.array([e is not None for e in errors])
+            reward[failed], terminated[failed], truncated[failed] = 0.0, False, True
+            for g, v in next_obs.items():  # keep the last finite observation, as SafeEpisodes does
+                v[failed] = obs[g][failed]
+        else:
+            errors = [None] * n
+        success = info.get("is_success")
+        success = np.zeros(n, dtype=bool) if success is None else \
+            torch.as_tensor(success).numpy(force=True).astype(bool)
+        active = episode_of >= 0
+        if record:
+            keep_from = int(start_at[active].min())
+            history.append({**{f"obs/{g}": v for g, v in obs.items()}, "action": actions,
+                            "reward": reward.astype(np.float32), "terminated": terminated, "truncated": truncated,
+                            **extras}, keep_from)
+        ret[active] += reward[active]
+        length[active] += 1
+        finished = np.flatnonzero(active & (terminated | truncated))
+        for slot in finished:
+            name, error = task_names[slot_task[slot]], errors[slot]
+            if error:
+                log.warning("task %s: episode with seed %d dropped: %s", name, seed + episode_of[slot], error)
+            episode = Episode(name, seed + int(episode_of[slot]), float(ret[slot]), int(length[slot]),
+                              bool(success[slot]) and not error, error)
+            steps = history.episode(slot, start_at[slot]) if record else {}
+            results.append(EpisodeRecord(episode, int(slot_task[slot]), steps))
+        obs = next_obs
+        start(finished)
+        if on_step is not None:
+            on_step(n)
     return sorted(results, key=lambda r: (r.task_index, r.episode.seed))
 
 

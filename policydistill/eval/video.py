@@ -7,10 +7,13 @@ import os
 from pathlib import Path
 
 import numpy as np
+from gymnasium.wrappers import TimeLimit
 
+from policydistill.eval.rollout import drive
 from policydistill.policy import Policy
-from policydistill.suite import Suite
-from policydistill.types import select_groups, stack_obs
+from policydistill.suites import Suite
+from policydistill.suites.batched import GymEnvs
+from policydistill.types import select_groups
 
 log = logging.getLogger(__name__)
 
@@ -32,28 +35,46 @@ def _writer_suffix() -> str:
         return ".gif"
 
 
+def check_renderable(suite: Suite) -> None:
+    """Render one frame of every task of ``suite`` offscreen; a missing renderer raises one clear ValueError
+    before any episode is run."""
+    from gymnasium.error import DependencyNotInstalled
+
+    configure_headless_gl()
+    for t, name in enumerate(suite.task_names):
+        env = suite.make_env(t, render_mode="rgb_array")
+        try:
+            env.reset(seed=0)
+            env.render()
+        except (DependencyNotInstalled, ImportError) as e:
+            raise ValueError(f"video=true cannot render task '{name}': {e}; install its renderer or drop "
+                             "video=true") from None
+        finally:
+            env.close()
+
+
 def record_video(suite: Suite, task: int | str, policy: Policy, path: str | Path, seed: int = 0,
                  max_steps: int = 200, fps: int | None = None) -> Path:
-    """Roll out one seeded episode (at most ``max_steps``) and write it as MP4 (with imageio-ffmpeg)
-    or GIF. Returns the written path (its suffix tells the format)."""
+    """Roll out one seeded episode (at most ``max_steps``) through the rollout loop and write it as MP4
+    (with imageio-ffmpeg) or GIF. Returns the written path (its suffix tells the format)."""
     import imageio.v3 as iio
 
     configure_headless_gl()
-    env = suite.make_env(task, render_mode="rgb_array")
-    frames = []
-    try:
-        obs, _ = env.reset(seed=seed)
-        policy.reset(None)
-        frames.append(env.render())
-        for _ in range(max_steps):
-            action = policy.act(select_groups(stack_obs([obs]), policy.groups))[0]
-            obs, _, terminated, truncated, _ = env.step(action)
+    t = suite.index(task) if isinstance(task, str) else task
+    env = suite.make_env(t, render_mode="rgb_array")
+    dt = getattr(env.unwrapped, "dt", 0.05)
+    envs = GymEnvs([TimeLimit(env, max_steps)])
+    frames: list[np.ndarray] = []
+
+    def on_reset(mask: np.ndarray) -> None:
+        policy.reset(mask)
+        if not frames:
             frames.append(env.render())
-            if terminated or truncated:
-                break
-        dt = getattr(env.unwrapped, "dt", 0.05)
-    finally:
-        env.close()
+
+    policy.reset(None)
+    drive(envs, [t], suite.task_names, lambda obs: (policy.act(select_groups(obs, policy.groups)), {}), 1,
+          seed=seed, on_reset=on_reset, on_step=lambda n: frames.append(env.render()))
+    envs.close()
     path = Path(path).with_suffix(_writer_suffix())
     path.parent.mkdir(parents=True, exist_ok=True)
     fps = fps or max(1, round(1.0 / dt))

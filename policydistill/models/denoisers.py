@@ -8,31 +8,16 @@ small temporal U-Net of :mod:`policydistill.models.unet1d`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from policydistill.models.time_embedding import TimeEmbedding
+from policydistill.models.unet1d import TemporalUnet1D
+
 DENOISERS = ("mlp", "unet")
-
-
-class TimeEmbedding(nn.Module):
-    """Sinusoidal features of the noise level followed by a small MLP: t (n,) -> (n, dim)."""
-
-    def __init__(self, dim: int = 32) -> None:
-        super().__init__()
-        if dim < 4 or dim % 2:
-            raise ValueError(f"time embedding dim must be an even int >= 4, got {dim}")
-        self.dim = dim
-        freqs = torch.exp(-math.log(10_000.0) * torch.arange(dim // 2, dtype=torch.float32) / (dim // 2 - 1))
-        self.register_buffer("freqs", freqs, persistent=False)
-        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.SiLU(), nn.Linear(2 * dim, dim))
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        x = t.float().reshape(-1, 1) * self.freqs
-        return self.mlp(torch.cat([x.sin(), x.cos()], dim=-1))
 
 
 class MLPDenoiser(nn.Module):
@@ -58,8 +43,6 @@ class MLPDenoiser(nn.Module):
 
 def make_denoiser(kind: str, act_dim: int, horizon: int, cond_dim: int, params: dict[str, Any]) -> nn.Module:
     """A denoiser of ``kind`` (``mlp`` | ``unet``); ``params`` are its constructor's keyword arguments."""
-    from policydistill.models.unet1d import TemporalUnet1D
-
     classes = {"mlp": MLPDenoiser, "unet": TemporalUnet1D}
     if kind not in classes:
         raise ValueError(f"unknown denoiser '{kind}'; expected one of {list(DENOISERS)}")

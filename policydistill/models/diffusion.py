@@ -25,14 +25,12 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from policydistill.models import resolve_device
-from policydistill.models.chunk_policy import BASE_KEYS, ChunkPolicy
+from policydistill.graph import OBS, ExportGraph, TensorSpec
+from policydistill.models.base import Stats
+from policydistill.models.chunk import ChunkPolicy
 from policydistill.models.denoisers import make_denoiser
 from policydistill.models.noise import SAMPLERS, NoiseSchedule
-from policydistill.runtime.graph import OBS, ExportGraph, TensorSpec
 from policydistill.runtime.sampler import SamplerSpec, sampler_levels
-
-CONFIG_KEYS = BASE_KEYS | {"denoiser", "denoiser_params", "noise", "sampler"}
 
 
 class DiffusionPolicy(ChunkPolicy):
@@ -100,6 +98,24 @@ class DiffusionPolicy(ChunkPolicy):
     def sample_norm(self, cond: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         return self.sample_from(cond, self.noise(len(cond), generator), generator)
 
+    # ---- training ----------------------------------------------------------------------------
+
+    def training_noise(self, rng: np.random.Generator, n: int) -> dict[str, torch.Tensor]:
+        """The DDPM loss's randomness for ``n`` rows, drawn from ``rng``: noise levels ``t`` (n,) uniform in
+        ``0..T-1`` and noise ``eps`` (n, H, A)."""
+        t = torch.as_tensor(rng.integers(0, self.schedule.steps, n), device=self.device)
+        return {"t": t, "eps": self.noise_from(rng, n)}
+
+    def compute_loss(self, batch: dict[str, torch.Tensor], loss_fn: Any = None) -> tuple[torch.Tensor, Stats]:
+        """DDPM loss on ``batch``: windows ``window`` (b, n_obs, obs_dim), chunks ``chunk`` (b, H, A), noise
+        levels ``t`` (b,) and noise ``eps`` (b, H, A) (:meth:`training_noise`): MSE of the denoiser's output
+        at ``x_t`` to its target (clean chunk or noise)."""
+        x0 = self.action_normalizer(batch["chunk"])
+        t, eps = batch["t"], batch["eps"]
+        pred = self.denoise(self.schedule.add_noise(x0, eps, t), t, self.cond(batch["window"]))
+        loss = torch.nn.functional.mse_loss(pred, self.schedule.target(x0, eps))
+        return loss, {"loss": loss.detach()}
+
     def export_graph(self) -> ExportGraph:
         """The denoiser as a graph with its sampler (see the module docstring)."""
 
@@ -121,9 +137,6 @@ class DiffusionPolicy(ChunkPolicy):
         return {**self.base_config(), "denoiser": self.denoiser_kind, "denoiser_params": dict(self.denoiser_params),
                 "noise": self.schedule.config(), "sampler": dict(self.sampler)}
 
-    @classmethod
-    def from_config(cls, cfg: dict[str, Any], device: str | torch.device = "cpu") -> DiffusionPolicy:
-        return cls(**cls.check_config(cfg, CONFIG_KEYS)).to(resolve_device(device))
 
 
 class _DenoiserGraph(nn.Module):

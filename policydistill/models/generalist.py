@@ -31,16 +31,14 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from policydistill.models import freeze, resolve_device
-from policydistill.models.mlp_policy import ACTIVATIONS, NORMALIZER_KEYS
+from policydistill.graph import OBS, ExportGraph, TensorSpec
+from policydistill.models.base import TorchPolicy
+from policydistill.models.mlp import ACTIVATIONS, NORMALIZER_KEYS
 from policydistill.models.normalizer import ObsNormalizer
-from policydistill.runtime.graph import OBS, ExportGraph, TensorSpec
-from policydistill.spaces import space_from_json, space_to_json
-from policydistill.types import TASK, ActionLabel, ObsGroups, check_groups
+from policydistill.spaces import space_to_json
+from policydistill.types import TASK, ObsGroups, check_groups
 
 TASK_ENCODINGS = ("onehot", "embedding")
-CONFIG_KEYS = {"groups", "observation_spaces", "action_spaces", "hidden", "activation", "task_encoding",
-               "embedding_dim", "normalizer", "log_std"}
 
 
 def pad_columns(x: np.ndarray, width: int, fill: float = 0.0) -> np.ndarray:
@@ -105,7 +103,7 @@ class SpaceLayout:
         return out
 
 
-class GeneralistPolicy(nn.Module):
+class GeneralistPolicy(TorchPolicy):
     """Padded multi-task MLP student (see the module doc); stateless, optionally with a learned std.
 
     ``observation_spaces[i]`` (a Dict over ``groups``) and ``action_spaces[i]`` are task i's own spaces.
@@ -179,10 +177,6 @@ class GeneralistPolicy(nn.Module):
         self.head = nn.Linear(last, self.act_dim)
         self.log_std = nn.Parameter(torch.zeros(self.act_dim)) if log_std else None
 
-    @property
-    def device(self) -> torch.device:
-        return self.head.weight.device
-
     # ---- torch path (exportable) -------------------------------------------------------------
 
     def task_index(self, x: torch.Tensor) -> torch.Tensor:
@@ -207,13 +201,12 @@ class GeneralistPolicy(nn.Module):
         """Deterministic padded action: padded x (n, obs_dim) -> action (n, act_dim)."""
         return self.postprocess(self.raw(x), x)
 
-    def std(self, n: int) -> torch.Tensor | None:
-        """The Gaussian's std broadcast to (n, act_dim), or None without ``log_std``."""
-        return None if self.log_std is None else torch.exp(self.log_std).expand(n, self.act_dim)
+    def forward_act(self, x: torch.Tensor, deterministic: bool) -> torch.Tensor:
+        return self.postprocess(self.sample(self.raw(x), deterministic), x)
 
-    def action_mask(self, task: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Real action dims of each row's task: task indices (n,) -> bool (n, act_dim)."""
-        return self.act_mask[torch.as_tensor(task, device=self.device)]
+    def loss_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """Real action dims (B, act_dim) of each row's task: the loss ignores padded dims."""
+        return self.act_mask[self.task_index(x)]
 
     def fit_normalizer(self, x: np.ndarray) -> None:
         """Set the normaliser's statistics from padded inputs x (N, obs_dim), real entries only."""
@@ -256,22 +249,7 @@ class GeneralistPolicy(nn.Module):
     def act(self, obs: ObsGroups, deterministic: bool = True) -> np.ndarray:
         """obs {group: (n, own dim)} -> actions float32 (n, own act_dim) in the rows' task action space."""
         _, d = self._tasks_of(obs)
-        with torch.inference_mode():
-            x = self.obs_tensor(obs)
-            y = self.raw(x)
-            if not deterministic and self.log_std is not None:
-                y = y + torch.exp(self.log_std) * torch.randn_like(y)
-            return self.postprocess(y, x)[:, :d].cpu().numpy().astype(np.float32, copy=False)
-
-    def label(self, obs: ObsGroups) -> ActionLabel:
-        """mean: the deterministic action (n, own act_dim); std: exp(log_std) on those dims, or None."""
-        _, d = self._tasks_of(obs)
-        mean = self.act(obs, deterministic=True)
-        std = self.std(len(mean))
-        return ActionLabel(mean=mean, std=None if std is None else std[:, :d].detach().cpu().numpy().copy())
-
-    def reset(self, env_mask: np.ndarray | None = None) -> None:
-        """Stateless (no history, hidden state or action queue): nothing to forget."""
+        return super().act(obs, deterministic)[:, :d]
 
     @property
     def observation_space(self) -> spaces.Dict:
@@ -304,10 +282,6 @@ class GeneralistPolicy(nn.Module):
         return ExportGraph(self, (TensorSpec(OBS, (self.obs_dim,), "observation"),),
                            (TensorSpec("action", (self.act_dim,), "action"),), example=example)
 
-    def frozen(self) -> GeneralistPolicy:
-        """Eval mode with every parameter's ``requires_grad`` off, as a teacher; returns self."""
-        return freeze(self)
-
     # ---- config ------------------------------------------------------------------------------
 
     def config(self) -> dict[str, Any]:
@@ -319,31 +293,6 @@ class GeneralistPolicy(nn.Module):
                 "embedding_dim": self.embedding_dim, "normalizer": self.normalizer.config(),
                 "log_std": self.log_std is not None}
 
-    @classmethod
-    def from_config(cls, cfg: dict[str, Any], device: str | torch.device = "cpu") -> GeneralistPolicy:
-        """Build an (untrained) policy from :meth:`config` output on ``device``."""
-        unknown, missing = set(cfg) - CONFIG_KEYS, {"groups", "observation_spaces", "action_spaces"} - set(cfg)
-        if unknown or missing:
-            raise ValueError(f"GeneralistPolicy config has unknown keys {sorted(unknown)}, lacks {sorted(missing)}; "
-                             f"valid keys are {sorted(CONFIG_KEYS)}")
-        kwargs = dict(cfg)
-        kwargs["observation_spaces"] = [space_from_json(s) for s in cfg["observation_spaces"]]
-        kwargs["action_spaces"] = [space_from_json(s) for s in cfg["action_spaces"]]
-        return cls(**kwargs).to(resolve_device(device))
-
     def extra_repr(self) -> str:
         return (f"groups={list(self.groups)}, tasks={self.n_tasks}, obs_dim={self.obs_dim}, act_dim={self.act_dim}, "
                 f"task_encoding={self.task_encoding!r}")
-
-
-def action_mask(student: nn.Module, task: np.ndarray) -> torch.Tensor | None:
-    """The real action dims (n, act_dim) of each row's task for a padded student, None for any other."""
-    return student.action_mask(task) if isinstance(student, GeneralistPolicy) else None
-
-
-def fit_normalizer(student: nn.Module, x: np.ndarray) -> None:
-    """Set a student's input statistics from its training inputs x (N, obs_dim) (real entries only)."""
-    if isinstance(student, GeneralistPolicy):
-        student.fit_normalizer(x)
-    else:
-        student.normalizer.set_stats(x.mean(0), x.var(0))

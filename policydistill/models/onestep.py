@@ -24,12 +24,9 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from policydistill.models import resolve_device
-from policydistill.models.chunk_policy import BASE_KEYS, ChunkPolicy
+from policydistill.graph import OBS, ExportGraph, TensorSpec
+from policydistill.models.chunk import ChunkPolicy
 from policydistill.models.denoisers import make_denoiser
-from policydistill.runtime.graph import OBS, ExportGraph, TensorSpec
-
-CONFIG_KEYS = BASE_KEYS | {"denoiser", "denoiser_params", "level", "skip", "out_scale", "stochastic"}
 
 
 class OneStepPolicy(ChunkPolicy):
@@ -98,9 +95,6 @@ class OneStepPolicy(ChunkPolicy):
         return {**self.base_config(), "denoiser": self.denoiser_kind, "denoiser_params": dict(self.denoiser_params),
                 "level": self.level, "skip": self.skip, "out_scale": self.out_scale, "stochastic": self.stochastic}
 
-    @classmethod
-    def from_config(cls, cfg: dict[str, Any], device: str | torch.device = "cpu") -> OneStepPolicy:
-        return cls(**cls.check_config(cfg, CONFIG_KEYS)).to(resolve_device(device))
 
 
 class _OneStepGraph(nn.Module):

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from policydistill.models.mlp_policy import ACTIVATIONS, MLPPolicy
+from policydistill.models.mlp import ACTIVATIONS, MLPPolicy
 from policydistill.models.normalizer import ObsNormalizer
 from policydistill.types import PRIVILEGED
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from policydistill.models.denoisers import TimeEmbedding
+from policydistill.models.time_embedding import TimeEmbedding
 
 
 def _conv_block(c_in: int, c_out: int, kernel_size: int, groups: int) -> nn.Sequential:

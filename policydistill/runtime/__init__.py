@@ -7,15 +7,16 @@ Names are resolved on first use, so ``import policydistill.runtime`` imports nei
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from policydistill.lazy import lazy_names
 
 if TYPE_CHECKING:
+    from policydistill.graph import ExportGraph, TensorSpec
     from policydistill.runtime.action_queue import ActionQueue
     from policydistill.runtime.controller import Controller, make_source
     from policydistill.runtime.export import FORMATS, ExportError, export_policy, exportable_classes
     from policydistill.runtime.exported import ExportedModelError, ExportedPolicy, read_export_info
-    from policydistill.runtime.graph import ExportGraph, TensorSpec
     from policydistill.runtime.loop import FixedRateLoop
     from policydistill.runtime.onnx_policy import OnnxPolicy
     from policydistill.runtime.sampler import SamplerSpec
@@ -26,8 +27,8 @@ _LAZY = {
     "ExportError": "policydistill.runtime.export",
     "FORMATS": "policydistill.runtime.export",
     "exportable_classes": "policydistill.runtime.export",
-    "ExportGraph": "policydistill.runtime.graph",
-    "TensorSpec": "policydistill.runtime.graph",
+    "ExportGraph": "policydistill.graph",
+    "TensorSpec": "policydistill.graph",
     "OnnxPolicy": "policydistill.runtime.onnx_policy",
     "ExportedModelError": "policydistill.runtime.exported",
     "ExportedPolicy": "policydistill.runtime.exported",
@@ -45,14 +46,4 @@ __all__ = ["FORMATS", "ActionQueue", "Controller", "ExportError", "ExportGraph",
            "export_policy", "exportable_classes", "make_source", "read_export_info"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'policydistill.runtime' has no attribute '{name}'")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names("policydistill.runtime", _LAZY)

@@ -1,6 +1,6 @@
 """Export a policy's deterministic path to TorchScript or ONNX, with a JSON description beside it.
 
-Any policy class with ``export_graph()`` (see :mod:`policydistill.runtime.graph`) can be exported:
+Any policy class with ``export_graph()`` (see :mod:`policydistill.graph`) can be exported:
 the graph maps ``obs`` (n, obs_dim) float32, the concatenated observation groups with n dynamic, plus
 any ``state`` and ``noise`` inputs, to the ``action`` (n, act_dim) or ``chunk`` (n, horizon, act_dim)
 in the env's action space, and the next ``state``: normalisation and action post-processing are
@@ -31,6 +31,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -39,9 +40,9 @@ import numpy as np
 import torch
 
 from policydistill.bundle import POLICY_CLASSES, library_versions, load_bundle, policy_class, read_bundle_info
-from policydistill.io import atomic_write_json, file_sha256
+from policydistill.files import atomic_write_json, file_sha256
+from policydistill.graph import ExportGraph
 from policydistill.runtime.exported import SCHEMA_VERSION
-from policydistill.runtime.graph import ExportGraph
 from policydistill.spaces import space_to_json
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,18 @@ TOLERANCE = {"torchscript": 1e-5, "onnx": 1e-4}
 
 _QUIET = (r".*legacy TorchScript-based ONNX export.*", r".*torch\.jit\.\w+` is deprecated.*",
           r".*The feature will be removed.*")
+
+
+@dataclass
+class ExportConfig:
+    """``policydistill export``: a bundle's policy (normalisation and post-processing inside) to ``format`` at
+    ``out``, checked against the torch policy unless ``check=false``."""
+
+    policy: str = "???"
+    format: str = "onnx"
+    out: str = "???"
+    opset: int = 17
+    check: bool = True
 
 
 class ExportError(ValueError):

@@ -1,7 +1,7 @@
 """Running an export graph with numpy arrays, whatever executes it (ONNX Runtime, TorchScript, torch).
 
 :class:`ExportedPolicy` reads an export description (see :mod:`policydistill.runtime.export`) and
-drives ``call(feed) -> outputs`` through the graph contract of :mod:`policydistill.runtime.graph`:
+drives ``call(feed) -> outputs`` through the graph contract of :mod:`policydistill.graph`:
 
 - ``state`` inputs are kept per env (zeros after :meth:`ExportedPolicy.reset`) and fed back from
   their paired outputs;
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from policydistill.io import file_sha256
+from policydistill.files import file_sha256
 from policydistill.runtime.action_queue import ActionQueue
 from policydistill.runtime.sampler import SamplerSpec
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +13,49 @@ from tqdm import tqdm
 from policydistill.eval.metrics import Episode
 from policydistill.runtime.controller import Controller, make_source
 from policydistill.runtime.loop import FixedRateLoop, pin_to_cpu, restore_scheduling
-from policydistill.suite import Suite, load_suite
+from policydistill.suites import Suite, load_suite
 from policydistill.types import stack_obs
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class RuntimeConfig:
+    """The real-time wrapper (:class:`~policydistill.runtime.Controller`). ``queue``: ``replace`` (a new chunk
+    replaces the plan, cross-fading over ``blend_steps`` ticks) or ``ensemble`` (temporal ensembling,
+    weights exp(-ensemble_m * i), i = 0 the oldest prediction). ``n_action_steps`` None: the policy's.
+    ``latency_budget_ms`` None: (horizon - n_action_steps) periods. ``fallback``: ``hold`` | ``safe``."""
+
+    queue: str = "replace"
+    ensemble_m: float = 0.0
+    blend_steps: int = 0
+    n_action_steps: int | None = None
+    async_inference: bool = False
+    latency_budget_ms: float | None = None
+    fallback: str = "hold"
+    safe_action: list[float] | None = None
+
+
+@dataclass
+class RunConfig:
+    """``policydistill run``: drive a simulated robot (``task`` of ``suite``, default its first) through the
+    runtime at ``rate_hz`` for ``ticks`` ticks. ``policy``: a bundle or an exported .onnx/.pt; ``backend`` for a
+    bundle: torch | torchscript | onnx. ``cpu``: pin the loop to this CPU; ``realtime``: SCHED_FIFO."""
+
+    policy: str = "???"
+    suite: str = "default"
+    task: str | None = None
+    rate_hz: float = 50.0
+    ticks: int = 1000
+    n_envs: int = 1
+    backend: str = "torch"
+    sampler_steps: int | None = None
+    seed: int = 0
+    cpu: int | None = None
+    realtime: bool = False
+    log_every_s: float = 5.0
+    out: str | None = None
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
 class SimRobot:

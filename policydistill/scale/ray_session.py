@@ -6,19 +6,38 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
-from policydistill.config import RayConfig
+from policydistill.configs import require_int, require_number
 
 log = logging.getLogger(__name__)
 
+
+@dataclass
+class RayConfig:
+    """Where Ray work runs (``launcher=ray`` / ``collector=ray``; needs ``pip install policydistill[ray]``).
+
+    ``address`` None starts a local Ray instance of ``num_cpus`` CPUs (default: all) for the run;
+    ``auto`` or ``host:port`` / ``ray://host:10001`` joins an existing cluster. Each expert task asks for
+    ``cpus_per_task``/``gpus_per_task``; ``workers`` rollout actors collect distillation rounds, each asking
+    ``cpus_per_task``.
+    """
+
+    address: str | None = None
+    num_cpus: int | None = None
+    cpus_per_task: float = 1.0
+    gpus_per_task: float = 0.0
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        require_int("ray.workers", self.workers)
+        require_number("ray.cpus_per_task", self.cpus_per_task, 0.0)
+        require_number("ray.gpus_per_task", self.gpus_per_task, 0.0)
+        if self.num_cpus is not None:
+            require_int("ray.num_cpus", self.num_cpus)
+
 ENGINES = ("local", "ray")
-
-
-def check_engine(name: str, what: str) -> str:
-    if name not in ENGINES:
-        raise ValueError(f"unknown {what} '{name}'; expected one of {list(ENGINES)}")
-    return name
 
 
 def require_ray() -> Any:

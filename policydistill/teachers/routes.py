@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from policydistill.policy import Policy
-from policydistill.suite import Suite
+from policydistill.suites import Suite
 from policydistill.types import ActionLabel, ObsGroups, check_groups
 
 ACTION = "action"
@@ -113,7 +113,7 @@ def mirror_routes(suite: Suite, teachers: Mapping[str, Policy], seed: int = 0) -
             mirror = getattr(env.unwrapped, "mirror_maps", None)
             if mirror is None:
                 raise ValueError(f"task '{name}' of suite '{suite.name}' has no mirror symmetry (its env defines "
-                                 "no mirror_maps()); use demos=experts")
+                                 "no mirror_maps()); use method.demos=experts")
             maps = mirror()
         finally:
             env.close()

@@ -12,6 +12,7 @@ import logging
 import pickle
 import zipfile
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +22,28 @@ from gymnasium import spaces
 from torch import nn
 
 from policydistill.bundle import save_bundle
-from policydistill.io import file_sha256
-from policydistill.models.mlp_policy import ACTIVATIONS, MLPPolicy
+from policydistill.files import file_sha256
+from policydistill.models.mlp import ACTIVATIONS, MLPPolicy
 from policydistill.types import check_groups
 
 log = logging.getLogger(__name__)
 
 SB3_ALGOS = ("ppo", "sac", "td3")
+
+
+@dataclass
+class ImportSB3Config:
+    """``policydistill import-sb3``: the SB3 ``model`` zip (+ its ``vecnormalize`` pickle; both unpickled: trusted
+    files only), trained on ``groups`` of ``task`` (default: the first) of ``suite``, as a bundle at ``out``;
+    ``algo`` when the zip does not tell."""
+
+    model: str = "???"
+    out: str = "???"
+    suite: str = "default"
+    task: str | None = None
+    vecnormalize: str | None = None
+    algo: str | None = None
+    groups: list[str] = field(default_factory=lambda: ["policy"])
 
 
 def _parse_mlp(modules: list[nn.Module], where: str, ends_linear: bool) -> tuple[list[nn.Linear], str | None]:

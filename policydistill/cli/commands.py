@@ -1,0 +1,168 @@
+"""What each CLI subcommand does with its (already validated) config; each returns the numbers a sweep's
+summary table shows."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from policydistill.distill.retrain import TrainStudentConfig, check_run, train_student
+from policydistill.distill.runner import DistillConfig, distill
+from policydistill.eval.evaluate import EvaluateConfig, evaluate, format_table
+from policydistill.eval.video import check_renderable
+from policydistill.experts import TrainExpertsConfig, train_experts
+from policydistill.files import atomic_write_json, read_json
+from policydistill.pipeline import PipelineConfig, run_pipeline
+from policydistill.runtime.export import ExportConfig
+from policydistill.runtime.run import RunConfig
+from policydistill.scale.torchrun import launch, under_torchrun
+from policydistill.suites import load_suite
+from policydistill.teachers import policies_for_suite
+from policydistill.teachers.sb3 import ImportSB3Config
+
+log = logging.getLogger(__name__)
+
+
+def train_experts_cmd(cfg: TrainExpertsConfig, overrides: list[str]) -> dict[str, Any]:
+    suite = load_suite(cfg.suite)
+    summary = train_experts(suite, cfg.expert, cfg.out, workers=cfg.workers, seed=cfg.seed, device=cfg.device,
+                            tasks=cfg.tasks, launcher=cfg.launcher, ray=cfg.ray)
+    for name, r in summary["tasks"].items():
+        log.info("%-12s %s %7d steps %6.0f s  return %8.2f ± %.2f  success %.2f", name, r["algo"],
+                 r["env_steps"], r["wall_time_s"], r["return_mean"], r["return_std"], r["success_rate"])
+    log.info("summary: %s", Path(cfg.out) / "experts.json")
+    tasks = summary["tasks"].values()
+    return {"return": float(np.mean([t["return_mean"] for t in tasks])),
+            "success": float(np.mean([t["success_rate"] for t in tasks]))}
+
+
+def evaluate_cmd(cfg: EvaluateConfig, overrides: list[str]) -> dict[str, Any]:
+    suite = load_suite(cfg.suite)
+    if cfg.video:
+        check_renderable(suite)
+    policies = policies_for_suite(cfg.policy, suite, device=cfg.device)
+    if cfg.sampler:
+        from policydistill.models.diffusion import apply_sampler
+
+        apply_sampler(policies.values(), cfg.sampler)
+    teachers = policies_for_suite(cfg.teachers, suite, device=cfg.device) if cfg.teachers else None
+    video_dir = (Path(cfg.out).parent if cfg.out else Path(".")) / "videos" if cfg.video else None
+    result = evaluate(suite, policies, episodes=cfg.episodes, n_envs=cfg.n_envs, seed=cfg.seed,
+                      teachers=teachers, video_dir=video_dir)
+    result["policy"] = cfg.policy
+    if cfg.sampler:
+        result["sampler"] = cfg.sampler
+    print(format_table(result))
+    if cfg.out:
+        atomic_write_json(cfg.out, result)
+        log.info("wrote %s", cfg.out)
+    tasks = result["tasks"].values()
+    return {"return": float(np.mean([t["return_mean"] for t in tasks])),
+            "success": float(np.mean([t["success_rate"] for t in tasks]))}
+
+
+def pipeline_cmd(cfg: PipelineConfig, overrides: list[str]) -> dict[str, Any]:
+    return {"report": str(run_pipeline(cfg))}
+
+
+def import_sb3_cmd(cfg: ImportSB3Config, overrides: list[str]) -> dict[str, Any]:
+    from gymnasium import spaces
+
+    from policydistill.teachers.sb3 import import_sb3_zip
+
+    suite = load_suite(cfg.suite)
+    task = cfg.task or suite.task_names[0]
+    obs_space = suite.spaces[suite.index(task)][0]
+    obs_space = spaces.Dict({g: obs_space[g] for g in cfg.groups})
+    path = import_sb3_zip(cfg.model, cfg.out, obs_space, cfg.groups, vecnormalize_path=cfg.vecnormalize,
+                          algo=cfg.algo)
+    log.info("imported %s as bundle %s (task %s of suite %s)", cfg.model, path, task, suite.name)
+    return {"bundle": str(path)}
+
+
+def distill_cmd(cfg: DistillConfig, overrides: list[str]) -> dict[str, Any]:
+    summary = distill(cfg)
+    last = summary["rounds"][-1]
+    for name, t in last["tasks"].items():
+        score = "n/a" if t["score"] is None else f"{t['score']:.3f}"
+        log.info("%-12s student return %8.2f  teacher %8.2f  score %s  success %.2f (teacher %.2f)", name,
+                 t["return_mean"], t["teacher_return_mean"], score, t["success_rate"], t["teacher_success_rate"])
+    log.info("student bundle: %s  summary: %s", Path(cfg.out) / "student", Path(cfg.out) / "distill.json")
+    return {"score": last["mean_score"], "return": last["student_return"], "labels": last["labels_used"],
+            "rounds": len(summary["rounds"]), "wall_s": last["wall_time_s"]}
+
+
+def run_cmd(cfg: RunConfig, overrides: list[str]) -> dict[str, Any]:
+    from policydistill.runtime.loop import format_stats
+    from policydistill.runtime.run import run_policy
+
+    options = asdict(cfg.runtime)
+    budget = options.pop("latency_budget_ms")
+    options["latency_budget_s"] = None if budget is None else budget / 1e3
+    stats = run_policy(cfg.policy, cfg.suite, cfg.rate_hz, cfg.ticks, task=cfg.task, n_envs=cfg.n_envs,
+                       backend=cfg.backend, seed=cfg.seed, cpu=cfg.cpu, realtime=cfg.realtime,
+                       log_every_s=cfg.log_every_s, sampler_steps=cfg.sampler_steps, controller=options)
+    print(format_stats(stats))
+    eps = stats["episodes"]
+    if eps["count"]:
+        print(f"  episodes {eps['count']}: return {eps['return_mean']:.2f}, success {eps['success_rate']:.2f}")
+    if cfg.out:
+        atomic_write_json(cfg.out, {"config": asdict(cfg), **stats})
+        log.info("wrote %s", cfg.out)
+    return {"p99_us": stats["latency"]["p99_us"], "misses": stats["deadline_misses"]}
+
+
+def export_cmd(cfg: ExportConfig, overrides: list[str]) -> dict[str, Any]:
+    from policydistill.runtime.export import export_policy, sidecar_path
+
+    out = export_policy(cfg.policy, cfg.format, cfg.out, opset=cfg.opset, check=cfg.check)
+    log.info("exported %s -> %s (description %s)", cfg.policy, out, sidecar_path(out))
+    return {"model": str(out)}
+
+
+def train_student_cmd(cfg: TrainStudentConfig, overrides: list[str]) -> dict[str, Any]:
+    """One process (``nproc=1``, or a rank under torchrun), else N processes launched through torchrun."""
+    if cfg.nproc > 1 and not under_torchrun():
+        check_run(Path(cfg.run), cfg.nproc)
+        launch("train-student", overrides, cfg.nproc)
+        out = Path(cfg.out) if cfg.out else Path(cfg.run) / "student_ddp"
+        summary = read_json(out / "train_student.json")
+    else:
+        summary = train_student(cfg)
+    return {"loss": summary["final_loss"], "world_size": summary["world_size"]}
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its config schema, what it does, its one-line help."""
+
+    schema: type
+    run: Callable[[Any, list[str]], dict[str, Any]]
+    usage: str
+
+
+COMMANDS: dict[str, Command] = {
+    "pipeline": Command(PipelineConfig, pipeline_cmd,
+                        "train experts on a suite, evaluate them, distil, write report.md (the main job)"),
+    "train-experts": Command(TrainExpertsConfig, train_experts_cmd,
+                             "one specialist per task: suite=<name> out=<dir> workers=N expert=ppo|sac|td3"),
+    "evaluate": Command(EvaluateConfig, evaluate_cmd,
+                        "seeded rollouts: policy=<bundle or folder> suite=<name> episodes=N out=<file.json>"),
+    "distill": Command(DistillConfig, distill_cmd,
+                       "teacher-student distillation: method=bc|dagger|onpolicy|kickstart|diffusion|onestep "
+                       "suite=<name> teachers=<dir> out=<dir>"),
+    "import-sb3": Command(ImportSB3Config, import_sb3_cmd,
+                          "turn a trusted SB3 .zip (+ VecNormalize .pkl) into a bundle"),
+    "run": Command(RunConfig, run_cmd,
+                   "fixed-rate control loop on a simulated robot: policy=<bundle|.onnx|.pt> suite=<name> rate_hz=<f>"),
+    "export": Command(ExportConfig, export_cmd,
+                      "policy=<bundle> format=torchscript|onnx out=<path>, normalisation and post-processing inside"),
+    "train-student": Command(TrainStudentConfig, train_student_cmd,
+                             "more student updates over a distill run's episodes, DDP on nproc processes: "
+                             "run=<distill out> nproc=N"),
+}

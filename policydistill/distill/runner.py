@@ -1,0 +1,376 @@
+"""The runner: the one owner of a distillation run's rounds, for every method alike.
+
+Per round: the method says what to collect (a plan, or nothing), the runner's collector runs the plan
+(in this process, or on Ray rollout actors with ``collector=ray``) into the run's episode store, the
+method updates from the store through the fit loop, the student is evaluated on every task on the
+validation seeds (``eval_seed``), and the round is checkpointed and appended to ``distill.json``. The run
+stops after ``rounds`` rounds, or after the first round whose mean teacher-normalised score reaches
+``stop_score``.
+
+Output under ``out``::
+
+    distill.json            method, suite, config, the teachers' evaluation, one row per round, best round
+    student/                the student bundle of the last finished round
+    episodes/               episode shards + manifest (what was collected)
+    checkpoint/round-<r>/   the last finished round: student bundle and the method's state (optimisers, EMA, ...)
+    checkpoint/fit-<r>.pt   the round in progress, mid-fit (long fits checkpoint every ``checkpoint_every``)
+    tb/                     TensorBoard: every row's numbers against labels used, the fit loss per update
+
+A rerun with the same config resumes: after the last finished round, or inside the round in progress (its
+collection, when complete, is kept; its fit continues from its checkpoint). A rerun whose config differs is
+refused with the differing keys, but for ``method.rounds`` (more rounds extend a run), ``stop_score`` and
+``device``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from policydistill.bundle import load_bundle, save_bundle
+from policydistill.configs import require_choice, require_int, require_number, set_keys
+from policydistill.data.shards import EpisodeStore, drop_rounds, evict
+from policydistill.distill.algorithm import Algorithm, Context, stream
+from policydistill.distill.collect import Collector, CollectPlan, LocalCollector, RoundData
+from policydistill.distill.dagger import DAggerConfig
+from policydistill.distill.fit import FitJob, FitResult, fit
+from policydistill.distill.methods import METHODS, method_config, method_of
+from policydistill.eval.evaluate import evaluate_per_task
+from policydistill.eval.metrics import teacher_normalised
+from policydistill.files import atomic_write_bytes, atomic_write_json, read_json
+from policydistill.models import resolve_device
+from policydistill.models.students import StudentConfig
+from policydistill.policy import Policy
+from policydistill.scale.ray_session import ENGINES, RayConfig
+from policydistill.suites import Suite, load_suite
+from policydistill.teachers import policies_for_suite
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
+RESUMABLE = ("method.rounds", "stop_score", "device")
+"""Config keys a resume may change."""
+
+
+@dataclass
+class DistillConfig:
+    """``policydistill distill``: distil the ``teachers`` (a folder of bundles named by task, one bundle, a
+    ``module:callable`` or ``suite``) of ``suite`` into a student, with ``method`` (``method=<name>`` chooses
+    it, ``method.<key>=...`` sets its keys), writing under ``out``.
+
+    ``student``: the network the method trains (``student=<kind>``; not read by ``diffusion`` and
+    ``onestep``, whose policies follow from their method). ``n_envs``: envs stepped side by side when
+    collecting and evaluating; ``eval_episodes`` per task each round, on seeds ``eval_seed``, ...;
+    ``stop_score``: stop after the first round whose mean teacher-normalised score reaches it (None: run every
+    round). ``collector``: ``local`` or ``ray`` (rollout actors, see ``ray``), for methods that collect
+    through the runner. A key the chosen method does not read is an error naming the keys it reads."""
+
+    suite: str = "default"
+    teachers: str = "???"
+    out: str = "runs/distill"
+    seed: int = 0
+    device: str = "auto"
+    method: Any = None
+    student: StudentConfig = field(default_factory=StudentConfig)
+    n_envs: int = 8
+    eval_episodes: int = 10
+    eval_seed: int = 5000
+    stop_score: float | None = None
+    collector: str = "local"
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def __post_init__(self) -> None:
+        if self.method is None:
+            self.method = DAggerConfig()
+        cls = method_of(self.method)
+        require_int("n_envs", self.n_envs)
+        require_int("eval_episodes", self.eval_episodes)
+        require_int("seed", self.seed, 0)
+        require_int("eval_seed", self.eval_seed, 0)
+        require_choice("collector", self.collector, ENGINES)
+        if self.stop_score is not None:
+            require_number("stop_score", self.stop_score)
+        unread = []
+        if not cls.uses_student:
+            unread += [f"student.{k}" for k in set_keys(self.student)]
+        if not cls.collects:
+            unread += ["collector"] * (self.collector != "local") + [f"ray.{k}" for k in set_keys(self.ray)]
+        elif self.collector == "local" and set_keys(self.ray):
+            raise ValueError(f"collector=local does not read {', '.join('ray.' + k for k in set_keys(self.ray))}: "
+                             "the ray.* keys are read with collector=ray")
+        if unread:
+            raise ValueError(f"method '{cls.name}' does not read {', '.join(unread)}: "
+                             f"{cls.not_read}; its keys are under method.* "
+                             f"(policydistill distill method={cls.name} --cfg lists them)")
+
+    @property
+    def method_name(self) -> str:
+        return method_of(self.method).name
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able config with the method's name under ``method.name``."""
+        out = dataclasses.asdict(self)
+        out["method"] = {"name": self.method_name, **out["method"]}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DistillConfig:
+        """Inverse of :meth:`to_dict`."""
+        data = dict(data)
+        method = dict(data.pop("method"))
+        return cls(**{**data, "method": method_config(method.pop("name"), method),
+                      "student": StudentConfig(**data["student"]), "ray": RayConfig(**data["ray"])})
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
+    """``key: old -> new`` for every differing key of two :meth:`DistillConfig.to_dict` results."""
+    a, b = _flat(old), _flat(new)
+    return [f"{k}: {a.get(k, '(none)')} -> {b.get(k, '(none)')}" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and k not in ignore]
+
+
+def _log_row(tb: SummaryWriter, row: dict[str, Any]) -> None:
+    """Scalars of a row against the labels used so far (losses and per-task scores too)."""
+    step = row["labels_used"]
+    for k, v in row.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("round", "labels_used"):
+            tb.add_scalar(f"distill/{k}", v, step)
+    for k, v in row["losses"].items():
+        tb.add_scalar(f"losses/{k}", v, step)
+    for name, t in row["tasks"].items():
+        tb.add_scalar(f"return/{name}", t["return_mean"], step)
+        if t["score"] is not None:
+            tb.add_scalar(f"score/{name}", t["score"], step)
+    tb.flush()
+
+
+def _reached(row: dict[str, Any] | None, stop_score: float | None) -> bool:
+    """Whether ``row``'s mean score reaches ``stop_score`` (never when either is None)."""
+    return stop_score is not None and row is not None and row["mean_score"] is not None \
+        and row["mean_score"] >= stop_score
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+class Runner:
+    """One distillation run (see the module doc); :meth:`run` returns the content of ``distill.json``."""
+
+    def __init__(self, cfg: DistillConfig, suite: Suite | None = None,
+                 teachers: dict[str, Policy] | None = None) -> None:
+        if cfg.teachers in ("", "???") and teachers is None:
+            raise ValueError("'distill' needs teachers=<folder of bundles, one per task | bundle | module:callable "
+                             "| suite>")
+        self.cfg, self.name = cfg, cfg.method_name
+        self.suite = suite or load_suite(cfg.suite)
+        self.teachers = teachers if teachers is not None else policies_for_suite(cfg.teachers, self.suite,
+                                                                                  device=cfg.device)
+        missing = [n for n in self.suite.task_names if n not in self.teachers]
+        if missing:
+            raise ValueError(f"no teacher for tasks {missing}; teachers given for {sorted(self.teachers)}")
+        self.out = Path(cfg.out)
+        self.ckpt = self.out / "checkpoint"
+        self.summary_path = self.out / "distill.json"
+        self.summary = read_json(self.summary_path) if self.summary_path.exists() else None
+        if self.summary is not None:
+            self._check_resume(self.summary)
+        self.ctx = Context(self.suite, self.teachers, cfg.student, resolve_device(cfg.device), cfg.seed, self.out,
+                           str(cfg.teachers))
+        torch.manual_seed(cfg.seed)  # the student's initial weights
+        self.algo: Algorithm = METHODS[self.name].build(cfg.method, self.ctx)
+        self.collector: Collector | None = None
+        self.store_root = self.out / "episodes"
+
+    def _check_resume(self, summary: dict[str, Any]) -> None:
+        if summary.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(f"{self.out} holds a run written by another version of policydistill "
+                             f"(distill.json schema {summary.get('schema_version')}); choose another out")
+        changed = config_diff(summary["config"], self.cfg.to_dict(), RESUMABLE + ("out",))
+        if changed:
+            raise ValueError(f"{self.out} holds a run with another config, refusing to resume it: "
+                             f"{'; '.join(changed)}. Rerun with its config (method.rounds may grow) or choose "
+                             "another out")
+        if summary["suite"] != self.suite.name:
+            raise ValueError(f"{self.out} holds a run on suite '{summary['suite']}', not '{self.suite.name}'")
+
+    # ---- rounds ------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        cfg, algo = self.cfg, self.algo
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.summary is None:
+            reference = evaluate_per_task(self.suite, algo.reference(), cfg.eval_episodes, cfg.eval_seed, cfg.n_envs)
+            self.summary = {"schema_version": SCHEMA_VERSION, "method": self.name, "suite": self.suite.name,
+                            "config": cfg.to_dict(), "teachers": str(cfg.teachers), "info": algo.run_info(),
+                            "teacher": reference,
+                            "teacher_return": float(np.mean([t["return_mean"] for t in reference.values()])),
+                            "best_round": None, "rounds": []}
+            atomic_write_json(self.summary_path, self.summary)
+        else:
+            self.summary["config"] = cfg.to_dict()
+            self._restore()
+        rows = self.summary["rounds"]
+        tb = SummaryWriter(str(self.out / "tb"))
+        try:
+            start = len(rows)
+            for r in tqdm(range(start, algo.rounds), desc=f"distill ({self.name})", unit="round", initial=start,
+                          total=algo.rounds, leave=False):
+                prev = rows[-1] if rows else None
+                if _reached(prev, cfg.stop_score):
+                    log.info("stopping after round %d: mean score %.3f >= stop_score %s", r - 1, prev["mean_score"],
+                             cfg.stop_score)
+                    break
+                row = self._round(r, prev, tb)
+                self._commit(r, row)
+                _log_row(tb, row)
+                log.info("round %d: beta %s, labels %d, env steps %d, loss %.4f, student return %.2f, score %s", r,
+                         "-" if row["beta"] is None else f"{row['beta']:.2f}", row["labels_used"], row["env_steps"],
+                         row["loss"], row["student_return"],
+                         "n/a" if row["mean_score"] is None else f"{row['mean_score']:.3f}")
+        finally:
+            algo.close()
+            if self.collector is not None:
+                self.collector.close()
+            tb.close()
+        return self.summary
+
+    def _round(self, r: int, prev: dict[str, Any] | None, tb: SummaryWriter) -> dict[str, Any]:
+        cfg, algo = self.cfg, self.algo
+        t0 = time.perf_counter()
+        plan = algo.collect(r, prev, self.summary["teacher_return"])
+        collected = self._collect(plan, r) if plan is not None else RoundData(0, 0, 0)
+        t1 = time.perf_counter()
+        store = EpisodeStore(self.store_root) if (self.store_root / "manifest.json").exists() else None
+        done_updates = sum(row["updates"] for row in self.summary["rounds"])
+
+        def fit_with(job: FitJob) -> FitResult:
+            return fit(job, stream(cfg.seed, r, 2), checkpoint=self.ckpt / f"fit-{r}.pt",
+                       on_log=lambda step, loss: tb.add_scalar("train/loss", loss, done_updates + step),
+                       log_every=10, desc=f"{self.name} round {r}")
+
+        stats = algo.update(store, r, fit_with)
+        t2 = time.perf_counter()
+        student = algo.policy()
+        evals = evaluate_per_task(self.suite, student, cfg.eval_episodes, cfg.eval_seed, cfg.n_envs)
+        t3 = time.perf_counter()
+        teacher = self.summary["teacher"]
+        per_task = {n: {"return_mean": e["return_mean"], "return_ci95": e["return_ci95"],
+                        "success_rate": e["success_rate"], **teacher_normalised(e, teacher[n])}
+                    for n, e in evals.items()}
+        scores = [t["score"] for t in per_task.values() if t["score"] is not None]
+        env_steps = collected.steps + int(stats.get("env_steps", 0))
+        labels = collected.steps + int(stats.get("labels", 0))
+        return {"round": r, "beta": None if plan is None else plan.beta, "episodes": collected.episodes,
+                "env_steps": (prev["env_steps"] if prev else 0) + env_steps,
+                "labels_used": (prev["labels_used"] if prev else 0) + labels,
+                "dataset_steps": store.steps if store is not None else 0, "updates": int(stats["updates"]),
+                "loss": float(stats["loss"]), "losses": stats.get("losses", {}),
+                "wall_time_s": round((prev["wall_time_s"] if prev else 0.0) + t3 - t0, 2),
+                "collect_time_s": round(t1 - t0, 2), "update_time_s": round(t2 - t1, 2),
+                "eval_time_s": round(t3 - t2, 2),
+                "student_return": float(np.mean([e["return_mean"] for e in evals.values()])),
+                "mean_score": float(np.mean(scores)) if scores else None, "tasks": per_task,
+                "info": {**collected.info, **stats.get("info", {})}}
+
+    def _collect(self, plan: CollectPlan, r: int) -> RoundData:
+        """Run ``plan`` into the store (once: a round whose collection finished before a kill keeps it)."""
+        marker = self.ckpt / f"collected-{r}.json"
+        if marker.exists():
+            return RoundData(**read_json(marker))
+        if (self.store_root / "manifest.json").exists():
+            drop_rounds(self.store_root, r)  # what an interrupted attempt at this round stored
+        if self.collector is None:
+            self.collector = self._make_collector()
+        data = self.collector.round(plan, plan.teacher or self.ctx.bank, r, seed=self.cfg.seed * 100_000 + r * 1000,
+                                    rng=stream(self.cfg.seed, r, 1))
+        if plan.only_this_round:
+            evict(self.store_root, data.kept)
+        elif plan.keep_steps is not None:
+            evict(self.store_root, plan.keep_steps)
+        atomic_write_json(marker, dataclasses.asdict(data))
+        return data
+
+    def _make_collector(self) -> Collector:
+        if self.cfg.collector == "ray":
+            from policydistill.scale.ray_collect import RayCollector
+
+            return RayCollector(self.cfg.ray, self.suite, self.cfg.n_envs, self.store_root)
+        return LocalCollector(self.suite, self.cfg.n_envs, self.store_root)
+
+    # ---- checkpoints -------------------------------------------------------------------------
+
+    def _meta(self, r: int) -> dict[str, Any]:
+        return {"distill": self.cfg.to_dict(), "round": r, "suite": self.suite.name}
+
+    def _commit(self, r: int, row: dict[str, Any]) -> None:
+        """Checkpoint round ``r`` (student and method state), append its row (the commit), publish the
+        student, then drop what the previous round and this one's attempt left."""
+        student = self.algo.policy()
+        here = self.ckpt / f"round-{r}"
+        save_bundle(student, here / "student", meta=self._meta(r))
+        _save_state(here / "state.pt", self.algo.state_dict())
+        rows = self.summary["rounds"]
+        rows.append(row)
+        scored = [x for x in rows if x["mean_score"] is not None]
+        self.summary["best_round"] = max(scored, key=lambda x: x["mean_score"])["round"] if scored else None
+        atomic_write_json(self.summary_path, self.summary)
+        save_bundle(student, self.out / "student", meta=self._meta(r))
+        self._clean(r)
+
+    def _clean(self, r: int) -> None:
+        """Remove what rounds up to ``r`` left in checkpoint/ but round ``r``'s own checkpoint."""
+        for path in self.ckpt.iterdir():
+            index = re.fullmatch(r"(?:round-|fit-|collected-)(\d+)(?:\.pt|\.json)?", path.name)
+            if index and int(index.group(1)) <= r and path.name != f"round-{r}":
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    def _restore(self) -> None:
+        """Load the last finished round's student and method state (a run with no finished round starts over)."""
+        rows = self.summary["rounds"]
+        if not rows:
+            return
+        r = rows[-1]["round"]
+        here = self.ckpt / f"round-{r}"
+        student = self.algo.policy()
+        saved = load_bundle(here / "student", device=student.device, frozen=False)
+        student.load_state_dict(saved.state_dict())
+        self.algo.load_state_dict(torch.load(here / "state.pt", map_location=student.device, weights_only=True))
+        save_bundle(student, self.out / "student", meta=self._meta(r))
+        self._clean(r)
+        log.info("resuming after round %d", r)
+
+
+def distill(cfg: DistillConfig, suite: Suite | None = None,
+            teachers: dict[str, Policy] | None = None) -> dict[str, Any]:
+    """Run (or resume) a distillation run; returns the content of ``distill.json``. ``suite`` and ``teachers``
+    (one per task) default to what ``cfg.suite`` and ``cfg.teachers`` name."""
+    return Runner(cfg, suite, teachers).run()
+
+
+run_distill = distill
+"""The same, under a name that does not collide with the package ``policydistill.distill``."""

@@ -1,0 +1,86 @@
+"""``policydistill train-experts``: one stable-baselines3 specialist per task of a suite, tasks in parallel.
+
+Writes ``<out>/experts.json`` (per task: algorithm, env steps, wall time, return, success, steps and seconds to
+the success threshold) and ``<out>/<task>/`` (see :mod:`policydistill.experts.run`). A rerun skips finished
+tasks and continues interrupted ones from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from policydistill.configs import require_choice, require_int, set_keys
+from policydistill.experts.local import run_local
+from policydistill.experts.ray import run_ray
+from policydistill.experts.run import ExpertConfig
+from policydistill.files import atomic_write_json, read_json
+from policydistill.scale.ray_session import ENGINES, RayConfig
+from policydistill.suites import Suite
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainExpertsConfig:
+    """Train ``expert`` specialists for ``tasks`` (None: all) of ``suite`` under ``out``, on ``workers``
+    processes (``launcher=local``) or as Ray tasks (``launcher=ray``, see ``ray``)."""
+
+    suite: str = "default"
+    out: str = "runs/experts"
+    workers: int = 2
+    seed: int = 0
+    device: str = "auto"
+    tasks: list[str] | None = None
+    expert: ExpertConfig = field(default_factory=ExpertConfig)
+    launcher: str = "local"
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def __post_init__(self) -> None:
+        require_int("workers", self.workers)
+        require_int("seed", self.seed, 0)
+        require_choice("launcher", self.launcher, ENGINES)
+        if self.launcher == "local" and set_keys(self.ray):
+            raise ValueError(f"launcher=local does not read {', '.join('ray.' + k for k in set_keys(self.ray))}: "
+                             "the ray.* keys are read with launcher=ray")
+
+
+def train_experts(suite: Suite, cfg: ExpertConfig, out: str | Path, workers: int = 2, seed: int = 0,
+                  device: str = "auto", tasks: list[str] | None = None, launcher: str = "local",
+                  ray: RayConfig | None = None) -> dict[str, Any]:
+    """Train (or resume) one expert per task; finished tasks are skipped. Returns experts.json.
+
+    ``launcher``: ``local`` (``workers`` processes) or ``ray`` (one Ray task per expert, see ``ray``)."""
+    require_choice("launcher", launcher, ENGINES)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = tasks or suite.task_names
+    todo = [suite.index(n) for n in names]
+    summary_path = out / "experts.json"
+    summary: dict[str, Any] = {"suite": suite.name, "tasks": {}}
+    if summary_path.exists():
+        old = read_json(summary_path)
+        if old.get("suite") != suite.name:
+            raise ValueError(f"{out} holds experts of suite '{old.get('suite')}', not '{suite.name}': "
+                             "choose another out directory")
+        summary["tasks"] = old.get("tasks", {})
+    pending = []
+    for i in todo:
+        done = out / suite.tasks[i].name / "result.json"
+        if done.exists() and (done.parent / "bundle" / "policy.json").exists():
+            summary["tasks"][suite.tasks[i].name] = read_json(done)
+            log.info("%s: already trained, skipped", suite.tasks[i].name)
+        else:
+            pending.append(i)
+    failures: dict[str, str] = {}
+    if pending and launcher == "ray":
+        run_ray(suite, pending, cfg, out, seed, device, summary, summary_path, failures, ray or RayConfig())
+    elif pending:
+        run_local(suite, pending, cfg, out, workers, seed, device, summary, summary_path, failures)
+    summary["tasks"] = {n: summary["tasks"][n] for n in suite.task_names if n in summary["tasks"]}
+    atomic_write_json(summary_path, summary)
+    if failures:
+        raise RuntimeError(f"expert training failed for {sorted(failures)}: {failures}")
+    return summary

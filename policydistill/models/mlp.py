@@ -1,0 +1,133 @@
+"""An MLP policy over observation groups: normaliser -> MLP -> action post-processing, all in torch.
+
+It is the form every SB3 expert is converted to and the simplest student. ``forward`` holds the
+whole deterministic path, so exporting the module exports normalisation and post-processing too.
+
+``post`` maps the network output ``y`` (n, act_dim) to the env's action space [low, high]:
+
+- ``"clip"``: ``clip(y, low, high)`` (SB3 PPO's ``predict``);
+- ``"tanh_unscale"``: ``low + (tanh(y) + 1) / 2 * (high - low)`` (SAC);
+- ``"unscale"``: ``low + (clip(y, -1, 1) + 1) / 2 * (high - low)``, for a network whose output is
+  already in [-1, 1] (TD3's actor ends in ``out_activation="tanh"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import nn
+
+from policydistill.graph import OBS, ExportGraph, TensorSpec
+from policydistill.models.base import TorchPolicy, check_box_spaces
+from policydistill.models.normalizer import ObsNormalizer
+from policydistill.spaces import space_to_json
+from policydistill.types import check_groups
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
+POSTS = ("clip", "tanh_unscale", "unscale")
+OUT_ACTIVATIONS = ("none", "tanh")
+NORMALIZER_KEYS = {"enabled", "clip", "eps"}
+
+
+def _choice(name: str, value: str, allowed: Sequence[str]) -> str:
+    if value not in allowed:
+        raise ValueError(f"MLPPolicy {name} '{value}' is not one of {list(allowed)}")
+    return value
+
+
+class MLPPolicy(TorchPolicy):
+    """A stateless MLP policy and teacher.
+
+    Reads ``groups`` (concatenated in that order, each a 1-D Box of ``observation_space``) and acts
+    in ``action_space``. With ``log_std`` it has a state-independent Gaussian (as SB3 PPO), used
+    for sampling and as the teacher's label std.
+    """
+
+    def __init__(self, groups: Sequence[str], observation_space: spaces.Dict, action_space: spaces.Box,
+                 hidden: Sequence[int] = (64, 64), activation: str = "tanh", post: str = "clip",
+                 out_activation: str = "none", normalizer: dict[str, Any] | None = None,
+                 log_std: bool = False) -> None:
+        super().__init__()
+        self.groups = check_groups(groups)
+        check_box_spaces("MLPPolicy", self.groups, observation_space, action_space)
+        self.observation_space, self.action_space = observation_space, action_space
+        self.hidden = [int(h) for h in hidden]
+        self.activation = _choice("activation", activation, list(ACTIVATIONS))
+        self.post = _choice("post", post, POSTS)
+        self.out_activation = _choice("out_activation", out_activation, OUT_ACTIVATIONS)
+        finite = np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))
+        if post != "clip" and not finite:
+            raise ValueError(f"MLPPolicy post '{post}' needs finite action bounds, got {action_space}")
+        norm = dict(normalizer or {})
+        unknown = set(norm) - NORMALIZER_KEYS
+        if unknown:
+            raise ValueError(f"unknown normalizer keys {sorted(unknown)}; "
+                             f"valid keys are {sorted(NORMALIZER_KEYS)}")
+
+        self.obs_dim = sum(int(observation_space[g].shape[0]) for g in self.groups)
+        self.act_dim = int(action_space.shape[0])
+        self.normalizer = ObsNormalizer(self.obs_dim, **norm)
+        layers: list[nn.Module] = []
+        last = self.obs_dim
+        for h in self.hidden:
+            layers += [nn.Linear(last, h), ACTIVATIONS[self.activation]()]
+            last = h
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(last, self.act_dim)
+        self.log_std = nn.Parameter(torch.zeros(self.act_dim)) if log_std else None
+        low = torch.as_tensor(action_space.low, dtype=torch.float32)
+        high = torch.as_tensor(action_space.high, dtype=torch.float32)
+        self.register_buffer("action_low", low, persistent=False)
+        self.register_buffer("action_high", high, persistent=False)
+
+    # ---- torch path (exportable) -------------------------------------------------------------
+
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
+        """Network output before post-processing: x (n, obs_dim) -> y (n, act_dim)."""
+        y = self.head(self.body(self.normalizer(x)))
+        return torch.tanh(y) if self.out_activation == "tanh" else y
+
+    def postprocess(self, y: torch.Tensor) -> torch.Tensor:
+        """Network output y (n, act_dim) -> action (n, act_dim) in the action space."""
+        if self.post == "clip":
+            return torch.clamp(y, self.action_low, self.action_high)
+        u = torch.tanh(y) if self.post == "tanh_unscale" else torch.clamp(y, -1.0, 1.0)
+        return self.action_low + 0.5 * (u + 1.0) * (self.action_high - self.action_low)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Deterministic action: x (n, obs_dim) -> action (n, act_dim)."""
+        return self.postprocess(self.raw(x))
+
+    def forward_act(self, x: torch.Tensor, deterministic: bool) -> torch.Tensor:
+        return self.postprocess(self.sample(self.raw(x), deterministic))
+
+    def export_graph(self) -> ExportGraph:
+        """``forward`` as an export graph: ``obs`` (n, obs_dim) -> ``action`` (n, act_dim), stateless.
+
+        Example inputs spread around the normaliser's statistics, past its clip range too."""
+
+        def example(graph: ExportGraph, n: int, generator: torch.Generator) -> tuple[torch.Tensor]:
+            z = 3.0 * torch.randn(n, self.obs_dim, generator=generator)
+            norm = self.normalizer
+            return (norm.mean.cpu() + z * torch.sqrt(norm.var.cpu() + norm.eps) if norm.enabled else z,)
+
+        return ExportGraph(self, (TensorSpec(OBS, (self.obs_dim,), "observation"),),
+                           (TensorSpec("action", (self.act_dim,), "action"),), example=example)
+
+    # ---- config ------------------------------------------------------------------------------
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able description from which :meth:`from_config` rebuilds the module (weights aside)."""
+        return {"groups": list(self.groups), "observation_space": space_to_json(self.observation_space),
+                "action_space": space_to_json(self.action_space), "hidden": list(self.hidden),
+                "activation": self.activation, "post": self.post, "out_activation": self.out_activation,
+                "normalizer": self.normalizer.config(), "log_std": self.log_std is not None}
+
+    def extra_repr(self) -> str:
+        return (f"groups={list(self.groups)}, post={self.post!r}, obs_dim={self.obs_dim}, "
+                f"act_dim={self.act_dim}")
+

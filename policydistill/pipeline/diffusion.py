@@ -1,0 +1,152 @@
+"""The pipeline's diffusion -> one-step stage (see :class:`DiffusionStageConfig`).
+
+Trains a diffusion policy from the expert zoo of its suite, distils one one-step student per
+algorithm, and evaluates all of them on the same seeded episodes: the teacher at 100, 10 and 1 DDIM
+steps and every student, each with its teacher-normalised score and success and its batch-1 chunk
+latency on one thread (torch eager). Writes ``<out>/diffusion/`` (runs, ``onestep.json``,
+``onestep.png``) and a report section.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from policydistill.bundle import load_bundle
+from policydistill.distill.diffusion import DiffusionConfig
+from policydistill.distill.onestep import OneStepConfig
+from policydistill.distill.runner import DistillConfig, distill
+from policydistill.eval.evaluate import evaluate
+from policydistill.eval.latency import chunk_latency
+from policydistill.eval.report import Report, markdown_table, save_figure
+from policydistill.files import atomic_write_json
+from policydistill.suites import Suite, load_suite, zoo_dir
+from policydistill.teachers import policies_for_suite
+from policydistill.types import stack_obs
+
+log = logging.getLogger(__name__)
+
+TEACHER_STEPS = (100, 10, 1)
+
+
+@dataclass
+class DiffusionStageConfig:
+    """The pipeline's diffusion -> one-step stage: a diffusion policy (``teacher``, a pipeline-sized budget)
+    trained on ``suite`` from ``teachers`` (``zoo``: the committed expert zoo of that suite), then a one-step
+    student per algorithm of ``algos`` (``onestep``: their shared settings; each reads its own), evaluated
+    beside the teacher at 100, 10 and 1 DDIM steps on ``eval_episodes`` per task, latency over
+    ``latency_calls`` calls."""
+
+    enabled: bool = True
+    suite: str = "default_hazard"
+    teachers: str = "zoo"
+    algos: list[str] = field(default_factory=lambda: ["dmd", "dmd_det", "consistency", "regression"])
+    eval_episodes: int = 10
+    latency_calls: int = 200
+    teacher: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(
+        demos="mirror_routes", episodes_per_task=40, train_steps=6000))
+    onestep: OneStepConfig = field(default_factory=lambda: OneStepConfig(
+        steps=400, episodes_per_task=10, pairs=8192))
+
+
+def compare(suite: Suite, policies: dict[str, Any], reference: str, episodes: int, seed: int,
+            latency_calls: int) -> dict[str, Any]:
+    """Per policy: per-task return and success, score and success ratio against ``reference``
+    (return / reference return, success / reference success), and batch-1 chunk latency (skipped
+    when ``latency_calls`` is 0)."""
+    obs = stack_obs([suite.make_env(0).reset(seed=seed)[0]])
+    results = {}
+    for name, policy in policies.items():
+        ev = evaluate(suite, dict.fromkeys(suite.task_names, policy), episodes=episodes, seed=seed)
+        results[name] = {"tasks": {t: {k: r[k] for k in ("return_mean", "return_ci95", "success_rate")}
+                                   for t, r in ev["tasks"].items()},
+                         "latency": chunk_latency(policy, obs, latency_calls) if latency_calls else None}
+    ref = results[reference]
+    for r in results.values():
+        for t, row in r["tasks"].items():
+            base = ref["tasks"][t]
+            row["score"] = row["return_mean"] / base["return_mean"] if base["return_mean"] > 0 else None
+            row["success_ratio"] = row["success_rate"] / base["success_rate"] if base["success_rate"] > 0 else None
+        scores = [row["score"] for row in r["tasks"].values() if row["score"] is not None]
+        ratios = [row["success_ratio"] for row in r["tasks"].values() if row["success_ratio"] is not None]
+        r["mean_score"] = float(np.mean(scores)) if scores else None
+        r["min_score"] = float(np.min(scores)) if scores else None
+        r["mean_success_ratio"] = float(np.mean(ratios)) if ratios else None
+        r["mean_success"] = float(np.mean([row["success_rate"] for row in r["tasks"].values()]))
+        if r["latency"]:
+            r["speedup_p50"] = ref["latency"]["p50_ms"] / r["latency"]["p50_ms"]
+    return results
+
+
+def plot_onestep(path: Path, results: dict[str, Any]) -> Path:
+    """Left: mean teacher-normalised score and success per policy. Right: batch-1 chunk latency (log)."""
+    names = list(results)
+    x = np.arange(len(names))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4))
+    axes[0].bar(x - 0.2, [results[n]["mean_score"] or 0 for n in names], 0.4, label="score (return ratio)")
+    axes[0].bar(x + 0.2, [results[n]["mean_success"] for n in names], 0.4, label="success rate")
+    axes[0].axhline(0.95, color="grey", lw=0.8, ls="--")
+    axes[0].set_xticks(x, names, rotation=25, ha="right")
+    axes[0].set(title="vs the 100-step teacher, mean over tasks", ylim=(0, 1.1))
+    axes[0].legend(fontsize=8)
+    axes[1].bar(x, [results[n]["latency"]["p50_ms"] for n in names],
+                yerr=[[0] * len(names), [results[n]["latency"]["p99_ms"] - results[n]["latency"]["p50_ms"]
+                                         for n in names]], capsize=3)
+    axes[1].set_yscale("log")
+    axes[1].set_xticks(x, names, rotation=25, ha="right")
+    axes[1].set(title="chunk latency, batch 1, one thread (p50, bar to p99)", ylabel="ms")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def stage_diffusion(cfg: Any, suite: Suite, out: Path, report: Report) -> None:
+    """Diffusion policy -> one-step students on ``cfg.diffusion.suite``; adds the report section."""
+    stage = cfg.diffusion
+    if not stage.enabled:
+        return
+    dsuite = load_suite(stage.suite)
+    root = out / "diffusion"
+    teachers_spec = zoo_dir(dsuite.name) if stage.teachers == "zoo" else Path(stage.teachers)
+
+    def run(method: Any, teachers: Path, to: Path) -> dict[str, Any]:
+        return distill(DistillConfig(suite=stage.suite, teachers=str(teachers), out=str(to), seed=cfg.seed,
+                                     device=cfg.device, method=method, eval_episodes=stage.eval_episodes),
+                       dsuite, policies_for_suite(teachers, dsuite, device=cfg.device))
+
+    run(stage.teacher, teachers_spec, root / "teacher")
+    bundle = root / "teacher" / "student"
+    runs = {algo: run(stage.onestep.for_algo(algo), bundle, root / algo) for algo in stage.algos}
+    policies: dict[str, Any] = {}
+    for k in TEACHER_STEPS:
+        policies[f"teacher ddim {k}"] = load_bundle(bundle, device=cfg.device).set_sampler("ddim", k)
+    for algo in stage.algos:
+        policies[f"one-step {algo}"] = load_bundle(root / algo / "student", device=cfg.device)
+    results = compare(dsuite, policies, f"teacher ddim {TEACHER_STEPS[0]}", stage.eval_episodes, cfg.eval_seed,
+                      stage.latency_calls)
+    atomic_write_json(root / "onestep.json", {"suite": dsuite.name, "teacher_train_steps": stage.teacher.train_steps,
+                                              "onestep_steps": stage.onestep.steps, "results": results,
+                                              "runs": {a: r["rounds"][-1] for a, r in runs.items()}})
+    plot_onestep(root / "onestep.png", results)
+    rows = []
+    for name, r in results.items():
+        algo = name.removeprefix("one-step ")
+        upd = runs[algo]["rounds"][-1]["updates"] if algo in runs else stage.teacher.train_steps
+        lat = r["latency"]
+        rows.append([name, r["mean_score"], r["min_score"], r["mean_success"], lat["p50_ms"], lat["p99_ms"],
+                     lat["cpu_p99_ms"], f"{r['speedup_p50']:.0f}x", upd])
+    report.add("Diffusion policy and one-step students", markdown_table(
+        ["policy", "mean score", "worst task score", "success", "p50 ms", "p99 ms", "cpu p99 ms", "speed-up (p50)",
+         "updates"], rows)
+        + f"\n\nSuite `{dsuite.name}` (the default tasks with a pit halfway to the goal; demonstrations: each "
+          f"task's zoo expert or its mirror image, per episode, so every task is shown passing left and right). "
+          f"Teacher: a diffusion policy ({stage.teacher.train_steps} updates); students: {stage.onestep.steps} updates "
+          f"each, initialised from the teacher. Score: return / the 100-step teacher's return on the same "
+          f"{stage.eval_episodes} seeded episodes per task. Latency: one `predict_chunk` at batch 1 on one "
+          f"thread (torch eager), {stage.latency_calls} calls; wall-clock, and the thread's CPU time (the latency on "
+          "a dedicated core: wall-clock on a shared machine includes preemption). Benchmarks with full budgets: "
+          "`bench/onestep_fidelity.py`, `bench/onestep_latency.py`.\n\n![one-step](diffusion/onestep.png)")

@@ -1,0 +1,59 @@
+"""The pipeline's generalist stage: one DAgger student for every task of the suite from the trained experts,
+beside the same student without the ``task`` group."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from policydistill.distill.dagger import DAggerConfig
+from policydistill.distill.runner import DistillConfig, distill
+from policydistill.eval.report import Report, markdown_table, plot_distill
+from policydistill.models.students import StudentConfig
+from policydistill.suites import Suite
+from policydistill.teachers import policies_for_suite
+
+
+@dataclass
+class GeneralistStageConfig:
+    """The DAgger generalist: ``method`` (DAgger's keys), the ``student`` it trains (reading ``task`` among
+    its groups; the stage also trains it without), ``eval_episodes`` per task each round."""
+
+    method: DAggerConfig = field(default_factory=DAggerConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    eval_episodes: int = 10
+
+
+def stage_distill(cfg: Any, suite: Suite, out: Path, report: Report) -> None:
+    """DAgger generalist (reads ``policy`` + ``task``) and, beside it, the same student without ``task``."""
+    stage = cfg.distill
+    teachers = policies_for_suite(out / "experts", suite, device=cfg.device)
+    runs = {}
+    variants = {"dagger": stage.student.groups, "dagger, no task id": [g for g in stage.student.groups if g != "task"]}
+    for name, groups in variants.items():
+        if name != "dagger" and (len(suite.tasks) < 2 or groups == stage.student.groups):
+            continue
+        dcfg = DistillConfig(suite=cfg.suite, teachers=str(out / "experts"), seed=cfg.seed, device=cfg.device,
+                             out=str(out / "distill" / name.replace(", ", "_").replace(" ", "_")),
+                             method=stage.method, student=replace(stage.student, groups=list(groups)),
+                             eval_episodes=stage.eval_episodes)
+        runs[name] = distill(dcfg, suite, teachers)
+    plot_distill(out / "distill.png", runs)
+    rows = []
+    for t in suite.task_names:
+        teacher = runs["dagger"]["teacher"][t]
+        row = [t, f"{teacher['return_mean']:.2f}", teacher["success_rate"]]
+        for run in runs.values():
+            final = run["rounds"][-1]["tasks"][t]
+            row += [f"{final['return_mean']:.2f}", final["score"], final["success_rate"]]
+        rows.append(row)
+    header = ["task", "teacher return", "teacher success"]
+    for name in runs:
+        header += [f"{name}: return", f"{name}: score", f"{name}: success"]
+    last = runs["dagger"]["rounds"][-1]
+    report.add("DAgger generalist", markdown_table(header, rows) + (
+        f"\n\nOne student for all {len(suite.tasks)} tasks, DAgger with a {stage.method.schedule} beta schedule, "
+        f"{len(runs['dagger']['rounds'])} rounds, {last['labels_used']} teacher labels, {last['wall_time_s']:.0f} s. "
+        f"Score: student return / teacher return on the same {stage.eval_episodes} seeded episodes per task. "
+        "'no task id': the same student without the `task` group.\n\n![distill](distill.png)"))
