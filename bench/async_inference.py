@@ -33,10 +33,19 @@ if not __package__:  # python bench/<name>.py: the bench package lives one folde
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
-import torch
 
 from bench import envelope
-from bench.common import chunk_bundles, chunk_label, parse, parser, realtime_refused, setup_logging, shown, time_calls
+from bench.common import (
+    chunk_bundles,
+    chunk_label,
+    one_thread,
+    parse,
+    parser,
+    realtime_refused,
+    setup_logging,
+    shown,
+    time_calls,
+)
 from policydistill import export_policy
 from policydistill.runtime import make_source
 from policydistill.runtime.loop import format_stats, pin_to_cpu, restore_scheduling
@@ -72,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse(p, argv, SMOKE)
     started = envelope.start()
     setup_logging()
-    torch.set_num_threads(1)
+    one_thread()
     bundle = Path(args.bundle) if args.bundle else chunk_bundles(args.smoke)["teacher"]
     label = shown(bundle) if args.bundle else chunk_label(bundle, args.smoke)
     realtime, refused = not args.normal_priority, None

@@ -24,12 +24,11 @@ if not __package__:  # python bench/<name>.py: the bench package lives one folde
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gymnasium as gym
-import torch
 from gymnasium.vector import AutoresetMode
 from policydistill_envs.point_reach_vectask import make_batched
 
 from bench import envelope
-from bench.common import parse, parser, shown
+from bench.common import one_thread, parse, parser, shown
 from policydistill import Suite, load_bundle, load_suite, zoo_dir
 from policydistill.eval.rollout import drive
 
@@ -67,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rounds", type=int, default=5)
     args = parse(p, argv, SMOKE)
     started = envelope.start()
-    torch.set_num_threads(1)
+    one_thread()
     suite = load_suite("default_vectask")
     policy = load_bundle(args.bundle, device="cpu")
     rows = {}

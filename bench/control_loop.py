@@ -30,10 +30,9 @@ if not __package__:  # python bench/<name>.py: the bench package lives one folde
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
-import torch
 
 from bench import envelope
-from bench.common import parse, parser, realtime_refused, setup_logging, shown, student_bundle
+from bench.common import one_thread, parse, parser, realtime_refused, setup_logging, shown, student_bundle
 from policydistill.runtime import FixedRateLoop
 from policydistill.runtime.loop import format_stats, pin_to_cpu, restore_scheduling
 from policydistill.runtime.run import run_policy
@@ -103,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse(p, argv, SMOKE)
     started = envelope.start()
     setup_logging()
-    torch.set_num_threads(1)
+    one_thread()
     cpu = max(os.sched_getaffinity(0)) if args.cpu is None else args.cpu
     bundle = student_bundle(args.bundle, args.smoke)
 

@@ -24,10 +24,9 @@ from typing import Any
 if not __package__:  # python bench/<name>.py: the bench package lives one folder up
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch
 
 from bench import envelope
-from bench.common import parse, parser, run_distill, schedule_keys, zoo_teachers
+from bench.common import one_thread, parse, parser, run_distill, schedule_keys, zoo_teachers
 from policydistill import DAggerConfig, StudentConfig, Suite
 
 TARGETS = {"default": {"mean": 0.98, "min": 0.95, "success_gap": 0.02}, "locomotion": {"mean": 0.95}}
@@ -68,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tag", default="", help="suffix of the result file name")
     args = parse(p, argv, SMOKE)
     started = envelope.start()
-    torch.set_num_threads(1)
+    one_thread()
     suite, teachers = zoo_teachers(args.suite)
     params = json.loads(args.schedule_params) if args.schedule_params else {"rounds": max(1, args.rounds - 2)}
     method = DAggerConfig(rounds=args.rounds, episodes_per_task=args.episodes_per_task, updates_per_round=args.updates,

@@ -18,10 +18,9 @@ if not __package__:  # python bench/<name>.py: the bench package lives one folde
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gymnasium as gym
-import torch
 
 from bench import envelope
-from bench.common import parse, parser, shown
+from bench.common import one_thread, parse, parser, shown
 from policydistill import TaskSpec, load_bundle, load_suite, run_episodes, zoo_dir
 from policydistill.types import stack_obs
 
@@ -72,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rounds", type=int, default=5)
     args = parse(p, argv, SMOKE)
     started = envelope.start()
-    torch.set_num_threads(1)
+    one_thread()
     suite = load_suite(args.suite)
     spec = suite.tasks[suite.index(args.task)]
     policy = load_bundle(args.bundle, device="cpu")

@@ -33,10 +33,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
 
 from bench import envelope  # noqa: E402
-from bench.common import parse, parser, run_distill, schedule_keys, zoo_teachers  # noqa: E402
+from bench.common import one_thread, parse, parser, run_distill, schedule_keys, zoo_teachers  # noqa: E402
 from policydistill import BCConfig, DAggerConfig, StudentConfig, Suite  # noqa: E402
 from policydistill.eval.report import save_figure  # noqa: E402
 
@@ -113,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tag", default="", help="suffix of the result file name")
     args = parse(p, argv, SMOKE)
     started = envelope.start()
-    torch.set_num_threads(1)
+    one_thread()
     suite, teachers = zoo_teachers(args.suite)
     if args.tasks:
         suite = dataclasses.replace(suite, tasks=tuple(t for t in suite.tasks if t.name in args.tasks))

@@ -32,7 +32,6 @@ from typing import Any
 if not __package__:  # python bench/<name>.py: the bench package lives one folder up
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch
 
 from bench import envelope
 from bench.common import (
@@ -40,6 +39,7 @@ from bench.common import (
     OneStepBudget,
     cache_dir,
     median,
+    one_thread,
     onestep_config,
     parse,
     parser,
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse(p, argv, SMOKE)
     started = envelope.start()
     setup_logging("%(asctime)s %(name)s: %(message)s")
-    torch.set_num_threads(1)
+    one_thread()
     with cache_dir(args.runs, args.smoke, "onestep") as runs_root:
         per_seed = [run_seed(args, runs_root, s) for s in args.seeds]
     table = summarise(per_seed)

@@ -33,10 +33,9 @@ if not __package__:  # python bench/<name>.py: the bench package lives one folde
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
-import torch
 
 from bench import envelope
-from bench.common import parse, parser, pinned, setup_logging, shown
+from bench.common import one_thread, parse, parser, pinned, setup_logging, shown
 from policydistill import DiffusionConfig, OnnxPolicy, export_policy, load_bundle, load_suite
 from policydistill.distill.diffusion import build_diffusion_policy
 from policydistill.eval.latency import percentiles, start_window, time_calls
@@ -109,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse(p, argv, SMOKE)
     started = envelope.start()
     setup_logging("%(asctime)s %(name)s: %(message)s")
-    torch.set_num_threads(1)
+    one_thread()
     with pinned(args.core), tempfile.TemporaryDirectory() as tmp:
         results = [measure(d or "bundle", args, Path(tmp)) for d in ([None] if args.teacher else args.denoisers)]
     print(f"\nbatch 1, one core, one thread; medians over {args.rounds} rounds (ms per chunk; wall-clock and "

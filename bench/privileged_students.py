@@ -31,10 +31,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
 
 from bench import envelope  # noqa: E402
-from bench.common import cache_dir, distill_run, parse, parser, setup_logging, zoo_teachers  # noqa: E402
+from bench.common import cache_dir, distill_run, one_thread, parse, parser, setup_logging, zoo_teachers  # noqa: E402
 from policydistill import (  # noqa: E402
     DAggerConfig,
     DistillConfig,
@@ -132,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
                    help="where pieces are cached (default: runs/bench/privileged_students; smoke: a temporary folder)")
     args = parse(p, argv, SMOKE)
     started = envelope.start()
-    torch.set_num_threads(1)
+    one_thread()
     setup_logging()
     suite, teachers = zoo_teachers("locomotion")
     settings = f"r{args.rounds}_e{args.episodes_per_task}_u{args.updates}_v{args.eval_episodes}"

@@ -24,10 +24,9 @@ if not __package__:  # python bench/<name>.py: the bench package lives one folde
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
-import torch
 
 from bench import envelope
-from bench.common import parse, parser, zoo_teachers
+from bench.common import one_thread, parse, parser, zoo_teachers
 from policydistill import StudentConfig, TeacherBank, build_student
 from policydistill.data.shards import ShardWriter
 from policydistill.distill.collect import CollectPlan, LocalCollector
@@ -65,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
                    help="loop iterations of the parallel-capacity probe before and after")
     args = parse(p, argv, SMOKE)
     started = envelope.start()
-    torch.set_num_threads(1)
+    one_thread()
     suite, teachers = zoo_teachers("default")
     bank = TeacherBank([teachers[n] for n in suite.task_names])
     student = build_student(suite, StudentConfig(), "cpu")

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from bench import envelope
-from bench.common import parse, parser, run_distill, zoo_teachers
+from bench.common import one_thread, parse, parser, run_distill, zoo_teachers
 from policydistill import (
     DAggerConfig,
     DistillConfig,
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tag", default="", help="suffix of the result file name")
     args = parse(p, argv, SMOKE)
     started = envelope.start()
-    torch.set_num_threads(1)
+    one_thread()
     suite, teachers = zoo_teachers(args.suite)
     runs: dict[str, list[dict]] = {"policydistill_dagger": [], "rsl_rl_distillation": []}
     for seed in args.seeds:

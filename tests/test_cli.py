@@ -107,3 +107,26 @@ def test_a_torch_module_named_as_module_attr_is_a_teacher(tmp_path, monkeypatch)
     assert main(["evaluate", "policy=mymodule:controller", "suite=default", "episodes=1",
                  f"out={tmp_path / 'eval.json'}"]) == 0
     assert json.loads((tmp_path / "eval.json").read_text())["tasks"]["north"]["episodes"] == 1
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["pipeline", "diffusion.algos=[nope]"], "unknown diffusion.algos entry 'nope'; expected one of ['dmd', "),
+    (["pipeline", "privileged.kinds=[mlp,nope]"], "unknown privileged.kinds entry 'nope'; expected one of ['mlp', "),
+    (["pipeline", "privileged.rounds=0"], "privileged.rounds must be an int >= 1, got 0"),
+    (["pipeline", "ray.workers=3"], "launcher=local does not read ray.workers: the ray.* keys are read with "
+                                    "launcher=ray"),
+    (["train-experts", "tasks=[nope]"], "suite 'default' has no task 'nope'"),
+    (["evaluate", "policy=x", "-m", "seed=[1,2"], "invalid config for 'evaluate': no viable alternative"),
+    (["import-sb3", "model=MODEL", "groups=[nope]"], "groups=['nope'] does not fit task 'north' of suite 'default'"),
+    (["import-sb3", "model=MODEL"], "is not a stable-baselines3 model zip"),
+])
+def test_bad_input_is_one_line_exit_2_nothing_written(args, message, caplog, tmp_path):
+    """Refused before any stage runs: one line naming the key and what is valid, exit code 2, no out folder."""
+    caplog.set_level(logging.ERROR)
+    (tmp_path / "model.zip").write_text("not a zip")
+    out = tmp_path / "out"
+    args = [a.replace("MODEL", str(tmp_path / "model.zip")) for a in args]
+    assert main([*args, f"out={out}"]) == 2
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "\n" not in lines[0] and message in lines[0], lines
+    assert not out.exists()

@@ -92,7 +92,7 @@ def _algo(name: str, teacher_run: Path, suite) -> OneStepAlgorithm:
     cfg = OneStepConfig(pairs=64, steps=10, batch_size=16).for_algo(name)
     torch.manual_seed(0)
     algo = OneStepAlgorithm.build(cfg, Context(suite, dict.fromkeys(suite.task_names, teacher), StudentConfig(),
-                                               torch.device("cpu"), 0, teacher_run))
+                                               torch.device("cpu"), 0))
     algo.windows(EpisodeStore(teacher_run / "episodes"))
     algo.prepare()
     return algo

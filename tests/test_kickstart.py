@@ -87,14 +87,13 @@ def test_kickstarting_beats_random_and_pure_ppo_early(runs, two_tasks):
     assert runs["kd"]["rounds"][0]["losses"]["kd"] > 0 == runs["ppo"]["rounds"][0]["losses"]["kd"]
 
 
-def test_the_distillation_term_reaches_the_gradient_sb3_clips_and_applies(two_tasks, tmp_path):
+def test_the_distillation_term_reaches_the_gradient_sb3_clips_and_applies(two_tasks):
     """SB3's PPO update zeroes the gradient, then back-propagates its loss: the optimiser's zero_grad puts
     the weighted distillation term's gradient there first, so the step follows ppo + w * kd."""
     from policydistill.distill.algorithm import Context
 
     cfg = KickstartConfig(n_envs=2, n_steps=8, batch_size=16)
-    algo = Kickstart(cfg, Context(two_tasks, zoo_teachers(two_tasks), StudentConfig(), torch.device("cpu"), 0,
-                                  tmp_path))
+    algo = Kickstart(cfg, Context(two_tasks, zoo_teachers(two_tasks), StudentConfig(), torch.device("cpu"), 0))
     policy = algo.model.policy
     obs = torch.as_tensor(algo.venv.reset())
     actions = torch.zeros(len(obs), 2)

@@ -151,7 +151,7 @@ def test_latent_student_regresses_the_teachers_latent_and_never_reads_privileged
     cfg = quick(tmp_path, rounds=1, episodes_per_task=2, updates_per_round=300, device="cpu",
                 student=StudentConfig(kind="latent", groups=["policy", "task"], hidden=[64], history=8))
     torch.manual_seed(0)
-    algo = DAgger(cfg.method, Context(suite, teachers, cfg.student, torch.device("cpu"), 0, tmp_path))
+    algo = DAgger(cfg.method, Context(suite, teachers, cfg.student, torch.device("cpu"), 0))
     student = algo.student
     widths = set()
     student.normalizer.register_forward_pre_hook(lambda m, args: widths.add(args[0].shape[-1]))

@@ -74,11 +74,16 @@ def import_sb3_cmd(cfg: ImportSB3Config, overrides: list[str]) -> dict[str, Any]
     from gymnasium import spaces
 
     from policydistill.teachers.sb3 import import_sb3_zip
+    from policydistill.types import select_groups
 
     suite = load_suite(cfg.suite)
     task = cfg.task or suite.task_names[0]
     obs_space = suite.spaces[suite.index(task)][0]
-    obs_space = spaces.Dict({g: obs_space[g] for g in cfg.groups})
+    try:
+        obs_space = spaces.Dict(select_groups(obs_space.spaces, cfg.groups))
+    except KeyError as e:
+        raise ValueError(f"groups={list(cfg.groups)} does not fit task '{task}' of suite '{suite.name}': "
+                         f"{e.args[0]}") from None
     path = import_sb3_zip(cfg.model, cfg.out, obs_space, cfg.groups, vecnormalize_path=cfg.vecnormalize,
                           algo=cfg.algo)
     log.info("imported %s as bundle %s (task %s of suite %s)", cfg.model, path, task, suite.name)

@@ -28,7 +28,6 @@ from omegaconf.errors import OmegaConfBaseException
 
 from policydistill.cli.commands import COMMANDS
 from policydistill.distill.methods import METHODS
-from policydistill.eval.report import markdown_table
 from policydistill.files import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("policydistill")
@@ -153,7 +152,12 @@ def sweep_jobs(overrides: list[str]) -> tuple[list[list[str]], list[str]]:
 def run_sweep(command: str, overrides: list[str]) -> int:
     """One job per combination of the sweep's values, in this process, each writing under its own ``out``;
     then ``<out>/sweep.json`` and ``sweep.md``: the swept values and each job's numbers. Returns the exit code."""
-    jobs, swept = sweep_jobs(overrides)
+    from policydistill.eval.report import markdown_table  # imports matplotlib: not on every command's path
+
+    try:
+        jobs, swept = sweep_jobs(overrides)
+    except (HydraException, OmegaConfBaseException) as e:  # an override Hydra cannot parse
+        raise _config_error(command, e, overrides) from None
     base = compose_raw(command, jobs[0]).get("out")
     root = Path(str(base)) if base not in (None, "???") else Path("multirun") / command
     root = root.parent / root.stem if root.suffix else root

@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -38,14 +37,13 @@ FitWith = Callable[[FitJob], FitResult]
 @dataclass
 class Context:
     """What a method is built from: the suite, one teacher per task, the student config (for methods that
-    train one), the device, the run's seed and folder."""
+    train one), the device, the run's seed and what its teachers were given as (``teachers_spec``)."""
 
     suite: Suite
     teachers: dict[str, Policy]
     student: StudentConfig
     device: torch.device
     seed: int
-    out: Path
     teachers_spec: str = ""
 
     @functools.cached_property

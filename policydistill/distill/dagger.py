@@ -136,7 +136,7 @@ class OnPolicy(Algorithm):
         has_std = teacher_has_std(ctx.bank, ctx.suite)
         self.loss_fn = make_loss(cfg.loss, teacher_has_std=has_std, student_has_std=ctx.student.learn_std,
                                  **dict(cfg.loss_params))
-        if getattr(cfg, "teacher_noise", 0.0) > 0 and not has_std:
+        if self.plan_options()["teacher_noise"] > 0 and not has_std:
             raise ValueError("teacher_noise needs teachers with a label std (e.g. SB3/PPO experts); these teachers "
                              "are deterministic")
         self.optimizer = adam(self.student, cfg.lr)
@@ -147,13 +147,16 @@ class OnPolicy(Algorithm):
     def beta(self, round: int, prev: dict[str, Any] | None, teacher_return: float) -> float:
         return 0.0
 
+    def plan_options(self) -> dict[str, Any]:
+        """The :class:`CollectPlan` fields on the teacher's noise, filtering and what data is kept: on-policy
+        keeps only this round's."""
+        return {"teacher_noise": 0.0, "success_filter": False, "keep_steps": None, "only_this_round": True}
+
     def collect(self, round: int, prev: dict[str, Any] | None, teacher_return: float) -> CollectPlan:
         cfg = self.cfg
         beta = self.beta(round, prev, teacher_return)
         return CollectPlan(beta, cfg.episodes_per_task, self.student if beta < 1 else None,
-                           teacher_noise=getattr(cfg, "teacher_noise", 0.0), episode_steps=cfg.collect_steps,
-                           success_filter=getattr(cfg, "success_filter", False),
-                           keep_steps=getattr(cfg, "max_steps", None), only_this_round=not hasattr(cfg, "max_steps"))
+                           episode_steps=cfg.collect_steps, **self.plan_options())
 
     def regresses_latent(self, round: int) -> bool:
         """Whether a latent student regresses the teachers' latent in round ``round`` (else the actions)."""
@@ -168,7 +171,7 @@ class OnPolicy(Algorithm):
         names += ["label_std"] if "label_std" in store.fields else []
         raw = store.load(names)
         if len(raw["label_mean"]) == 0:
-            raise RuntimeError(f"round {round}: no episodes to train on (all dropped or filtered out)")
+            raise ValueError(f"round {round}: no episodes to train on (all dropped or filtered out)")
         return raw, store.lengths(), raw[f"obs/{TASK}"].argmax(1)
 
     def student_data(self, raw: dict[str, np.ndarray], task: np.ndarray, round: int) -> dict[str, np.ndarray]:
@@ -239,13 +242,19 @@ class BC(OnPolicy):
     def beta(self, round: int, prev: dict[str, Any] | None, teacher_return: float) -> float:
         return 1.0
 
+    def plan_options(self) -> dict[str, Any]:
+        """Aggregated data capped at ``max_steps``, with ``teacher_noise`` and ``success_filter``."""
+        cfg = self.cfg
+        return {"teacher_noise": cfg.teacher_noise, "success_filter": cfg.success_filter,
+                "keep_steps": cfg.max_steps, "only_this_round": False}
 
-class DAgger(OnPolicy):
+
+class DAgger(BC):
     name = "dagger"
     config = DAggerConfig
 
     def __init__(self, cfg: DAggerConfig, ctx: Context) -> None:
-        super().__init__(cfg, ctx)
+        super().__init__(cfg, ctx)  # BC's data handling, this schedule's beta
         self.schedule = cfg.beta_schedule()
 
     def beta(self, round: int, prev: dict[str, Any] | None, teacher_return: float) -> float:

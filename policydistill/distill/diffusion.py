@@ -100,6 +100,8 @@ class DiffusionConfig(ScheduleFields, DiffusionFields):
         others = set(DiffusionFields.__dataclass_fields__) - {"hidden", "channels", "kernel_size"}
         refuse_unread(self, others | denoiser | self.schedule_keys(),
                       f"denoiser '{self.denoiser}' with schedule '{self.schedule}'", "method.")
+        if self.kernel_size % 2 == 0:  # an even kernel's "same" padding changes the chunk length in the U-Net
+            raise ValueError(f"method.kernel_size must be odd, got {self.kernel_size!r}")
         self.beta_schedule()
 
 
@@ -145,10 +147,11 @@ class Diffusion(Algorithm):
         self.ema = Ema(self.ema_policy, self.model, cfg.ema_decay)
         self.fitted = False
         self.schedule = cfg.beta_schedule()
-        demos = mirror_routes(ctx.suite, ctx.teachers, seed=ctx.seed) if cfg.demos == "mirror_routes" \
-            else ctx.teachers
-        self.demos: dict[str, Policy] = demos
-        self.bank = TeacherBank([demos[n] for n in ctx.suite.task_names])
+        if cfg.demos == "mirror_routes":
+            self.demos: dict[str, Policy] = mirror_routes(ctx.suite, ctx.teachers, seed=ctx.seed)
+            self.bank = TeacherBank([self.demos[n] for n in ctx.suite.task_names])
+        else:
+            self.demos, self.bank = ctx.teachers, ctx.bank
 
     def reference(self) -> dict[str, Policy]:
         return self.demos

@@ -144,7 +144,6 @@ class FitResult:
     losses: list[float]
     stats: dict[str, float]
     resumed_from: int = 0
-    world_size: int = 1
 
     @property
     def loss(self) -> float:
@@ -194,6 +193,13 @@ def _finite_state(module: nn.Module, name: str, step: int) -> dict[str, torch.Te
     return state
 
 
+def save_torch(path: str | Path, obj: object) -> None:
+    """``torch.save`` ``obj`` to ``path`` atomically (a kill leaves the old file or the new one)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def _save(path: Path, job: FitJob, step: int, rng: np.random.Generator, losses: list[float]) -> None:
     state = {"step": step, "model": _finite_state(job.model, "the model", step),
              "optimizer": job.optimizer.state_dict(), "rng": rng.bit_generator.state, "losses": losses,
@@ -201,9 +207,7 @@ def _save(path: Path, job: FitJob, step: int, rng: np.random.Generator, losses: 
              "ema": job.ema.state_dict() if job.ema else None,
              "aux": {"module": _finite_state(job.aux.module, job.aux.name, step),
                      "optimizer": job.aux.optimizer.state_dict()} if job.aux else None}
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    save_torch(path, state)
 
 
 def _load(path: Path, job: FitJob, rng: np.random.Generator, device: torch.device) -> tuple[int, list[float]]:
@@ -285,8 +289,9 @@ def fit(job: FitJob, rng: np.random.Generator, checkpoint: str | Path | None = N
         if size > 1:
             dist.all_reduce(mean_loss)
             mean_loss /= size
-        losses.append(float(mean_loss))
-        if not math.isfinite(losses[-1]):
+        value = float(mean_loss)
+        losses.append(value)
+        if not math.isfinite(value):
             raise FloatingPointError(f"{desc}: the loss became non-finite at update {step}; lower the learning rate "
                                      f"(now {cfg.lr})")
         row = {k: float(v) for k, v in stats.items()}
@@ -304,4 +309,4 @@ def fit(job: FitJob, rng: np.random.Generator, checkpoint: str | Path | None = N
     model.eval()
     tail = history[-max(1, len(history) // 10):]
     stats = {k: float(np.mean([h[k] for h in tail if k in h])) for k in (tail[0] if tail else {})}
-    return FitResult(cfg.steps, losses, stats, start, size)
+    return FitResult(cfg.steps, losses, stats, start)

@@ -48,7 +48,7 @@ from policydistill.configs import refuse_unread, require_choice, require_int, re
 from policydistill.data.shards import EpisodeStore
 from policydistill.distill.algorithm import Algorithm, Context, FitWith
 from policydistill.distill.collect import suite_layout, teacher_has_std
-from policydistill.distill.losses import LOSSES, LossFn, make_loss
+from policydistill.distill.losses import LOSSES, LossFn, make_loss, sum_dims
 from policydistill.distill.schedules import AdaptiveBeta, BetaSchedule, ExponentialBeta, LinearBeta
 from policydistill.models.base import TorchPolicy
 from policydistill.models.generalist import SpaceLayout, pad_columns
@@ -249,22 +249,18 @@ class StudentActorCritic(ActorCriticPolicy):
         mask = self.student.loss_mask(obs[:, :self.student.obs_dim])
         return self._get_action_dist_from_latent(latent_pi), self.value_net(latent_vf), mask
 
-    @staticmethod
-    def _masked_sum(per_dim: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        return per_dim.sum(-1) if mask is None else torch.where(mask, per_dim, 0.0).sum(-1)
-
     def forward(self, obs: torch.Tensor, deterministic: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         distribution, values, mask = self._heads(obs)
         actions = distribution.get_actions(deterministic=deterministic)
-        log_prob = self._masked_sum(distribution.distribution.log_prob(actions), mask)
+        log_prob = sum_dims(distribution.distribution.log_prob(actions), mask)
         return actions.reshape((-1, *self.action_space.shape)), values, log_prob
 
     def evaluate_actions(self, obs: torch.Tensor, actions: torch.Tensor
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         distribution, values, mask = self._heads(obs)
-        log_prob = self._masked_sum(distribution.distribution.log_prob(actions), mask)
-        entropy = self._masked_sum(distribution.distribution.entropy(), mask)
+        log_prob = sum_dims(distribution.distribution.log_prob(actions), mask)
+        entropy = sum_dims(distribution.distribution.entropy(), mask)
         if self.training and self.kd_weight > 0:
             w, a = self.student.obs_dim, self.student.act_dim
             std = obs[:, w + a:w + 2 * a] if obs.shape[1] >= w + 2 * a else None

@@ -50,7 +50,7 @@ def _mean_dims(per_dim: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
     return (per_dim * m).sum(-1) / m.sum(-1).clamp_min(1.0)
 
 
-def _sum_dims(per_dim: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def sum_dims(per_dim: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """(n, d) -> (n,): the sum over the dims ``mask`` keeps (all without a mask)."""
     return per_dim.sum(-1) if mask is None else torch.where(mask.bool(), per_dim, 0.0).sum(-1)
 
@@ -97,7 +97,7 @@ def _gaussian_kl(mean_p: torch.Tensor, log_std_p: torch.Tensor, mean_q: torch.Te
     """KL(p || q) of diagonal Gaussians, summed over the dims ``mask`` keeps: (n, d) -> (n,)."""
     var_ratio = torch.exp(2 * (log_std_p - log_std_q))
     mahalanobis = (mean_p - mean_q).pow(2) * torch.exp(-2 * log_std_q)
-    return _sum_dims(log_std_q - log_std_p + 0.5 * (var_ratio + mahalanobis - 1), mask)
+    return sum_dims(log_std_q - log_std_p + 0.5 * (var_ratio + mahalanobis - 1), mask)
 
 
 def _log_stds(name: str, student_mean: torch.Tensor, teacher_mean: torch.Tensor,

@@ -28,13 +28,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from policydistill.bundle import load_bundle, save_bundle
+from policydistill.bundle import save_bundle
 from policydistill.configs import require_int, require_number
 from policydistill.data.shards import EpisodeStore
 from policydistill.distill.algorithm import Algorithm, Context
 from policydistill.distill.fit import fit, init_from_env, world
 from policydistill.distill.methods import METHODS
-from policydistill.distill.runner import DistillConfig
+from policydistill.distill.runner import DistillConfig, load_round
 from policydistill.files import atomic_write_json, read_json
 from policydistill.suites import load_suite
 from policydistill.teachers import policies_for_suite
@@ -90,12 +90,9 @@ def rebuild(run: Path, device: torch.device, processes: int = 1) -> tuple[Algori
     cls = METHODS[summary["method"]]
     suite = load_suite(cfg.suite)
     teachers = policies_for_suite(cfg.teachers, suite, device=str(device))
-    algo = cls.build(cfg.method, Context(suite, teachers, cfg.student, device, cfg.seed, run, cfg.teachers))
+    algo = cls.build(cfg.method, Context(suite, teachers, cfg.student, device, cfg.seed, cfg.teachers))
     r = summary["rounds"][-1]["round"]
-    here = run / "checkpoint" / f"round-{r}"
-    student = algo.policy()
-    student.load_state_dict(load_bundle(here / "student", device=device, frozen=False).state_dict())
-    algo.load_state_dict(torch.load(here / "state.pt", map_location=device, weights_only=True))
+    load_round(algo, run / "checkpoint", r, device)
     return algo, r
 
 

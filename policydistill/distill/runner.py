@@ -25,7 +25,6 @@ refused with the differing keys, but for ``method.rounds`` (more rounds extend a
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import re
 import shutil
@@ -45,12 +44,13 @@ from policydistill.data.shards import EpisodeStore, drop_rounds, evict
 from policydistill.distill.algorithm import Algorithm, Context, stream
 from policydistill.distill.collect import Collector, CollectPlan, LocalCollector, RoundData
 from policydistill.distill.dagger import DAggerConfig
-from policydistill.distill.fit import FitJob, FitResult, fit
+from policydistill.distill.fit import FitJob, FitResult, fit, save_torch
 from policydistill.distill.methods import METHODS, method_config, method_of
 from policydistill.eval.evaluate import evaluate_per_task
 from policydistill.eval.metrics import teacher_normalised
-from policydistill.files import atomic_write_bytes, atomic_write_json, read_json
+from policydistill.files import atomic_write_json, read_json
 from policydistill.models import resolve_device
+from policydistill.models.base import TorchPolicy
 from policydistill.models.students import StudentConfig
 from policydistill.policy import Policy
 from policydistill.scale.ray_session import ENGINES, RayConfig
@@ -107,9 +107,9 @@ class DistillConfig:
             unread += [f"student.{k}" for k in set_keys(self.student)]
         if not cls.collects:
             unread += ["collector"] * (self.collector != "local") + [f"ray.{k}" for k in set_keys(self.ray)]
-        elif self.collector == "local" and set_keys(self.ray):
-            raise ValueError(f"collector=local does not read {', '.join('ray.' + k for k in set_keys(self.ray))}: "
-                             "the ray.* keys are read with collector=ray")
+        elif self.collector == "local":
+            from policydistill.scale.ray_session import refuse_ray_keys
+            refuse_ray_keys(self.ray, "collector")
         if unread:
             raise ValueError(f"method '{cls.name}' does not read {', '.join(unread)}: "
                              f"{cls.not_read}; its keys are under method.* "
@@ -172,10 +172,15 @@ def _reached(row: dict[str, Any] | None, stop_score: float | None) -> bool:
         and row["mean_score"] >= stop_score
 
 
-def _save_state(path: Path, state: dict[str, Any]) -> None:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
+def load_round(algo: Algorithm, ckpt: Path, r: int, device: torch.device | str | None = None) -> TorchPolicy:
+    """Load finished round ``r``'s student bundle and method state from ``ckpt`` (a run's ``checkpoint/``)
+    into ``algo`` onto ``device`` (None: the student's); returns the student."""
+    here = ckpt / f"round-{r}"
+    student = algo.policy()
+    device = student.device if device is None else device
+    student.load_state_dict(load_bundle(here / "student", device=device, frozen=False).state_dict())
+    algo.load_state_dict(torch.load(here / "state.pt", map_location=device, weights_only=True))
+    return student
 
 
 class Runner:
@@ -199,7 +204,7 @@ class Runner:
         self.summary = read_json(self.summary_path) if self.summary_path.exists() else None
         if self.summary is not None:
             self._check_resume(self.summary)
-        self.ctx = Context(self.suite, self.teachers, cfg.student, resolve_device(cfg.device), cfg.seed, self.out,
+        self.ctx = Context(self.suite, self.teachers, cfg.student, resolve_device(cfg.device), cfg.seed,
                            str(cfg.teachers))
         torch.manual_seed(cfg.seed)  # the student's initial weights
         self.algo: Algorithm = METHODS[self.name].build(cfg.method, self.ctx)
@@ -333,7 +338,7 @@ class Runner:
         student = self.algo.policy()
         here = self.ckpt / f"round-{r}"
         save_bundle(student, here / "student", meta=self._meta(r))
-        _save_state(here / "state.pt", self.algo.state_dict())
+        save_torch(here / "state.pt", self.algo.state_dict())
         rows = self.summary["rounds"]
         rows.append(row)
         scored = [x for x in rows if x["mean_score"] is not None]
@@ -355,11 +360,7 @@ class Runner:
         if not rows:
             return
         r = rows[-1]["round"]
-        here = self.ckpt / f"round-{r}"
-        student = self.algo.policy()
-        saved = load_bundle(here / "student", device=student.device, frozen=False)
-        student.load_state_dict(saved.state_dict())
-        self.algo.load_state_dict(torch.load(here / "state.pt", map_location=student.device, weights_only=True))
+        student = load_round(self.algo, self.ckpt, r)
         save_bundle(student, self.out / "student", meta=self._meta(r))
         self._clean(r)
         log.info("resuming after round %d", r)

@@ -52,12 +52,9 @@ def check_policy_fits(policy: Policy, suite: Suite, task: int) -> None:
     act_space = getattr(policy, "action_space", None)
     if obs_space is None or act_space is None:
         return
-    env = suite.make_env(task)
-    try:
-        check_spaces(obs_space, act_space, env.observation_space, env.action_space,
-                     f"policy on task '{suite.tasks[task].name}' of suite '{suite.name}'")
-    finally:
-        env.close()
+    env_obs, env_act = suite.spaces[task]  # built once per suite, not one env per call
+    check_spaces(obs_space, act_space, env_obs, env_act,
+                 f"policy on task '{suite.tasks[task].name}' of suite '{suite.name}'")
 
 
 def slot_layout(tasks: Sequence[int], episodes_per_task: int, n_envs: int) -> list[int]:

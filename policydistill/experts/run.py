@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 from gymnasium import spaces
-from stable_baselines3 import PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.monitor import Monitor
@@ -38,12 +37,12 @@ from policydistill.files import atomic_write_json, atomic_write_text, read_json
 from policydistill.models import resolve_device
 from policydistill.suites import Suite
 from policydistill.suites.wrappers import FlattenGroups
-from policydistill.teachers.sb3 import policy_from_sb3
+from policydistill.teachers.sb3 import policy_from_sb3, sb3_classes
 from policydistill.types import TASK, check_groups
 
 log = logging.getLogger(__name__)
 
-ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC, "td3": TD3}
+ALGOS: dict[str, type[BaseAlgorithm]] = sb3_classes()
 CURVE_FIELDS = ("env_steps", "wall_time_s", "return_mean", "return_std", "success_rate")
 
 
@@ -97,15 +96,12 @@ def _make_vec_env(suite: Suite, task: int, cfg: ExpertConfig, seed: int) -> VecE
 
 
 def _group_space(suite: Suite, task: int, groups: list[str]) -> spaces.Dict:
-    env = suite.make_env(task)
-    try:
-        missing = [g for g in groups if g not in env.observation_space.spaces]
-        if missing:
-            raise ValueError(f"task '{suite.tasks[task].name}' has no observation groups {missing}; "
-                             f"it has {list(env.observation_space.spaces)}")
-        return spaces.Dict({g: env.observation_space[g] for g in groups})
-    finally:
-        env.close()
+    obs_space = suite.spaces[task][0]  # built once per suite
+    missing = [g for g in groups if g not in obs_space.spaces]
+    if missing:
+        raise ValueError(f"task '{suite.tasks[task].name}' has no observation groups {missing}; "
+                         f"it has {list(obs_space.spaces)}")
+    return spaces.Dict({g: obs_space[g] for g in groups})
 
 
 class _Checkpoint:

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from policydistill.configs import require_choice, require_int, set_keys
+from policydistill.configs import require_choice, require_int
 from policydistill.experts.local import run_local
 from policydistill.experts.ray import run_ray
 from policydistill.experts.run import ExpertConfig
 from policydistill.files import atomic_write_json, read_json
-from policydistill.scale.ray_session import ENGINES, RayConfig
+from policydistill.scale.ray_session import ENGINES, RayConfig, refuse_ray_keys
 from policydistill.suites import Suite
 
 log = logging.getLogger(__name__)
@@ -42,9 +42,8 @@ class TrainExpertsConfig:
         require_int("workers", self.workers)
         require_int("seed", self.seed, 0)
         require_choice("launcher", self.launcher, ENGINES)
-        if self.launcher == "local" and set_keys(self.ray):
-            raise ValueError(f"launcher=local does not read {', '.join('ray.' + k for k in set_keys(self.ray))}: "
-                             "the ray.* keys are read with launcher=ray")
+        if self.launcher == "local":
+            refuse_ray_keys(self.ray, "launcher")
 
 
 def train_experts(suite: Suite, cfg: ExpertConfig, out: str | Path, workers: int = 2, seed: int = 0,
@@ -54,10 +53,10 @@ def train_experts(suite: Suite, cfg: ExpertConfig, out: str | Path, workers: int
 
     ``launcher``: ``local`` (``workers`` processes) or ``ray`` (one Ray task per expert, see ``ray``)."""
     require_choice("launcher", launcher, ENGINES)
+    names = tasks or suite.task_names
+    todo = [suite.index(n) for n in names]  # unknown tasks are refused before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    names = tasks or suite.task_names
-    todo = [suite.index(n) for n in names]
     summary_path = out / "experts.json"
     summary: dict[str, Any] = {"suite": suite.name, "tasks": {}}
     if summary_path.exists():

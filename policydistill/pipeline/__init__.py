@@ -12,14 +12,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from policydistill.configs import require_choice, require_int, set_keys
-from policydistill.eval.report import Report, markdown_table
+from policydistill.configs import require_choice, require_int
 from policydistill.experts import ExpertConfig
 from policydistill.pipeline.diffusion import DiffusionStageConfig, stage_diffusion
 from policydistill.pipeline.experts import stage_experts, stage_task_blindness
 from policydistill.pipeline.generalist import GeneralistStageConfig, stage_distill
 from policydistill.pipeline.privileged import PrivilegedStageConfig, stage_privileged
-from policydistill.scale.ray_session import ENGINES, RayConfig
+from policydistill.scale.ray_session import ENGINES, RayConfig, refuse_ray_keys
 from policydistill.suites import load_suite
 
 log = logging.getLogger(__name__)
@@ -52,13 +51,14 @@ class PipelineConfig:
         require_int("workers", self.workers)
         require_int("episodes", self.episodes)
         require_choice("launcher", self.launcher, ENGINES)
-        if self.launcher == "local" and set_keys(self.ray):
-            raise ValueError(f"launcher=local does not read {', '.join('ray.' + k for k in set_keys(self.ray))}: "
-                             "the ray.* keys are read with launcher=ray")
+        if self.launcher == "local":
+            refuse_ray_keys(self.ray, "launcher")
 
 
 def run_pipeline(cfg: PipelineConfig) -> Path:
     """Run every stage on ``cfg.suite`` under ``cfg.out``; returns the path of report.md."""
+    from policydistill.eval.report import Report, markdown_table  # imports matplotlib: not at CLI start-up
+
     suite = load_suite(cfg.suite)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

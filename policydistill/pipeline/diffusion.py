@@ -12,22 +12,24 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 
 from policydistill.bundle import load_bundle
+from policydistill.configs import require_choice, require_int
 from policydistill.distill.diffusion import DiffusionConfig
-from policydistill.distill.onestep import OneStepConfig
+from policydistill.distill.onestep import ALGOS, OneStepConfig
 from policydistill.distill.runner import DistillConfig, distill
 from policydistill.eval.evaluate import evaluate
 from policydistill.eval.latency import chunk_latency
-from policydistill.eval.report import Report, markdown_table, save_figure
 from policydistill.files import atomic_write_json
 from policydistill.suites import Suite, load_suite, zoo_dir
 from policydistill.teachers import policies_for_suite
 from policydistill.types import stack_obs
+
+if TYPE_CHECKING:
+    from policydistill.eval.report import Report
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,12 @@ class DiffusionStageConfig:
         demos="mirror_routes", episodes_per_task=40, train_steps=6000))
     onestep: OneStepConfig = field(default_factory=lambda: OneStepConfig(
         steps=400, episodes_per_task=10, pairs=8192))
+
+    def __post_init__(self) -> None:
+        for algo in self.algos:
+            require_choice("diffusion.algos entry", algo, ALGOS)
+        require_int("diffusion.eval_episodes", self.eval_episodes)
+        require_int("diffusion.latency_calls", self.latency_calls)
 
 
 def compare(suite: Suite, policies: dict[str, Any], reference: str, episodes: int, seed: int,
@@ -85,6 +93,10 @@ def compare(suite: Suite, policies: dict[str, Any], reference: str, episodes: in
 
 def plot_onestep(path: Path, results: dict[str, Any]) -> Path:
     """Left: mean teacher-normalised score and success per policy. Right: batch-1 chunk latency (log)."""
+    import matplotlib.pyplot as plt
+
+    from policydistill.eval.report import save_figure
+
     names = list(results)
     x = np.arange(len(names))
     fig, axes = plt.subplots(1, 2, figsize=(13, 4))
@@ -106,6 +118,8 @@ def plot_onestep(path: Path, results: dict[str, Any]) -> Path:
 
 def stage_diffusion(cfg: Any, suite: Suite, out: Path, report: Report) -> None:
     """Diffusion policy -> one-step students on ``cfg.diffusion.suite``; adds the report section."""
+    from policydistill.eval.report import markdown_table
+
     stage = cfg.diffusion
     if not stage.enabled:
         return

@@ -4,17 +4,19 @@ video per task), and show whether the suite needs the task id (every expert on e
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from policydistill.eval.evaluate import evaluate, format_table
 from policydistill.eval.metrics import summarise
-from policydistill.eval.report import Report, markdown_table, plot_experts, read_curve
 from policydistill.eval.rollout import run_episodes
 from policydistill.experts import train_experts
 from policydistill.files import atomic_write_json
 from policydistill.policy import RandomPolicy
 from policydistill.suites import Suite
 from policydistill.teachers import policies_for_suite
+
+if TYPE_CHECKING:
+    from policydistill.eval.report import Report
 
 
 def random_policies(suite: Suite, seed: int) -> dict[str, RandomPolicy]:
@@ -29,6 +31,8 @@ def cross_task_success(suite: Suite, policies: dict[str, Any], episodes: int, se
 
 
 def stage_experts(cfg: Any, suite: Suite, out: Path, report: Report) -> dict[str, Any]:
+    from policydistill.eval.report import markdown_table, plot_experts, read_curve  # matplotlib: imported here
+
     experts = train_experts(suite, cfg.expert, out / "experts", workers=cfg.workers, seed=cfg.seed,
                             device=cfg.device, launcher=cfg.launcher, ray=cfg.ray)
     policies = policies_for_suite(out / "experts", suite, device=cfg.device)
@@ -57,6 +61,8 @@ def stage_experts(cfg: Any, suite: Suite, out: Path, report: Report) -> dict[str
 
 
 def stage_task_blindness(cfg: Any, suite: Suite, out: Path, report: Report) -> None:
+    from policydistill.eval.report import markdown_table
+
     if len(suite.tasks) < 2:
         return
     policies = policies_for_suite(out / "experts", suite, device=cfg.device)

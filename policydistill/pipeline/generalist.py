@@ -5,14 +5,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from policydistill.configs import require_int
 from policydistill.distill.dagger import DAggerConfig
 from policydistill.distill.runner import DistillConfig, distill
-from policydistill.eval.report import Report, markdown_table, plot_distill
 from policydistill.models.students import StudentConfig
 from policydistill.suites import Suite
 from policydistill.teachers import policies_for_suite
+
+if TYPE_CHECKING:
+    from policydistill.eval.report import Report
 
 
 @dataclass
@@ -24,9 +27,14 @@ class GeneralistStageConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
     eval_episodes: int = 10
 
+    def __post_init__(self) -> None:
+        require_int("distill.eval_episodes", self.eval_episodes)
+
 
 def stage_distill(cfg: Any, suite: Suite, out: Path, report: Report) -> None:
     """DAgger generalist (reads ``policy`` + ``task``) and, beside it, the same student without ``task``."""
+    from policydistill.eval.report import markdown_table, plot_distill  # matplotlib: imported here
+
     stage = cfg.distill
     teachers = policies_for_suite(out / "experts", suite, device=cfg.device)
     runs = {}

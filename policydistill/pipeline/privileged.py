@@ -13,15 +13,18 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from policydistill.configs import require_choice, require_int
 from policydistill.distill.dagger import DAggerConfig
 from policydistill.distill.predictability import predictability_of
 from policydistill.distill.runner import DistillConfig, distill
-from policydistill.eval.report import Report, markdown_table, plot_distill
-from policydistill.models.students import StudentConfig
+from policydistill.models.students import STUDENT_KINDS, StudentConfig
 from policydistill.suites import Suite, load_suite, zoo_dir
 from policydistill.teachers import policies_for_suite
+
+if TYPE_CHECKING:
+    from policydistill.eval.report import Report
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,12 @@ class PrivilegedStageConfig:
     updates_per_round: int = 600
     eval_episodes: int = 3
 
+    def __post_init__(self) -> None:
+        for kind in self.kinds:
+            require_choice("privileged.kinds entry", kind, STUDENT_KINDS)
+        for name in ("rounds", "episodes_per_task", "updates_per_round", "eval_episodes"):
+            require_int(f"privileged.{name}", getattr(self, name))
+
 
 def student_config(kind: str, groups: list[str]) -> StudentConfig:
     """Defaults per kind as ``configs/student/<kind>.yaml`` sets them (history students: one head layer)."""
@@ -49,6 +58,8 @@ def student_config(kind: str, groups: list[str]) -> StudentConfig:
 
 
 def stage_privileged(cfg: Any, suite: Suite, out: Path, report: Report) -> None:
+    from policydistill.eval.report import markdown_table, plot_distill  # matplotlib: imported here
+
     pcfg = cfg.privileged
     if not pcfg.enabled:
         return

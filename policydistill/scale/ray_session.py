@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from policydistill.configs import require_int, require_number
+from policydistill.configs import require_int, require_number, set_keys
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,15 @@ class RayConfig:
             require_int("ray.num_cpus", self.num_cpus)
 
 ENGINES = ("local", "ray")
+
+
+def refuse_ray_keys(ray: RayConfig, setting: str) -> None:
+    """A ValueError when ``ray`` sets any key: ``<setting>=local`` (``launcher``, ``collector``) does not read
+    the ray.* keys."""
+    keys = set_keys(ray)
+    if keys:
+        raise ValueError(f"{setting}=local does not read {', '.join('ray.' + k for k in keys)}: "
+                         f"the ray.* keys are read with {setting}=ray")
 
 
 def require_ray() -> Any:

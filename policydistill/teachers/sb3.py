@@ -31,6 +31,13 @@ log = logging.getLogger(__name__)
 SB3_ALGOS = ("ppo", "sac", "td3")
 
 
+def sb3_classes() -> dict[str, type]:
+    """The stable-baselines3 class of each of :data:`SB3_ALGOS` (the one table: experts train with it too)."""
+    from stable_baselines3 import PPO, SAC, TD3
+
+    return {"ppo": PPO, "sac": SAC, "td3": TD3}
+
+
 @dataclass
 class ImportSB3Config:
     """``policydistill import-sb3``: the SB3 ``model`` zip (+ its ``vecnormalize`` pickle; both unpickled: trusted
@@ -78,9 +85,7 @@ def _check_flatten(extractor: nn.Module, where: str) -> None:
 
 
 def _algo_of(model: Any) -> str:
-    from stable_baselines3 import PPO, SAC, TD3
-
-    for name, cls in (("ppo", PPO), ("sac", SAC), ("td3", TD3)):
+    for name, cls in sb3_classes().items():
         if isinstance(model, cls):
             return name
     raise _unsupported(f"algorithm {type(model).__name__}")
@@ -159,9 +164,15 @@ def policy_from_sb3(model: Any, observation_space: spaces.Dict, groups: Sequence
 
 def sb3_algo_of_zip(zip_path: str | Path) -> str:
     """Which of PPO/SAC/TD3 saved a zip, read from its JSON ``data`` entry (no unpickling)."""
-    with zipfile.ZipFile(zip_path) as z:
-        data = json.loads(z.read("data"))
-    module = str(data.get("policy_class", {}).get("__module__", ""))
+    try:
+        with zipfile.ZipFile(zip_path) as z:
+            data = json.loads(z.read("data"))
+    except (zipfile.BadZipFile, KeyError, ValueError) as e:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        why = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise ValueError(f"{zip_path} is not a stable-baselines3 model zip (a .zip with a JSON 'data' entry, as "
+                         f"model.save writes): {' '.join(str(why).split())}") from None
+    policy_class = data.get("policy_class") if isinstance(data, dict) else None
+    module = str(policy_class.get("__module__", "")) if isinstance(policy_class, dict) else ""
     for algo in ("sac", "td3"):
         if module.startswith(f"stable_baselines3.{algo}."):
             return algo
@@ -181,11 +192,9 @@ def import_sb3_zip(zip_path: str | Path, out: str | Path, observation_space: spa
     Loading an SB3 zip and a VecNormalize pickle unpickles them, which can run arbitrary code:
     use this only on files you trust. The bundle written is safe to load (no pickle).
     """
-    from stable_baselines3 import PPO, SAC, TD3
-
     zip_path = Path(zip_path)
     algo = (algo or sb3_algo_of_zip(zip_path)).lower()
-    classes = {"ppo": PPO, "sac": SAC, "td3": TD3}
+    classes = sb3_classes()
     if algo not in classes:
         raise ValueError(f"unknown SB3 algo '{algo}': expected one of {list(SB3_ALGOS)}")
     log.warning("unpickling %s: only import SB3 files you trust", zip_path)

@@ -37,7 +37,6 @@ from policydistill.models.diffusion import DiffusionPolicy
 from policydistill.models.onestep import OneStepPolicy
 from policydistill.policy import Policy
 
-ALGOS = ("dmd", "dmd_det", "consistency", "regression")
 PAIR_CHUNK = 1024
 READS = {
     "dmd": {"init_level", "reg_weight", "aux_lr", "aux_updates", "t_min", "t_max", "pairs", "teacher_steps"},
@@ -46,6 +45,7 @@ READS = {
     "regression": {"init_level", "pairs", "teacher_steps"},
 }
 """The keys each algorithm reads besides the common ones (``pairs``/``teacher_steps``: dmd with reg_weight > 0)."""
+ALGOS = tuple(READS)
 COMMON = {"algo", "steps", "lr", "batch_size", "episodes_per_task", "data", "checkpoint_every"}
 
 
@@ -151,6 +151,8 @@ class OneStepAlgorithm(Algorithm):
     uses_student = False
     not_read = "a one-step student has its teacher's network, groups and normalisers"
     variants: ClassVar[dict[str, type[OneStepAlgorithm]]] = {}
+    one_process: ClassVar[dict[str, str]] = {}
+    """Why a variant's algos (by name) cannot train on several processes (DDP); see :meth:`one_process_only`."""
 
     @classmethod
     def build(cls, cfg: OneStepConfig, ctx: Context) -> Algorithm:
@@ -163,6 +165,8 @@ class OneStepAlgorithm(Algorithm):
         self.optimizer = adam(self.student, cfg.lr)
         self.teacher_calls = 0
         self.data: ChunkWindows | None = None
+        self.k = cfg.teacher_steps or self.teacher.sampler["steps"]  # teacher DDIM steps of a pair
+        self.pairs: tuple[torch.Tensor, ...] | None = None  # (cond, z, teacher output), if prepare draws them
         self.rng = stream(ctx.seed, 0, 3)
 
     @property
@@ -174,11 +178,7 @@ class OneStepAlgorithm(Algorithm):
 
     @classmethod
     def one_process_only(cls, cfg: OneStepConfig) -> str | None:
-        if cfg.algo == "dmd":
-            return ("onestep algo 'dmd' trains its auxiliary score network for aux_updates steps with an optimiser of "
-                    "its own between generator steps, in one process; use nproc=1, or dmd_det, consistency or "
-                    "regression")
-        return None
+        return cls.variants[cfg.algo].one_process.get(cfg.algo)
 
     def reference(self) -> dict[str, Policy]:
         return dict.fromkeys(self.ctx.suite.task_names, self.teacher)

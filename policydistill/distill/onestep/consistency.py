@@ -26,6 +26,7 @@ from policydistill.data.batches import Batch
 from policydistill.distill.algorithm import Context
 from policydistill.distill.fit import Ema
 from policydistill.distill.onestep.base import OneStepAlgorithm, OneStepConfig
+from policydistill.models import freeze
 from policydistill.models.onestep import OneStepPolicy
 
 SIGMA_DATA = 0.5
@@ -38,6 +39,7 @@ class ConsistencyDistillation(OneStepAlgorithm):
         self.c_table = torch.as_tensor([self.c_skip(int(t)) for t in range(steps)], dtype=torch.float32,
                                        device=self.teacher.device)
         self.target: torch.nn.Module | None = None
+        self.target_ema: Ema | None = None
 
     def make_student(self) -> OneStepPolicy:
         steps = self.teacher.schedule.steps
@@ -56,7 +58,8 @@ class ConsistencyDistillation(OneStepAlgorithm):
 
     def prepare(self) -> None:
         if self.target is None:
-            self.target = copy.deepcopy(self.student.net).eval().requires_grad_(False)
+            self.target = freeze(copy.deepcopy(self.student.net))
+            self.target_ema = Ema(self.target, self.student.net, self.cfg.target_ema, warmup=False)
 
     def f(self, net: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """The consistency function at levels t (n,): x_t (n, H, A) -> clean chunk estimate (n, H, A)."""
@@ -69,7 +72,7 @@ class ConsistencyDistillation(OneStepAlgorithm):
         return {"interval": interval, "eps": self.teacher.noise_from(rng, n)}
 
     def student_loss(self, student: OneStepPolicy, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        self.prepare()
+        assert self.target is not None, "prepare() first"
         cond, x0 = self.teacher_view(batch)
         n = batch["interval"]
         t_hi, t_lo = self.grid[n + 1], self.grid[n]
@@ -85,7 +88,8 @@ class ConsistencyDistillation(OneStepAlgorithm):
         return loss, {"loss": loss.detach()}
 
     def after_step(self) -> None:
-        Ema(self.target, self.student.net, self.cfg.target_ema, warmup=False).update()
+        assert self.target_ema is not None
+        self.target_ema.update()
 
     def state_modules(self) -> dict[str, torch.nn.Module]:
         self.prepare()

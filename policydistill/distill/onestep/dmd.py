@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from policydistill.data.batches import Batch
 from policydistill.data.sampling import RowSampler
 from policydistill.distill.algorithm import Context
-from policydistill.distill.fit import Aux
+from policydistill.distill.fit import Aux, adam
 from policydistill.distill.onestep.base import OneStepAlgorithm, OneStepConfig, init_level
 from policydistill.models.onestep import OneStepPolicy
 
@@ -45,17 +45,19 @@ class DistributionMatching(OneStepAlgorithm):
     """``dmd``: DMD with an auxiliary score network and a stochastic generator; ``dmd_det``: the deterministic
     variant."""
 
+    one_process = {"dmd": "onestep algo 'dmd' trains its auxiliary score network for aux_updates steps with an "
+                          "optimiser of its own between generator steps, in one process; use nproc=1, or dmd_det, "
+                          "consistency or regression"}
+
     def __init__(self, cfg: OneStepConfig, ctx: Context) -> None:
         self.stochastic = cfg.algo == "dmd"
         super().__init__(cfg, ctx)
         steps = self.teacher.schedule.steps
         self.t_low, self.t_high = round(cfg.t_min * (steps - 1)), round(cfg.t_max * (steps - 1))
-        self.k = cfg.teacher_steps or self.teacher.sampler["steps"]
-        self.pairs: tuple[torch.Tensor, ...] | None = None
         self.aux_net = None
         if self.stochastic:
             self.aux_net = copy.deepcopy(self.teacher.denoiser).train().requires_grad_(True)
-            self.aux_opt = torch.optim.Adam(self.aux_net.parameters(), lr=cfg.aux_lr)
+            self.aux_opt = adam(self.aux_net, cfg.aux_lr)
 
     def make_student(self) -> OneStepPolicy:
         return OneStepPolicy.from_teacher(self.teacher, stochastic=self.stochastic,
@@ -73,7 +75,7 @@ class DistributionMatching(OneStepAlgorithm):
         device = self.teacher.device
         out = {"t": torch.as_tensor(rng.integers(self.t_low, self.t_high + 1, n), device=device),
                "eps": self.teacher.noise_from(rng, n)}
-        if self.student.stochastic:
+        if self.stochastic:
             out["z"] = self.teacher.noise_from(rng, n)
         if self.pairs is not None:
             out["pair"] = torch.as_tensor(rng.integers(0, len(self.pairs[0]), n), device=device)
@@ -106,9 +108,8 @@ class DistributionMatching(OneStepAlgorithm):
     def aux_loss(self, rng: np.random.Generator) -> torch.Tensor:
         """Diffusion loss of the auxiliary denoiser on the generator's current (detached) chunks, at levels
         uniform over all of the teacher's; its rows and noise drawn from ``rng``."""
-        _, take, _ = self.dataset()
         rows = torch.as_tensor(self._aux_rows(rng, self.cfg.batch_size), device=self.teacher.device)
-        batch = {**take(rows), **self.randoms(rng, self.cfg.batch_size)}
+        batch = {**self._aux_take(rows), **self.randoms(rng, self.cfg.batch_size)}
         cond, _ = self.teacher_view(batch)
         with torch.no_grad():
             a = self.student.generate(cond, batch.get("z"))
@@ -122,7 +123,7 @@ class DistributionMatching(OneStepAlgorithm):
         that it follows the generator (at the start it equals the teacher: no signal yet)."""
         if self.aux_net is None:
             return None
-        n, _, weights = self.dataset()
+        n, self._aux_take, weights = self.dataset()
         self._aux_rows = RowSampler(n, weights)
         return Aux(self.aux_net, self.aux_loss, self.aux_opt, self.cfg.aux_lr, self.cfg.aux_updates)
 

@@ -16,17 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from policydistill.data.batches import Batch, take_rows
-from policydistill.distill.algorithm import Context
-from policydistill.distill.onestep.base import OneStepAlgorithm, OneStepConfig, init_level
+from policydistill.distill.onestep.base import OneStepAlgorithm, init_level
 from policydistill.models.onestep import OneStepPolicy
 
 
 class Regression(OneStepAlgorithm):
-    def __init__(self, cfg: OneStepConfig, ctx: Context) -> None:
-        super().__init__(cfg, ctx)
-        self.k = cfg.teacher_steps or self.teacher.sampler["steps"]
-        self.pairs: tuple[torch.Tensor, ...] | None = None
-
     def make_student(self) -> OneStepPolicy:
         return OneStepPolicy.from_teacher(self.teacher, stochastic=True, level=init_level(self.teacher, self.cfg))
 
