@@ -15,6 +15,7 @@ from policydistill.cli import compose_config, main
 from policydistill.data.chunks import chunk_windows
 from policydistill.data.shards import EpisodeStore
 from policydistill.distill.algorithm import Context
+from policydistill.distill.collect import collect
 from policydistill.distill.fit import fit
 from policydistill.distill.onestep import ALGOS, OneStepAlgorithm, OneStepConfig
 from policydistill.distill.runner import distill
@@ -27,6 +28,7 @@ from policydistill.models.students import StudentConfig
 from policydistill.policy import RandomPolicy
 from policydistill.suites import load_suite, suite_from_dict
 from policydistill.teachers import policies_for_suite
+from policydistill.teachers.bank import TeacherBank
 from policydistill.teachers.routes import EpisodeMixture, MirroredPolicy, mirror_routes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,6 +62,16 @@ def test_diffusion_run_writes_bundle_episodes_and_summary(teacher_run, default_s
     assert row["dataset_steps"] == store.steps and np.isfinite(row["loss"]) and row["updates"] == 40
     assert set(row["tasks"]) == set(default_suite.task_names)
     assert not torch.equal(policy.obs_normalizer.var, torch.ones_like(policy.obs_normalizer.var))
+
+
+def test_collection_steps_a_chunk_policy_on_every_step_even_where_the_teacher_acts(teacher_run, default_suite):
+    """A chunk policy keeps an observation history and an action queue: collection must call it on every step
+    (beta 1: the teacher executes every action), or its history and queue go stale."""
+    policy = load_bundle(teacher_run / "student", device="cpu")
+    bank = TeacherBank([goal_seeker() for _ in default_suite.tasks])
+    records = collect(default_suite, [0], bank, policy, 1.0, 1, 1, seed=3, rng=np.random.default_rng(0))
+    assert not records[0].steps["actor"].any()  # the teacher acted on every step
+    assert policy._history is not None and policy._left.shape == (1,)  # yet the policy observed each step
 
 
 def test_mirror_routes_mix_two_ways_per_episode(default_suite) -> None:

@@ -45,6 +45,8 @@ def _positive_int(name: str, value: Any) -> int:
 class ChunkPolicy(TorchPolicy):
     """Observation history, action queue, normalisers and the Policy protocol of a chunk policy."""
 
+    stateful = True  # its history and queue advance every step: collection calls it on every step
+
     def __init__(self, groups: Sequence[str], observation_space: spaces.Dict, action_space: spaces.Box,
                  n_obs_steps: int = 2, horizon: int = 16, n_action_steps: int = 4, seed: int = 0) -> None:
         super().__init__()
