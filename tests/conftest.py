@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tqdm import tqdm
 
 from policydistill.cli import main
 from policydistill.eval.video import configure_headless_gl
@@ -59,6 +61,8 @@ def tiny_experts(tmp_path_factory) -> Path:
 
 def _quiet_main(argv: list[str]) -> None:
     os.setsid()
+    # tqdm's write lock is a semaphore shared with the parent; a SIGKILL while holding it would block the parent
+    tqdm.set_lock(threading.RLock())
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
