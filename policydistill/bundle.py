@@ -3,7 +3,13 @@
 ``policy.json`` holds the schema version, the policy class (from the allow-list
 :data:`POLICY_CLASSES`), its config (spaces, observation groups in reading order, normalisation,
 action post-processing), the control period, the caller's meta (training config, ...), the library
-versions and the sha256 of ``model.safetensors``.
+versions, the sha256 of ``model.safetensors`` and ``bundle_sha256``: the sha256 of the rest of
+``policy.json`` as canonical JSON (sorted keys, no spaces, ASCII), which holds the weights' hash, so
+one hash covers the whole bundle. Schema 1 bundles (no ``bundle_sha256``) still load, with a warning.
+
+A load verifies both hashes, reads the shapes in the safetensors header, builds the policy under an
+element budget (twice the header's element count plus 4M) so a config asking for more refuses before
+allocating it, compares the built shapes with the header and only then reads the tensors.
 
 A save builds the bundle in a sibling temp dir, fsyncs it, renames an existing bundle aside
 (``.<name>.old``), renames the new one in and removes the old one; a kill at any moment leaves the
@@ -13,9 +19,11 @@ One writer per bundle path at a time.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -25,14 +33,17 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar, overload
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from torch.overrides import TorchFunctionMode
 
 import policydistill
-from policydistill.files import file_sha256
+from policydistill.files import file_mode, file_sha256
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+BUNDLE_HASH = "bundle_sha256"
 POLICY_JSON = "policy.json"
 WEIGHTS = "model.safetensors"
 _BUNDLE_FILES = {POLICY_JSON, WEIGHTS}
@@ -125,6 +136,11 @@ def library_versions() -> dict[str, str | None]:
     return out
 
 
+def bundle_sha256(doc: dict[str, Any]) -> str:
+    """The sha256 of ``policy.json``'s content without :data:`BUNDLE_HASH`, as canonical JSON."""
+    rest = {k: v for k, v in doc.items() if k != BUNDLE_HASH}
+    text = json.dumps(rest, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -192,8 +208,10 @@ def save_bundle(policy: Any, path: str | Path, meta: dict[str, Any] | None = Non
     tmp.mkdir()
     try:
         save_file(tensors, str(tmp / WEIGHTS), metadata={"policy_class": name})
+        os.chmod(tmp / WEIGHTS, file_mode())  # safetensors writes 0600
         _fsync(tmp / WEIGHTS)
         doc["weights"]["sha256"] = file_sha256(tmp / WEIGHTS)
+        doc[BUNDLE_HASH] = bundle_sha256(doc)
         with open(tmp / POLICY_JSON, "w") as f:
             f.write(json.dumps(doc, indent=2, allow_nan=False) + "\n")
             f.flush()
@@ -245,13 +263,93 @@ def read_bundle_info(path: str | Path) -> dict[str, Any]:
             raise BundleError(f"{file}: missing or invalid '{key}' (expected {kind.__name__})")
     if not isinstance(doc["weights"].get("sha256"), str):
         raise BundleError(f"{file}: missing weights.sha256")
+    if version >= 2 and not isinstance(doc.get(BUNDLE_HASH), str):
+        raise BundleError(f"{file}: missing {BUNDLE_HASH}")
     return doc
+
+
+def _verify_json(file: Path, doc: dict[str, Any]) -> None:
+    """Refuse a ``policy.json`` edited after saving (schema 1 has no hash over it: a warning)."""
+    if doc["schema_version"] < 2:
+        log.warning("%s: schema_version 1 bundle, policy.json is not covered by a hash; load it and save it "
+                    "again to add one", file)
+    elif bundle_sha256(doc) != doc[BUNDLE_HASH]:
+        raise BundleError(f"{file}: content does not match its {BUNDLE_HASH} (edited after saving; a changed "
+                          f"config must be saved with save_bundle)")
+
+
+def _header_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes from the safetensors header (no tensor data is read)."""
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            names = f.keys()
+            return {k: tuple(f.get_slice(k).get_shape()) for k in names}
+    except Exception as e:  # safetensors raises its own error types
+        raise BundleError(f"{weights}: unreadable safetensors file ({e})") from e
+
+
+class _ElementBudget(TorchFunctionMode):
+    """Refuse torch tensor factories once they would allocate more than ``budget`` elements in total."""
+
+    SIZED = (torch.empty, torch.zeros, torch.ones, torch.full, torch.rand, torch.randn, torch.empty_strided)
+
+    def __init__(self, held: int, what: str) -> None:
+        super().__init__()
+        self.held, self.budget, self.what, self.used = held, 2 * held + (1 << 22), what, 0
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        n = self._numel(func, args, kwargs)
+        if n is not None:
+            self.used += n
+            if self.used > self.budget:
+                raise BundleError(f"{self.what} asks for more than {self.budget} tensor elements (one tensor of "
+                                  f"{n}) while {WEIGHTS} holds {self.held}: refused before allocating them")
+        return func(*args, **kwargs)
+
+    @classmethod
+    def _numel(cls, func: Any, args: tuple, kwargs: dict[str, Any]) -> int | None:
+        try:
+            if func in cls.SIZED:
+                size = kwargs.get("size", args[0] if args and isinstance(args[0], (tuple, list)) else args)
+                return math.prod(int(s) for s in size)
+            if func in (torch.linspace, torch.logspace):
+                return int(kwargs.get("steps", args[2] if len(args) > 2 else 0))
+            if func is torch.arange:
+                names = ("end",) if len(args) == 1 else ("start", "end", "step")
+                given = dict(zip(names, args[:3], strict=False)) | kwargs
+                start, end, step = (float(given.get(k, d)) for k, d in (("start", 0), ("end", 0), ("step", 1)))
+                return max(0, math.ceil((end - start) / step))
+            if func is torch.eye:
+                return int(args[0]) * int(args[1] if len(args) > 1 else args[0])
+        except (TypeError, ValueError, IndexError, ZeroDivisionError, OverflowError):
+            return None
+        return None
+
+
+def _check_box_sizes(node: Any, budget: int, file: Path) -> None:
+    """Refuse a Box in the config with more elements than ``budget`` (its bounds would be allocated)."""
+    if isinstance(node, dict):
+        if node.get("type") == "Box" and isinstance(node.get("shape"), list):
+            try:
+                n = math.prod(int(s) for s in node["shape"])
+            except (TypeError, ValueError, OverflowError):
+                n = 0
+            if n > budget:
+                raise BundleError(f"{file}: a Box of shape {node['shape']} has more elements than the weights "
+                                  f"hold ({budget} at most)")
+        for v in node.values():
+            _check_box_sizes(v, budget, file)
+    elif isinstance(node, list):
+        for v in node:
+            _check_box_sizes(v, budget, file)
 
 
 def load_bundle(path: str | Path, device: str | torch.device = "auto", frozen: bool = True) -> Any:
     """Load, verify and build the policy of a bundle (eval mode; weights frozen unless ``frozen=False``)."""
     path = Path(path)
     doc = read_bundle_info(path)
+    _verify_json(path / POLICY_JSON, doc)
     cls = policy_class(doc["policy_class"])
     weights = path / WEIGHTS
     if not weights.is_file():
@@ -260,23 +358,28 @@ def load_bundle(path: str | Path, device: str | torch.device = "auto", frozen: b
     if sha != doc["weights"]["sha256"]:
         raise BundleError(f"{weights}: sha256 {sha[:16]}… does not match {doc['weights']['sha256'][:16]}… "
                           f"recorded in {POLICY_JSON} (truncated or modified weights)")
+    shapes = _header_shapes(weights)
+    budget = _ElementBudget(sum(math.prod(s) for s in shapes.values()), f"{path / POLICY_JSON}: the config")
+    _check_box_sizes(doc["config"], budget.budget, path / POLICY_JSON)
+    try:
+        with budget:
+            policy = cls.from_config(doc["config"], device=device)
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, BundleError):
+            raise
+        raise BundleError(f"{path / POLICY_JSON}: config does not build a {doc['policy_class']}: {e}") from e
+    expected = policy.state_dict()
+    missing, extra = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
+    if missing or extra:
+        raise BundleError(f"{weights}: tensors do not match the {doc['policy_class']} config: "
+                          f"missing {missing}, unexpected {extra}")
+    wrong = [f"{k} {s} != {tuple(expected[k].shape)}" for k, s in shapes.items() if s != tuple(expected[k].shape)]
+    if wrong:
+        raise BundleError(f"{weights}: tensor shapes do not match the config: {wrong}")
     try:
         tensors = load_file(str(weights))
     except Exception as e:  # safetensors raises its own error types
         raise BundleError(f"{weights}: unreadable safetensors file ({e})") from e
-    try:
-        policy = cls.from_config(doc["config"], device=device)
-    except (KeyError, TypeError, ValueError) as e:
-        raise BundleError(f"{path / POLICY_JSON}: config does not build a {doc['policy_class']}: {e}") from e
-    expected = policy.state_dict()
-    missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    if missing or extra:
-        raise BundleError(f"{weights}: tensors do not match the {doc['policy_class']} config: "
-                          f"missing {missing}, unexpected {extra}")
-    wrong = [f"{k} {tuple(v.shape)} != {tuple(expected[k].shape)}" for k, v in tensors.items()
-             if v.shape != expected[k].shape]
-    if wrong:
-        raise BundleError(f"{weights}: tensor shapes do not match the config: {wrong}")
     bad = _non_finite(tensors)
     if bad:
         raise BundleError(f"{weights}: non-finite values in tensors {bad}")

@@ -31,6 +31,24 @@ def require_number(name: str, value: Any, low: float = -math.inf, high: float = 
     return float(value)
 
 
+def require_lr(name: str, value: Any) -> float:
+    """A learning rate: a finite number in (0, 1] (larger steps only diverge), else a ValueError."""
+    return require_number(name, value, 0.0, 1.0, low_open=True)
+
+
+def require_device(value: Any) -> str:
+    """``value`` if it names a device (``auto``, ``cpu``, ``cuda``, ``cuda:<i>``, ...), else a ValueError. Whether
+    the device is there is checked where it is used."""
+    import torch
+
+    try:
+        if not isinstance(value, str) or (value != "auto" and torch.device(value) is None):
+            raise ValueError
+    except (RuntimeError, ValueError):
+        raise ValueError(f"unknown device {value!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:<i>'") from None
+    return value
+
+
 def require_choice(name: str, value: Any, choices: Sequence[str]) -> str:
     """``value`` if it is one of ``choices``, else a ValueError listing them."""
     if value not in choices:

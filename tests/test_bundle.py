@@ -165,7 +165,7 @@ def test_bundle_round_trip_is_identical(post, tmp_path):
     assert (lab.std is None) == (post != "clip")
 
     info = read_bundle_info(path)
-    assert info["schema_version"] == 1 and info["policy_class"] == "MLPPolicy"
+    assert info["schema_version"] == 2 and info["policy_class"] == "MLPPolicy"
     assert info["control_period"] == 0.02 and info["meta"] == {"training": {"algo": "bc", "lr": 3e-4},
                                                                "task": "north"}
     assert info["groups"] == ["privileged", "policy"]
@@ -222,9 +222,14 @@ def test_registered_policy_class_round_trips(tmp_path):
 
 # ---- bundle verification -----------------------------------------------------------------------
 
-def _edit_json(path: Path, fn) -> None:
+def _edit_json(path: Path, fn, rehash: bool = True) -> None:
+    """Edit policy.json; ``rehash`` records the new content's hash, as a consistent but wrong bundle would."""
     doc = json.loads((path / "policy.json").read_text())
     fn(doc)
+    if rehash:
+        rest = {k: v for k, v in doc.items() if k != "bundle_sha256"}
+        text = json.dumps(rest, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        doc["bundle_sha256"] = hashlib.sha256(text.encode()).hexdigest()
     (path / "policy.json").write_text(json.dumps(doc))
 
 

@@ -38,7 +38,8 @@ def test_summary_bundles_curves_and_logs(trained):
 def test_rerun_skips_finished_tasks(trained):
     before = (trained / "north" / "result.json").stat().st_mtime_ns
     t0 = time.perf_counter()
-    assert main(["train-experts", "suite=default", f"out={trained}", "tasks=[north]", "expert.total_steps=2048"]) == 0
+    args = ["train-experts", "suite=default", f"out={trained}", "tasks=[north]", "expert.total_steps=2048", *TINY]
+    assert main(args) == 0
     assert time.perf_counter() - t0 < 15
     assert (trained / "north" / "result.json").stat().st_mtime_ns == before
 
@@ -66,7 +67,7 @@ def test_bundle_acts_exactly_like_the_sb3_model(trained):
 
 def test_mismatched_suite_in_out_dir_is_refused(trained, caplog):
     assert main(["train-experts", "suite=locomotion", f"out={trained}"]) == 2
-    assert "holds experts of suite 'default'" in caplog.text
+    assert "refusing to resume it: " in caplog.text and "suite: default -> locomotion" in caplog.text
 
 
 def test_killed_training_resumes_from_its_checkpoint(tmp_path):
@@ -77,7 +78,7 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path):
                  lambda: index.exists() and read_json(index)["env_steps"] >= 2048)
     killed_at = read_json(index)["env_steps"]
     assert not (out / "south" / "result.json").exists()
-    assert main([*args, f"expert.total_steps={killed_at + 1024}"]) == 0
+    assert main([*args, f"expert.total_steps={killed_at + 1024}", "resume=extend"]) == 0
     result = read_json(out / "south" / "result.json")
     assert result["resumed_from"] == [killed_at]
     assert killed_at + 1024 <= result["env_steps"] < killed_at + 2 * 1024

@@ -1,7 +1,7 @@
 """Kickstarting (``method=kickstart``): stable-baselines3's PPO plus the distillation term, on two default-suite
 tasks with real envs and the committed PPO experts."""
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -115,7 +115,7 @@ def test_a_rerun_resumes_with_the_critic_and_optimiser(runs, two_tasks, tmp_path
 
     out = tmp_path / "kd"
     shutil.copytree(runs["out"] / "kd", out)
-    resumed = distill(quick(out, rounds=3), two_tasks, runs["teachers"])
+    resumed = distill(replace(quick(out, rounds=3), resume="extend"), two_tasks, runs["teachers"])
     assert resumed["rounds"][:2] == runs["kd"]["rounds"] and len(resumed["rounds"]) == 3
     assert resumed["rounds"][2]["env_steps"] == 3 * 800 and resumed["rounds"][2]["info"]["kd_weight"] == \
         pytest.approx(0.49)

@@ -38,7 +38,9 @@ def test_faulty_env_episodes_are_dropped_and_the_run_goes_on(fault, reason):
     dropped = [e for e in eps if e.error]
     assert [e.seed for e in dropped] == [1, 3, 5] and all(reason in e.error for e in dropped)
     stats = summarise(eps)
-    assert stats["episodes"] == 3 and stats["return_mean"] == 5.0 and len(stats["dropped"]) == 3
+    # dropped episodes count as failures, with the 2 rewards before the fault
+    assert stats["episodes"] == 6 and stats["dropped"] == 3 and stats["success_rate"] == 0.5
+    assert stats["return_mean"] == (3 * 5.0 + 3 * 2.0) / 6
 
 
 def test_metrics():

@@ -73,7 +73,7 @@ def test_two_processes_match_one_process(runs, kind, tmp_path, monkeypatch):
             "nproc=2"]
     if kind == "dagger":
         assert main([*args, "updates=20"]) == 0
-    assert main([*args, "updates=40"]) == 0
+    assert main([*args, "updates=40", "resume=extend"]) == 0
     two = read_json(tmp_path / "two" / "train_student.json")
     assert (one["world_size"], two["world_size"], two["method"]) == (1, 2, one["method"])
     assert two["resumed_from"] == (20 if kind == "dagger" else 0)
@@ -82,8 +82,8 @@ def test_two_processes_match_one_process(runs, kind, tmp_path, monkeypatch):
     assert gap < WEIGHT_TOLERANCE and moved > 100 * gap  # trained far more than the two runs differ
     assert two["final_loss"] == pytest.approx(one["final_loss"], rel=1e-3)
     files = sorted(str(p.relative_to(tmp_path / "two")) for p in (tmp_path / "two").rglob("*") if p.is_file())
-    assert [f for f in files if not f.startswith("tb/")] == ["bundle/model.safetensors", "bundle/policy.json",
-                                                            "checkpoint.pt", "train_student.json"]
+    assert [f for f in files if not f.startswith("tb/")] == [".lock", "bundle/model.safetensors", "bundle/policy.json",
+                                                            "checkpoint.pt", "run.json", "train_student.json"]
     events = [f for f in files if f.startswith("tb/")]  # rank 0 alone logged: one event file per invocation
     assert len(events) == (2 if kind == "dagger" else 1) and all(f.startswith("tb/events") for f in events)
 
@@ -93,7 +93,7 @@ def test_a_rerun_resumes_exactly_from_the_last_checkpoint(runs, tmp_path):
     cfg = TrainStudentConfig(run=str(runs["dagger"]), updates=30, batch_size=16, checkpoint_every=10)
     straight = train_student(dataclasses.replace(cfg, out=str(tmp_path / "straight")))
     train_student(dataclasses.replace(cfg, out=str(tmp_path / "resumed"), updates=20))
-    resumed = train_student(dataclasses.replace(cfg, out=str(tmp_path / "resumed")))
+    resumed = train_student(dataclasses.replace(cfg, out=str(tmp_path / "resumed"), resume="extend"))
     assert straight["resumed_from"] == 0 and resumed["resumed_from"] == 20
     a, b = _weights(tmp_path / "straight" / "bundle"), _weights(tmp_path / "resumed" / "bundle")
     assert all(torch.equal(a[k], b[k]) for k in a) and _max_diff(a, _weights(runs["dagger"] / "student")) > 0

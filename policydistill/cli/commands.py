@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from policydistill.distill.retrain import TrainStudentConfig, check_run, train_student
+from policydistill.distill.retrain import TrainStudentConfig, check_run, locked, output_folder, train_student
 from policydistill.distill.runner import DistillConfig, distill
 from policydistill.eval.evaluate import EvaluateConfig, evaluate, format_table
 from policydistill.eval.video import check_renderable
 from policydistill.experts import TrainExpertsConfig, train_experts
-from policydistill.files import atomic_write_json, read_json
+from policydistill.files import atomic_write_json, check_writable, read_json
 from policydistill.pipeline import PipelineConfig, run_pipeline
 from policydistill.runtime.export import ExportConfig
 from policydistill.runtime.run import RunConfig
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 def train_experts_cmd(cfg: TrainExpertsConfig, overrides: list[str]) -> dict[str, Any]:
     suite = load_suite(cfg.suite)
     summary = train_experts(suite, cfg.expert, cfg.out, workers=cfg.workers, seed=cfg.seed, device=cfg.device,
-                            tasks=cfg.tasks, launcher=cfg.launcher, ray=cfg.ray)
+                            tasks=cfg.tasks, launcher=cfg.launcher, ray=cfg.ray, resume=cfg.resume)
     for name, r in summary["tasks"].items():
         log.info("%-12s %s %7d steps %6.0f s  return %8.2f ± %.2f  success %.2f", name, r["algo"],
                  r["env_steps"], r["wall_time_s"], r["return_mean"], r["return_std"], r["success_rate"])
@@ -42,6 +42,8 @@ def train_experts_cmd(cfg: TrainExpertsConfig, overrides: list[str]) -> dict[str
 
 
 def evaluate_cmd(cfg: EvaluateConfig, overrides: list[str]) -> dict[str, Any]:
+    if cfg.out:
+        check_writable(cfg.out, "file")
     suite = load_suite(cfg.suite)
     if cfg.video:
         check_renderable(suite)
@@ -78,14 +80,14 @@ def import_sb3_cmd(cfg: ImportSB3Config, overrides: list[str]) -> dict[str, Any]
 
     suite = load_suite(cfg.suite)
     task = cfg.task or suite.task_names[0]
-    obs_space = suite.spaces[suite.index(task)][0]
+    obs_space, action_space = suite.spaces[suite.index(task)]
     try:
         obs_space = spaces.Dict(select_groups(obs_space.spaces, cfg.groups))
     except KeyError as e:
         raise ValueError(f"groups={list(cfg.groups)} does not fit task '{task}' of suite '{suite.name}': "
                          f"{e.args[0]}") from None
     path = import_sb3_zip(cfg.model, cfg.out, obs_space, cfg.groups, vecnormalize_path=cfg.vecnormalize,
-                          algo=cfg.algo)
+                          algo=cfg.algo, action_space=action_space, trust_pickle=cfg.trust_pickle)
     log.info("imported %s as bundle %s (task %s of suite %s)", cfg.model, path, task, suite.name)
     return {"bundle": str(path)}
 
@@ -106,6 +108,8 @@ def run_cmd(cfg: RunConfig, overrides: list[str]) -> dict[str, Any]:
     from policydistill.runtime.loop import format_stats
     from policydistill.runtime.run import run_policy
 
+    if cfg.out:
+        check_writable(cfg.out, "file")
     options = asdict(cfg.runtime)
     budget = options.pop("latency_budget_ms")
     options["latency_budget_s"] = None if budget is None else budget / 1e3
@@ -119,6 +123,10 @@ def run_cmd(cfg: RunConfig, overrides: list[str]) -> dict[str, Any]:
     if cfg.out:
         atomic_write_json(cfg.out, {"config": asdict(cfg), **stats})
         log.info("wrote %s", cfg.out)
+    stopped = stats["controller"]["stopped"]
+    if stopped:
+        raise RuntimeError(f"the controller stopped safely at tick {stopped['tick']} after "
+                           f"{stopped['consecutive_faults']} policy faults in a row (last: {stopped['last_fault']})")
     return {"p99_us": stats["latency"]["p99_us"], "misses": stats["deadline_misses"]}
 
 
@@ -134,9 +142,9 @@ def train_student_cmd(cfg: TrainStudentConfig, overrides: list[str]) -> dict[str
     """One process (``nproc=1``, or a rank under torchrun), else N processes launched through torchrun."""
     if cfg.nproc > 1 and not under_torchrun():
         check_run(Path(cfg.run), cfg.nproc)
-        launch("train-student", overrides, cfg.nproc)
-        out = Path(cfg.out) if cfg.out else Path(cfg.run) / "student_ddp"
-        summary = read_json(out / "train_student.json")
+        with locked(cfg):
+            launch("train-student", overrides, cfg.nproc)
+        summary = read_json(output_folder(cfg) / "train_student.json")
     else:
         summary = train_student(cfg)
     return {"loss": summary["final_loss"], "world_size": summary["world_size"]}
@@ -162,7 +170,7 @@ COMMANDS: dict[str, Command] = {
                        "teacher-student distillation: method=bc|dagger|onpolicy|kickstart|diffusion|onestep "
                        "suite=<name> teachers=<dir> out=<dir>"),
     "import-sb3": Command(ImportSB3Config, import_sb3_cmd,
-                          "turn a trusted SB3 .zip (+ VecNormalize .pkl) into a bundle"),
+                          "turn an SB3 .zip (+ VecNormalize .pkl) into a bundle, without unpickling"),
     "run": Command(RunConfig, run_cmd,
                    "fixed-rate control loop on a simulated robot: policy=<bundle|.onnx|.pt> suite=<name> rate_hz=<f>"),
     "export": Command(ExportConfig, export_cmd,

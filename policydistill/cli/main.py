@@ -116,6 +116,11 @@ def _config_error(command: str, e: Exception, overrides: list[str]) -> ConfigErr
         valid = sorted(METHODS) if group == "method" else \
             sorted(p.stem for p in Path(str(resources.files("policydistill_configs") / group)).glob("*.yaml"))
         return ConfigError(f"unknown {group} '{name}'; expected one of {valid}")
+    lexer = re.search(r"LexerNoViableAltException: (\S+?)=(\S*)", text)
+    if lexer:
+        key, value = lexer.groups()
+        return ConfigError(f"cannot read '{key}={value}': a value with spaces or characters other than letters, "
+                           f"digits and _-./ must be quoted, as {key}='{value}'")
     return ConfigError(f"invalid config for '{command}': {' '.join(text.split())}")
 
 
@@ -186,7 +191,8 @@ def run_sweep(command: str, overrides: list[str]) -> int:
 
 
 def _one_line(e: BaseException) -> str:
-    return " ".join(str(e.args[0] if e.args else e).split())
+    text = str(e) if isinstance(e, OSError) or len(e.args) != 1 else str(e.args[0])
+    return " ".join(text.split())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,4 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, KeyError, FileNotFoundError) as e:
         log.error("%s", _one_line(e))
         return 2
+    except (FloatingPointError, RuntimeError, OSError) as e:  # the work failed: diverged, a worker died, a disk
+        log.error("%s failed: %s", command, _one_line(e))
+        return 1
     return 0

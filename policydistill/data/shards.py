@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from policydistill.files import atomic_write_bytes, atomic_write_json, read_json
+from policydistill.files import atomic_write_bytes, atomic_write_json, is_temp, read_json
 from policydistill.types import GROUPS, check_groups
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ class ShardWriter:
         self.shard_steps = shard_steps
         self.root.mkdir(parents=True, exist_ok=True)
         if not (self.root / MANIFEST).exists():
-            if any(not p.name.endswith(".tmp") for p in self.root.iterdir()):
+            if any(not is_temp(p.name) for p in self.root.iterdir()):
                 raise ShardError(f"refusing to write episodes into {self.root}: it is not empty and has no {MANIFEST}")
             atomic_write_json(self.root / MANIFEST, _empty_manifest())
         manifest = read_manifest(self.root)
@@ -225,7 +225,7 @@ class ShardWriter:
         """Remove temp files and shards the manifest does not list (left by a killed write or eviction)."""
         listed = {s["file"] for s in manifest["shards"]}
         for p in self.root.iterdir():
-            temp = p.name.startswith(".") and p.name.endswith(".tmp")
+            temp = is_temp(p.name)
             if temp or (_SHARD_RE.match(p.name) and p.name not in listed):
                 log.warning("removing %s left by an interrupted write or eviction", p)
                 p.unlink(missing_ok=True)
@@ -381,12 +381,16 @@ class EpisodeStore:
     """Read the episodes of the store at ``root`` as listed by its manifest when opened.
 
     Each shard's sha256 is checked the first time it is read; a changed or missing shard is a
-    :class:`ShardError` naming the file.
+    :class:`ShardError` naming the file. ``max_round``: see only the episodes of rounds up to it (a run's
+    finished rounds, when a round in progress has stored its collection).
     """
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, max_round: int | None = None) -> None:
         self.root = Path(root)
         self.manifest = read_manifest(self.root)
+        if max_round is not None:
+            self.manifest["shards"] = [s for s in self.manifest["shards"]
+                                       if all(m["round"] <= max_round for m in s["episodes"])]
         self.fields: dict[str, dict[str, Any]] = self.manifest["fields"]
         self._verified: set[str] = set()
         self._episodes: list[Meta] = []

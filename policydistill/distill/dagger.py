@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from policydistill.configs import refuse_unread, require_int, require_number
+from policydistill.configs import refuse_unread, require_int, require_lr, require_number
 from policydistill.data.shards import EpisodeStore
 from policydistill.distill.algorithm import Algorithm, Context, FitWith
 from policydistill.distill.collect import CollectPlan, teacher_has_std
@@ -65,7 +65,7 @@ class FitFields:
             raise ValueError(f"unknown loss '{self.loss}'; losses: {sorted(LOSSES)}")
         require_int("updates_per_round", self.updates_per_round)
         require_int("batch_size", self.batch_size)
-        require_number("lr", self.lr, 0.0, low_open=True)
+        require_lr("lr", self.lr)
 
     def fit_config(self, steps: int | None = None, lr: float | None = None) -> FitConfig:
         return FitConfig(steps=steps or self.updates_per_round, lr=lr or self.lr,

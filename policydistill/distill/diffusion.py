@@ -17,7 +17,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from policydistill.configs import refuse_unread, require_choice, require_int, require_ints, require_number
+from policydistill.configs import refuse_unread, require_choice, require_int, require_ints, require_lr, require_number
 from policydistill.data.batches import RowBatches
 from policydistill.data.chunks import chunk_windows
 from policydistill.data.shards import EpisodeStore
@@ -94,7 +94,7 @@ class DiffusionConfig(ScheduleFields, DiffusionFields):
             require_int(f"method.{name}", getattr(self, name))
         require_ints("method.hidden", self.hidden)
         require_ints("method.channels", self.channels)
-        require_number("method.lr", self.lr, 0.0, low_open=True)
+        require_lr("method.lr", self.lr)
         require_number("method.ema_decay", self.ema_decay, 0.0, 1.0)
         denoiser = {"hidden"} if self.denoiser == "mlp" else {"channels", "kernel_size"}
         others = set(DiffusionFields.__dataclass_fields__) - {"hidden", "channels", "kernel_size"}

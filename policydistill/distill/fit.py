@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from policydistill.configs import require_choice, require_int, require_number
+from policydistill.configs import require_choice, require_int, require_lr, require_number
 from policydistill.data.batches import Batch, BatchSource
 from policydistill.files import atomic_write_bytes
 
@@ -58,7 +58,7 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         require_int("steps", self.steps, 0)
-        require_number("lr", self.lr, 0.0, low_open=True)
+        require_lr("lr", self.lr)
         require_choice("lr schedule", self.lr_schedule, LR_SCHEDULES)
         require_int("warmup_steps", self.warmup_steps, 0)
         require_number("final_lr", self.final_lr, 0.0, 1.0)
@@ -200,9 +200,11 @@ def save_torch(path: str | Path, obj: object) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _save(path: Path, job: FitJob, step: int, rng: np.random.Generator, losses: list[float]) -> None:
+def _save(path: Path, job: FitJob, step: int, rng: np.random.Generator, losses: list[float],
+          history: list[dict[str, float]]) -> None:
     state = {"step": step, "model": _finite_state(job.model, "the model", step),
              "optimizer": job.optimizer.state_dict(), "rng": rng.bit_generator.state, "losses": losses,
+             "history": history,
              "keep": {k: _finite_state(m, k, step) for k, m in job.keep.items()},
              "ema": job.ema.state_dict() if job.ema else None,
              "aux": {"module": _finite_state(job.aux.module, job.aux.name, step),
@@ -210,7 +212,8 @@ def _save(path: Path, job: FitJob, step: int, rng: np.random.Generator, losses: 
     save_torch(path, state)
 
 
-def _load(path: Path, job: FitJob, rng: np.random.Generator, device: torch.device) -> tuple[int, list[float]]:
+def _load(path: Path, job: FitJob, rng: np.random.Generator,
+          device: torch.device) -> tuple[int, list[float], list[dict[str, float]]]:
     saved = torch.load(path, map_location=device, weights_only=True)
     missing = sorted(set(job.keep) - set(saved["keep"]))
     if missing or (job.ema is None) != (saved["ema"] is None) or (job.aux is None) != (saved["aux"] is None):
@@ -225,7 +228,7 @@ def _load(path: Path, job: FitJob, rng: np.random.Generator, device: torch.devic
     if job.aux is not None:
         job.aux.module.load_state_dict(saved["aux"]["module"])
         job.aux.optimizer.load_state_dict(saved["aux"]["optimizer"])
-    return int(saved["step"]), list(saved["losses"])
+    return int(saved["step"]), list(saved["losses"]), list(saved["history"])
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -244,9 +247,9 @@ def fit(job: FitJob, rng: np.random.Generator, checkpoint: str | Path | None = N
     rank, size = world()
     device = next(model.parameters()).device
     path = Path(checkpoint) if checkpoint is not None else None
-    start, losses = 0, []
+    start, losses, history = 0, [], []
     if path is not None and path.is_file():
-        start, losses = _load(path, job, rng, device)
+        start, losses, history = _load(path, job, rng, device)
         if rank == 0:
             log.info("%s: resuming from %s at update %d", desc, path, start)
     module: nn.Module = _LossModule(model, job.loss)
@@ -260,7 +263,6 @@ def fit(job: FitJob, rng: np.random.Generator, checkpoint: str | Path | None = N
         job.optimizer.zero_grad(set_to_none=True)
         module = nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda"
                                                      else None, find_unused_parameters=unused)
-    history: list[dict[str, float]] = []
     model.train()
     for step in tqdm(range(start, cfg.steps), desc=desc, unit="upd", leave=False, disable=rank != 0 or not progress,
                      initial=start, total=cfg.steps, dynamic_ncols=True):
@@ -303,7 +305,7 @@ def fit(job: FitJob, rng: np.random.Generator, checkpoint: str | Path | None = N
             on_log(done, float(np.mean(losses[-log_every:])))
         if path is not None and (done == cfg.steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
             if rank == 0:
-                _save(path, job, done, rng, losses)
+                _save(path, job, done, rng, losses, history)
             if size > 1:
                 dist.barrier()
     model.eval()

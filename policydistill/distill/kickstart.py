@@ -44,7 +44,7 @@ from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper, VecNormalize
 from torch import nn
 
-from policydistill.configs import refuse_unread, require_choice, require_int, require_ints, require_number
+from policydistill.configs import refuse_unread, require_choice, require_int, require_ints, require_lr, require_number
 from policydistill.data.shards import EpisodeStore
 from policydistill.distill.algorithm import Algorithm, Context, FitWith
 from policydistill.distill.collect import suite_layout, teacher_has_std
@@ -99,7 +99,7 @@ class KickstartConfig:
         require_number("method.gamma", self.gamma, 0.0, 1.0)
         require_number("method.gae_lambda", self.gae_lambda, 0.0, 1.0)
         require_number("method.clip_range", self.clip_range, 0.0, 1.0, low_open=True)
-        require_number("method.lr", self.lr, 0.0, 1.0, low_open=True)
+        require_lr("method.lr", self.lr)
         require_number("method.ent_coef", self.ent_coef, 0.0)
         require_number("method.vf_coef", self.vf_coef, 0.0, low_open=True)
         require_number("method.max_grad_norm", self.max_grad_norm, 0.0, low_open=True)

@@ -17,9 +17,11 @@ Output under ``out``::
     tb/                     TensorBoard: every row's numbers against labels used, the fit loss per update
 
 A rerun with the same config resumes: after the last finished round, or inside the round in progress (its
-collection, when complete, is kept; its fit continues from its checkpoint). A rerun whose config differs is
-refused with the differing keys, but for ``method.rounds`` (more rounds extend a run), ``stop_score`` and
-``device``.
+collection, when complete, is kept; its fit continues from its checkpoint); what an interrupted collection
+stored is removed first. The folder is a :class:`~policydistill.run_folder.RunFolder`: locked while the run
+writes, refused when it holds something else, and a rerun whose config or teachers differ is refused with the
+differing keys, unless ``resume=extend`` (``method.rounds`` and ``stop_score`` may change) or ``resume=false``
+(start over).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from policydistill.bundle import load_bundle, save_bundle
-from policydistill.configs import require_choice, require_int, require_number, set_keys
+from policydistill.configs import require_choice, require_device, require_int, require_number, set_keys
 from policydistill.data.shards import EpisodeStore, drop_rounds, evict
 from policydistill.distill.algorithm import Algorithm, Context, stream
 from policydistill.distill.collect import Collector, CollectPlan, LocalCollector, RoundData
@@ -48,20 +50,23 @@ from policydistill.distill.fit import FitJob, FitResult, fit, save_torch
 from policydistill.distill.methods import METHODS, method_config, method_of
 from policydistill.eval.evaluate import evaluate_per_task
 from policydistill.eval.metrics import teacher_normalised
-from policydistill.files import atomic_write_json, read_json
+from policydistill.files import atomic_write_json, read_json, read_json_object
 from policydistill.models import resolve_device
 from policydistill.models.base import TorchPolicy
 from policydistill.models.students import StudentConfig
 from policydistill.policy import Policy
+from policydistill.run_folder import RunFolder, resume_mode
 from policydistill.scale.ray_session import ENGINES, RayConfig
 from policydistill.suites import Suite, load_suite
 from policydistill.teachers import policies_for_suite
+from policydistill.teachers.load import teacher_identities
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
-RESUMABLE = ("method.rounds", "stop_score", "device")
-"""Config keys a resume may change."""
+SCHEMA_VERSION = 3
+EXTENDABLE = ("method.rounds", "stop_score")
+"""Config keys ``resume=extend`` lets change."""
+SUMMARY_KEYS = ("schema_version", "method", "suite", "config", "teacher", "teacher_return", "rounds")
 
 
 @dataclass
@@ -90,8 +95,11 @@ class DistillConfig:
     stop_score: float | None = None
     collector: str = "local"
     ray: RayConfig = field(default_factory=RayConfig)
+    resume: str = "auto"
 
     def __post_init__(self) -> None:
+        require_device(self.device)
+        self.resume = resume_mode(self.resume)
         if self.method is None:
             self.method = DAggerConfig()
         cls = method_of(self.method)
@@ -132,23 +140,6 @@ class DistillConfig:
         method = dict(data.pop("method"))
         return cls(**{**data, "method": method_config(method.pop("name"), method),
                       "student": StudentConfig(**data["student"]), "ray": RayConfig(**data["ray"])})
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def config_diff(old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
-    """``key: old -> new`` for every differing key of two :meth:`DistillConfig.to_dict` results."""
-    a, b = _flat(old), _flat(new)
-    return [f"{k}: {a.get(k, '(none)')} -> {b.get(k, '(none)')}" for k in sorted(set(a) | set(b))
-            if a.get(k) != b.get(k) and k not in ignore]
 
 
 def _log_row(tb: SummaryWriter, row: dict[str, Any]) -> None:
@@ -201,9 +192,10 @@ class Runner:
         self.out = Path(cfg.out)
         self.ckpt = self.out / "checkpoint"
         self.summary_path = self.out / "distill.json"
-        self.summary = read_json(self.summary_path) if self.summary_path.exists() else None
-        if self.summary is not None:
-            self._check_resume(self.summary)
+        self.summary: dict[str, Any] | None = None
+        identities = teacher_identities(cfg.teachers, self.suite) if cfg.teachers not in ("", "???") else {}
+        self.folder = RunFolder(self.out, "distill", {**cfg.to_dict(), "teacher_identity": identities}, EXTENDABLE)
+        self.folder.check()
         self.ctx = Context(self.suite, self.teachers, cfg.student, resolve_device(cfg.device), cfg.seed,
                            str(cfg.teachers))
         torch.manual_seed(cfg.seed)  # the student's initial weights
@@ -211,23 +203,31 @@ class Runner:
         self.collector: Collector | None = None
         self.store_root = self.out / "episodes"
 
-    def _check_resume(self, summary: dict[str, Any]) -> None:
-        if summary.get("schema_version") != SCHEMA_VERSION:
+    def _read_summary(self) -> dict[str, Any] | None:
+        """The resumed run's distill.json, when it has one."""
+        if not self.summary_path.exists():
+            return None
+        summary = read_json_object(self.summary_path, SUMMARY_KEYS, "a distill summary")
+        if summary["schema_version"] != SCHEMA_VERSION:
             raise ValueError(f"{self.out} holds a run written by another version of policydistill "
-                             f"(distill.json schema {summary.get('schema_version')}); choose another out")
-        changed = config_diff(summary["config"], self.cfg.to_dict(), RESUMABLE + ("out",))
-        if changed:
-            raise ValueError(f"{self.out} holds a run with another config, refusing to resume it: "
-                             f"{'; '.join(changed)}. Rerun with its config (method.rounds may grow) or choose "
-                             "another out")
-        if summary["suite"] != self.suite.name:
-            raise ValueError(f"{self.out} holds a run on suite '{summary['suite']}', not '{self.suite.name}'")
+                             f"(distill.json schema {summary['schema_version']}); choose another out")
+        return summary
 
     # ---- rounds ------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
+        """Run (or resume) under the folder's lock."""
+        try:
+            with self.folder:
+                self.summary = self._read_summary() if self.folder.resuming else None
+                return self._run()
+        finally:
+            self.algo.close()
+            if self.collector is not None:
+                self.collector.close()
+
+    def _run(self) -> dict[str, Any]:
         cfg, algo = self.cfg, self.algo
-        self.out.mkdir(parents=True, exist_ok=True)
         if self.summary is None:
             reference = evaluate_per_task(self.suite, algo.reference(), cfg.eval_episodes, cfg.eval_seed, cfg.n_envs)
             self.summary = {"schema_version": SCHEMA_VERSION, "method": self.name, "suite": self.suite.name,
@@ -258,9 +258,6 @@ class Runner:
                          row["loss"], row["student_return"],
                          "n/a" if row["mean_score"] is None else f"{row['mean_score']:.3f}")
         finally:
-            algo.close()
-            if self.collector is not None:
-                self.collector.close()
             tb.close()
         return self.summary
 
@@ -285,7 +282,7 @@ class Runner:
         t3 = time.perf_counter()
         teacher = self.summary["teacher"]
         per_task = {n: {"return_mean": e["return_mean"], "return_ci95": e["return_ci95"],
-                        "success_rate": e["success_rate"], **teacher_normalised(e, teacher[n])}
+                        "success_rate": e["success_rate"], "dropped": e["dropped"], **teacher_normalised(e, teacher[n])}
                     for n, e in evals.items()}
         scores = [t["score"] for t in per_task.values() if t["score"] is not None]
         env_steps = collected.steps + int(stats.get("env_steps", 0))
@@ -357,6 +354,9 @@ class Runner:
     def _restore(self) -> None:
         """Load the last finished round's student and method state (a run with no finished round starts over)."""
         rows = self.summary["rounds"]
+        done = len(rows)
+        if (self.store_root / "manifest.json").exists() and not (self.ckpt / f"collected-{done}.json").exists():
+            drop_rounds(self.store_root, done)  # what an interrupted collection stored
         if not rows:
             return
         r = rows[-1]["round"]

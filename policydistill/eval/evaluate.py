@@ -9,7 +9,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from policydistill.configs import require_int
+from policydistill.configs import require_device, require_int
 from policydistill.eval.metrics import summarise, teacher_normalised
 from policydistill.eval.rollout import run_episodes
 from policydistill.eval.video import record_video
@@ -38,6 +38,7 @@ class EvaluateConfig:
     sampler: str | None = None
 
     def __post_init__(self) -> None:
+        require_device(self.device)
         require_int("episodes", self.episodes)
         require_int("n_envs", self.n_envs)
         require_int("seed", self.seed, 0)
@@ -45,14 +46,16 @@ class EvaluateConfig:
 
 def evaluate_per_task(suite: Suite, policy: Policy | dict[str, Policy], episodes: int, seed: int,
                       n_envs: int = 8) -> dict[str, dict[str, Any]]:
-    """Seeded evaluation of every task (one policy for all, or one per task), each in its own spaces."""
+    """Seeded evaluation of every task (one policy for all, or one per task), each in its own spaces:
+    ``{task: summarise(...)}``, with ``dropped`` (int) and ``faults`` for the episodes a fault ended."""
     return {n: summarise(run_episodes(suite, n, policy[n] if isinstance(policy, dict) else policy, episodes,
                                       n_envs=n_envs, seed=seed)) for n in suite.task_names}
 
 
 def evaluate(suite: Suite, policies: dict[str, Policy], episodes: int = 20, n_envs: int = 8, seed: int = 1000,
              teachers: dict[str, Policy] | None = None, video_dir: str | Path | None = None) -> dict[str, Any]:
-    """Seeded rollouts of every task; with ``teachers``, the same episodes for them and the scores."""
+    """Seeded rollouts of every task; with ``teachers``, the same episodes for them and the scores. Episodes
+    ended by an env fault count as failures; ``dropped`` and ``faults`` of each task list them."""
     result: dict[str, Any] = {"suite": suite.name, "episodes": episodes, "seed": seed, "tasks": {}}
     total = episodes * len(suite.tasks) * (2 if teachers else 1)
     with tqdm(total=total, desc="evaluate", unit="ep", leave=False) as bar:
@@ -67,7 +70,8 @@ def evaluate(suite: Suite, policies: dict[str, Policy], episodes: int = 20, n_en
             if video_dir is not None:
                 row["video"] = str(record_video(suite, name, policies[name], Path(video_dir) / name, seed=seed))
             if row["dropped"]:
-                log.warning("task %s: %d episodes dropped (see 'dropped' in the result)", name, len(row["dropped"]))
+                log.warning("task %s: %d of %d episodes ended in a fault and count as failures (see 'faults' "
+                            "in the result)", name, row["dropped"], episodes)
             result["tasks"][name] = row
     return result
 
@@ -81,7 +85,7 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [head, "-" * len(head)]
     for name, r in result["tasks"].items():
         line = (f"{name:<14}{r['return_mean']:>10.2f}{r['return_ci95']:>9.2f}{r['success_rate']:>9.2f}"
-                f"{r['length_mean']:>8.0f}{len(r['dropped']):>8d}")
+                f"{r['length_mean']:>8.0f}{r['dropped']:>8d}")
         if "teacher" in r:
             t = r["teacher"]
             score = "n/a" if t["score"] is None else f"{t['score']:.3f}"

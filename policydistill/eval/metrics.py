@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from policydistill.suites.wrappers import RESET_FAULT, fault_kind
+
+log = logging.getLogger(__name__)
 
 # Two-sided 95% Student-t critical values for 1..30 degrees of freedom; the normal value beyond.
 _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -16,7 +21,9 @@ _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
 
 @dataclass(frozen=True)
 class Episode:
-    """One finished (or dropped) episode. ``error`` is set when it was dropped, with the reason."""
+    """One finished episode. ``error`` is set when a fault ended it (a dropped episode), with the reason;
+    ``ret`` and ``length`` then run up to the fault: the faulting step counts in ``length`` (0 for a fault on
+    reset), not its reward. ``env`` is the task's env id, for messages."""
 
     task: str
     seed: int
@@ -24,6 +31,19 @@ class Episode:
     length: int
     success: bool
     error: str | None = None
+    env: str | None = None
+
+    @property
+    def fault(self) -> str | None:
+        """The kind of fault that ended the episode (see :func:`~policydistill.suites.wrappers.fault_kind`),
+        None when none did."""
+        return None if self.error is None else fault_kind(self.error)
+
+    def fault_message(self) -> str:
+        """``task T (env E) seed S step N: <error>``; no step for a fault on reset."""
+        where = f"task {self.task}" + (f" (env {self.env})" if self.env else "") + f" seed {self.seed}"
+        step = "" if (self.error or "").startswith(RESET_FAULT) else f" step {self.length}"
+        return f"{where}{step}: {self.error}"
 
 
 def ci95(values: Sequence[float]) -> float:
@@ -36,30 +56,39 @@ def ci95(values: Sequence[float]) -> float:
 
 
 def summarise(episodes: Sequence[Episode]) -> dict[str, float | int | list]:
-    """Return mean/std/ci95, success rate and length over the kept episodes; list the dropped ones."""
-    kept = [e for e in episodes if e.error is None]
-    dropped = [{"seed": e.seed, "error": e.error} for e in episodes if e.error is not None]
-    if not kept:
-        raise RuntimeError(f"every episode was dropped: {dropped[:3]}")
-    returns = [e.ret for e in kept]
+    """Return mean/std/ci95, success rate and mean length over all episodes of one task. A dropped episode
+    counts as a failure with its return and length up to the fault; ``dropped`` is their number and
+    ``faults`` lists them as ``{seed, step, kind, error}``. When every episode was dropped the numbers are
+    still returned (success 0), with a warning."""
+    if not episodes:
+        raise ValueError("no episodes to summarise")
+    faults = [{"seed": e.seed, "step": e.length, "kind": e.fault, "error": e.fault_message()}
+              for e in episodes if e.error is not None]
+    if len(faults) == len(episodes):
+        log.warning("task %s: all %d episodes ended in a fault, e.g. %s", episodes[0].task, len(episodes),
+                    faults[0]["error"])
+    returns = [e.ret for e in episodes]
     return {
-        "episodes": len(kept),
+        "episodes": len(episodes),
         "return_mean": float(np.mean(returns)),
         "return_std": float(np.std(returns)),
         "return_ci95": ci95(returns),
-        "success_rate": float(np.mean([e.success for e in kept])),
-        "length_mean": float(np.mean([e.length for e in kept])),
-        "dropped": dropped,
+        "success_rate": float(np.mean([e.success and e.error is None for e in episodes])),
+        "length_mean": float(np.mean([e.length for e in episodes])),
+        "dropped": len(faults),
+        "faults": faults,
     }
 
 
 def teacher_normalised(student: dict, teacher: dict) -> dict[str, float | None]:
     """``score`` = student return / teacher return (None when the teacher's return is not positive),
-    ``success_diff`` = student success rate - teacher success rate."""
+    ``success_diff`` = student success rate - teacher success rate; ``teacher_dropped``: the teacher's
+    episodes ended by a fault (counted as failures in its numbers)."""
     t = teacher["return_mean"]
     return {
         "score": float(student["return_mean"] / t) if t > 0 else None,
         "success_diff": float(student["success_rate"] - teacher["success_rate"]),
         "teacher_return_mean": float(t),
         "teacher_success_rate": float(teacher["success_rate"]),
+        "teacher_dropped": int(teacher.get("dropped", 0)),
     }

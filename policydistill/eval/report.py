@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from policydistill.files import atomic_write_text  # noqa: E402
+from policydistill.files import atomic_write_text, atomic_write_with  # noqa: E402
 
 
 @dataclass
@@ -65,12 +65,14 @@ def plot_experts(path: str | Path, curves: dict[str, list[dict[str, float]]], ex
     names = list(experts["tasks"])
     x = range(len(names))
     width = 0.4 if baseline else 0.8
-    axes[2].bar([i - (width / 2 if baseline else 0) for i in x],
-                [experts["tasks"][n]["return_mean"] for n in names], width,
-                yerr=[experts["tasks"][n]["return_ci95"] for n in names], label="expert", capsize=3)
+    bars = axes[2].bar([i - (width / 2 if baseline else 0) for i in x],
+                       [experts["tasks"][n]["return_mean"] for n in names], width,
+                       yerr=[experts["tasks"][n]["return_ci95"] for n in names], label="expert", capsize=3)
+    label_dropped(axes[2], bars, [experts["tasks"][n] for n in names])
     if baseline:
-        axes[2].bar([i + width / 2 for i in x], [baseline["tasks"][n]["return_mean"] for n in names], width,
-                    yerr=[baseline["tasks"][n]["return_ci95"] for n in names], label="random", capsize=3)
+        bars = axes[2].bar([i + width / 2 for i in x], [baseline["tasks"][n]["return_mean"] for n in names], width,
+                           yerr=[baseline["tasks"][n]["return_ci95"] for n in names], label="random", capsize=3)
+        label_dropped(axes[2], bars, [baseline["tasks"][n] for n in names])
     axes[2].set_xticks(list(x), names, rotation=20)
     axes[2].set(title="evaluation return per task (95% CI)", ylabel="return")
     axes[2].legend(fontsize=8)
@@ -91,11 +93,14 @@ def plot_distill(path: str | Path, runs: dict[str, dict[str, Any]]) -> Path:
     first = next(iter(runs.values()))
     tasks = list(first["teacher"])
     width = 0.8 / (len(runs) + 1)
-    axes[1].bar([i for i in range(len(tasks))], [first["teacher"][t]["return_mean"] for t in tasks], width,
-                label="teacher")
+    bars = axes[1].bar([i for i in range(len(tasks))], [first["teacher"][t]["return_mean"] for t in tasks], width,
+                       label="teacher")
+    label_dropped(axes[1], bars, [first["teacher"][t] for t in tasks])
     for k, (name, run) in enumerate(runs.items(), start=1):
-        axes[1].bar([i + k * width for i in range(len(tasks))],
-                    [run["rounds"][-1]["tasks"][t]["return_mean"] for t in tasks], width, label=name)
+        rows = [run["rounds"][-1]["tasks"][t] for t in tasks]
+        bars = axes[1].bar([i + k * width for i in range(len(tasks))], [r["return_mean"] for r in rows], width,
+                           label=name)
+        label_dropped(axes[1], bars, rows)
     axes[1].set_xticks([i + 0.4 - width / 2 for i in range(len(tasks))], tasks, rotation=20)
     axes[1].set(title="final student vs teacher return per task", ylabel="return")
     axes[1].legend(fontsize=8)
@@ -103,12 +108,18 @@ def plot_distill(path: str | Path, runs: dict[str, dict[str, Any]]) -> Path:
     return save_figure(fig, path)
 
 
+def label_dropped(ax: Any, bars: Any, rows: list[dict[str, Any]]) -> None:
+    """Write "<n> dropped" over the bars of the task rows with episodes ended by a fault (``dropped``)."""
+    counts = [int(r.get("dropped", 0)) for r in rows]
+    if any(counts):
+        ax.bar_label(bars, labels=[f"{c} dropped" if c else "" for c in counts], fontsize=7, color="red")
+
+
 def save_figure(fig: Any, path: str | Path) -> Path:
     """Write the figure as PNG atomically (creating its folder) and close it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        atomic_write_with(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
     return path

@@ -8,10 +8,11 @@ number of rows, so two policies evaluated with the same seed face the same episo
 this loop, never auto-reset: the observation an action is chosen (and labelled) on always belongs to the
 episode the action is executed in. Terminated and truncated stay apart.
 
-An episode with a non-finite action, observation or reward, or a fault the env reports as
-``episode_error`` (the suite's ``SafeEpisodes`` wrapper), is ended and flagged with the reason; the run
-goes on. Python work is per step and per finished episode, never per env and step (but for the
-gymnasium adapter's own loop over its envs).
+An episode with a non-finite action, observation (on reset too) or reward, or a fault the env reports as
+``episode_error`` (the suite's ``SafeEpisodes`` wrapper), is ended and flagged with the reason, its return
+and length up to the fault; the run goes on, and the metrics count it as a failure. Python work is per
+step and per finished episode, never per env and step (but for the gymnasium adapter's own loop over its
+envs).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from policydistill.policy import Policy
 from policydistill.spaces import check_spaces
 from policydistill.suites import Suite
 from policydistill.suites.batched import BatchedEnv, EnvPool, GymEnvs, make_batched_env, obs_to_numpy
+from policydistill.suites.wrappers import NAN_ACTION, RESET_FAULT, nonfinite_reason
 from policydistill.types import select_groups
 
 log = logging.getLogger(__name__)
@@ -87,7 +89,8 @@ def rollout(suite: Suite, tasks: Sequence[int], act: ActFn, episodes_per_task: i
     slot_tasks = slot_layout(tasks, episodes_per_task, n_envs)
     env = suite_envs(suite, slot_tasks, pool)
     try:
-        return drive(env, slot_tasks, suite.task_names, act, episodes_per_task, seed, on_reset, record, on_step)
+        return drive(env, slot_tasks, suite.task_names, act, episodes_per_task, seed, on_reset, record, on_step,
+                     env_ids=[t.env for t in suite.tasks])
     finally:
         env.close()
 
@@ -127,9 +130,11 @@ class _History:
 
 def drive(env: BatchedEnv, slot_tasks: Sequence[int], task_names: Sequence[str], act: ActFn, episodes_per_task: int,
           seed: int = 0, on_reset: Callable[[np.ndarray], None] | None = None, record: bool = False,
-          on_step: Callable[[int], None] | None = None) -> list[EpisodeRecord]:
+          on_step: Callable[[int], None] | None = None,
+          env_ids: Sequence[str] | None = None) -> list[EpisodeRecord]:
     """Run ``episodes_per_task`` episodes of each task of ``slot_tasks`` on ``env`` (row ``i`` runs task
-    ``slot_tasks[i]``, a suite task index naming ``task_names``); see :func:`rollout` for the arguments."""
+    ``slot_tasks[i]``, a suite task index naming ``task_names`` and, for fault messages, ``env_ids``); see
+    :func:`rollout` for the other arguments."""
     n = env.num_envs
     slot_task = np.asarray(slot_tasks, dtype=int)
     if slot_task.shape != (n,):
@@ -143,6 +148,7 @@ def drive(env: BatchedEnv, slot_tasks: Sequence[int], task_names: Sequence[str],
     history = _History()
     results: list[EpisodeRecord] = []
     obs: dict[str, np.ndarray] = {}
+    reset_fault: dict[int, str] = {}  # row -> reason its reset failed, reported at its next step
 
     def start(slots: np.ndarray) -> None:
         nonlocal obs
@@ -159,6 +165,11 @@ def drive(env: BatchedEnv, slot_tasks: Sequence[int], task_names: Sequence[str],
             mask = np.zeros(n, dtype=bool)
             mask[chosen] = True
             obs = obs_to_numpy(env.reset(mask, seeds))
+            bad = np.flatnonzero(mask & ~_finite_rows(obs))
+            for slot in bad:
+                reset_fault[int(slot)] = nonfinite_reason({g: v[slot] for g, v in obs.items()}, on_reset=True)
+            if len(bad):  # the policy acts on zeros there; the step that follows ends the episode
+                obs = {g: np.where(np.isfinite(v), v, 0).astype(v.dtype) for g, v in obs.items()}
             ret[chosen], length[chosen], start_at[chosen] = 0.0, 0, history.t
         if on_reset is not None and len(slots):
             on_reset(np.isin(np.arange(n), slots))
@@ -174,15 +185,14 @@ def drive(env: BatchedEnv, slot_tasks: Sequence[int], task_names: Sequence[str],
         next_obs = obs_to_numpy(next_obs_t)
         reward = reward_t.numpy(force=True).astype(np.float64)
         terminated, truncated = term_t.numpy(force=True).astype(bool), trunc_t.numpy(force=True).astype(bool)
-        finite = np.isfinite(reward)
-        for v in next_obs.values():
-            finite &= np.isfinite(v).all(axis=1)
+        flagged = bad_action | ~(np.isfinite(reward) & _finite_rows(next_obs))
+        flagged[list(reset_fault)] = True
         errors = info.get("episode_error")
-        if errors is not None or not finite.all() or bad_action.any():
+        if errors is not None or flagged.any():
             errors = list(errors or [None] * n)
-            for slot in np.flatnonzero(bad_action | ~finite):
-                errors[slot] = "policy returned a non-finite action" if bad_action[slot] else \
-                    "env returned a non-finite observation or reward"
+            for slot in np.flatnonzero(flagged):
+                errors[slot] = reset_fault.pop(int(slot), None) or (NAN_ACTION if bad_action[slot] else None) \
+                    or errors[slot] or nonfinite_reason({g: v[slot] for g, v in next_obs.items()}, reward[slot])
             failed = np.array([e is not None for e in errors])
             reward[failed], terminated[failed], truncated[failed] = 0.0, False, True
             for g, v in next_obs.items():  # keep the last finite observation, as SafeEpisodes does
@@ -202,11 +212,13 @@ def drive(env: BatchedEnv, slot_tasks: Sequence[int], task_names: Sequence[str],
         length[active] += 1
         finished = np.flatnonzero(active & (terminated | truncated))
         for slot in finished:
-            name, error = task_names[slot_task[slot]], errors[slot]
+            t, error = slot_task[slot], errors[slot]
+            if error is not None and error.startswith(RESET_FAULT):
+                length[slot] = 0
+            episode = Episode(task_names[t], seed + int(episode_of[slot]), float(ret[slot]), int(length[slot]),
+                              bool(success[slot]) and not error, error, None if env_ids is None else env_ids[t])
             if error:
-                log.warning("task %s: episode with seed %d dropped: %s", name, seed + episode_of[slot], error)
-            episode = Episode(name, seed + int(episode_of[slot]), float(ret[slot]), int(length[slot]),
-                              bool(success[slot]) and not error, error)
+                log.warning("%s (counted as a failed episode)", episode.fault_message())
             steps = history.episode(slot, start_at[slot]) if record else {}
             results.append(EpisodeRecord(episode, int(slot_task[slot]), steps))
         obs = next_obs
@@ -214,6 +226,14 @@ def drive(env: BatchedEnv, slot_tasks: Sequence[int], task_names: Sequence[str],
         if on_step is not None:
             on_step(n)
     return sorted(results, key=lambda r: (r.task_index, r.episode.seed))
+
+
+def _finite_rows(obs: dict[str, np.ndarray]) -> np.ndarray:
+    """(n,) True for the rows of ``obs`` {group: (n, dim)} whose every value is finite."""
+    finite = np.ones(len(next(iter(obs.values()))), dtype=bool)
+    for v in obs.values():
+        finite &= np.isfinite(v.reshape(len(v), -1)).all(axis=1)
+    return finite
 
 
 def run_episodes(suite: Suite, task: int | str, policy: Policy, episodes: int, n_envs: int = 8,

@@ -10,6 +10,7 @@ import numpy as np
 from gymnasium.wrappers import TimeLimit
 
 from policydistill.eval.rollout import drive
+from policydistill.files import atomic_write_with
 from policydistill.policy import Policy
 from policydistill.suites import Suite
 from policydistill.suites.batched import GymEnvs
@@ -76,13 +77,12 @@ def record_video(suite: Suite, task: int | str, policy: Policy, path: str | Path
           seed=seed, on_reset=on_reset, on_step=lambda n: frames.append(env.render()))
     envs.close()
     path = Path(path).with_suffix(_writer_suffix())
-    path.parent.mkdir(parents=True, exist_ok=True)
     fps = fps or max(1, round(1.0 / dt))
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
     if path.suffix == ".mp4":
-        iio.imwrite(tmp, np.stack(frames), fps=fps, extension=".mp4", macro_block_size=1)
+        atomic_write_with(path, lambda tmp: iio.imwrite(tmp, np.stack(frames), fps=fps, extension=".mp4",
+                                                        macro_block_size=1))
     else:
-        iio.imwrite(tmp, np.stack(frames), duration=1000.0 / fps, loop=0)
-    os.replace(tmp, path)
+        atomic_write_with(path, lambda tmp: iio.imwrite(tmp, np.stack(frames), extension=".gif",
+                                                        duration=1000.0 / fps, loop=0))
     log.info("video of task %s: %s (%d frames)", task, path, len(frames))
     return path

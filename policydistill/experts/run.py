@@ -3,7 +3,7 @@
 Layout of ``<out>/<task>/``::
 
     bundle/            the expert as a policy bundle (what every other command loads)
-    checkpoint.json    last checkpoint (commit point), ckpt-*.zip its files
+    checkpoint.json    last checkpoint (commit point) and the one before, ckpt-*.zip their files
     curve.csv          evaluation curve: env steps, wall time, return mean/std, success rate
                        (rows after the resumed checkpoint are redone, never duplicated)
     result.json        written last: a task with it is finished and skipped on rerun
@@ -18,6 +18,7 @@ import csv
 import io
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from policydistill.bundle import save_bundle
 from policydistill.configs import require_choice, require_int, require_ints
 from policydistill.eval.metrics import summarise
 from policydistill.eval.rollout import run_episodes
-from policydistill.files import atomic_write_json, atomic_write_text, read_json
+from policydistill.files import atomic_write_json, atomic_write_text, atomic_write_with, read_json
 from policydistill.models import resolve_device
 from policydistill.suites import Suite
 from policydistill.suites.wrappers import FlattenGroups
@@ -105,7 +106,8 @@ def _group_space(suite: Suite, task: int, groups: list[str]) -> spaces.Dict:
 
 
 class _Checkpoint:
-    """A task's checkpoint: SB3 zip (+ VecNormalize, + replay buffer) committed by checkpoint.json."""
+    """A task's checkpoint: SB3 zip (+ VecNormalize, + replay buffer), each file written atomically, committed
+    by checkpoint.json, which also keeps the checkpoint before it: a damaged checkpoint falls back to it."""
 
     def __init__(self, task_dir: Path) -> None:
         self.dir = task_dir
@@ -117,18 +119,42 @@ class _Checkpoint:
     def save(self, model: BaseAlgorithm, state: dict[str, Any]) -> None:
         steps = model.num_timesteps
         files = {"model": f"ckpt-{steps}.zip"}
-        model.save(self.dir / files["model"])
-        if isinstance(model.get_env(), VecNormalize):
+        atomic_write_with(self.dir / files["model"], model.save)
+        venv = model.get_env()
+        if isinstance(venv, VecNormalize):
             files["vecnormalize"] = f"ckpt-{steps}-vecnormalize.pkl"
-            model.get_env().save(str(self.dir / files["vecnormalize"]))
+            atomic_write_with(self.dir / files["vecnormalize"], lambda tmp: venv.save(str(tmp)))
         if hasattr(model, "replay_buffer") and model.replay_buffer is not None:
             files["replay_buffer"] = f"ckpt-{steps}-replay.pkl"
-            model.save_replay_buffer(self.dir / files["replay_buffer"])
+            atomic_write_with(self.dir / files["replay_buffer"], model.save_replay_buffer)
         old = self.load()
-        atomic_write_json(self.index, {"env_steps": steps, "files": files, **state})
-        for name in (old or {}).get("files", {}).values():
-            if name not in files.values():
-                (self.dir / name).unlink(missing_ok=True)
+        previous = {k: v for k, v in old.items() if k != "previous"} if old else None
+        if previous is not None and previous["env_steps"] == steps:
+            previous = old.get("previous")  # the same step saved again: keep the one before it
+        atomic_write_json(self.index, {"env_steps": steps, "files": files, **state, "previous": previous})
+        keep = set(files.values()) | set((previous or {}).get("files", {}).values())
+        for path in self.dir.glob("ckpt-*"):
+            if path.name not in keep:
+                path.unlink(missing_ok=True)
+
+    def restore(self, load: Callable[[dict[str, str]], BaseAlgorithm]) -> tuple[BaseAlgorithm, dict[str, Any]] | None:
+        """``load(files)`` on the last checkpoint, or on the one before it (with a warning) when the last cannot
+        be loaded; None without a checkpoint."""
+        saved = self.load()
+        for n, entry in enumerate([saved, (saved or {}).get("previous")]):
+            if entry is None:
+                continue
+            try:
+                return load(entry["files"]), entry
+            except Exception as e:  # a damaged or truncated file: SB3 and pickle raise many kinds
+                damaged = ", ".join(str(self.dir / f) for f in entry["files"].values())
+                if n == 0 and saved.get("previous"):
+                    log.warning("checkpoint %s cannot be loaded (%s: %s); falling back to the one before it",
+                                damaged, type(e).__name__, e)
+                    continue
+                raise ValueError(f"checkpoint {damaged} cannot be loaded ({type(e).__name__}: {e}) and there is no "
+                                 f"earlier one; remove {self.dir} to train this task from the start") from None
+        return None
 
 
 class _Trainer(BaseCallback):
@@ -220,14 +246,17 @@ class _TaskRun:
     def build_or_resume(self) -> BaseAlgorithm:
         algo = ALGOS[self.cfg.algo]
         venv: VecEnv = _make_vec_env(self.suite, self.task, self.cfg, self.seed)
-        saved = self.ckpt.load()
-        if saved is not None:
-            files = saved["files"]
-            if "vecnormalize" in files:
-                venv = VecNormalize.load(str(self.dir / files["vecnormalize"]), venv)
-            model = algo.load(self.dir / files["model"], env=venv, device=self.device)
+
+        def load(files: dict[str, str]) -> BaseAlgorithm:
+            env = VecNormalize.load(str(self.dir / files["vecnormalize"]), venv) if "vecnormalize" in files else venv
+            model = algo.load(self.dir / files["model"], env=env, device=self.device)
             if "replay_buffer" in files:
                 model.load_replay_buffer(self.dir / files["replay_buffer"])
+            return model
+
+        restored = self.ckpt.restore(load)
+        if restored is not None:
+            model, saved = restored
             self.state.update({k: saved[k] for k in self.state})
             self.state["resumed_from"].append(model.num_timesteps)
             log.info("%s: resuming from checkpoint at %d env steps", self.spec.name, model.num_timesteps)

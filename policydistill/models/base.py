@@ -21,6 +21,7 @@ from torch import nn
 from policydistill.data.batches import BatchSource, RowBatches, take_rows
 from policydistill.data.sampling import task_weights
 from policydistill.models import freeze, resolve_device
+from policydistill.runtime.exported import check_obs
 from policydistill.spaces import space_from_json
 from policydistill.types import ActionLabel, ObsGroups, group_array
 
@@ -71,7 +72,14 @@ class TorchPolicy(nn.Module):
         return torch.as_tensor(group_array(obs, self.groups, self.observation_space), device=self.device)
 
     def act(self, obs: ObsGroups, deterministic: bool = True) -> np.ndarray:
-        """obs {group: (n, dim)} -> actions float32 (n, act_dim) in the action space."""
+        """obs {group: (n, dim)} -> actions float32 (n, act_dim) in the action space.
+
+        None, a wrong shape or a non-finite value in a group is a ValueError naming the group."""
+        try:
+            dims = {g: int(self.observation_space[g].shape[0]) for g in self.groups}
+        except (AttributeError, KeyError, TypeError, IndexError):  # no single observation space
+            dims = None
+        check_obs(obs, self.groups, dims)
         with torch.inference_mode():
             return self.forward_act(self.obs_tensor(obs), deterministic).cpu().numpy().astype(np.float32, copy=False)
 

@@ -32,6 +32,7 @@ from gymnasium import spaces
 
 from policydistill.models.base import TorchPolicy, check_box_spaces
 from policydistill.models.normalizer import ObsNormalizer, RangeNormalizer
+from policydistill.runtime.exported import check_obs
 from policydistill.spaces import space_to_json
 from policydistill.types import ActionLabel, ObsGroups, check_groups, group_array
 
@@ -125,6 +126,7 @@ class ChunkPolicy(TorchPolicy):
     def observe(self, obs: ObsGroups) -> torch.Tensor:
         """Record this step's observation (n, dim per group) in each env's history; returns the windows
         (n, n_obs_steps, obs_dim)."""
+        check_obs(obs, self.groups)
         x = self.obs_tensor(obs)
         self._ensure_state(len(x))
         assert self._history is not None

@@ -2,24 +2,28 @@
 and its one-step students -> privileged-information students -> ``report.md``.
 
 Each stage (one file each) reads and writes under ``out`` and adds its section to the report; a rerun skips
-what is already done (finished experts are not retrained, finished distillation runs resume).
+what is already done (finished experts are not retrained, finished distillation runs resume). ``out`` is a
+:class:`~policydistill.run_folder.RunFolder`: locked while the pipeline runs, a rerun with another config is
+refused with the differing keys (``resume=false`` starts over).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from policydistill.configs import require_choice, require_int
+from policydistill.configs import require_choice, require_device, require_int
 from policydistill.experts import ExpertConfig
 from policydistill.pipeline.diffusion import DiffusionStageConfig, stage_diffusion
 from policydistill.pipeline.experts import stage_experts, stage_task_blindness
 from policydistill.pipeline.generalist import GeneralistStageConfig, stage_distill
 from policydistill.pipeline.privileged import PrivilegedStageConfig, stage_privileged
+from policydistill.run_folder import RunFolder, resume_mode
 from policydistill.scale.ray_session import ENGINES, RayConfig, refuse_ray_keys
-from policydistill.suites import load_suite
+from policydistill.suites import Suite, load_suite, zoo_dir
+from policydistill.teachers import policies_for_suite
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +50,11 @@ class PipelineConfig:
     distill: GeneralistStageConfig = field(default_factory=GeneralistStageConfig)
     diffusion: DiffusionStageConfig = field(default_factory=DiffusionStageConfig)
     privileged: PrivilegedStageConfig = field(default_factory=PrivilegedStageConfig)
+    resume: str = "auto"
 
     def __post_init__(self) -> None:
+        require_device(self.device)
+        self.resume = resume_mode(self.resume)
         require_int("workers", self.workers)
         require_int("episodes", self.episodes)
         require_choice("launcher", self.launcher, ENGINES)
@@ -57,11 +64,20 @@ class PipelineConfig:
 
 def run_pipeline(cfg: PipelineConfig) -> Path:
     """Run every stage on ``cfg.suite`` under ``cfg.out``; returns the path of report.md."""
+    suite = load_suite(cfg.suite)
+    for stage in (cfg.diffusion, cfg.privileged):  # what later stages read is refused before any work
+        if stage.enabled:
+            stage_suite = load_suite(stage.suite)
+            policies_for_suite(zoo_dir(stage_suite.name) if stage.teachers == "zoo" else stage.teachers, stage_suite,
+                               device="cpu")
+    out = Path(cfg.out)
+    with RunFolder(out, "pipeline", asdict(cfg), free=("workers", "launcher", "ray")):
+        return _run(cfg, suite, out)
+
+
+def _run(cfg: PipelineConfig, suite: Suite, out: Path) -> Path:
     from policydistill.eval.report import Report, markdown_table  # imports matplotlib: not at CLI start-up
 
-    suite = load_suite(cfg.suite)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     report = Report(f"policydistill report: suite '{suite.name}'")
     timings = []
     stages = [("experts", stage_experts), ("task blindness", stage_task_blindness), ("distill", stage_distill),

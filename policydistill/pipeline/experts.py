@@ -48,14 +48,15 @@ def stage_experts(cfg: Any, suite: Suite, out: Path, report: Report) -> dict[str
     for n in suite.task_names:
         e, r, t = experts["tasks"][n], result["tasks"][n], baseline["tasks"][n]
         rows.append([n, e["algo"], e["env_steps"], e["wall_time_s"], e["seconds_to_threshold"],
-                     f"{r['return_mean']:.2f} ± {r['return_ci95']:.2f}", r["success_rate"],
+                     f"{r['return_mean']:.2f} ± {r['return_ci95']:.2f}", r["success_rate"], r["dropped"],
                      f"{t['return_mean']:.2f}", t["success_rate"],
                      f"[{n}]({Path(r['video']).relative_to(out)})" if "video" in r else None])
     body = markdown_table(["task", "algo", "env steps", "train s", "s to threshold", "return (95% CI)",
-                           "success", "random return", "random success", "video"], rows)
+                           "success", "dropped", "random return", "random success", "video"], rows)
     body += (f"\n\nEvaluation: {cfg.episodes} seeded episodes per task (seeds {cfg.eval_seed}…). "
              "'s to threshold': training wall time until the evaluation success rate first reached the "
-             "task's threshold.\n\n![experts](experts.png)")
+             "task's threshold. 'dropped': episodes ended by an env fault, counted as failures."
+             "\n\n![experts](experts.png)")
     report.add("Experts", body)
     return result
 

@@ -54,11 +54,11 @@ def stage_distill(cfg: Any, suite: Suite, out: Path, report: Report) -> None:
         row = [t, f"{teacher['return_mean']:.2f}", teacher["success_rate"]]
         for run in runs.values():
             final = run["rounds"][-1]["tasks"][t]
-            row += [f"{final['return_mean']:.2f}", final["score"], final["success_rate"]]
+            row += [f"{final['return_mean']:.2f}", final["score"], final["success_rate"], final["dropped"]]
         rows.append(row)
     header = ["task", "teacher return", "teacher success"]
     for name in runs:
-        header += [f"{name}: return", f"{name}: score", f"{name}: success"]
+        header += [f"{name}: return", f"{name}: score", f"{name}: success", f"{name}: dropped"]
     last = runs["dagger"]["rounds"][-1]
     report.add("DAgger generalist", markdown_table(header, rows) + (
         f"\n\nOne student for all {len(suite.tasks)} tasks, DAgger with a {stage.method.schedule} beta schedule, "

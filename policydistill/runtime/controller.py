@@ -21,7 +21,16 @@ graph, a :class:`PolicySource` around their ``act`` / ``predict_chunk``. Each ti
   is still being computed as a *cold start*; a non-finite output; the deadline passed before the
   action was ready, or a tick the loop missed) executes the fallback: ``hold`` the env's last
   executed action (the safe action before the first and after a reset) or the ``safe`` action
-  (default: zeros clipped into the action bounds).
+  (default: zeros clipped into the action bounds);
+- a *fault* (the policy raised, returned None or an array of the wrong shape, or was given an
+  observation it rejects) executes the fallback for every env; it is counted and logged (the first
+  at once, then at most one line every WARN_EVERY_S seconds, with the count). After
+  ``max_consecutive_faults`` faults without a good policy result in between, the controller stops:
+  it no longer calls the policy and sends the safe action from then on (:attr:`Controller.stopped`
+  says when and why; :attr:`Controller.halted` once the safe action is reached);
+- every action sent, fallbacks included, passes one :class:`~policydistill.runtime.safety.ActionGuard`:
+  finite, within the action bounds (clipped, or replaced by the fallback, and counted) and, with
+  ``max_rate`` / ``max_jerk``, rate- and jerk-limited.
 
 :meth:`Controller.stats` returns the counters and latency percentiles as a dict. This module
 imports numpy only (torch only when a torch policy or bundle is given).
@@ -41,8 +50,9 @@ from typing import Any
 import numpy as np
 
 from policydistill.runtime.action_queue import MODES, ActionQueue
-from policydistill.runtime.exported import ExportedPolicy, ObsWindow, reset_mask
+from policydistill.runtime.exported import ExportedPolicy, ObsWindow, check_obs, reset_mask
 from policydistill.runtime.latency import LatencyRecorder
+from policydistill.runtime.safety import COUNTERS, OUT_OF_BOUNDS, ActionGuard, check_limit
 from policydistill.types import select_groups
 
 log = logging.getLogger(__name__)
@@ -50,14 +60,11 @@ log = logging.getLogger(__name__)
 FALLBACKS = ("hold", "safe")
 BACKENDS = ("torch", "torchscript", "onnx")
 WARN_EVERY_S = 5.0
-perf_counter, isfinite = time.perf_counter, np.isfinite
+perf_counter = time.perf_counter
 
 
-def _all_finite(a: np.ndarray) -> bool:
-    """Whether every value of ``a`` is finite (may say False for huge finite values: callers check rows then).
-
-    A Python sum for small arrays: far cheaper per tick than a numpy ufunc and reduction."""
-    return math.isfinite(sum(a.ravel().tolist()) if a.size <= 64 else float(a.sum(dtype=np.float64)))
+def _one_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split()) or '(no message)'}"
 
 
 class PolicySource:
@@ -80,9 +87,12 @@ class PolicySource:
         return select_groups(obs, self.groups)
 
     def predict(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        if self.kind == "chunk":
-            return np.asarray(self.policy.predict_chunk(obs, True), dtype=np.float32)
-        return np.asarray(self.policy.act(obs, True), dtype=np.float32)
+        chunk = self.kind == "chunk"
+        out = self.policy.predict_chunk(obs, True) if chunk else self.policy.act(obs, True)
+        if out is None:
+            raise ValueError(f"{type(self.policy).__name__}.{'predict_chunk' if chunk else 'act'} returned None, "
+                             f"expected an array of shape {'(n, horizon, act_dim)' if chunk else '(n, act_dim)'}")
+        return np.asarray(out, dtype=np.float32)
 
     def reset(self, env_mask: np.ndarray | None = None) -> None:
         self.policy.reset(env_mask)
@@ -129,6 +139,12 @@ def _load_source(path: Path, backend: str, seed: int, sampler_steps: int | None)
         with tempfile.TemporaryDirectory() as tmp:
             out = export_policy(path, backend, Path(tmp) / ("policy.onnx" if backend == "onnx" else "policy.pt"))
             return _load_source(out, backend, seed, sampler_steps)
+    if path.is_dir():
+        bundles = sorted(p.name for p in path.iterdir() if (p / "policy.json").is_file())
+        inside = f"a folder of {len(bundles)} bundles ({', '.join(bundles)})" if bundles else \
+            "a directory without policy.json"
+        raise ValueError(f"policy '{path}' is {inside}, not one bundle: expected a bundle directory"
+                         f"{f' such as {path / bundles[0]}' if bundles else ''} or an exported .onnx/.pt model")
     if not path.exists() and not Path(f"{path}.json").exists():
         raise FileNotFoundError(f"no bundle or exported model at '{path}' (expected a bundle directory, an .onnx "
                                 "or .pt export with its .json description)")
@@ -149,19 +165,31 @@ class Controller:
 
     ``n_action_steps``: ticks between chunk requests (default: the source's); ``latency_budget_s``:
     the inference latency async requests plan for (default: ``max(1, horizon - n_action_steps)``
-    periods); ``safe_action`` (act_dim,): the fallback action of ``fallback="safe"`` and of ``hold``
-    before any action; ``realtime_inference``: run the inference thread with SCHED_FIFO, below a
-    real-time control loop, so that other processes cannot stall it while it holds the GIL.
+    periods); ``safe_action`` (act_dim,): the fallback action of ``fallback="safe"``, of ``hold``
+    before any action and after a stop; ``realtime_inference``: run the inference thread with
+    SCHED_FIFO, below a real-time control loop, so that other processes cannot stall it while it
+    holds the GIL. ``out_of_bounds``: ``clip`` or ``fallback`` an action outside the bounds;
+    ``max_rate`` / ``max_jerk``: limits of |a_t - a_t-1| and |a_t - 2 a_t-1 + a_t-2| per dimension
+    (None: off); ``max_consecutive_faults``: faults in a row that stop the controller.
     """
 
     def __init__(self, source: Any, period_s: float, *, queue: str = "replace", ensemble_m: float = 0.0,
                  blend_steps: int = 0, n_action_steps: int | None = None, async_inference: bool = False,
                  latency_budget_s: float | None = None, fallback: str = "hold",
-                 safe_action: Any = None, realtime_inference: bool = False) -> None:
+                 safe_action: Any = None, realtime_inference: bool = False, out_of_bounds: str = "clip",
+                 max_rate: float | None = None, max_jerk: float | None = None,
+                 max_consecutive_faults: int = 5) -> None:
         if not period_s > 0:
             raise ValueError(f"control period must be > 0 s, got {period_s}")
         if fallback not in FALLBACKS:
             raise ValueError(f"unknown fallback '{fallback}'; expected one of {list(FALLBACKS)}")
+        if out_of_bounds not in OUT_OF_BOUNDS:
+            raise ValueError(f"unknown out_of_bounds '{out_of_bounds}'; expected one of {list(OUT_OF_BOUNDS)}")
+        if isinstance(max_consecutive_faults, bool) or not isinstance(max_consecutive_faults, int) \
+                or max_consecutive_faults < 1:
+            raise ValueError(f"max_consecutive_faults must be an int >= 1, got {max_consecutive_faults!r}")
+        self.out_of_bounds, self.max_consecutive_faults = out_of_bounds, max_consecutive_faults
+        self.max_rate, self.max_jerk = check_limit("max_rate", max_rate), check_limit("max_jerk", max_jerk)
         if queue not in MODES:
             raise ValueError(f"unknown action queue mode '{queue}'; expected one of {list(MODES)}")
         self.source, self.period = source, float(period_s)
@@ -190,7 +218,16 @@ class Controller:
         self._single = self.kind == "action"
         self._prepare, self._predict = source.prepare, source.predict
         self._window = ObsWindow(source.n_obs_steps) if source.n_obs_steps > 1 else None
+        low = source.action_low
+        self.act_dim: int | None = int(getattr(source, "act_dim", 0) or (0 if low is None else len(low))) or None
         self._n: int | None = None
+        self._shape: tuple[int, int] = (0, 0)
+        self._guard: ActionGuard | None = None
+        self._in_a_row = 0
+        self.first_fault: str | None = None
+        self.last_fault: str | None = None
+        self.stopped: dict[str, Any] | None = None
+        """Set when the controller stopped: {tick, consecutive_faults, last_fault}."""
         self._tick = 0
         self._next_request = 0
         self._lock = threading.Lock()
@@ -198,8 +235,8 @@ class Controller:
         self._record = self.compute.add
         self.inference = LatencyRecorder(10_000)
         self.counts = dict.fromkeys(("ticks", "overruns", "missed", "starved_env_ticks", "cold_start_env_ticks",
-                                     "nonfinite_env_ticks", "chunks", "chunks_over_budget",
-                                     "chunks_discarded_for_reset"), 0)
+                                     "chunks", "chunks_over_budget", "chunks_discarded_for_reset",
+                                     "policy_faults", *COUNTERS), 0)
         self._warned_at: dict[str, float] = {}
         self._pending: tuple[int, np.ndarray] | None = None
         self._results: collections.deque = collections.deque()
@@ -245,50 +282,98 @@ class Controller:
         """The actions of control tick ``tick`` (default: the one after the last): (n, act_dim) float32.
 
         ``deadline``: a ``time.perf_counter()`` time; an action ready later is replaced by the
-        fallback (an overrun).
+        fallback (an overrun). A fault executes the fallback (see the module docstring); after a
+        stop, the safe action is sent and the policy is not called.
         """
         t0 = perf_counter()
         tick = self._tick if tick is None else int(tick)
         self._tick = tick + 1
+        if self._n is None and self.act_dim is not None:
+            self._setup(self._batch_size(obs), self.act_dim)
+        ok = None
+        if self.stopped is None:
+            try:
+                actions, ok = self._compute(obs, tick)
+            except Exception as e:
+                if self._n is None:  # the action size is not known yet: nothing safe to send
+                    raise
+                self._fault(e, tick)
+                actions = self._fallback_actions()
+        if self.stopped is not None:
+            actions, ok = self._fallback_actions(), None
+        self.counts["ticks"] += 1
+        if deadline is not None and perf_counter() > deadline:
+            self.counts["overruns"] += 1
+            actions, ok = self._fallback_actions(), None
+        self._last = actions = self._guard(actions, ok)
+        self._record(perf_counter() - t0)
+        return actions
+
+    def _compute(self, obs: Mapping[str, np.ndarray], tick: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The policy's actions for this tick and the envs that have one (None: all)."""
         x = self._prepare(obs)
         if self._window is not None:
             x = self._window.push(x)
-        ok = None
-        if self._single:
-            actions = self._predict(x)
+        if not self._single:
             if self._n is None:
-                self._setup(len(actions), actions.shape[1])
-            if not _all_finite(actions):
-                ok = isfinite(actions).all(axis=1)
-                self.counts["nonfinite_env_ticks"] += int((~ok).sum())
-                ok = None if ok.all() else ok
+                self._setup(len(x))  # an error naming the missing action size
+            return self._from_queue(x, tick)
+        actions = self._predict(x)
+        if self._n is None:
+            if np.ndim(actions) != 2:
+                raise ValueError(f"the policy returned actions of shape {np.shape(actions)}, expected (n, act_dim)")
+            self._setup(len(actions), actions.shape[1])
+        if actions.shape != self._shape:
+            raise ValueError(f"the policy returned actions of shape {actions.shape}, expected {self._shape} "
+                             "(n envs, act_dim)")
+        self._in_a_row = 0
+        return actions, None
+
+    def _batch_size(self, obs: Mapping[str, np.ndarray]) -> int:
+        """The number of envs of the first observation (a clear error if it is not (n, dim) arrays)."""
+        try:
+            shape = np.shape(obs[self.groups[0]])
+        except Exception:
+            shape = ()
+        if len(shape) != 2:
+            check_obs(obs, self.groups)  # raises the error naming what is wrong
+        return int(shape[0])
+
+    def _fault(self, e: BaseException, tick: int) -> None:
+        """Count and log a fault on ``tick``; stop after ``max_consecutive_faults`` in a row."""
+        self.counts["policy_faults"] += 1
+        self._in_a_row += 1
+        self.last_fault = message = f"tick {tick}: {_one_line(e)}"
+        if self.first_fault is None:
+            self.first_fault = message
+            log.debug("the first policy fault", exc_info=e)
+        if self._in_a_row >= self.max_consecutive_faults:
+            self.stopped = {"tick": tick, "consecutive_faults": self._in_a_row, "last_fault": message}
+            log.error("stopping at tick %d after %d consecutive policy faults (last: %s); sending the safe action "
+                      "from now on", tick, self._in_a_row, message)
         else:
-            if self._n is None:
-                self._setup(len(x) if isinstance(x, np.ndarray) else len(next(iter(x.values()))))
-            actions, ok = self._from_queue(x, tick)
-        self.counts["ticks"] += 1
-        if ok is not None:
-            actions = np.where(ok[:, None], actions, self._fallback_actions()).astype(np.float32)
-        if deadline is not None and perf_counter() > deadline:
-            self.counts["overruns"] += 1
-            actions = self._fallback_actions()
-        else:
-            self._last = actions
-        self._record(perf_counter() - t0)
-        return actions
+            self._warn("fault", f"policy fault on {message} ({self.counts['policy_faults']} so far, "
+                       f"{self._in_a_row} in a row); executing the fallback '{self.fallback}'")
+
+    @property
+    def halted(self) -> bool:
+        """Whether the controller stopped and the action sent is the safe action."""
+        return self.stopped is not None and self._guard.reached(self._safe)
 
     def skip(self, tick: int) -> np.ndarray:
         """The fallback actions of a tick the loop missed (its planned actions become stale)."""
         self._tick = int(tick) + 1
         self.counts["missed"] += 1
-        return self._fallback_actions()
+        self._last = actions = self._guard(self._fallback_actions())
+        return actions
 
     def _fallback_actions(self) -> np.ndarray:
-        return (self._last if self.fallback == "hold" else self._safe).copy()
+        """The fallback of every env: ``hold`` the last action sent, or the safe action (always after a stop)."""
+        return (self._last if self.fallback == "hold" and self.stopped is None else self._safe).copy()
 
     def _setup(self, n: int, act_dim: int | None = None) -> None:
         low, high = self.source.action_low, self.source.action_high
-        act_dim = int(getattr(self.source, "act_dim", 0) or act_dim or (0 if low is None else len(low)))
+        act_dim = int(self.act_dim or act_dim or 0)
         if not act_dim:
             raise ValueError(f"{self._describe_source()}: the action size is unknown (no action_space)")
         if low is None:
@@ -296,9 +381,11 @@ class Controller:
         safe = np.zeros(act_dim) if self._safe_given is None else np.asarray(self._safe_given, dtype=np.float64)
         if safe.shape != (act_dim,) or not np.all(np.isfinite(safe)):
             raise ValueError(f"safe_action must be {act_dim} finite numbers, got {self._safe_given}")
-        self._n, self.act_dim = n, act_dim
+        self._n, self.act_dim, self._shape = n, act_dim, (n, act_dim)
         self._safe = np.repeat(np.clip(safe, low, high).astype(np.float32)[None], n, axis=0)
         self._last = self._safe.copy()
+        self._guard = ActionGuard(low, high, self._safe, self._fallback_actions, self.counts, self.out_of_bounds,
+                                  self.max_rate, self.max_jerk)
         self._epoch = np.zeros(n, np.int64)
         self._fresh = np.ones(n, bool)
         self._queue = None if self.kind == "action" else ActionQueue(
@@ -321,14 +408,11 @@ class Controller:
                 self._record_chunk(time.perf_counter() - t0)
                 envs = None if tick >= self._next_request else ~has
                 q.add(chunk, tick, tick, envs=envs)
+                self._in_a_row = 0
                 self._fresh[slice(None) if envs is None else envs] = False
                 if tick >= self._next_request:
                     self._next_request = tick + self.replan
         actions, ok = q.pop(tick)
-        if not _all_finite(actions):
-            finite = np.isfinite(actions).all(axis=1)
-            self.counts["nonfinite_env_ticks"] += int((ok & ~finite).sum())
-            ok = ok & finite
         if ok.all():
             return actions, None
         dry = ~ok
@@ -377,13 +461,14 @@ class Controller:
         start, epochs = self._pending
         self._pending = None
         if error is not None:
-            raise RuntimeError(f"background inference failed: {error}") from error
+            raise error  # a fault of this tick
         self._record_chunk(seconds)
         same = self._epoch == epochs
         self.counts["chunks_discarded_for_reset"] += int((~same).sum())
         if same.any():
             self._queue.add(chunk, start, tick, envs=same)
             self._fresh &= ~same
+        self._in_a_row = 0
 
     def _worker(self) -> None:
         if self.realtime_inference:
@@ -402,7 +487,7 @@ class Controller:
                     with self._lock:
                         chunk = self.source.predict(x)
                     self._results.append((chunk, time.perf_counter() - submitted, None))
-                except Exception as e:  # handed to the control thread, which raises it
+                except Exception as e:  # handed to the control thread: a fault there
                     self._results.append((None, time.perf_counter() - submitted, e))
 
     def close(self) -> None:
@@ -430,7 +515,11 @@ class Controller:
         out: dict[str, Any] = {"source": self._describe_source(), "kind": self.kind,
                                "inference_mode": "async" if self.async_inference else "sync",
                                "realtime_inference": self.realtime_inference,
-                               "fallback": self.fallback, **self.counts, "compute": self.compute.summary()}
+                               "fallback": self.fallback, "out_of_bounds": self.out_of_bounds,
+                               "max_rate": self.max_rate, "max_jerk": self.max_jerk,
+                               "max_consecutive_faults": self.max_consecutive_faults, **self.counts,
+                               "first_fault": self.first_fault, "last_fault": self.last_fault,
+                               "stopped": self.stopped, "compute": self.compute.summary()}
         if self.kind == "chunk":
             out.update({"queue": self.queue_mode, "horizon": self.horizon, "n_action_steps": self.replan,
                         "ensemble_m": self.ensemble_m, "blend_steps": self.blend_steps,

@@ -27,10 +27,7 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
-import tempfile
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -40,7 +37,8 @@ import numpy as np
 import torch
 
 from policydistill.bundle import POLICY_CLASSES, library_versions, load_bundle, policy_class, read_bundle_info
-from policydistill.files import atomic_write_json, file_sha256
+from policydistill.configs import require_choice, require_int
+from policydistill.files import atomic_write_json, atomic_write_with, file_sha256
 from policydistill.graph import ExportGraph
 from policydistill.runtime.exported import SCHEMA_VERSION
 from policydistill.spaces import space_to_json
@@ -48,6 +46,8 @@ from policydistill.spaces import space_to_json
 log = logging.getLogger(__name__)
 
 FORMATS = ("torchscript", "onnx")
+MIN_OPSET, MAX_OPSET = 7, 20
+"""The ONNX opsets torch's TorchScript-based exporter writes."""
 BATCH = "n"
 DEFAULT_OPSET = 17
 TOLERANCE = {"torchscript": 1e-5, "onnx": 1e-4}
@@ -67,6 +67,13 @@ class ExportConfig:
     out: str = "???"
     opset: int = 17
     check: bool = True
+
+    def __post_init__(self) -> None:
+        require_choice("format", self.format, FORMATS)
+        require_int("opset", self.opset, MIN_OPSET)
+        if self.opset > MAX_OPSET:
+            raise ValueError(f"opset must be an int in [{MIN_OPSET}, {MAX_OPSET}] (what torch's ONNX exporter "
+                             f"writes), got {self.opset}")
 
 
 class ExportError(ValueError):
@@ -110,25 +117,6 @@ def _resolve(source: Any) -> tuple[Any, dict[str, Any]]:
                           f"{exportable_classes()} (an instance or a bundle directory)")
     return source, {"bundle": None, "policy_class": type(source).__name__, "weights_sha256": None,
                     "control_period": None}
-
-
-def _write_temp(out: Path, write: Callable[[Path], None]) -> Path:
-    """Run ``write(tmp)`` on a fresh temp file beside ``out`` and fsync it; the caller renames it."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
 
 
 def _export_torchscript(graph: ExportGraph, path: Path) -> dict[str, Any]:
@@ -247,6 +235,9 @@ def export_policy(source: Any, format: str, out: str | Path, *, opset: int = DEF
     if format not in FORMATS:
         raise ExportError(f"unknown export format '{format}'; expected one of {list(FORMATS)}")
     out = Path(out)
+    if out.is_dir():
+        raise ExportError(f"out '{out}' is a directory; expected the path of the model file to write, such as "
+                          f"'{out / ('policy.onnx' if format == 'onnx' else 'policy.pt')}'")
     policy, origin = _resolve(source)
     policy = copy.deepcopy(policy).to(device="cpu", dtype=torch.float32).eval().requires_grad_(False)
     graph = policy.export_graph()
@@ -259,18 +250,13 @@ def export_policy(source: Any, format: str, out: str | Path, *, opset: int = DEF
             exporter.update(_export_torchscript(graph, path))
         else:
             exporter.update(_export_onnx(graph, path, opset))
+        if check:
+            exporter["check_max_abs_diff"] = _check(format, graph, path)
 
     with warnings.catch_warnings():
         for pattern in _QUIET:
             warnings.filterwarnings("ignore", message=pattern)
-        tmp = _write_temp(out, write)
-        try:
-            if check:
-                exporter["check_max_abs_diff"] = _check(format, graph, tmp)
-            os.replace(tmp, out)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        atomic_write_with(out, write)
     exporter["torch"] = torch.__version__
     atomic_write_json(sidecar_path(out), _describe(format, description, out, origin, exporter))
     log.info("exported %s (%s) to %s (%s)", origin["bundle"] or origin["policy_class"], origin["policy_class"], out,

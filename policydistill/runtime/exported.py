@@ -18,6 +18,7 @@ onnxruntime, :class:`policydistill.runtime.torch_policy.GraphPolicy` adds torch.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,45 @@ class ExportedModelError(ValueError):
     """An exported model or its description that cannot be run; the message names the file."""
 
 
+def all_finite(a: np.ndarray) -> bool:
+    """Whether every value of ``a`` is finite (may say False for huge finite values: callers check rows then).
+
+    A Python sum for small arrays: far cheaper per tick than a numpy ufunc and reduction."""
+    return math.isfinite(sum(a.ravel().tolist()) if a.size <= 64 else float(a.sum(dtype=np.float64)))
+
+
+def check_obs(obs: Any, groups: Sequence[str], dims: Mapping[str, int] | None = None) -> None:
+    """Raise a one-line error unless ``obs`` maps each of ``groups`` to a finite (n, dim) array.
+
+    ``dims`` {group: dim}, when known, is checked too and named in the message. A missing group is a
+    KeyError; None, a wrong shape or a non-finite value a ValueError naming the group, what was
+    expected and what came in.
+    """
+    def want(g: str) -> str:
+        return f"(n, {dims[g]})" if dims and g in dims else "(n, dim)"
+
+    if not isinstance(obs, Mapping):
+        shape = f" of shape {np.shape(obs)}" if isinstance(obs, np.ndarray) else ""
+        raise ValueError(f"observation must be a dict of groups {list(groups)} -> (n, dim) arrays, got "
+                         f"{type(obs).__name__}{shape}")
+    missing = [g for g in groups if g not in obs]
+    if missing:
+        raise KeyError(f"observation lacks groups {missing}; it has {sorted(obs)}")
+    for g in groups:
+        if obs[g] is None:
+            raise ValueError(f"observation group '{g}' is None, expected an array of shape {want(g)}")
+        a = np.asarray(obs[g])
+        if a.ndim != 2:
+            raise ValueError(f"observation group '{g}' has shape {a.shape}, expected {want(g)} (one row per env)")
+        if dims and g in dims and a.shape[1] != dims[g]:
+            raise ValueError(f"observation group '{g}' has shape {a.shape}, expected ({len(a)}, {dims[g]})")
+        if a.dtype.kind not in "fiub":
+            raise ValueError(f"observation group '{g}' holds {a.dtype} values, expected numbers of shape {want(g)}")
+        finite = np.isfinite(a)
+        if not finite.all():
+            row, col = np.argwhere(~finite)[0]
+            raise ValueError(f"observation group '{g}' has a non-finite value ({a[row, col]} at row {row}, column "
+                             f"{col}), expected finite numbers")
 
 
 def description_path(path: str | Path) -> Path:
@@ -260,24 +300,32 @@ class ExportedPolicy:
     def prepare(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
         """The groups of ``obs`` in reading order: float32 (n, obs_dim); extra groups are ignored.
 
-        The result is written into a buffer that the next call overwrites (copy it to keep it).
+        A missing group is a KeyError; None, a wrong shape or a non-finite value a ValueError naming
+        the group (:func:`check_obs`). The result is written into a buffer that the next call
+        overwrites (copy it to keep it).
         """
         try:
             parts = [obs[g] for g in self.groups]
-        except KeyError:
-            raise KeyError(f"observation lacks groups {[g for g in self.groups if g not in obs]}; it has "
-                           f"{sorted(obs)}") from None
-        shapes = [a.shape for a in parts]
+            shapes = [a.shape for a in parts]
+        except (KeyError, TypeError, AttributeError, IndexError):
+            check_obs(obs, self.groups, self.group_dims)  # raises the error naming the group
+            raise
         if shapes != self._shapes:  # checked once per batch shape
+            check_obs(obs, self.groups, self.group_dims)
             n = len(parts[0])
             for g, shape in zip(self.groups, shapes, strict=True):
                 if shape != (n, self.group_dims[g]):
-                    raise ValueError(f"observation group '{g}' has shape {shape}, expected ({n}, {self.group_dims[g]})")
+                    raise ValueError(f"observation group '{g}' has shape {shape}, expected ({n}, "
+                                     f"{self.group_dims[g]}): every group one row per env")
             self._shapes, self._x = shapes, np.empty((n, self.obs_dim), np.float32)
         if len(parts) > 1:
-            return np.concatenate(parts, axis=1, out=self._x, casting="unsafe")
-        self._x[:] = parts[0]
-        return self._x
+            x = np.concatenate(parts, axis=1, out=self._x, casting="unsafe")
+        else:
+            x = self._x
+            x[:] = parts[0]
+        if not all_finite(x):
+            check_obs(obs, self.groups, self.group_dims)
+        return x
 
     def act(self, obs: Mapping[str, np.ndarray], deterministic: bool = True) -> np.ndarray:
         """obs {group: (n, dim)} -> actions float32 (n, act_dim).

@@ -6,7 +6,9 @@ lets other threads run) for precision. Each tick it reads the robot's observatio
 controller for the action with the tick's deadline (an action ready after it is an *overrun* and
 is replaced by the controller's fallback) and sends the action. When a tick ends after the
 deadline of the next one, the ticks in between are *missed*: the robot is sent the fallback for
-each (physically it keeps executing it), and their planned actions are never executed.
+each (physically it keeps executing it), and their planned actions are never executed. When the
+controller stops (too many consecutive policy faults, ``controller.halted``), the loop ends once the
+safe action has been sent, before ``ticks``; the statistics say so under ``controller.stopped``.
 
 Recorded per executed tick: latency (release start to action ready, robot I/O included), jitter
 (start minus release). :meth:`FixedRateLoop.run` returns the statistics as a dict (see
@@ -142,6 +144,8 @@ class FixedRateLoop:
             if progress is not None:
                 progress(1)
             i += 1
+            if getattr(controller, "halted", False):
+                break
             while i < ticks and time.perf_counter() > t0 + (i + 1) * period:
                 self.missed += 1
                 reset = robot.actuate(controller.skip(i))
@@ -192,6 +196,18 @@ def format_stats(stats: dict[str, Any]) -> str:
                      f"{c['cold_start_env_ticks']}, stale actions dropped {c['stale_dropped']}")
     if c["nonfinite_env_ticks"]:
         lines.append(f"  non-finite actions replaced by the fallback: {c['nonfinite_env_ticks']} env-ticks")
+    if c.get("out_of_bounds_env_ticks"):
+        done = "clipped into the bounds" if c["out_of_bounds"] == "clip" else "replaced by the fallback"
+        lines.append(f"  actions outside the bounds {done}: {c['out_of_bounds_env_ticks']} env-ticks")
+    if c.get("rate_limited_env_ticks") or c.get("jerk_limited_env_ticks"):
+        lines.append(f"  limited actions: rate (max {c['max_rate']}) {c['rate_limited_env_ticks']} env-ticks, "
+                     f"jerk (max {c['max_jerk']}) {c['jerk_limited_env_ticks']} env-ticks")
+    if c.get("policy_faults"):
+        lines.append(f"  policy faults (fallback executed): {c['policy_faults']}; first {c['first_fault']}")
+    if c.get("stopped"):
+        st = c["stopped"]
+        lines.append(f"  STOPPED at tick {st['tick']} after {st['consecutive_faults']} consecutive policy faults "
+                     f"(last {st['last_fault']}); the safe action was sent and the loop ended")
     busy = ", ".join(f"{k} {v:.0%}" for k, v in m["cpu_busy"].items())
     lines.append(f"  machine: CPU busy {busy}; this process {m['own_cpu']:.0%} of a core, others "
                  f"{m['others_cpu']:.2f} cores; load average {m['loadavg_before'][0]} -> {m['loadavg_after'][0]}; "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,9 +11,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from policydistill.configs import require_choice, require_int, require_number
 from policydistill.eval.metrics import Episode
-from policydistill.runtime.controller import Controller, make_source
+from policydistill.runtime.action_queue import MODES
+from policydistill.runtime.controller import BACKENDS, FALLBACKS, Controller, make_source
 from policydistill.runtime.loop import FixedRateLoop, pin_to_cpu, restore_scheduling
+from policydistill.runtime.safety import OUT_OF_BOUNDS, check_limit
 from policydistill.suites import Suite, load_suite
 from policydistill.types import stack_obs
 
@@ -24,7 +28,14 @@ class RuntimeConfig:
     """The real-time wrapper (:class:`~policydistill.runtime.Controller`). ``queue``: ``replace`` (a new chunk
     replaces the plan, cross-fading over ``blend_steps`` ticks) or ``ensemble`` (temporal ensembling,
     weights exp(-ensemble_m * i), i = 0 the oldest prediction). ``n_action_steps`` None: the policy's.
-    ``latency_budget_ms`` None: (horizon - n_action_steps) periods. ``fallback``: ``hold`` | ``safe``."""
+    ``latency_budget_ms`` None: (horizon - n_action_steps) periods. ``fallback``: ``hold`` | ``safe``.
+
+    Safety of every action sent: ``out_of_bounds``: ``clip`` an action outside the action bounds into
+    them, or replace it by the ``fallback``; ``max_rate`` / ``max_jerk``: largest |a_t - a_t-1| and
+    |a_t - 2 a_t-1 + a_t-2| per action dimension and tick (None: no limit); ``max_consecutive_faults``:
+    policy faults in a row (an exception, None or a wrong shape; each executes the fallback) after
+    which the run stops, sending the safe action (``safe_action``, default zeros clipped into the
+    bounds)."""
 
     queue: str = "replace"
     ensemble_m: float = 0.0
@@ -34,6 +45,28 @@ class RuntimeConfig:
     latency_budget_ms: float | None = None
     fallback: str = "hold"
     safe_action: list[float] | None = None
+    out_of_bounds: str = "clip"
+    max_rate: float | None = None
+    max_jerk: float | None = None
+    max_consecutive_faults: int = 5
+
+    def __post_init__(self) -> None:
+        require_choice("runtime.queue", self.queue, MODES)
+        require_choice("runtime.fallback", self.fallback, FALLBACKS)
+        require_choice("runtime.out_of_bounds", self.out_of_bounds, OUT_OF_BOUNDS)
+        require_number("runtime.ensemble_m", self.ensemble_m)
+        require_int("runtime.blend_steps", self.blend_steps, 0)
+        if self.n_action_steps is not None:
+            require_int("runtime.n_action_steps", self.n_action_steps)
+        if self.latency_budget_ms is not None:
+            require_number("runtime.latency_budget_ms", self.latency_budget_ms, 0.0, low_open=True)
+        if self.safe_action is not None and not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in self.safe_action):
+            raise ValueError(f"runtime.safe_action must be a list of finite numbers (one per action dimension), "
+                             f"got {self.safe_action!r}")
+        check_limit("runtime.max_rate", self.max_rate)
+        check_limit("runtime.max_jerk", self.max_jerk)
+        require_int("runtime.max_consecutive_faults", self.max_consecutive_faults)
 
 
 @dataclass
@@ -56,6 +89,17 @@ class RunConfig:
     log_every_s: float = 5.0
     out: str | None = None
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def __post_init__(self) -> None:
+        require_number("rate_hz", self.rate_hz, 0.0, low_open=True)
+        require_int("ticks", self.ticks)
+        require_int("n_envs", self.n_envs)
+        require_choice("backend", self.backend, BACKENDS)
+        require_number("log_every_s", self.log_every_s, 0.0)
+        if self.sampler_steps is not None:
+            require_int("sampler_steps", self.sampler_steps)
+        if self.cpu is not None:
+            require_int("cpu", self.cpu, 0)
 
 
 class SimRobot:
@@ -118,7 +162,8 @@ def run_policy(policy: str | Path | Any, suite: str | Suite, rate_hz: float, tic
     The control thread is pinned to ``cpu``; ``realtime`` gives it SCHED_FIFO (and an async
     inference thread a lower SCHED_FIFO priority).
 
-    Returns the loop statistics with the finished episodes (return, success) under ``episodes``.
+    Returns the loop statistics with the finished episodes (return, success) under ``episodes``; a run
+    stopped by too many consecutive policy faults ends early with ``controller.stopped`` set.
     """
     suite = load_suite(suite) if isinstance(suite, str) else suite
     source = make_source(policy, backend=backend, seed=seed, sampler_steps=sampler_steps)
@@ -150,7 +195,14 @@ def run_policy(policy: str | Path | Any, suite: str | Suite, rate_hz: float, tic
                          "success_rate": float(np.mean([e.success for e in eps])) if eps else None}
     lat, c = stats["latency"], stats["controller"]
     log.info("run finished: %d ticks at %g Hz, tick latency p50 %.0f us p99 %.0f us, deadline misses %d "
-             "(overruns %d, missed %d), fallback env-ticks %d", stats["ticks"], rate_hz, lat["p50_us"], lat["p99_us"],
-             stats["deadline_misses"], stats["overruns"], stats["missed"],
-             c["starved_env_ticks"] + c["cold_start_env_ticks"] + c["nonfinite_env_ticks"])
+             "(overruns %d, missed %d), fallback env-ticks %d, out of bounds %d, rate/jerk-limited %d/%d, "
+             "policy faults %d", stats["ticks"], rate_hz, lat["p50_us"], lat["p99_us"], stats["deadline_misses"],
+             stats["overruns"], stats["missed"],
+             c["starved_env_ticks"] + c["cold_start_env_ticks"] + c["nonfinite_env_ticks"],
+             c["out_of_bounds_env_ticks"], c["rate_limited_env_ticks"], c["jerk_limited_env_ticks"],
+             c["policy_faults"])
+    if c["stopped"]:
+        log.error("run stopped at tick %d of %d: %d consecutive policy faults (first %s; last %s)",
+                  c["stopped"]["tick"], ticks, c["stopped"]["consecutive_faults"], c["first_fault"],
+                  c["stopped"]["last_fault"])
     return stats

@@ -9,6 +9,9 @@ import sys
 
 log = logging.getLogger(__name__)
 
+LOCKED_BY_LAUNCHER = "POLICYDISTILL_LAUNCHER_HOLDS_LOCK"
+"""Set for the ranks :func:`launch` starts: the launching process holds the output folder's lock."""
+
 
 def under_torchrun() -> bool:
     """Whether this process was started by torchrun (one rank of a process group)."""
@@ -21,6 +24,14 @@ def launch(command: str, overrides: list[str], nproc: int) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "policydistill", command, *overrides]
     log.info("launching %s", " ".join(cmd))
-    result = subprocess.run(cmd)
+    result = subprocess.run(cmd, env={**os.environ, LOCKED_BY_LAUNCHER: "1"})
     if result.returncode:
         raise RuntimeError(f"{command} on {nproc} processes failed (exit code {result.returncode})")
+
+
+def holds_lock() -> bool:
+    """Whether this process takes its output folder's lock: not when it is a rank that :func:`launch` started,
+    nor a rank but 0 of a torchrun the user started."""
+    if not under_torchrun():
+        return True
+    return LOCKED_BY_LAUNCHER not in os.environ and int(os.environ.get("RANK", 0)) == 0

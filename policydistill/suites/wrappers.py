@@ -77,12 +77,47 @@ class FlattenGroups(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
         return np.concatenate([np.asarray(observation[g], dtype=np.float32).reshape(-1) for g in self.groups])
 
 
+# The reasons an episode is ended by a fault, by their start, and the kind each is counted as.
+NAN_ACTION = "policy returned a non-finite action"
+RESET_FAULT = "reset returned a non-finite observation"
+FAULT_KINDS = (
+    (NAN_ACTION, "nan_action"),
+    (RESET_FAULT, "nan_observation"),
+    ("env returned a non-finite observation", "nan_observation"),
+    ("simulator state became non-finite", "nan_observation"),
+    ("env returned a non-finite reward", "nan_reward"),
+    ("env raised ", "env_exception"),
+)
+
+
+def fault_kind(reason: str) -> str:
+    """The kind of a fault reason: ``nan_action``, ``nan_observation``, ``nan_reward`` or ``env_exception``
+    (also for any other reason an env reports)."""
+    return next((kind for start, kind in FAULT_KINDS if reason.startswith(start)), "env_exception")
+
+
+def nonfinite_reason(obs, reward: float = 0.0, on_reset: bool = False) -> str | None:
+    """Why an observation (an array or ``{group: array}``) and reward cannot be used, None when all are
+    finite; a non-finite observation is named before a non-finite reward."""
+    groups = obs if isinstance(obs, dict) else {"": obs}
+    bad = [g for g, v in groups.items() if not np.all(np.isfinite(v))]
+    if bad:
+        where = f" in groups {bad}" if isinstance(obs, dict) else ""
+        return (RESET_FAULT if on_reset else "env returned a non-finite observation") + where
+    if not np.isfinite(reward):
+        return f"env returned a non-finite reward ({reward})"
+    return None
+
+
 class SafeEpisodes(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """End an episode that raises or produces non-finite values instead of passing them on.
 
     Such a step returns the last finite observation, reward 0, ``truncated=True`` and
-    ``info["episode_error"]`` with the reason, so nothing non-finite reaches a learner or a dataset
-    and the caller can drop the episode. ``dropped`` counts them.
+    ``info["episode_error"]`` with the reason (see :data:`FAULT_KINDS`), so nothing non-finite reaches a
+    learner or a dataset and the caller can drop the episode. A MuJoCo env whose state went non-finite
+    (MuJoCo then resets it and warns) counts as such a step. A reset with a non-finite observation returns
+    it with zeros in place of the non-finite values, and the next step ends the episode with the reason,
+    without stepping the env. ``dropped`` counts these episodes.
     """
 
     def __init__(self, env: gym.Env) -> None:
@@ -90,23 +125,33 @@ class SafeEpisodes(gym.Wrapper, gym.utils.RecordConstructorArgs):
         gym.Wrapper.__init__(self, env)
         self.last_obs = None
         self.dropped = 0
+        self.pending: str | None = None  # a reset fault, reported by the next step
+        self._sim_warnings = _mujoco_instability(env.unwrapped)
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
-        if not _all_finite(obs):
-            raise ValueError(f"{self.env} returned a non-finite observation on reset")
+        self.pending = nonfinite_reason(obs, on_reset=True)
+        if self.pending is not None:
+            obs = _zero_nonfinite(obs)
         self.last_obs = obs
         return obs, info
 
     def step(self, action):
+        if self.pending is not None:
+            reason, self.pending = self.pending, None
+            return self._drop(reason)
         if not np.all(np.isfinite(action)):
-            return self._drop("policy returned a non-finite action")
+            return self._drop(NAN_ACTION)
+        before = self._sim_warnings() if self._sim_warnings else None
         try:
             obs, reward, terminated, truncated, info = self.env.step(action)
         except Exception as e:  # an env crash costs one episode, not the run
             return self._drop(f"env raised {type(e).__name__}: {e}")
-        if not (_all_finite(obs) and np.isfinite(reward)):
-            return self._drop("env returned a non-finite observation or reward")
+        reason = nonfinite_reason(obs, reward)
+        if reason is None and before is not None:
+            reason = _unstable_reason(before, self._sim_warnings())
+        if reason is not None:
+            return self._drop(reason)
         self.last_obs = obs
         return obs, reward, terminated, truncated, info
 
@@ -115,6 +160,30 @@ class SafeEpisodes(gym.Wrapper, gym.utils.RecordConstructorArgs):
         return self.last_obs, 0.0, False, True, {"episode_error": reason}
 
 
-def _all_finite(obs) -> bool:
-    values = obs.values() if isinstance(obs, dict) else [obs]
-    return all(np.all(np.isfinite(v)) for v in values)
+_UNSTABLE = ("QPOS", "QVEL", "QACC")  # MuJoCo's "Nan, Inf or huge value in ..." warnings
+
+
+def _mujoco_instability(env: gym.Env):
+    """For a MuJoCo env, a function giving its counts of the ``_UNSTABLE`` warnings (3,); else None."""
+    if not hasattr(getattr(env, "data", None), "warning"):
+        return None
+    import mujoco
+
+    ids = [int(getattr(mujoco.mjtWarning, f"mjWARN_BAD{name}")) for name in _UNSTABLE]
+    return lambda: np.array([env.data.warning[i].number for i in ids])
+
+
+def _unstable_reason(before: np.ndarray, after: np.ndarray) -> str | None:
+    """The reason for MuJoCo warnings raised during a step (counts (3,) before and after), None if none."""
+    names = [name for name, b, a in zip(_UNSTABLE, before, after, strict=True) if a > b]
+    if not names:
+        return None
+    return (f"simulator state became non-finite (MuJoCo: Nan, Inf or huge value in {', '.join(names)}; "
+            "it reset the state)")
+
+
+def _zero_nonfinite(obs):
+    """``obs`` (an array or ``{group: array}``) with zeros in place of its non-finite values."""
+    if isinstance(obs, dict):
+        return {g: _zero_nonfinite(v) for g, v in obs.items()}
+    return np.where(np.isfinite(obs), obs, 0).astype(np.asarray(obs).dtype)

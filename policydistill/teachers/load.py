@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from policydistill.bundle import find_bundles, is_bundle, load_bundle
+from policydistill.bundle import POLICY_JSON, find_bundles, is_bundle, load_bundle
+from policydistill.files import file_sha256
 from policydistill.models import resolve_device
 from policydistill.policy import CallablePolicy, ModulePolicy, Policy
 from policydistill.suites import Suite
@@ -83,3 +84,23 @@ def policies_for_suite(spec: str | Path, suite: Suite, device: str = "auto") -> 
         raise ValueError(f"'{path}' has no bundle for tasks {missing} of suite '{suite.name}'; "
                          f"it has bundles {sorted(found)}")
     return {n: load_bundle(found[n], device=device) for n in suite.task_names}
+
+
+def _identity(spec: str | Path) -> str:
+    """What a policy spec is: ``bundle sha256:<hash of its policy.json>`` (which holds the weights' hash) for a
+    bundle, the spec itself for ``module:callable``."""
+    path = Path(spec)
+    return f"bundle sha256:{file_sha256(path / POLICY_JSON)[:16]}" if is_bundle(path) else str(spec)
+
+
+
+def teacher_identities(spec: str | Path, suite: Suite) -> dict[str, str]:
+    """Per task of ``suite``, the identity of the policy :func:`policies_for_suite` gives it (see ``_identity``):
+    a run resumed with other teachers is told apart from one resumed with its own."""
+    if str(spec) == "suite":
+        return {t.name: _identity(t.teacher) for t in suite.tasks}
+    path = Path(spec)
+    if is_bundle(path) or not path.is_dir():
+        return dict.fromkeys(suite.task_names, _identity(spec))
+    found = find_bundles(path)
+    return {n: _identity(found.get(n, path)) for n in suite.task_names}

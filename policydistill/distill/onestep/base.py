@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from policydistill.bundle import is_bundle, read_bundle_info
-from policydistill.configs import refuse_unread, require_choice, require_int, require_number
+from policydistill.configs import refuse_unread, require_choice, require_int, require_lr, require_number
 from policydistill.data.batches import Batch, RowBatches
 from policydistill.data.chunks import ChunkWindows, chunk_windows
 from policydistill.data.sampling import RowSampler
@@ -90,8 +90,8 @@ class OneStepConfig:
                                                not isinstance(self.teacher_steps, int) or self.teacher_steps < 1):
             raise ValueError(f"method.teacher_steps must be an int >= 1 or null (the teacher's own), "
                              f"got {self.teacher_steps!r}")
-        require_number("method.lr", self.lr, 0.0, low_open=True)
-        require_number("method.aux_lr", self.aux_lr, 0.0, low_open=True)
+        require_lr("method.lr", self.lr)
+        require_lr("method.aux_lr", self.aux_lr)
         require_number("method.init_level", self.init_level, 0.0, 1.0)
         require_number("method.reg_weight", self.reg_weight, 0.0)
         require_number("method.target_ema", self.target_ema, 0.0, 1.0)
