@@ -120,6 +120,12 @@ def test_seeded_sampling_repeats_after_a_full_reset_and_observation_errors_are_c
         p.act({"policy": np.zeros((3, 5), np.float32), "task": o["task"]})
     with pytest.raises(KeyError, match="lacks groups \\['task'\\]"):
         p.act({"policy": o["policy"]})
+    bad = {**o, "policy": o["policy"].copy()}
+    bad["policy"][1, 2] = np.nan
+    with pytest.raises(ValueError, match="observation group 'policy'.*non-finite"):
+        p.act(bad)  # not a NaN action
+    with pytest.raises(ValueError, match="observation group 'policy'"):
+        p.act({"policy": None, "task": o["task"]})
 
 
 @pytest.mark.parametrize("denoiser", ["mlp", "unet"])

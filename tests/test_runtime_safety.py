@@ -100,12 +100,19 @@ def test_out_of_bounds_actions_are_clipped_or_replaced_and_counted():
 
 
 def test_nonfinite_actions_are_replaced_and_counted_as_such():
-    nan = Misbehaving(lambda k, n: np.array([[np.nan, 0.0], [0.25, np.inf]], np.float32) if k == 1
+    nan = Misbehaving(lambda k, n: np.array([[np.nan, 0.0], [0.25, 0.25]], np.float32) if k == 1
                       else np.full((n, 2), 0.5, np.float32))
     ctrl = Controller(PolicySource(nan), 0.01)
     ctrl.step(OBS)
-    np.testing.assert_array_equal(ctrl.step(OBS), [[0.5, 0.5], [0.5, 0.5]])  # hold the last action sent
-    assert ctrl.stats()["nonfinite_env_ticks"] == 2
+    np.testing.assert_array_equal(ctrl.step(OBS), [[0.5, 0.5], [0.25, 0.25]])  # env 0 holds its last action
+    assert (ctrl.stats()["nonfinite_env_ticks"], ctrl.stats()["policy_faults"]) == (1, 0)
+
+    always = Misbehaving(lambda k, n: np.full((n, 2), np.nan, np.float32))  # no finite action at all: a fault
+    ctrl = Controller(PolicySource(always), 0.01, max_consecutive_faults=3)
+    for _ in range(5):
+        assert np.isfinite(ctrl.step(OBS)).all()
+    s = ctrl.stats()
+    assert s["policy_faults"] == 3 and s["stopped"]["last_fault"].endswith("no finite action for any env")
 
     def chunk(k: int, n: int) -> np.ndarray:
         out = np.full((n, 4, 2), -0.5, np.float32)

@@ -22,9 +22,10 @@ graph, a :class:`PolicySource` around their ``act`` / ``predict_chunk``. Each ti
   action was ready, or a tick the loop missed) executes the fallback: ``hold`` the env's last
   executed action (the safe action before the first and after a reset) or the ``safe`` action
   (default: zeros clipped into the action bounds);
-- a *fault* (the policy raised, returned None or an array of the wrong shape, or was given an
-  observation it rejects) executes the fallback for every env; it is counted and logged (the first
-  at once, then at most one line every WARN_EVERY_S seconds, with the count). After
+- a *fault* (the policy raised, returned None, an array of the wrong shape or no finite action for
+  any env, or was given an observation it rejects) executes the fallback for every env; it is
+  counted and logged (the first at once, then at most one line every WARN_EVERY_S seconds, with the
+  count). After
   ``max_consecutive_faults`` faults without a good policy result in between, the controller stops:
   it no longer calls the policy and sends the safe action from then on (:attr:`Controller.stopped`
   says when and why; :attr:`Controller.halted` once the safe action is reached);
@@ -326,6 +327,8 @@ class Controller:
         if actions.shape != self._shape:
             raise ValueError(f"the policy returned actions of shape {actions.shape}, expected {self._shape} "
                              "(n envs, act_dim)")
+        if not np.isfinite(actions).all(axis=1).any():  # some envs' alone: replaced env by env, not a fault
+            raise ValueError("the policy returned no finite action for any env")
         self._in_a_row = 0
         return actions, None
 
