@@ -25,7 +25,8 @@ class FaultyEnv(gym.Env):
         self.episodes += 1
         self.t = 0
         self.bad = (seed is not None and seed % 2 == 1) or (self.every > 0 and self.episodes % self.every == 0)
-        return np.full(1, np.nan if self.bad and self.fault == "nan_reset" else 0.0, dtype=np.float32), {}
+        obs = np.full(1, np.nan if self.bad and self.fault == "nan_reset" else 0.0, dtype=np.float32)
+        return obs, {"is_success": False}  # it reports success (see Suite.has_success)
 
     def step(self, action):
         self.t += 1

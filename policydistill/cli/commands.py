@@ -14,6 +14,7 @@ import numpy as np
 from policydistill.distill.retrain import TrainStudentConfig, check_run, locked, output_folder, train_student
 from policydistill.distill.runner import DistillConfig, distill
 from policydistill.eval.evaluate import EvaluateConfig, evaluate, format_table
+from policydistill.eval.metrics import fmt_rate, mean_rate
 from policydistill.eval.video import check_renderable
 from policydistill.experts import TrainExpertsConfig, train_experts
 from policydistill.files import atomic_write_json, check_writable, read_json
@@ -33,12 +34,12 @@ def train_experts_cmd(cfg: TrainExpertsConfig, overrides: list[str]) -> dict[str
     summary = train_experts(suite, cfg.expert, cfg.out, workers=cfg.workers, seed=cfg.seed, device=cfg.device,
                             tasks=cfg.tasks, launcher=cfg.launcher, ray=cfg.ray, resume=cfg.resume)
     for name, r in summary["tasks"].items():
-        log.info("%-12s %s %7d steps %6.0f s  return %8.2f ± %.2f  success %.2f", name, r["algo"],
-                 r["env_steps"], r["wall_time_s"], r["return_mean"], r["return_std"], r["success_rate"])
+        log.info("%-12s %s %7d steps %6.0f s  return %8.2f ± %.2f  success %s", name, r["algo"],
+                 r["env_steps"], r["wall_time_s"], r["return_mean"], r["return_std"], fmt_rate(r["success_rate"]))
     log.info("summary: %s", Path(cfg.out) / "experts.json")
     tasks = summary["tasks"].values()
     return {"return": float(np.mean([t["return_mean"] for t in tasks])),
-            "success": float(np.mean([t["success_rate"] for t in tasks]))}
+            "success": mean_rate([t["success_rate"] for t in tasks])}
 
 
 def evaluate_cmd(cfg: EvaluateConfig, overrides: list[str]) -> dict[str, Any]:
@@ -65,7 +66,7 @@ def evaluate_cmd(cfg: EvaluateConfig, overrides: list[str]) -> dict[str, Any]:
         log.info("wrote %s", cfg.out)
     tasks = result["tasks"].values()
     return {"return": float(np.mean([t["return_mean"] for t in tasks])),
-            "success": float(np.mean([t["success_rate"] for t in tasks]))}
+            "success": mean_rate([t["success_rate"] for t in tasks])}
 
 
 def pipeline_cmd(cfg: PipelineConfig, overrides: list[str]) -> dict[str, Any]:
@@ -97,9 +98,12 @@ def distill_cmd(cfg: DistillConfig, overrides: list[str]) -> dict[str, Any]:
     last = summary["rounds"][-1]
     for name, t in last["tasks"].items():
         score = "n/a" if t["score"] is None else f"{t['score']:.3f}"
-        log.info("%-12s student return %8.2f  teacher %8.2f  score %s  success %.2f (teacher %.2f)", name,
-                 t["return_mean"], t["teacher_return_mean"], score, t["success_rate"], t["teacher_success_rate"])
-    log.info("student bundle: %s  summary: %s", Path(cfg.out) / "student", Path(cfg.out) / "distill.json")
+        log.info("%-12s student return %8.2f  teacher %8.2f  score %s  success %s (teacher %s)", name,
+                 t["return_mean"], t["teacher_return_mean"], score, fmt_rate(t["success_rate"]),
+                 fmt_rate(t["teacher_success_rate"]))
+    out = Path(cfg.out)
+    log.info("student bundle: %s (last round), %s (round %s: %s)  summary: %s", out / "student", out / "best",
+             summary["best_round"], summary["best"]["criterion"], out / "distill.json")
     return {"score": last["mean_score"], "return": last["student_return"], "labels": last["labels_used"],
             "rounds": len(summary["rounds"]), "wall_s": last["wall_time_s"]}
 

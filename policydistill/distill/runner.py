@@ -12,6 +12,7 @@ Output under ``out``::
     distill.json            method, suite, config, the teachers' evaluation, one row per round, best round
     student/                the student bundle of the last finished round
     episodes/               episode shards + manifest (what was collected)
+    best/                   the student bundle of the best round (validation seeds: mean success, then mean score)
     checkpoint/round-<r>/   the last finished round: student bundle and the method's state (optimisers, EMA, ...)
     checkpoint/fit-<r>.pt   the round in progress, mid-fit (long fits checkpoint every ``checkpoint_every``)
     tb/                     TensorBoard: every row's numbers against labels used, the fit loss per update
@@ -80,7 +81,9 @@ class DistillConfig:
     collecting and evaluating; ``eval_episodes`` per task each round, on seeds ``eval_seed``, ...;
     ``stop_score``: stop after the first round whose mean teacher-normalised score reaches it (None: run every
     round). ``collector``: ``local`` or ``ray`` (rollout actors, see ``ray``), for methods that collect
-    through the runner. A key the chosen method does not read is an error naming the keys it reads."""
+    through the runner. ``regression_margin``: a task whose success rate (score, where the suite defines no
+    success) drops by more than it from one round to the next is flagged. A key the chosen method does not read
+    is an error naming the keys it reads."""
 
     suite: str = "default"
     teachers: str = "???"
@@ -96,6 +99,7 @@ class DistillConfig:
     collector: str = "local"
     ray: RayConfig = field(default_factory=RayConfig)
     resume: str = "auto"
+    regression_margin: float = 0.2
 
     def __post_init__(self) -> None:
         require_device(self.device)
@@ -107,6 +111,7 @@ class DistillConfig:
         require_int("eval_episodes", self.eval_episodes)
         require_int("seed", self.seed, 0)
         require_int("eval_seed", self.eval_seed, 0)
+        require_number("regression_margin", self.regression_margin, 0.0, 1.0)
         require_choice("collector", self.collector, ENGINES)
         if self.stop_score is not None:
             require_number("stop_score", self.stop_score)
@@ -155,6 +160,51 @@ def _log_row(tb: SummaryWriter, row: dict[str, Any]) -> None:
         if t["score"] is not None:
             tb.add_scalar(f"score/{name}", t["score"], step)
     tb.flush()
+
+
+def _mean_success(per_task: dict[str, dict[str, Any]]) -> float | None:
+    """Mean success rate over the tasks, None when a task's suite defines no success."""
+    rates = [t["success_rate"] for t in per_task.values()]
+    return None if any(x is None for x in rates) else float(np.mean(rates))
+
+
+def _metric(task: dict[str, Any]) -> tuple[str, float | None]:
+    """What a task is judged by: its success rate where defined, else its score."""
+    return ("success", task["success_rate"]) if task["success_rate"] is not None else ("score", task["score"])
+
+
+def _regressions(prev: dict[str, Any] | None, per_task: dict[str, dict[str, Any]],
+                 margin: float) -> list[dict[str, Any]]:
+    """The tasks whose success (score) dropped by more than ``margin`` since ``prev``: {task, metric, from, to}."""
+    out = []
+    for name, task in per_task.items():
+        metric, now = _metric(task)
+        before = _metric(prev["tasks"][name])[1] if prev is not None and name in prev["tasks"] else None
+        if now is not None and before is not None and before - now > margin:
+            out.append({"task": name, "metric": metric, "from": before, "to": now})
+    return out
+
+
+def _rank(row: dict[str, Any]) -> tuple[float, float]:
+    """How rounds are compared to pick the best: mean success on the validation seeds, then mean score."""
+    none = -float("inf")
+    return (none if row["mean_success"] is None else row["mean_success"],
+            none if row["mean_score"] is None else row["mean_score"])
+
+
+def _why(row: dict[str, Any], eval_seed: int) -> dict[str, Any]:
+    """The best round and why it won, for distill.json."""
+    key = "mean success, then mean score" if row["mean_success"] is not None else "mean score"
+    return {"round": row["round"], "mean_success": row["mean_success"], "mean_score": row["mean_score"],
+            "criterion": f"highest {key} on the validation seeds ({eval_seed}, {eval_seed + 1}, ...)"}
+
+
+def _per_task(row: dict[str, Any]) -> str:
+    """``success 0.97 (north 1.00, east 0.94); score 0.99 (north 1.00, east 0.98)`` for a round's log line."""
+    def one(label: str, mean: float | None, key: str) -> str:
+        cells = ", ".join(f"{n} {'n/a' if t[key] is None else format(t[key], '.2f')}" for n, t in row["tasks"].items())
+        return f"{label} {'n/a' if mean is None else format(mean, '.3f')} ({cells})"
+    return f"{one('success', row['mean_success'], 'success_rate')}; {one('score', row['mean_score'], 'score')}"
 
 
 def _reached(row: dict[str, Any] | None, stop_score: float | None) -> bool:
@@ -253,10 +303,12 @@ class Runner:
                 row = self._round(r, prev, tb)
                 self._commit(r, row)
                 _log_row(tb, row)
-                log.info("round %d: beta %s, labels %d, env steps %d, loss %.4f, student return %.2f, score %s", r,
+                log.info("round %d: beta %s, labels %d, env steps %d, loss %.4f; %s", r,
                          "-" if row["beta"] is None else f"{row['beta']:.2f}", row["labels_used"], row["env_steps"],
-                         row["loss"], row["student_return"],
-                         "n/a" if row["mean_score"] is None else f"{row['mean_score']:.3f}")
+                         row["loss"], _per_task(row))
+                for g in row["regressions"]:
+                    log.warning("round %d: task %s regressed: %s %.2f -> %.2f (more than regression_margin %s)", r,
+                                g["task"], g["metric"], g["from"], g["to"], cfg.regression_margin)
         finally:
             tb.close()
         return self.summary
@@ -296,7 +348,9 @@ class Runner:
                 "collect_time_s": round(t1 - t0, 2), "update_time_s": round(t2 - t1, 2),
                 "eval_time_s": round(t3 - t2, 2),
                 "student_return": float(np.mean([e["return_mean"] for e in evals.values()])),
-                "mean_score": float(np.mean(scores)) if scores else None, "tasks": per_task,
+                "mean_score": float(np.mean(scores)) if scores else None,
+                "mean_success": _mean_success(per_task), "tasks": per_task,
+                "regressions": _regressions(prev, per_task, cfg.regression_margin),
                 "info": {**collected.info, **stats.get("info", {})}}
 
     def _collect(self, plan: CollectPlan, r: int) -> RoundData:
@@ -338,10 +392,12 @@ class Runner:
         save_torch(here / "state.pt", self.algo.state_dict())
         rows = self.summary["rounds"]
         rows.append(row)
-        scored = [x for x in rows if x["mean_score"] is not None]
-        self.summary["best_round"] = max(scored, key=lambda x: x["mean_score"])["round"] if scored else None
+        best = max(rows, key=_rank)
+        self.summary["best_round"], self.summary["best"] = best["round"], _why(best, self.cfg.eval_seed)
         atomic_write_json(self.summary_path, self.summary)
         save_bundle(student, self.out / "student", meta=self._meta(r))
+        if best["round"] == r:
+            save_bundle(student, self.out / "best", meta=self._meta(r))
         self._clean(r)
 
     def _clean(self, r: int) -> None:
@@ -362,6 +418,8 @@ class Runner:
         r = rows[-1]["round"]
         student = load_round(self.algo, self.ckpt, r)
         save_bundle(student, self.out / "student", meta=self._meta(r))
+        if self.summary["best_round"] == r:  # a kill may have come between the commit and best/
+            save_bundle(student, self.out / "best", meta=self._meta(r))
         self._clean(r)
         log.info("resuming after round %d", r)
 

@@ -10,7 +10,7 @@ from typing import Any
 from tqdm import tqdm
 
 from policydistill.configs import require_device, require_int
-from policydistill.eval.metrics import summarise, teacher_normalised
+from policydistill.eval.metrics import fmt_rate, summarise, teacher_normalised
 from policydistill.eval.rollout import run_episodes
 from policydistill.eval.video import record_video
 from policydistill.policy import Policy
@@ -84,11 +84,11 @@ def format_table(result: dict[str, Any]) -> str:
         head += f"{'teacher':>10}{'score':>8}{'Δsucc':>8}"
     lines = [head, "-" * len(head)]
     for name, r in result["tasks"].items():
-        line = (f"{name:<14}{r['return_mean']:>10.2f}{r['return_ci95']:>9.2f}{r['success_rate']:>9.2f}"
+        line = (f"{name:<14}{r['return_mean']:>10.2f}{r['return_ci95']:>9.2f}{fmt_rate(r['success_rate']):>9}"
                 f"{r['length_mean']:>8.0f}{r['dropped']:>8d}")
         if "teacher" in r:
             t = r["teacher"]
             score = "n/a" if t["score"] is None else f"{t['score']:.3f}"
-            line += f"{t['teacher_return_mean']:>10.2f}{score:>8}{t['success_diff']:>+8.2f}"
+            line += f"{t['teacher_return_mean']:>10.2f}{score:>8}{fmt_rate(t['success_diff'], '+.2f'):>8}"
         lines.append(line)
     return "\n".join(lines)

@@ -23,13 +23,14 @@ _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
 class Episode:
     """One finished episode. ``error`` is set when a fault ended it (a dropped episode), with the reason;
     ``ret`` and ``length`` then run up to the fault: the faulting step counts in ``length`` (0 for a fault on
-    reset), not its reward. ``env`` is the task's env id, for messages."""
+    reset), not its reward. ``env`` is the task's env id, for messages. ``success`` is None where the task
+    defines no success."""
 
     task: str
     seed: int
     ret: float
     length: int
-    success: bool
+    success: bool | None
     error: str | None = None
     env: str | None = None
 
@@ -56,7 +57,8 @@ def ci95(values: Sequence[float]) -> float:
 
 
 def summarise(episodes: Sequence[Episode]) -> dict[str, float | int | list]:
-    """Return mean/std/ci95, success rate and mean length over all episodes of one task. A dropped episode
+    """Return mean/std/ci95, success rate (None where the task defines no success) and mean length over all
+    episodes of one task. A dropped episode
     counts as a failure with its return and length up to the fault; ``dropped`` is their number and
     ``faults`` lists them as ``{seed, step, kind, error}``. When every episode was dropped the numbers are
     still returned (success 0), with a warning."""
@@ -73,22 +75,35 @@ def summarise(episodes: Sequence[Episode]) -> dict[str, float | int | list]:
         "return_mean": float(np.mean(returns)),
         "return_std": float(np.std(returns)),
         "return_ci95": ci95(returns),
-        "success_rate": float(np.mean([e.success and e.error is None for e in episodes])),
+        "success_rate": None if any(e.success is None for e in episodes) else
+        float(np.mean([e.success and e.error is None for e in episodes])),
         "length_mean": float(np.mean([e.length for e in episodes])),
         "dropped": len(faults),
         "faults": faults,
     }
 
 
+def fmt_rate(rate: float | None, spec: str = ".2f") -> str:
+    """A success rate for a table or a log line: "n/a" where the task defines no success."""
+    return "n/a" if rate is None else format(rate, spec)
+
+
+def mean_rate(rates: Sequence[float | None]) -> float | None:
+    """The mean of success rates, None when one of them is (a task without success)."""
+    rates = list(rates)
+    return None if not rates or any(r is None for r in rates) else float(np.mean(rates))
+
+
 def teacher_normalised(student: dict, teacher: dict) -> dict[str, float | None]:
     """``score`` = student return / teacher return (None when the teacher's return is not positive),
-    ``success_diff`` = student success rate - teacher success rate; ``teacher_dropped``: the teacher's
-    episodes ended by a fault (counted as failures in its numbers)."""
+    ``success_diff`` = student success rate - teacher success rate (None where the task defines no success);
+    ``teacher_dropped``: the teacher's episodes ended by a fault (counted as failures in its numbers)."""
     t = teacher["return_mean"]
+    s, ts = student["success_rate"], teacher["success_rate"]
     return {
         "score": float(student["return_mean"] / t) if t > 0 else None,
-        "success_diff": float(student["success_rate"] - teacher["success_rate"]),
+        "success_diff": None if s is None or ts is None else float(s - ts),
         "teacher_return_mean": float(t),
-        "teacher_success_rate": float(teacher["success_rate"]),
+        "teacher_success_rate": ts,
         "teacher_dropped": int(teacher.get("dropped", 0)),
     }

@@ -33,7 +33,7 @@ class Report:
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     def cell(v: Any) -> str:
-        return f"{v:.3f}" if isinstance(v, float) else ("–" if v is None else str(v))
+        return f"{v:.3f}" if isinstance(v, float) else ("n/a" if v is None else str(v))
 
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
@@ -46,7 +46,7 @@ def read_curve(path: str | Path) -> list[dict[str, float]]:
     if not path.exists():
         return []
     with open(path) as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: float(v) if v != "" else float("nan") for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def plot_experts(path: str | Path, curves: dict[str, list[dict[str, float]]], experts: dict[str, Any],

@@ -32,7 +32,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
 
 from policydistill.bundle import save_bundle
 from policydistill.configs import require_choice, require_int, require_ints
-from policydistill.eval.metrics import summarise
+from policydistill.eval.metrics import fmt_rate, summarise
 from policydistill.eval.rollout import run_episodes
 from policydistill.files import atomic_write_json, atomic_write_text, atomic_write_with, read_json
 from policydistill.models import resolve_device
@@ -178,7 +178,7 @@ class _Trainer(BaseCallback):
             stats = run.evaluate(self.model)
             for k in ("return_mean", "success_rate"):
                 self.logger.record(f"eval/{k}", stats[k])
-            if run.cfg.stop_at_threshold and stats["success_rate"] >= run.threshold:
+            if run.cfg.stop_at_threshold and (stats["success_rate"] or 0.0) >= run.threshold:
                 return False
         if n - self.last_ckpt >= run.cfg.checkpoint_every:
             self.last_ckpt = n
@@ -232,10 +232,10 @@ class _TaskRun:
         writer.writeheader()
         writer.writerows(self.state["curve"])
         atomic_write_text(self.dir / "curve.csv", text.getvalue())
-        if self.state["threshold_steps"] is None and stats["success_rate"] >= self.threshold:
+        if self.state["threshold_steps"] is None and (stats["success_rate"] or 0.0) >= self.threshold:
             self.state.update(threshold_steps=model.num_timesteps, threshold_s=row["wall_time_s"])
-        log.info("%s: %d steps, return %.2f, success %.2f", self.spec.name, model.num_timesteps,
-                 stats["return_mean"], stats["success_rate"])
+        log.info("%s: %d steps, return %.2f, success %s", self.spec.name, model.num_timesteps,
+                 stats["return_mean"], fmt_rate(stats["success_rate"]))
         return stats
 
     def checkpoint(self, model: BaseAlgorithm) -> None:

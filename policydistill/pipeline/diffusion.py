@@ -23,6 +23,7 @@ from policydistill.distill.onestep import ALGOS, OneStepConfig
 from policydistill.distill.runner import DistillConfig, distill
 from policydistill.eval.evaluate import evaluate
 from policydistill.eval.latency import chunk_latency
+from policydistill.eval.metrics import mean_rate
 from policydistill.files import atomic_write_json
 from policydistill.suites import Suite, load_suite, zoo_dir
 from policydistill.teachers import policies_for_suite
@@ -79,13 +80,13 @@ def compare(suite: Suite, policies: dict[str, Any], reference: str, episodes: in
         for t, row in r["tasks"].items():
             base = ref["tasks"][t]
             row["score"] = row["return_mean"] / base["return_mean"] if base["return_mean"] > 0 else None
-            row["success_ratio"] = row["success_rate"] / base["success_rate"] if base["success_rate"] > 0 else None
+            row["success_ratio"] = row["success_rate"] / base["success_rate"] if base["success_rate"] else None
         scores = [row["score"] for row in r["tasks"].values() if row["score"] is not None]
         ratios = [row["success_ratio"] for row in r["tasks"].values() if row["success_ratio"] is not None]
         r["mean_score"] = float(np.mean(scores)) if scores else None
         r["min_score"] = float(np.min(scores)) if scores else None
         r["mean_success_ratio"] = float(np.mean(ratios)) if ratios else None
-        r["mean_success"] = float(np.mean([row["success_rate"] for row in r["tasks"].values()]))
+        r["mean_success"] = mean_rate([row["success_rate"] for row in r["tasks"].values()])
         if r["latency"]:
             r["speedup_p50"] = ref["latency"]["p50_ms"] / r["latency"]["p50_ms"]
     return results

@@ -64,4 +64,17 @@ def stage_distill(cfg: Any, suite: Suite, out: Path, report: Report) -> None:
         f"\n\nOne student for all {len(suite.tasks)} tasks, DAgger with a {stage.method.schedule} beta schedule, "
         f"{len(runs['dagger']['rounds'])} rounds, {last['labels_used']} teacher labels, {last['wall_time_s']:.0f} s. "
         f"Score: student return / teacher return on the same {stage.eval_episodes} seeded episodes per task. "
-        "'no task id': the same student without the `task` group.\n\n![distill](distill.png)"))
+        "'no task id': the same student without the `task` group. " + _best_and_regressions(runs)
+        + "\n\n![distill](distill.png)"))
+
+
+def _best_and_regressions(runs: dict[str, dict[str, Any]]) -> str:
+    """Which round each run ships (``best/``) and why, and the tasks that regressed between rounds."""
+    parts = []
+    for name, run in runs.items():
+        best = run["best"]
+        flagged = [f"{g['task']} in round {row['round']} ({g['metric']} {g['from']:.2f} -> {g['to']:.2f})"
+                   for row in run["rounds"] for g in row["regressions"]]
+        parts.append(f"'{name}' ships round {best['round']} (`best/`: {best['criterion']})"
+                     + (f"; regressions: {', '.join(flagged)}" if flagged else "; no task regressed"))
+    return ". ".join(parts) + "."

@@ -19,6 +19,7 @@ from policydistill.configs import require_choice, require_int
 from policydistill.distill.dagger import DAggerConfig
 from policydistill.distill.predictability import predictability_of
 from policydistill.distill.runner import DistillConfig, distill
+from policydistill.eval.metrics import mean_rate
 from policydistill.models.students import STUDENT_KINDS, StudentConfig
 from policydistill.suites import Suite, load_suite, zoo_dir
 from policydistill.teachers import policies_for_suite
@@ -81,13 +82,13 @@ def stage_privileged(cfg: Any, suite: Suite, out: Path, report: Report) -> None:
     first = next(iter(runs.values()))
     rows = [["teacher (reads privileged)", "policy, privileged",
              *[f"{first['teacher'][t]['return_mean']:.1f}" for t in psuite.task_names], 1.0,
-             sum(first["teacher"][t]["success_rate"] for t in psuite.task_names) / len(psuite.task_names), None, None]]
+             mean_rate([first["teacher"][t]["success_rate"] for t in psuite.task_names]), None, None]]
     for kind, run in runs.items():
         last = run["rounds"][-1]
         pred = predictability_of(run)
         rows.append([kind, ", ".join(run["config"]["student"]["groups"]),
                      *[f"{last['tasks'][t]['return_mean']:.1f}" for t in psuite.task_names], last["mean_score"],
-                     sum(last["tasks"][t]["success_rate"] for t in psuite.task_names) / len(psuite.task_names),
+                     mean_rate([last["tasks"][t]["success_rate"] for t in psuite.task_names]),
                      None if not pred else pred["ratio"], f"{times[kind]:.0f}"])
     header = ["student", "groups", *[f"{t} return" for t in psuite.task_names], "score", "success",
               "predictability ratio", "wall s"]

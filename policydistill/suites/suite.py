@@ -7,6 +7,12 @@ A suite is a YAML file (``envs/suites/<name>.yaml`` for the bundled ones, or any
       - {name: north, env: policydistill/PointReach-v0, kwargs: {target: north}, train_steps: 60000}
 
 Any registered gymnasium id (e.g. ``Hopper-v5``) is also a one-task suite.
+
+A task's ``success`` says when an episode succeeded: ``{info_key: <key>}`` (the info value at the episode's
+last step), ``{return_at_least: <x>}`` (the episode's return) or ``"module:callable"`` (``fn(info, return) ->
+bool`` at each step; its value at the last step counts). Without it, a task whose env reports
+``info["is_success"]`` (in the info of its reset too) uses that, and a task whose env reports none has no
+success: its success rate is "n/a", never 0.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import gymnasium as gym
 import yaml
 from gymnasium import spaces
 
-from policydistill.suites.wrappers import BoxToGroups, SafeEpisodes, TaskGroup
+from policydistill.suites.wrappers import BoxToGroups, SafeEpisodes, Success, TaskGroup
 
 
 @dataclass(frozen=True)
@@ -33,7 +39,8 @@ class TaskSpec:
     """One task: ``env`` is a gymnasium id or ``"module:factory"``; ``kwargs`` go to it.
 
     ``success_threshold``: the success rate an expert must reach; ``train_steps``: default expert
-    budget; ``teacher``: optional policy spec (bundle dir or ``module:callable``).
+    budget; ``teacher``: optional policy spec (bundle dir or ``module:callable``); ``success``: when an episode
+    succeeded (see the module doc).
     """
 
     name: str
@@ -43,6 +50,11 @@ class TaskSpec:
     train_steps: int = 100_000
     max_episode_steps: int | None = None
     teacher: str | None = None
+    success: dict[str, Any] | str | None = None
+
+    def __post_init__(self) -> None:
+        if self.success is not None:
+            success_test(self.success, self.name)  # a bad spec is an error when the suite is loaded
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,12 @@ class Suite:
             out.append((env.observation_space, env.action_space))
             env.close()
         return tuple(out)
+
+    @functools.cached_property
+    def has_success(self) -> tuple[bool, ...]:
+        """Whether each task defines success: a ``success`` spec, or an env that reports ``info["is_success"]``
+        (probed on a reset, once per suite object)."""
+        return tuple(t.success is not None or _reports_success(self.make_env(i)) for i, t in enumerate(self.tasks))
 
     def space_groups(self, tasks: Sequence[int]) -> list[list[int]]:
         """``tasks`` grouped by their observation group shapes and action shape (first-seen order): the tasks
@@ -114,9 +132,38 @@ class Suite:
         if spec.max_episode_steps is not None:
             kwargs["max_episode_steps"] = spec.max_episode_steps
         env = _env_factory(spec.env)(**kwargs)
+        if spec.success is not None:
+            env = Success(env, success_test(spec.success, spec.name))
         if isinstance(env.observation_space, spaces.Box):
             env = BoxToGroups(env)
         return SafeEpisodes(TaskGroup(env, i, len(self.tasks)))
+
+
+def _reports_success(env: gym.Env) -> bool:
+    """Whether ``env`` puts ``is_success`` in the info of its reset (then closes it)."""
+    try:
+        return "is_success" in env.reset(seed=0)[1]
+    finally:
+        env.close()
+
+
+def success_test(spec: dict[str, Any] | str, task: str) -> Callable[[dict[str, Any], float], bool]:
+    """``fn(info, episode return so far) -> bool`` from a task's ``success`` spec (see the module doc)."""
+    if isinstance(spec, str) and ":" in spec:
+        module, _, attr = spec.partition(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"task '{task}': success '{spec}' cannot be imported: {e}") from None
+    if isinstance(spec, dict) and len(spec) == 1 and "info_key" in spec and isinstance(spec["info_key"], str):
+        key = spec["info_key"]
+        return lambda info, ret: bool(info.get(key, False))
+    if isinstance(spec, dict) and len(spec) == 1 and isinstance(spec.get("return_at_least"), (int, float)) \
+            and not isinstance(spec["return_at_least"], bool):
+        least = float(spec["return_at_least"])
+        return lambda info, ret: ret >= least
+    raise ValueError(f"task '{task}': success {spec!r} is not one of {{info_key: <key>}}, {{return_at_least: "
+                     "<number>}} or 'module:callable'")
 
 
 def _env_factory(env: str) -> Callable[..., gym.Env]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -39,6 +40,24 @@ class BoxToGroups(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
         if self._data is not None:
             out[PRIVILEGED] = np.concatenate([self._data.qpos, self._data.qvel]).astype(np.float32)
         return out
+
+
+class Success(gym.Wrapper):
+    """Sets ``info["is_success"]`` on every step from ``test(info, episode return so far)``, as a task's
+    ``success`` spec says (:func:`~policydistill.suites.suite.success_test`)."""
+
+    def __init__(self, env: gym.Env, test: Callable[[dict[str, Any], float], bool]) -> None:
+        super().__init__(env)
+        self.test, self.ret = test, 0.0
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        self.ret = 0.0
+        return self.env.reset(**kwargs)
+
+    def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.ret += float(reward)
+        return obs, reward, terminated, truncated, {**info, "is_success": bool(self.test(info, self.ret))}
 
 
 class TaskGroup(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
