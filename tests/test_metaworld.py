@@ -7,6 +7,10 @@ Runs only where metaworld is installed: the metaworld venv (``bash scripts/setup
 from __future__ import annotations
 
 import pickle
+import shlex
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +28,7 @@ from policydistill_envs.metaworld_tasks import (  # noqa: E402
 )
 
 from policydistill import DAggerConfig, StudentConfig  # noqa: E402
+from policydistill.cli import main  # noqa: E402
 from policydistill.distill.runner import DistillConfig, distill  # noqa: E402
 from policydistill.eval.rollout import run_episodes  # noqa: E402
 from policydistill.policy import CallablePolicy  # noqa: E402
@@ -121,3 +126,40 @@ def test_dagger_runs_from_the_scripted_teachers(tmp_path, mt10):
     summary = distill(cfg, suite, policies_for_suite("suite", suite, device="cpu"))
     assert len(summary["rounds"]) == 1 and summary["rounds"][0]["labels_used"] > 0
     assert summary["teacher"]["reach-v3"]["success_rate"] == 1.0
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "suites.md"
+TINY = {
+    "distill": ["method.rounds=1", "method.episodes_per_task=1", "method.updates_per_round=5", "eval_episodes=1",
+                "student.hidden=[32]"],
+    "evaluate": ["episodes=1"],
+    "train-experts": ["expert.total_steps=256", "expert.n_envs=2", "expert.eval_every=256", "expert.eval_episodes=1",
+                      "expert.final_episodes=1", "expert.checkpoint_every=256", "expert.hyperparams.n_steps=128",
+                      "expert.hyperparams.batch_size=64", "expert.hyperparams.n_epochs=1"],
+}
+"""Overrides that make each documented command cheap: one key the command reads each."""
+
+
+def metaworld_commands() -> list[str]:
+    """The command lines of the ``console`` blocks of docs/suites.md's Metaworld section."""
+    section = DOCS.read_text().split("## Metaworld", 1)[1].split("\n## ", 1)[0]
+    lines = [ln for block in section.split("```console")[1:] for ln in block.split("```")[0].splitlines()]
+    return [" ".join(shlex.split(ln, comments=True)) for ln in lines if ln.strip()]
+
+
+def test_every_documented_metaworld_command_runs(tmp_path, monkeypatch):
+    """The setup script and the pytest line are what CI runs (.ci/run); every other command runs here, on a
+    tiny budget, in this venv."""
+    monkeypatch.chdir(tmp_path)
+    ran = 0
+    for line in metaworld_commands():
+        words = shlex.split(line)
+        if words[0] == "bash" or words[1:3] == ["-m", "pytest"]:
+            continue
+        if words[0].endswith("/policydistill"):
+            assert main([*words[1:], *TINY.get(words[1], [])]) == 0, line
+        else:
+            assert words[1:4] == ["-m", "bench", "mt10"], line
+            subprocess.run([sys.executable, "-m", "bench", "mt10", "--smoke"], cwd=DOCS.parents[1], check=True)
+        ran += 1
+    assert ran == 5
