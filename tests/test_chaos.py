@@ -45,7 +45,7 @@ def chaos(argv: list[str], straight_s: float, seed: int) -> int:
     """Kill ``argv`` ``KILLS`` times at seeded moments within the time an uninterrupted run took, then run it to
     the end; returns how many kills hit a running process."""
     rng = np.random.default_rng(seed)
-    hits = sum(kill_after(argv, float(rng.uniform(0.2, 1.0) * straight_s)) for _ in range(KILLS))
+    hits = sum(kill_after(argv, float(rng.uniform(0.1, 0.6) * straight_s)) for _ in range(KILLS))
     assert main(argv) == 0
     return hits
 

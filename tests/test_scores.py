@@ -12,7 +12,7 @@ import pytest
 from policydistill.bundle import read_bundle_info
 from policydistill.cli import main
 from policydistill.distill.runner import _regressions
-from policydistill.eval.metrics import summarise
+from policydistill.eval.metrics import summarise, wilson_half_width
 from policydistill.eval.rollout import run_episodes
 from policydistill.files import read_json
 from policydistill.policy import CallablePolicy
@@ -85,6 +85,18 @@ def test_the_best_round_on_the_validation_seeds_is_kept_in_best(tmp_path, caplog
     assert all("student return" not in ln for ln in lines)  # no mean of raw returns across tasks
     flagged = [r.getMessage() for r in caplog.records if "regressed" in r.getMessage()]
     assert len(flagged) == sum(len(r["regressions"]) for r in rows)
+    final = summary["final"]  # best/ on the held-out seeds, as many episodes as a ± 0.05 interval needs (<= 40 x 2)
+    assert final["round"] == best["round"] and final["seeds"].startswith("9000, ")
+    for t in final["tasks"].values():
+        assert t["success_ci95"] <= 0.05 or t["episodes"] == 80
+        assert t["success_ci95"] == pytest.approx(wilson_half_width(t["success_rate"], t["episodes"]))
+
+
+def test_final_seeds_overlapping_the_validation_seeds_are_refused(tmp_path, caplog):
+    assert main(["distill", "teachers=conftest:goal_seeker", f"out={tmp_path / 'run'}", "eval_seed=8990",
+                 "eval_episodes=20"]) == 2
+    assert "overlap the validation seeds 8990..9009 (eval_seed)" in caplog.text
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_task_whose_success_drops_by_more_than_the_margin_is_flagged():

@@ -12,7 +12,8 @@ Output under ``out``::
     distill.json            method, suite, config, the teachers' evaluation, one row per round, best round
     student/                the student bundle of the last finished round
     episodes/               episode shards + manifest (what was collected)
-    best/                   the student bundle of the best round (validation seeds: mean success, then mean score)
+    best/                   the student bundle of the best round (validation seeds: mean success, then mean score),
+                            evaluated after the run on held-out seeds (``final`` in distill.json)
     checkpoint/round-<r>/   the last finished round: student bundle and the method's state (optimisers, EMA, ...)
     checkpoint/fit-<r>.pt   the round in progress, mid-fit (long fits checkpoint every ``checkpoint_every``)
     tb/                     TensorBoard: every row's numbers against labels used, the fit loss per update
@@ -49,8 +50,8 @@ from policydistill.distill.collect import Collector, CollectPlan, LocalCollector
 from policydistill.distill.dagger import DAggerConfig
 from policydistill.distill.fit import FitJob, FitResult, fit, save_torch
 from policydistill.distill.methods import METHODS, method_config, method_of
-from policydistill.eval.evaluate import evaluate_per_task
-from policydistill.eval.metrics import teacher_normalised
+from policydistill.eval.evaluate import evaluate_per_task, evaluate_to_interval
+from policydistill.eval.metrics import fmt_rate, mean_rate, teacher_normalised, wilson_half_width
 from policydistill.files import atomic_write_json, read_json, read_json_object
 from policydistill.models import resolve_device
 from policydistill.models.base import TorchPolicy
@@ -67,6 +68,9 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 3
 EXTENDABLE = ("method.rounds", "stop_score")
 """Config keys ``resume=extend`` lets change."""
+FINAL_PER_EVAL_EPISODE = 40
+"""With ``final_episodes`` None, the final evaluation runs at most this many times ``eval_episodes`` per task (400 at
+the default 10: what a ± 0.05 interval on a success rate near 0.5 needs)."""
 SUMMARY_KEYS = ("schema_version", "method", "suite", "config", "teacher", "teacher_return", "rounds")
 
 
@@ -82,8 +86,10 @@ class DistillConfig:
     ``stop_score``: stop after the first round whose mean teacher-normalised score reaches it (None: run every
     round). ``collector``: ``local`` or ``ray`` (rollout actors, see ``ray``), for methods that collect
     through the runner. ``regression_margin``: a task whose success rate (score, where the suite defines no
-    success) drops by more than it from one round to the next is flagged. A key the chosen method does not read
-    is an error naming the keys it reads."""
+    success) drops by more than it from one round to the next is flagged. After the last round, the student of
+    the best round (``best/``) is evaluated on held-out seeds ``test_seed``, ...: ``final_episodes`` per task
+    (None: as many as a ``± final_ci`` 95% interval on success needs, at most 40 × ``eval_episodes``; 0: no
+    final evaluation). A key the chosen method does not read is an error naming the keys it reads."""
 
     suite: str = "default"
     teachers: str = "???"
@@ -100,6 +106,9 @@ class DistillConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     resume: str = "auto"
     regression_margin: float = 0.2
+    test_seed: int = 9000
+    final_episodes: int | None = None
+    final_ci: float = 0.05
 
     def __post_init__(self) -> None:
         require_device(self.device)
@@ -112,6 +121,15 @@ class DistillConfig:
         require_int("seed", self.seed, 0)
         require_int("eval_seed", self.eval_seed, 0)
         require_number("regression_margin", self.regression_margin, 0.0, 1.0)
+        require_int("test_seed", self.test_seed, 0)
+        require_number("final_ci", self.final_ci, 0.0, 0.5, low_open=True)
+        if self.final_episodes is not None:
+            require_int("final_episodes", self.final_episodes, 0)
+        tests = range(self.test_seed, self.test_seed + (self.final_episodes or self.final_max_episodes))
+        if tests.start < self.eval_seed + self.eval_episodes and self.eval_seed < tests.stop:
+            raise ValueError(f"the final evaluation's seeds {tests.start}..{tests.stop - 1} (test_seed) overlap the "
+                             f"validation seeds {self.eval_seed}..{self.eval_seed + self.eval_episodes - 1} "
+                             "(eval_seed): choose test_seed apart")
         require_choice("collector", self.collector, ENGINES)
         if self.stop_score is not None:
             require_number("stop_score", self.stop_score)
@@ -127,6 +145,11 @@ class DistillConfig:
             raise ValueError(f"method '{cls.name}' does not read {', '.join(unread)}: "
                              f"{cls.not_read}; its keys are under method.* "
                              f"(policydistill distill method={cls.name} --cfg lists them)")
+
+    @property
+    def final_max_episodes(self) -> int:
+        """The most episodes per task of an adaptive final evaluation (``final_episodes`` None)."""
+        return FINAL_PER_EVAL_EPISODE * self.eval_episodes
 
     @property
     def method_name(self) -> str:
@@ -311,7 +334,33 @@ class Runner:
                                 g["task"], g["metric"], g["from"], g["to"], cfg.regression_margin)
         finally:
             tb.close()
+        if cfg.final_episodes != 0 and rows and (self.summary.get("final") or {}).get("round") != \
+                self.summary["best_round"]:
+            self.summary["final"] = self._final()
+            atomic_write_json(self.summary_path, self.summary)
         return self.summary
+
+    def _final(self) -> dict[str, Any]:
+        """The shipped student (``best/``) on the held-out seeds (see :class:`DistillConfig`)."""
+        cfg, r = self.cfg, self.summary["best_round"]
+        student = load_bundle(self.out / "best", device=self.ctx.device)
+        if cfg.final_episodes:
+            tasks = {n: {**e, "success_ci95": None if e["success_rate"] is None else
+                         wilson_half_width(e["success_rate"], e["episodes"])}
+                     for n, e in evaluate_per_task(self.suite, student, cfg.final_episodes, cfg.test_seed,
+                                                   cfg.n_envs).items()}
+        else:
+            tasks = evaluate_to_interval(self.suite, student, cfg.test_seed, cfg.final_ci, cfg.final_max_episodes,
+                                         n_envs=cfg.n_envs)
+        keep = ("episodes", "return_mean", "return_ci95", "success_rate", "success_ci95", "dropped")
+        final = {"round": r, "seeds": f"{cfg.test_seed}, {cfg.test_seed + 1}, ...",
+                 "tasks": {n: {k: t[k] for k in keep} for n, t in tasks.items()},
+                 "mean_success": mean_rate([t["success_rate"] for t in tasks.values()])}
+        log.info("final evaluation of round %d (best/) on held-out seeds %s: success %s (%s)", r, final["seeds"],
+                 fmt_rate(final["mean_success"], ".3f"),
+                 ", ".join(f"{n} {fmt_rate(t['success_rate'])} ± {fmt_rate(t['success_ci95'])} (n={t['episodes']})"
+                           for n, t in final["tasks"].items()))
+        return final
 
     def _round(self, r: int, prev: dict[str, Any] | None, tb: SummaryWriter) -> dict[str, Any]:
         cfg, algo = self.cfg, self.algo

@@ -10,7 +10,7 @@ from typing import Any
 from tqdm import tqdm
 
 from policydistill.configs import require_device, require_int
-from policydistill.eval.metrics import fmt_rate, summarise, teacher_normalised
+from policydistill.eval.metrics import fmt_rate, summarise, teacher_normalised, wilson_half_width
 from policydistill.eval.rollout import run_episodes
 from policydistill.eval.video import record_video
 from policydistill.policy import Policy
@@ -50,6 +50,27 @@ def evaluate_per_task(suite: Suite, policy: Policy | dict[str, Policy], episodes
     ``{task: summarise(...)}``, with ``dropped`` (int) and ``faults`` for the episodes a fault ended."""
     return {n: summarise(run_episodes(suite, n, policy[n] if isinstance(policy, dict) else policy, episodes,
                                       n_envs=n_envs, seed=seed)) for n in suite.task_names}
+
+
+def evaluate_to_interval(suite: Suite, policy: Policy, seed: int, half_width: float = 0.05,
+                         max_episodes: int = 400, batch: int = 50, n_envs: int = 8) -> dict[str, dict[str, Any]]:
+    """Per task, seeded episodes (seeds ``seed``, ``seed`` + 1, ...) in batches of ``batch`` until the 95% Wilson
+    interval of its success rate is within ``± half_width``, or ``max_episodes``; one batch for a task without
+    success. Each task's row is :func:`summarise`'s plus ``success_ci95`` (the interval's half-width, None
+    without success)."""
+    out = {}
+    for name in suite.task_names:
+        episodes: list = []
+        while True:
+            n = min(batch, max_episodes - len(episodes))
+            episodes += run_episodes(suite, name, policy, n, n_envs=n_envs, seed=seed + len(episodes))
+            row = summarise(episodes)
+            rate = row["success_rate"]
+            width = None if rate is None else wilson_half_width(rate, len(episodes))
+            if width is None or width <= half_width or len(episodes) >= max_episodes:
+                break
+        out[name] = {**row, "success_ci95": width}
+    return out
 
 
 def evaluate(suite: Suite, policies: dict[str, Policy], episodes: int = 20, n_envs: int = 8, seed: int = 1000,

@@ -83,6 +83,13 @@ def summarise(episodes: Sequence[Episode]) -> dict[str, float | int | list]:
     }
 
 
+def wilson_half_width(rate: float, n: int, z: float = 1.96) -> float:
+    """Half-width of the 95% Wilson interval of a success rate ``rate`` measured on ``n`` episodes."""
+    if n < 1:
+        return 1.0
+    return float(z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n))
+
+
 def fmt_rate(rate: float | None, spec: str = ".2f") -> str:
     """A success rate for a table or a log line: "n/a" where the task defines no success."""
     return "n/a" if rate is None else format(rate, spec)
