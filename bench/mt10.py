@@ -5,7 +5,8 @@
 
 Needs the metaworld venv (``bash scripts/setup_metaworld.sh``). Per seed: DAgger (``teachers=suite``: each task's
 scripted policy, :mod:`policydistill.teachers.metaworld`) on the suite's train goals (``--suite``, validated each
-round on ``--val-episodes`` per task), then the final student is evaluated on ``--episodes`` per task of the
+round on ``--val-episodes`` per task), then the student the run ships (``best/``: the round with the highest
+validation success, recorded as ``best_round``) is evaluated on ``--episodes`` per task of the
 held-out goals (``<suite>_heldout``, seeds 9000, ...) and of the train goals, beside the scripted teachers on
 the same held-out episodes. Targets (held-out goals, medians over the seeds): MT10 mean success >= 0.95, every
 task >= 0.85, distillation wall time <= 15 min on 2 cores; MT50 mean success >= 0.90.
@@ -51,8 +52,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--episodes-per-task", type=int, default=16)
-    p.add_argument("--collect-steps", type=int, default=250, help="cut collected episodes at this many steps")
-    p.add_argument("--updates", type=int, default=2000, help="fit updates per round")
+    p.add_argument("--collect-steps", type=int, default=500, help="cut collected episodes at this many steps")
+    p.add_argument("--updates", type=int, default=3000, help="fit updates per round")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--hidden", type=int, nargs="+", default=[512, 512])
@@ -86,13 +87,14 @@ def main(argv: list[str] | None = None) -> dict:
             t0 = time.perf_counter()
             summary = distill(cfg, suite, teachers)
             wall = time.perf_counter() - t0
-            student = load_bundle(Path(tmp) / "student", device="cpu")
+            student = load_bundle(Path(tmp) / "best", device="cpu")  # the student the run ships
             t0 = time.perf_counter()
             held = success(evaluate_per_task(held_out, student, args.episodes, HELD_OUT_SEED, args.n_envs))
             train = success(evaluate_per_task(suite, student, args.episodes, HELD_OUT_SEED, args.n_envs))
             eval_s = time.perf_counter() - t0
         last = summary["rounds"][-1]
         run = {"seed": seed, "wall_time_s": round(wall, 1), "eval_time_s": round(eval_s, 1),
+               "best_round": summary["best_round"], "best": summary["best"],
                "labels_used": last["labels_used"], "env_steps": last["env_steps"],
                "held_out_mean": statistics.fmean(held.values()), "held_out_min": min(held.values()),
                "train_mean": statistics.fmean(train.values()), "train_min": min(train.values()),
@@ -101,9 +103,10 @@ def main(argv: list[str] | None = None) -> dict:
                           | {"val_success": statistics.fmean(t["success_rate"] for t in r["tasks"].values())}
                           for r in summary["rounds"]]}
         runs.append(run)
-        print(f"seed {seed}: held-out success mean {run['held_out_mean']:.3f} min {run['held_out_min']:.2f}, train "
-              f"goals mean {run['train_mean']:.3f} min {run['train_min']:.2f}; distill {wall:.0f} s, "
-              f"{run['labels_used']} labels; held-out per task {held}", flush=True)
+        print(f"seed {seed} (best round {run['best_round']} of {len(summary['rounds'])}): held-out success mean "
+              f"{run['held_out_mean']:.3f} min {run['held_out_min']:.2f}, train goals mean {run['train_mean']:.3f} "
+              f"min {run['train_min']:.2f}; distill {wall:.0f} s, {run['labels_used']} labels; held-out per task "
+              f"{held}", flush=True)
     medians = {"held_out_mean_success": statistics.median(r["held_out_mean"] for r in runs),
                "held_out_min_task_success": statistics.median(r["held_out_min"] for r in runs),
                "train_mean_success": statistics.median(r["train_mean"] for r in runs),
