@@ -199,12 +199,13 @@ def distill_run(suite: Suite, teachers: dict[str, Any], seed: int, method: Any, 
                 eval_episodes: int, n_envs: int = 8, stop_score: float | None = None
                 ) -> Iterator[tuple[dict[str, Any], Path]]:
     """One distillation run from the zoo ``teachers`` of ``suite`` in a temporary folder, on the CPU (students
-    evaluated on the validation seeds, 5000, ...): its ``distill.json`` content and the folder (with the final
-    ``student`` bundle), which lives as long as the ``with`` block."""
+    evaluated on the validation seeds, 5000, ...; no final evaluation: a benchmark evaluates what it compares
+    itself): its ``distill.json`` content and the folder (with the final ``student`` bundle), which lives as
+    long as the ``with`` block."""
     with tempfile.TemporaryDirectory() as tmp:
         cfg = DistillConfig(suite=suite.name, teachers=str(zoo_dir(suite.name)), out=tmp, seed=seed, device="cpu",
                             method=method, student=student, n_envs=n_envs, eval_episodes=eval_episodes,
-                            stop_score=stop_score)
+                            stop_score=stop_score, final_episodes=0)
         yield distill(cfg, suite, teachers), Path(tmp)
 
 

@@ -1,4 +1,4 @@
-"""DAgger generalist fidelity: student return / teacher return per task, over several seeds (medians).
+"""DAgger generalist fidelity: per-task score, (student - random) / (teacher - random) return, over seeds (medians).
 
     .venv/bin/python -m bench distill_fidelity --suite default --seeds 0 1 2 --blind
     .venv/bin/python -m bench distill_fidelity --suite locomotion --groups policy privileged task --rounds 6 \
@@ -110,10 +110,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"without the task group: {b['seeds_failing_a_task']}/{len(args.seeds)} seeds fail a task (median "
               f"success {b['median_success']}); with it: {b['task_conditioned_seeds_failing_a_task']}/"
               f"{len(args.seeds)}")
-    ratios = {"student_over_teacher_return (mean score)": medians["mean_score"],
-              "student_over_teacher_return (worst task)": medians["min_score"]}
+    ratios = {"score, (student - random) / (teacher - random) return (mean over tasks)": medians["mean_score"],
+              "score (worst task)": medians["min_score"]}
     if args.blind:
-        ratios["blind_student_over_teacher_return (mean score)"] = medians["blind_mean_score"]
+        ratios["score without the task group (mean over tasks)"] = medians["blind_mean_score"]
     return envelope.write("distill_fidelity", args, started, runs=len(args.seeds), medians=medians, ratios=ratios,
                           results=results, tag=f"_{args.suite}{args.tag}")
 

@@ -10,7 +10,8 @@ demonstrations pass it on the left or the right):
 3. evaluate on the same seeded episodes: the teacher with DDIM 100, 10 and 1 steps, each student,
    and the deterministic student before distillation (the teacher's denoiser at its init level).
 
-Scores are per task: return / the 100-step teacher's return and success / its success. With
+Scores here are per task return ratios, return / the 100-step teacher's return (``return_ratio`` of
+:func:`policydistill.pipeline.diffusion.compare`), and success / its success. With
 ``--control`` the same teacher recipe is also run on the plain ``default`` suite with its
 (deterministic, uni-modal) zoo experts, to show what one DDIM step does without multi-modality.
 Reports medians over seeds and the checks of the targets. Runs live under ``--runs`` (default
@@ -121,13 +122,13 @@ def summarise(per_seed: list[dict[str, Any]], key: str = "results") -> dict[str,
     out = {}
     for name in names:
         rows = [s[key][name] for s in per_seed]
-        per_task = {t: {"score": median([r["tasks"][t]["score"] for r in rows]),
+        per_task = {t: {"score": median([r["tasks"][t]["return_ratio"] for r in rows]),
                         "success_ratio": median([r["tasks"][t]["success_ratio"] for r in rows]),
                         "success_rate": median([r["tasks"][t]["success_rate"] for r in rows])} for t in tasks}
-        out[name] = {"mean_score": median([r["mean_score"] for r in rows]),
+        out[name] = {"mean_score": median([r["mean_return_ratio"] for r in rows]),
                      "mean_success_ratio": median([r["mean_success_ratio"] for r in rows]),
                      "mean_success": median([r["mean_success"] for r in rows]),
-                     "worst_task_score": median([_worst(r, "score") for r in rows]),
+                     "worst_task_score": median([_worst(r, "return_ratio") for r in rows]),
                      "worst_task_success_ratio": median([_worst(r, "success_ratio") for r in rows]),
                      "tasks": per_task}
     return out

@@ -6,7 +6,8 @@
 The zoo teachers read ``[policy, privileged]`` (mass, friction and actuator-strength scales, true base
 velocity); every student below reads ``[policy, task]`` only, except the reference ``mlp_privileged``.
 Each (kind, seed) is one DAgger run (linear beta 1 -> 0); its final student and the teachers are
-evaluated on the same seeded episodes (score = student return / teacher return, per task, averaged).
+evaluated on the same seeded episodes (score here = student return / teacher return, the rows'
+``return_ratio``, per task, averaged).
 Then the mass scale, drawn from [0.7, 1.3] in training, is swept past that range (fixed per sweep
 point) for the teachers, the best history student and the proprio-only MLP: medians over seeds,
 plotted beside the result (``privileged_students_mass_sweep.png``). Pieces are cached under
@@ -42,6 +43,7 @@ from policydistill import (  # noqa: E402
     evaluate_per_task,
     load_bundle,
 )
+from policydistill.eval.metrics import mean_of  # noqa: E402
 from policydistill.eval.report import save_figure  # noqa: E402
 from policydistill.files import atomic_write_json, read_json  # noqa: E402
 from policydistill.pipeline.privileged import student_config  # noqa: E402
@@ -89,13 +91,15 @@ def run_piece(kind: str, seed: int, args: argparse.Namespace, suite: Suite, teac
     with distill_run(suite, teachers, seed, method, student_cfg, args.eval_episodes) as (summary, out):
         last = summary["rounds"][-1]
         student = load_bundle(out / "student", device="cpu")
-        result = {"kind": kind, "seed": seed, "groups": student_cfg.groups, "mean_score": last["mean_score"],
+        result = {"kind": kind, "seed": seed, "groups": student_cfg.groups,
+                  "mean_score": mean_of(last["tasks"].values(), "return_ratio"),
                   "student_return": last["student_return"], "labels_used": last["labels_used"],
                   "wall_time_s": round(time.perf_counter() - t0, 1),
                   "teacher_return": statistics.mean(t["return_mean"] for t in summary["teacher"].values()),
-                  "tasks": {n: {k: t[k] for k in ("return_mean", "score", "success_rate", "teacher_return_mean")}
+                  "tasks": {n: {"score": t["return_ratio"], **{k: t[k] for k in ("return_mean", "success_rate",
+                                                                                 "teacher_return_mean")}}
                             for n, t in last["tasks"].items()},
-                  "curve": [r["mean_score"] for r in summary["rounds"]]}
+                  "curve": [mean_of(r["tasks"].values(), "return_ratio") for r in summary["rounds"]]}
         if kind in ("mlp", *HISTORY_KINDS):
             result["mass_sweep"] = sweep(suite, student, args.sweep, args.sweep_episodes)
     atomic_write_json(cache, result)

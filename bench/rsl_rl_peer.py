@@ -12,7 +12,7 @@ sizes and activation as ours, observation normalisation and IsaacLab's distillat
 env steps as one DAgger round (every task's episodes, ``--episodes-per-task`` each), and both students
 are evaluated after every round/iteration on the same seeded episodes, outside the timed training.
 
-Printed and written to ``rsl_rl_peer_<suite><tag>.json``: per method the student's mean teacher-normalised
+Printed and written to ``rsl_rl_peer_<suite><tag>.json``: per method the student's mean (random-normalised)
 score after each round against env steps, and the training wall time (collection + updates, evaluation
 excluded); medians over the seeds and their ratios.
 """
@@ -129,14 +129,16 @@ class RslStudent:
         """Stateless."""
 
 
-def evaluate(suite: Suite, policy: Any, teacher_eval: dict, episodes: int) -> float:
-    """Mean teacher-normalised score over the tasks on the seeded evaluation episodes."""
+def evaluate(suite: Suite, policy: Any, baselines: tuple[dict, dict], episodes: int) -> float:
+    """Mean score over the tasks on the seeded evaluation episodes, against the runner's (teacher, random)
+    evaluations on them."""
     evals = evaluate_per_task(suite, policy, episodes, seed=EVAL_SEED)
-    return float(np.mean([teacher_normalised(evals[n], teacher_eval[n])["score"] for n in suite.task_names]))
+    teacher, random = baselines
+    return float(np.mean([teacher_normalised(evals[n], teacher[n], random[n])["score"] for n in suite.task_names]))
 
 
 def run_rsl_rl(suite: Suite, teachers: dict, groups: list[str], hidden: list[int], seed: int, iterations: int,
-               episodes_per_task: int, teacher_eval: dict, eval_episodes: int, epochs: int) -> dict:
+               episodes_per_task: int, baselines: tuple[dict, dict], eval_episodes: int, epochs: int) -> dict:
     torch.manual_seed(seed)
     env0 = suite.make_env(0)
     steps_per_env = int(env0.spec.max_episode_steps)
@@ -165,7 +167,7 @@ def run_rsl_rl(suite: Suite, teachers: dict, groups: list[str], hidden: list[int
         alg.eval_mode()
         curve.append({"env_steps": (it + 1) * steps_per_env * env.num_envs,
                       "train_time_s": round(collect_time + update_time, 2),
-                      "mean_score": evaluate(suite, policy, teacher_eval, eval_episodes)})
+                      "mean_score": evaluate(suite, policy, baselines, eval_episodes)})
     return {"curve": curve, "train_time_s": collect_time + update_time, "collect_time_s": collect_time,
             "update_time_s": update_time}
 
@@ -180,7 +182,8 @@ def run_dagger(suite: Suite, teachers: dict, groups: list[str], hidden: list[int
     train_times = itertools.accumulate(r["collect_time_s"] + r["update_time_s"] for r in rows)
     curve = [{"env_steps": r["env_steps"], "train_time_s": round(t, 2), "mean_score": r["mean_score"]}
              for r, t in zip(rows, train_times, strict=True)]
-    return {"curve": curve, "train_time_s": curve[-1]["train_time_s"], "teacher": summary["teacher"],
+    return {"curve": curve, "train_time_s": curve[-1]["train_time_s"],
+            "baselines": (summary["teacher"], summary["random"]),
             "collect_time_s": sum(r["collect_time_s"] for r in rows),
             "update_time_s": sum(r["update_time_s"] for r in rows)}
 
@@ -211,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
         ours = run_dagger(suite, teachers, args.groups, args.hidden, seed, args.rounds, args.episodes_per_task,
                           args.eval_episodes, args.updates)
         peer = run_rsl_rl(suite, teachers, args.groups, args.hidden, seed, args.rounds, args.episodes_per_task,
-                          ours.pop("teacher"), args.eval_episodes, args.rsl_epochs)
+                          ours.pop("baselines"), args.eval_episodes, args.rsl_epochs)
         for name, run in (("policydistill_dagger", ours), ("rsl_rl_distillation", peer)):
             runs[name].append({"seed": seed, **run})
             last = run["curve"][-1]

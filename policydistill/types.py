@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -18,6 +19,40 @@ TASK = "task"
 GROUPS: tuple[str, ...] = (POLICY, PRIVILEGED, TASK)
 
 ObsGroups = Mapping[str, np.ndarray]
+
+
+def check_obs(obs: Any, groups: Sequence[str], dims: Mapping[str, int] | None = None) -> None:
+    """Raise a one-line error unless ``obs`` maps each of ``groups`` to a finite (n, dim) array.
+
+    ``dims`` {group: dim}, when known, is checked too and named in the message. A missing group is a
+    KeyError; None, a wrong shape or a non-finite value a ValueError naming the group, what was
+    expected and what came in.
+    """
+    def want(g: str) -> str:
+        return f"(n, {dims[g]})" if dims and g in dims else "(n, dim)"
+
+    if not isinstance(obs, Mapping):
+        shape = f" of shape {np.shape(obs)}" if isinstance(obs, np.ndarray) else ""
+        raise ValueError(f"observation must be a dict of groups {list(groups)} -> (n, dim) arrays, got "
+                         f"{type(obs).__name__}{shape}")
+    missing = [g for g in groups if g not in obs]
+    if missing:
+        raise KeyError(f"observation lacks groups {missing}; it has {sorted(obs)}")
+    for g in groups:
+        if obs[g] is None:
+            raise ValueError(f"observation group '{g}' is None, expected an array of shape {want(g)}")
+        a = np.asarray(obs[g])
+        if a.ndim != 2:
+            raise ValueError(f"observation group '{g}' has shape {a.shape}, expected {want(g)} (one row per env)")
+        if dims and g in dims and a.shape[1] != dims[g]:
+            raise ValueError(f"observation group '{g}' has shape {a.shape}, expected ({len(a)}, {dims[g]})")
+        if a.dtype.kind not in "fiub":
+            raise ValueError(f"observation group '{g}' holds {a.dtype} values, expected numbers of shape {want(g)}")
+        finite = np.isfinite(a)
+        if not finite.all():
+            row, col = np.argwhere(~finite)[0]
+            raise ValueError(f"observation group '{g}' has a non-finite value ({a[row, col]} at row {row}, column "
+                             f"{col}), expected finite numbers")
 
 
 def check_groups(groups: Sequence[str]) -> tuple[str, ...]:

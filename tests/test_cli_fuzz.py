@@ -48,9 +48,10 @@ def finished(tmp_path_factory) -> Path:
     diffusion run (its student: the teacher of onestep)."""
     root = tmp_path_factory.mktemp("fuzz")
     assert main(["distill", "method=bc", "teachers=conftest:goal_seeker", f"out={root / 'bc'}", "eval_episodes=1",
-                 "n_envs=2", "method.rounds=1", "method.episodes_per_task=1", "method.updates_per_round=5"]) == 0
+                 "final_episodes=0", "n_envs=2", "method.rounds=1", "method.episodes_per_task=1",
+                 "method.updates_per_round=5"]) == 0
     assert main(["distill", "method=diffusion", "teachers=conftest:goal_seeker", f"out={root / 'diffusion'}",
-                 "eval_episodes=1", "n_envs=2", *TINY_DIFFUSION]) == 0
+                 "eval_episodes=1", "final_episodes=0", "n_envs=2", *TINY_DIFFUSION]) == 0
     return root / "bc"
 
 
@@ -65,7 +66,7 @@ def bases(run: Path, experts: Path) -> dict[str, tuple[list[str], str | None]]:
     """Per case kind: the command line of a tiny run, and the method (for distill)."""
     student = run / "student"
     files = read_json(experts / "east" / "checkpoint.json")["files"]
-    distill = ["distill", "teachers=conftest:goal_seeker", "out=out", "eval_episodes=1", "n_envs=2"]
+    distill = ["distill", "teachers=conftest:goal_seeker", "out=out", "eval_episodes=1", "final_episodes=0", "n_envs=2"]
     return {
         "distill bc": ([*distill, "method=bc", "method.rounds=1", "method.episodes_per_task=1",
                         "method.updates_per_round=5"], "bc"),
@@ -73,13 +74,13 @@ def bases(run: Path, experts: Path) -> dict[str, tuple[list[str], str | None]]:
                             "method.updates_per_round=5"], "dagger"),
         "distill onpolicy": ([*distill, "method=onpolicy", "method.rounds=1", "method.episodes_per_task=1",
                               "method.updates_per_round=5"], "onpolicy"),
-        "distill kickstart": (["distill", f"teachers={ZOO}", "out=out", "eval_episodes=1", "method=kickstart",
-                               "method.rounds=1", "method.n_envs=4", "method.n_steps=16", "method.batch_size=16",
-                               "method.n_epochs=1"], "kickstart"),
+        "distill kickstart": (["distill", f"teachers={ZOO}", "out=out", "eval_episodes=1", "final_episodes=0",
+                               "method=kickstart", "method.rounds=1", "method.n_envs=4", "method.n_steps=16",
+                               "method.batch_size=16", "method.n_epochs=1"], "kickstart"),
         "distill diffusion": ([*distill, "method=diffusion", "method.rounds=1", *TINY_DIFFUSION], "diffusion"),
         "distill onestep": (["distill", f"teachers={run.parent / 'diffusion' / 'student'}", "out=out",
-                             "eval_episodes=1", "n_envs=2", "method=onestep", "method.steps=3", "method.pairs=16",
-                             "method.episodes_per_task=1", "method.batch_size=8"], "onestep"),
+                             "eval_episodes=1", "final_episodes=0", "n_envs=2", "method=onestep", "method.steps=3",
+                             "method.pairs=16", "method.episodes_per_task=1", "method.batch_size=8"], "onestep"),
         "train-experts": (["train-experts", "out=out", "tasks=[north]", "workers=1", "expert.total_steps=128",
                            "expert.n_envs=2", "expert.eval_every=128", "expert.eval_episodes=1",
                            "expert.final_episodes=1", "expert.checkpoint_every=128", "expert.hyperparams.n_steps=64",

@@ -148,7 +148,7 @@ def test_distill_commands_train_distil_and_evaluate(tmp_path) -> None:
                  f"out={teach}", *TINY]) == 0
     assert main(["distill", "method=onestep", "suite=default", f"teachers={teach}/student", f"out={student}",
                  "method.algo=regression", "method.steps=5", "method.pairs=32", "method.episodes_per_task=1",
-                 "eval_episodes=1", "method.batch_size=16"]) == 0
+                 "eval_episodes=1", "final_episodes=0", "method.batch_size=16"]) == 0
     summary = read_json(student / "distill.json")
     assert summary["rounds"][0]["info"]["teacher_train_steps"] == 40 and summary["rounds"][0]["updates"] == 5
     assert summary["info"] == {"algo": "regression", "teacher_sampler": {"kind": "ddim", "steps": 4}}

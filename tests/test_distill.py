@@ -13,7 +13,7 @@ from policydistill.cli import main
 from policydistill.data.shards import EpisodeStore
 from policydistill.distill.collect import collect
 from policydistill.distill.dagger import BCConfig, DAggerConfig, OnPolicyConfig
-from policydistill.distill.runner import DistillConfig, distill
+from policydistill.distill.runner import DistillConfig, Runner, distill
 from policydistill.eval.metrics import summarise
 from policydistill.eval.rollout import run_episodes
 from policydistill.files import read_json
@@ -35,8 +35,8 @@ def quick(tmp_path: Path, method: str = "dagger", student: StudentConfig | None 
                  **({"beta_rounds": 2} if method == "dagger" and kw.get("schedule", "linear") == "linear" else {}),
                  **{k: v for k, v in kw.items() if k not in run_keys}}
     return DistillConfig(teachers="-", out=str(tmp_path / "run"), method=METHOD_CONFIGS[method](**method_kw),
-                         student=student or StudentConfig(), **{"eval_episodes": 2, **{k: v for k, v in kw.items()
-                                                                                       if k in run_keys}})
+                         student=student or StudentConfig(),
+                         **{"eval_episodes": 2, "final_episodes": 0, **{k: v for k, v in kw.items() if k in run_keys}})
 
 
 def scripted_teachers(suite) -> dict:
@@ -168,3 +168,33 @@ def test_collect_steps_cuts_collected_episodes_only(default_suite, tmp_path):
     assert {e.length for e in run_episodes(default_suite, "north", student, 2)} == {100}  # evaluation: full episodes
     with pytest.raises(ValueError, match="collect_steps must be an int >= 1"):
         quick(tmp_path / "bad", collect_steps=0)
+
+
+def test_relabel_noise_trains_on_perturbed_copies_labelled_by_the_teacher(default_suite, tmp_path):
+    cfg = quick(tmp_path, rounds=1, relabel_noise=0.5, relabel_copies=2)
+    runner = Runner(cfg, default_suite, scripted_teachers(default_suite))
+    runner.run()
+    algo, store = runner.algo, EpisodeStore(tmp_path / "run" / "episodes")
+    raw, lengths, task = algo.training_data(store, 0)
+    data = algo.student_data(raw, task, 0)
+    out, out_lengths, out_task = algo.relabelled(store, data, lengths, task, 0)
+    n, policy = len(data["x"]), slice(0, 4)  # x: policy (4) then the task one-hot (4)
+    assert out["x"].shape == (3 * n, 8) and np.array_equal(out_task, np.tile(task, 3))
+    assert len(out_lengths) == 3 * len(lengths)
+    assert np.array_equal(out["x"][:n], data["x"]) and np.array_equal(out["label_mean"][:n], data["label_mean"])
+    for copy in (out["x"][n:2 * n], out["x"][2 * n:]):
+        noise = copy[:, policy] - data["x"][:, policy]
+        assert np.allclose(noise.std(0) / data["x"][:, policy].std(0), 0.5, rtol=0.1)
+        assert np.array_equal(copy[:, 4:], data["x"][:, 4:])  # the task id is never perturbed
+    privileged = store.load(["obs/privileged"])["obs/privileged"]
+    expected = goal_seeker().act({"policy": out["x"][n:2 * n, policy], "privileged": privileged})
+    assert np.allclose(out["label_mean"][n:2 * n], expected, atol=1e-5)
+
+
+def test_relabel_noise_is_refused_where_it_cannot_work(default_suite, tmp_path):
+    with pytest.raises(ValueError, match="relabel_noise must be"):
+        DAggerConfig(relabel_noise=-0.1)
+    cfg = quick(tmp_path, relabel_noise=0.3, student=StudentConfig(kind="gru", groups=["policy", "task"]))
+    with pytest.raises(ValueError, match="needs an MLP student"):
+        distill(cfg, default_suite, scripted_teachers(default_suite))
+    assert not (tmp_path / "run").exists()

@@ -32,7 +32,7 @@ def zoo_teachers(suite: Suite) -> dict:
 
 def quick(out: Path, rounds: int = 2, **method) -> DistillConfig:
     """200 steps in each of 4 envs (two per task) per round: 800 env steps, 10 epochs of 16 minibatches."""
-    return DistillConfig(teachers=str(ZOO), out=str(out), eval_episodes=5, device="cpu",
+    return DistillConfig(teachers=str(ZOO), out=str(out), eval_episodes=5, final_episodes=0, device="cpu",
                          method=KickstartConfig(**{"rounds": rounds, "n_envs": 4, "batch_size": 50, **method}))
 
 

@@ -19,8 +19,8 @@ from policydistill.files import read_json
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "envs" / "zoo" / "default"
-BC = ["distill", "method=bc", "eval_episodes=1", "n_envs=2", "method.rounds=2", "method.episodes_per_task=1",
-      "method.updates_per_round=20"]
+BC = ["distill", "method=bc", "eval_episodes=1", "final_episodes=0", "n_envs=2", "method.rounds=2",
+      "method.episodes_per_task=1", "method.updates_per_round=20"]
 
 
 def bc(out: Path, *extra: str, teachers: str = "conftest:goal_seeker") -> list[str]:

@@ -46,7 +46,9 @@ def test_faulty_env_episodes_are_dropped_and_the_run_goes_on(fault, reason):
 def test_metrics():
     assert ci95([1.0]) == 0.0
     assert ci95([1.0, 3.0]) == pytest.approx(12.706 * np.std([1, 3], ddof=1) / np.sqrt(2))
-    t = teacher_normalised({"return_mean": 9.0, "success_rate": 0.8}, {"return_mean": 10.0, "success_rate": 1.0})
+    zero = {"return_mean": 0.0, "success_rate": 0.0}
+    t = teacher_normalised({"return_mean": 9.0, "success_rate": 0.8}, {"return_mean": 10.0, "success_rate": 1.0}, zero)
     assert t["score"] == pytest.approx(0.9) and t["success_diff"] == pytest.approx(-0.2)
-    assert teacher_normalised({"return_mean": 1.0, "success_rate": 0}, {"return_mean": -1.0, "success_rate": 0})[
-        "score"] is None
+    assert t["return_ratio"] == pytest.approx(0.9) and t["success_ratio"] == pytest.approx(0.8)
+    assert teacher_normalised({"return_mean": 1.0, "success_rate": 0}, {"return_mean": -1.0, "success_rate": 0},
+                              zero)["score"] is None

@@ -33,14 +33,14 @@ diffusion policy trained on it)."""
 def diffusion_teacher(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("teacher")
     assert main(["distill", "method=diffusion", "teachers=conftest:goal_seeker", f"out={out}", "eval_episodes=1",
-                 *TINY_DIFFUSION, "method.train_steps=40"]) == 0
+                 "final_episodes=0", *TINY_DIFFUSION, "method.train_steps=40"]) == 0
     return out / "student"
 
 
 def args(method: str, out: Path, teacher: Path) -> list[str]:
     teachers = teacher if method == "onestep" else "conftest:goal_seeker"
     return ["distill", f"method={method}", "suite=default", f"teachers={teachers}", f"out={out}", "eval_episodes=1",
-            "n_envs=4", *METHODS[method]]
+            "final_episodes=0", "n_envs=4", *METHODS[method]]
 
 
 def weights(run: Path) -> dict:

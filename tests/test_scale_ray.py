@@ -85,7 +85,7 @@ def test_every_collecting_method_collects_on_ray_actors(ray_instance, tmp_path, 
     """The runner's collector is the same for every method: rounds on Ray rollout actors, the acting policy's
     weights sent each round, the shards in the run's store."""
     args = ["distill", f"method={method}", "suite=default", f"teachers={ZOO}", f"out={tmp_path}", "collector=ray",
-            "ray.workers=1", "method.episodes_per_task=2", "eval_episodes=1", *extra]
+            "ray.workers=1", "method.episodes_per_task=2", "eval_episodes=1", "final_episodes=0", *extra]
     if method != "diffusion":
         args += ["method.rounds=2", "method.updates_per_round=20"]
     assert main(args) == 0
@@ -102,11 +102,12 @@ def test_one_step_distillation_collects_on_ray_actors(ray_instance, tmp_path):
     teacher = tmp_path / "teacher"
     assert main(["distill", "method=diffusion", "suite=default", f"teachers={ZOO}", f"out={teacher}",
                  "method.hidden=[32]", "method.horizon=8", "method.sampler_steps=2", "method.train_steps=5",
-                 "method.batch_size=16", "method.episodes_per_task=1", "eval_episodes=1"]) == 0
+                 "method.batch_size=16", "method.episodes_per_task=1", "eval_episodes=1", "final_episodes=0"]) == 0
     out = tmp_path / "onestep"
     assert main(["distill", "method=onestep", "suite=default", f"teachers={teacher / 'student'}", f"out={out}",
                  "collector=ray", "ray.workers=1", "method.algo=regression", "method.steps=3", "method.pairs=16",
-                 "method.episodes_per_task=2", "method.batch_size=8", "eval_episodes=1"]) == 0
+                 "method.episodes_per_task=2", "method.batch_size=8", "eval_episodes=1",
+                 "final_episodes=0"]) == 0
     assert read_json(out / "distill.json")["rounds"][0]["info"]["collector"] == "ray"
     assert len(EpisodeStore(out / "episodes")) == 8
 

@@ -1,5 +1,6 @@
 """Honest scores: success where a suite defines it (a spec in the suite file, or the env's ``is_success``), "n/a"
-where it does not; the best round chosen on the validation seeds and kept in ``best/``; regressions flagged."""
+where it does not; the random-normalised score, defined for negative returns; the success ratio as the headline
+where there is success; the best round chosen on the validation seeds and kept in ``best/``; regressions flagged."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from policydistill.bundle import read_bundle_info
 from policydistill.cli import main
 from policydistill.distill.runner import _regressions
-from policydistill.eval.metrics import summarise, wilson_half_width
+from policydistill.eval.metrics import headline, summarise, teacher_normalised, wilson_half_width
 from policydistill.eval.rollout import run_episodes
 from policydistill.files import read_json
 from policydistill.policy import CallablePolicy
@@ -54,6 +55,43 @@ def test_success_is_defined_in_the_suite_file(success, expected, tmp_path):
     assert row["success_rate"] == expected
 
 
+def reacher_pd(obs: np.ndarray) -> np.ndarray:
+    """Reacher-v5: Jacobian-transpose control of the fingertip towards the target, with damping (return about -10
+    per episode where a uniform random policy gets about -43 and no torque about -12)."""
+    q1, q2 = np.arctan2(obs[2], obs[0]), np.arctan2(obs[3], obs[1])
+    s1, s12, c1, c12 = np.sin(q1), np.sin(q1 + q2), np.cos(q1), np.cos(q1 + q2)
+    jacobian = np.array([[-0.1 * s1 - 0.11 * s12, -0.11 * s12], [0.1 * c1 + 0.11 * c12, 0.11 * c12]])
+    return np.clip(jacobian.T @ (-5.0 * obs[8:10]) - 0.1 * obs[6:8], -1, 1).astype(np.float32)
+
+
+def reacher_still(obs: np.ndarray) -> np.ndarray:
+    """Reacher-v5: no torque."""
+    return np.zeros(2, dtype=np.float32)
+
+
+def test_a_negative_return_task_gets_a_random_normalised_score(tmp_path, capsys):
+    """Reacher's returns are all negative: student / teacher return means nothing there, (student - random) /
+    (teacher - random) is 0 for random and 1 for the teacher."""
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "suite=Reacher-v5", "policy=test_scores:reacher_still", "teachers=test_scores:reacher_pd",
+                 "episodes=4", "n_envs=2", f"out={out}"]) == 0
+    row = read_json(out)["tasks"]["Reacher-v5"]
+    t = row["teacher"]
+    student, teacher, random = row["return_mean"], t["teacher_return_mean"], t["random_return_mean"]
+    assert random < student < teacher < 0
+    assert t["score"] == pytest.approx((student - random) / (teacher - random)) and 0 < t["score"] < 1
+    assert t["return_ratio"] is None and t["success_ratio"] is None
+    assert f"{t['score']:.3f}" in capsys.readouterr().out
+    assert teacher_normalised({"return_mean": teacher, "success_rate": None},
+                              {"return_mean": teacher, "success_rate": None},
+                              {"return_mean": random, "success_rate": None})["score"] == pytest.approx(1.0)
+
+
+def test_the_headline_is_the_success_ratio_where_there_is_success():
+    assert headline(0.97, 1.4) == {"metric": "success ratio", "value": 0.97}
+    assert headline(None, 0.8) == {"metric": "score", "value": 0.8}
+
+
 def upright(info: dict, ret: float) -> bool:
     """Success for Pendulum: never, in this test (no torque never swings it up)."""
     return False
@@ -75,13 +113,18 @@ def test_the_best_round_on_the_validation_seeds_is_kept_in_best(tmp_path, caplog
                  "method.updates_per_round=30"]) == 0
     summary = read_json(out / "distill.json")
     rows = summary["rounds"]
-    best = max(rows, key=lambda r: (r["mean_success"], r["mean_score"]))
+    best = max(rows, key=lambda r: (r["mean_success"], r["round"]))  # ties: the later round, never the score
     assert summary["best_round"] == best["round"] == summary["best"]["round"]
     assert "validation seeds (777, 778, ...)" in summary["best"]["criterion"]
     assert read_bundle_info(out / "best")["meta"]["round"] == best["round"]
     assert read_bundle_info(out / "student")["meta"]["round"] == rows[-1]["round"]
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("round ") and "beta" in r.getMessage()]
     assert len(lines) == 3 and all("success" in ln and "(north " in ln and "score" in ln for ln in lines)
+    assert all(f"success ratio {r['mean_success_ratio']:.3f}; success" in ln for r, ln in zip(rows, lines, strict=True))
+    assert all(r["headline"] == {"metric": "success ratio", "value": r["mean_success_ratio"]} for r in rows)
+    assert set(summary["random"]) == {"north", "east", "south", "west"}
+    for name, task in rows[-1]["tasks"].items():
+        assert task["random_return_mean"] == summary["random"][name]["return_mean"]
     assert all("student return" not in ln for ln in lines)  # no mean of raw returns across tasks
     flagged = [r.getMessage() for r in caplog.records if "regressed" in r.getMessage()]
     assert len(flagged) == sum(len(r["regressions"]) for r in rows)

@@ -42,13 +42,13 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     out = {}
     for kind, args in RUNS.items():
         out[kind] = root / kind
-        assert main(["distill", "suite=default", f"out={out[kind]}", "eval_episodes=1", *args]) == 0
+        assert main(["distill", "suite=default", f"out={out[kind]}", "eval_episodes=1", "final_episodes=0", *args]) == 0
     teacher = out["diffusion"] / "student"
     for algo, extra in (("consistency", []), ("dmd_det", ["method.pairs=64", "method.teacher_steps=2"]),
                         ("dmd", ["method.pairs=64", "method.teacher_steps=2"])):
         out[algo] = root / algo
         assert main(["distill", "method=onestep", "suite=default", f"teachers={teacher}", f"out={out[algo]}",
-                     "eval_episodes=1", f"method.algo={algo}", *ONESTEP, *extra]) == 0
+                     "eval_episodes=1", "final_episodes=0", f"method.algo={algo}", *ONESTEP, *extra]) == 0
     return out
 
 

@@ -97,14 +97,16 @@ def distill_cmd(cfg: DistillConfig, overrides: list[str]) -> dict[str, Any]:
     summary = distill(cfg)
     last = summary["rounds"][-1]
     for name, t in last["tasks"].items():
-        score = "n/a" if t["score"] is None else f"{t['score']:.3f}"
-        log.info("%-12s student return %8.2f  teacher %8.2f  score %s  success %s (teacher %s)", name,
-                 t["return_mean"], t["teacher_return_mean"], score, fmt_rate(t["success_rate"]),
-                 fmt_rate(t["teacher_success_rate"]))
+        log.info("%-12s student return %8.2f  teacher %8.2f  random %8.2f  score %s  success %s (teacher %s)", name,
+                 t["return_mean"], t["teacher_return_mean"], t["random_return_mean"], fmt_rate(t["score"], ".3f"),
+                 fmt_rate(t["success_rate"]), fmt_rate(t["teacher_success_rate"]))
+    head = last["headline"]
+    log.info("last round: %s %s", head["metric"], fmt_rate(head["value"], ".3f"))
     out = Path(cfg.out)
     log.info("student bundle: %s (last round), %s (round %s: %s)  summary: %s", out / "student", out / "best",
              summary["best_round"], summary["best"]["criterion"], out / "distill.json")
-    return {"score": last["mean_score"], "return": last["student_return"], "labels": last["labels_used"],
+    return {"success_ratio": last["mean_success_ratio"], "success": last["mean_success"], "score": last["mean_score"],
+            "return": last["student_return"], "labels": last["labels_used"],
             "rounds": len(summary["rounds"]), "wall_s": last["wall_time_s"]}
 
 

@@ -31,7 +31,7 @@ import torch
 
 from policydistill.configs import refuse_unread, require_int, require_lr, require_number
 from policydistill.data.shards import EpisodeStore
-from policydistill.distill.algorithm import Algorithm, Context, FitWith
+from policydistill.distill.algorithm import Algorithm, Context, FitWith, stream
 from policydistill.distill.collect import CollectPlan, teacher_has_std
 from policydistill.distill.fit import FitConfig, FitJob, adam
 from policydistill.distill.losses import LOSSES, make_loss
@@ -41,7 +41,7 @@ from policydistill.models.base import TorchPolicy
 from policydistill.models.generalist import GeneralistPolicy
 from policydistill.models.history import HistoryPolicy
 from policydistill.models.students import build_student, privileged_encoders
-from policydistill.types import PRIVILEGED, TASK
+from policydistill.types import POLICY, PRIVILEGED, TASK
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +83,29 @@ class RoundFields:
 
 
 @dataclass
-class OnPolicyConfig(FitFields, RoundFields):
+class RelabelFields:
+    """``relabel_noise``: each round, the student also trains on ``relabel_copies`` copies of every stored step
+    whose ``policy`` group is perturbed by Gaussian noise of ``relabel_noise`` times each input's std over the
+    data, each copy labelled by its task's teacher (0: off). The student learns the teacher around the states
+    it saw, not only on them: e.g. goals between the few a manipulation task was shown. MLP students on tasks
+    that share their spaces only."""
+
+    relabel_noise: float = 0.0
+    relabel_copies: int = 1
+
+    def check_relabel(self) -> None:
+        require_number("relabel_noise", self.relabel_noise, 0.0)
+        require_int("relabel_copies", self.relabel_copies)
+
+
+@dataclass
+class OnPolicyConfig(RelabelFields, FitFields, RoundFields):
     """``method=onpolicy``: the student acts on every step and only this round's data is trained on (the
     rsl_rl style)."""
 
     def __post_init__(self) -> None:
         self.check_fit()
+        self.check_relabel()
         require_int("rounds", self.rounds)
         require_int("episodes_per_task", self.episodes_per_task)
         if self.collect_steps is not None:
@@ -143,6 +160,12 @@ class OnPolicy(Algorithm):
         is_latent = isinstance(self.student, HistoryPolicy) and self.student.is_latent
         self.encoders = privileged_encoders(teachers, self.student.device) if is_latent else None
         self.diagnosed = False
+        first = ctx.suite.spaces[0]
+        padded = any(o != first[0] or a != first[1] for o, a in ctx.suite.spaces)
+        if cfg.relabel_noise > 0 and (isinstance(self.student, HistoryPolicy) or padded):
+            raise ValueError("method.relabel_noise trains on perturbed single steps of tasks that share their spaces: "
+                             f"it needs an MLP student (student=mlp) on such a suite, not a "
+                             f"{type(self.student).__name__}{' over padded spaces' if padded else ''}")
 
     def beta(self, round: int, prev: dict[str, Any] | None, teacher_return: float) -> float:
         return 0.0
@@ -217,12 +240,38 @@ class OnPolicy(Algorithm):
             and f"obs/{PRIVILEGED}" in store.fields and len(store) >= MIN_EPISODES \
             and not isinstance(self.student, GeneralistPolicy)  # padded data
         raw, lengths, task = self.training_data(store, round, (PRIVILEGED,) if diagnose else ())
-        result = fit_with(self.job(self.student_data(raw, task, round), lengths, task))
+        data = self.student_data(raw, task, round)
+        if self.cfg.relabel_noise > 0:
+            data, lengths, task = self.relabelled(store, data, lengths, task, round)
+        result = fit_with(self.job(data, lengths, task))
         out: dict[str, Any] = {"loss": result.loss, "losses": result.stats, "updates": result.steps, "info": {}}
         if diagnose:
             self.diagnosed = True
             out["info"]["predictability"] = check_predictable(self.ctx, self.cfg, self.loss_fn, raw, lengths)
         return out
+
+    def relabelled(self, store: EpisodeStore, data: dict[str, np.ndarray], lengths: np.ndarray, task: np.ndarray,
+                   round: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        """``data`` (see :meth:`student_data`) with ``relabel_copies`` perturbed, teacher-labelled copies of its
+        N steps appended (see :class:`RelabelFields`): ``x`` (N * (1 + copies), obs_dim) and the labels, with the
+        episode lengths and per-step tasks repeated."""
+        cfg, bank = self.cfg, self.ctx.bank
+        groups = list(dict.fromkeys([*bank.groups, *self.student.groups]))
+        obs = store.load([f"obs/{g}" for g in groups])
+        obs = {g: obs[f"obs/{g}"] for g in groups}
+        rng = stream(self.ctx.seed, round, 3)
+        scale = cfg.relabel_noise * obs[POLICY].std(axis=0)
+        xs, labels = [data["x"]], {k: [data[k]] for k in ("label_mean", "label_std") if k in data}
+        for _ in range(cfg.relabel_copies):
+            noisy = {**obs, POLICY: (obs[POLICY] + rng.normal(size=obs[POLICY].shape) * scale).astype(np.float32)}
+            label = bank.label(noisy)
+            xs.append(np.concatenate([noisy[g] for g in self.student.groups], axis=1))
+            labels["label_mean"].append(np.asarray(label.mean, dtype=np.float32))
+            if "label_std" in labels:
+                labels["label_std"].append(np.asarray(label.std, dtype=np.float32))
+        n = 1 + cfg.relabel_copies
+        return ({"x": np.concatenate(xs), **{k: np.concatenate(v) for k, v in labels.items()}},
+                np.tile(lengths, n), np.tile(task, n))
 
     def policy(self) -> TorchPolicy:
         return self.student

@@ -4,15 +4,20 @@ Per round: the method says what to collect (a plan, or nothing), the runner's co
 (in this process, or on Ray rollout actors with ``collector=ray``) into the run's episode store, the
 method updates from the store through the fit loop, the student is evaluated on every task on the
 validation seeds (``eval_seed``), and the round is checkpointed and appended to ``distill.json``. The run
-stops after ``rounds`` rounds, or after the first round whose mean teacher-normalised score reaches
-``stop_score``.
+stops after ``rounds`` rounds, or after the first round whose mean score reaches ``stop_score``.
+
+Per task, a round reports the student's success rate and return, its ``score`` (random-normalised:
+(student - random) / (teacher - random) mean return, the teachers and a uniform random policy evaluated once
+on the same validation seeds), ``return_ratio`` and ``success_ratio`` (see
+:func:`~policydistill.eval.metrics.teacher_normalised`). A round's ``headline`` is its mean success ratio where
+the suite defines success, else its mean score.
 
 Output under ``out``::
 
-    distill.json            method, suite, config, the teachers' evaluation, one row per round, best round
+    distill.json            method, suite, config, the teachers' and random evaluations, a row per round, best round
     student/                the student bundle of the last finished round
     episodes/               episode shards + manifest (what was collected)
-    best/                   the student bundle of the best round (validation seeds: mean success, then mean score),
+    best/                   the student bundle of the best round (validation seeds: mean success, else mean score),
                             evaluated after the run on held-out seeds (``final`` in distill.json)
     checkpoint/round-<r>/   the last finished round: student bundle and the method's state (optimisers, EMA, ...)
     checkpoint/fit-<r>.pt   the round in progress, mid-fit (long fits checkpoint every ``checkpoint_every``)
@@ -50,8 +55,8 @@ from policydistill.distill.collect import Collector, CollectPlan, LocalCollector
 from policydistill.distill.dagger import DAggerConfig
 from policydistill.distill.fit import FitJob, FitResult, fit, save_torch
 from policydistill.distill.methods import METHODS, method_config, method_of
-from policydistill.eval.evaluate import evaluate_per_task, evaluate_to_interval
-from policydistill.eval.metrics import fmt_rate, mean_rate, teacher_normalised, wilson_half_width
+from policydistill.eval.evaluate import evaluate_per_task, evaluate_to_interval, random_baseline
+from policydistill.eval.metrics import fmt_rate, headline, mean_of, mean_rate, teacher_normalised
 from policydistill.files import atomic_write_json, read_json, read_json_object
 from policydistill.models import resolve_device
 from policydistill.models.base import TorchPolicy
@@ -65,13 +70,13 @@ from policydistill.teachers.load import teacher_identities
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 EXTENDABLE = ("method.rounds", "stop_score")
 """Config keys ``resume=extend`` lets change."""
 FINAL_PER_EVAL_EPISODE = 40
 """With ``final_episodes`` None, the final evaluation runs at most this many times ``eval_episodes`` per task (400 at
 the default 10: what a ± 0.05 interval on a success rate near 0.5 needs)."""
-SUMMARY_KEYS = ("schema_version", "method", "suite", "config", "teacher", "teacher_return", "rounds")
+SUMMARY_KEYS = ("schema_version", "method", "suite", "config", "teacher", "random", "teacher_return", "rounds")
 
 
 @dataclass
@@ -83,7 +88,7 @@ class DistillConfig:
     ``student``: the network the method trains (``student=<kind>``; not read by ``diffusion`` and
     ``onestep``, whose policies follow from their method). ``n_envs``: envs stepped side by side when
     collecting and evaluating; ``eval_episodes`` per task each round, on seeds ``eval_seed``, ...;
-    ``stop_score``: stop after the first round whose mean teacher-normalised score reaches it (None: run every
+    ``stop_score``: stop after the first round whose mean (random-normalised) score reaches it (None: run every
     round). ``collector``: ``local`` or ``ray`` (rollout actors, see ``ray``), for methods that collect
     through the runner. ``regression_margin``: a task whose success rate (score, where the suite defines no
     success) drops by more than it from one round to the next is flagged. After the last round, the student of
@@ -185,12 +190,6 @@ def _log_row(tb: SummaryWriter, row: dict[str, Any]) -> None:
     tb.flush()
 
 
-def _mean_success(per_task: dict[str, dict[str, Any]]) -> float | None:
-    """Mean success rate over the tasks, None when a task's suite defines no success."""
-    rates = [t["success_rate"] for t in per_task.values()]
-    return None if any(x is None for x in rates) else float(np.mean(rates))
-
-
 def _metric(task: dict[str, Any]) -> tuple[str, float | None]:
     """What a task is judged by: its success rate where defined, else its score."""
     return ("success", task["success_rate"]) if task["success_rate"] is not None else ("score", task["score"])
@@ -208,26 +207,32 @@ def _regressions(prev: dict[str, Any] | None, per_task: dict[str, dict[str, Any]
     return out
 
 
-def _rank(row: dict[str, Any]) -> tuple[float, float]:
-    """How rounds are compared to pick the best: mean success on the validation seeds, then mean score."""
-    none = -float("inf")
-    return (none if row["mean_success"] is None else row["mean_success"],
-            none if row["mean_score"] is None else row["mean_score"])
+def _rank(row: dict[str, Any]) -> tuple[float, int]:
+    """How rounds are compared to pick the best: mean success on the validation seeds where the suite defines
+    success, else mean score; ties go to the later round (trained on more data). Never the score where there is
+    success: on tasks whose episodes end at success, a failing student collects reward for longer."""
+    primary = row["mean_success"] if row["mean_success"] is not None else row["mean_score"]
+    return (-float("inf") if primary is None else primary, row["round"])
 
 
 def _why(row: dict[str, Any], eval_seed: int) -> dict[str, Any]:
     """The best round and why it won, for distill.json."""
-    key = "mean success, then mean score" if row["mean_success"] is not None else "mean score"
+    key = "mean success" if row["mean_success"] is not None else "mean score"
     return {"round": row["round"], "mean_success": row["mean_success"], "mean_score": row["mean_score"],
-            "criterion": f"highest {key} on the validation seeds ({eval_seed}, {eval_seed + 1}, ...)"}
+            "headline": row["headline"],
+            "criterion": f"highest {key} on the validation seeds ({eval_seed}, {eval_seed + 1}, ...), "
+                         "ties to the later round"}
 
 
 def _per_task(row: dict[str, Any]) -> str:
-    """``success 0.97 (north 1.00, east 0.94); score 0.99 (north 1.00, east 0.98)`` for a round's log line."""
+    """``success ratio 0.98; success 0.97 (north 1.00, east 0.94); score 0.99 (north 1.00, east 0.98)`` for a
+    round's log line: the headline first, then per task."""
     def one(label: str, mean: float | None, key: str) -> str:
         cells = ", ".join(f"{n} {'n/a' if t[key] is None else format(t[key], '.2f')}" for n, t in row["tasks"].items())
         return f"{label} {'n/a' if mean is None else format(mean, '.3f')} ({cells})"
-    return f"{one('success', row['mean_success'], 'success_rate')}; {one('score', row['mean_score'], 'score')}"
+    head = row["headline"]
+    first = f"{head['metric']} {fmt_rate(head['value'], '.3f')}; " if head["metric"] != "score" else ""
+    return f"{first}{one('success', row['mean_success'], 'success_rate')}; {one('score', row['mean_score'], 'score')}"
 
 
 def _reached(row: dict[str, Any] | None, stop_score: float | None) -> bool:
@@ -303,9 +308,12 @@ class Runner:
         cfg, algo = self.cfg, self.algo
         if self.summary is None:
             reference = evaluate_per_task(self.suite, algo.reference(), cfg.eval_episodes, cfg.eval_seed, cfg.n_envs)
+            randoms = random_baseline(self.suite, cfg.eval_episodes, cfg.eval_seed, cfg.n_envs)
             self.summary = {"schema_version": SCHEMA_VERSION, "method": self.name, "suite": self.suite.name,
                             "config": cfg.to_dict(), "teachers": str(cfg.teachers), "info": algo.run_info(),
                             "teacher": reference,
+                            "random": {n: {k: r[k] for k in ("return_mean", "return_ci95", "success_rate")}
+                                       for n, r in randoms.items()},
                             "teacher_return": float(np.mean([t["return_mean"] for t in reference.values()])),
                             "best_round": None, "rounds": []}
             atomic_write_json(self.summary_path, self.summary)
@@ -344,11 +352,9 @@ class Runner:
         """The shipped student (``best/``) on the held-out seeds (see :class:`DistillConfig`)."""
         cfg, r = self.cfg, self.summary["best_round"]
         student = load_bundle(self.out / "best", device=self.ctx.device)
-        if cfg.final_episodes:
-            tasks = {n: {**e, "success_ci95": None if e["success_rate"] is None else
-                         wilson_half_width(e["success_rate"], e["episodes"])}
-                     for n, e in evaluate_per_task(self.suite, student, cfg.final_episodes, cfg.test_seed,
-                                                   cfg.n_envs).items()}
+        if cfg.final_episodes:  # exactly final_episodes per task, in one batch
+            tasks = evaluate_to_interval(self.suite, student, cfg.test_seed, 0.0, cfg.final_episodes,
+                                         batch=cfg.final_episodes, n_envs=cfg.n_envs)
         else:
             tasks = evaluate_to_interval(self.suite, student, cfg.test_seed, cfg.final_ci, cfg.final_max_episodes,
                                          n_envs=cfg.n_envs)
@@ -381,11 +387,13 @@ class Runner:
         student = algo.policy()
         evals = evaluate_per_task(self.suite, student, cfg.eval_episodes, cfg.eval_seed, cfg.n_envs)
         t3 = time.perf_counter()
-        teacher = self.summary["teacher"]
+        teacher, randoms = self.summary["teacher"], self.summary["random"]
         per_task = {n: {"return_mean": e["return_mean"], "return_ci95": e["return_ci95"],
-                        "success_rate": e["success_rate"], "dropped": e["dropped"], **teacher_normalised(e, teacher[n])}
-                    for n, e in evals.items()}
-        scores = [t["score"] for t in per_task.values() if t["score"] is not None]
+                        "success_rate": e["success_rate"], "dropped": e["dropped"],
+                        **teacher_normalised(e, teacher[n], randoms[n])} for n, e in evals.items()}
+        mean_score = mean_of(per_task.values(), "score")
+        mean_success = mean_rate([t["success_rate"] for t in per_task.values()])
+        success_ratio = mean_of(per_task.values(), "success_ratio") if mean_success is not None else None
         env_steps = collected.steps + int(stats.get("env_steps", 0))
         labels = collected.steps + int(stats.get("labels", 0))
         return {"round": r, "beta": None if plan is None else plan.beta, "episodes": collected.episodes,
@@ -397,8 +405,9 @@ class Runner:
                 "collect_time_s": round(t1 - t0, 2), "update_time_s": round(t2 - t1, 2),
                 "eval_time_s": round(t3 - t2, 2),
                 "student_return": float(np.mean([e["return_mean"] for e in evals.values()])),
-                "mean_score": float(np.mean(scores)) if scores else None,
-                "mean_success": _mean_success(per_task), "tasks": per_task,
+                "mean_score": mean_score, "mean_success": mean_success, "mean_success_ratio": success_ratio,
+                "headline": headline(success_ratio, mean_score),
+                "tasks": per_task,
                 "regressions": _regressions(prev, per_task, cfg.regression_margin),
                 "info": {**collected.info, **stats.get("info", {})}}
 

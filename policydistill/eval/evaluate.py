@@ -13,7 +13,7 @@ from policydistill.configs import require_device, require_int
 from policydistill.eval.metrics import fmt_rate, summarise, teacher_normalised, wilson_half_width
 from policydistill.eval.rollout import run_episodes
 from policydistill.eval.video import record_video
-from policydistill.policy import Policy
+from policydistill.policy import Policy, RandomPolicy
 from policydistill.suites import Suite
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,17 @@ def evaluate_per_task(suite: Suite, policy: Policy | dict[str, Policy], episodes
                                       n_envs=n_envs, seed=seed)) for n in suite.task_names}
 
 
+def random_policies(suite: Suite, seed: int) -> dict[str, RandomPolicy]:
+    """A uniform random policy per task, in the task's action space."""
+    return {name: RandomPolicy(suite.spaces[i][1], seed=seed + i) for i, name in enumerate(suite.task_names)}
+
+
+def random_baseline(suite: Suite, episodes: int, seed: int, n_envs: int = 8) -> dict[str, dict[str, Any]]:
+    """Per task, a uniform random policy's :func:`summarise` row on the seeded episodes ``seed``, ``seed`` + 1,
+    ... (the 0 of the random-normalised score)."""
+    return evaluate_per_task(suite, random_policies(suite, seed), episodes, seed, n_envs)
+
+
 def evaluate_to_interval(suite: Suite, policy: Policy, seed: int, half_width: float = 0.05,
                          max_episodes: int = 400, batch: int = 50, n_envs: int = 8) -> dict[str, dict[str, Any]]:
     """Per task, seeded episodes (seeds ``seed``, ``seed`` + 1, ...) in batches of ``batch`` until the 95% Wilson
@@ -75,19 +86,22 @@ def evaluate_to_interval(suite: Suite, policy: Policy, seed: int, half_width: fl
 
 def evaluate(suite: Suite, policies: dict[str, Policy], episodes: int = 20, n_envs: int = 8, seed: int = 1000,
              teachers: dict[str, Policy] | None = None, video_dir: str | Path | None = None) -> dict[str, Any]:
-    """Seeded rollouts of every task; with ``teachers``, the same episodes for them and the scores. Episodes
+    """Seeded rollouts of every task; with ``teachers``, the same episodes for them and a uniform random policy,
+    and the scores (see :func:`~policydistill.eval.metrics.teacher_normalised`). Episodes
     ended by an env fault count as failures; ``dropped`` and ``faults`` of each task list them."""
     result: dict[str, Any] = {"suite": suite.name, "episodes": episodes, "seed": seed, "tasks": {}}
-    total = episodes * len(suite.tasks) * (2 if teachers else 1)
+    total = episodes * len(suite.tasks) * (3 if teachers else 1)
+    randoms = random_policies(suite, seed)
     with tqdm(total=total, desc="evaluate", unit="ep", leave=False) as bar:
         for name in suite.task_names:
             eps = run_episodes(suite, name, policies[name], episodes, n_envs=n_envs, seed=seed)
             bar.update(episodes)
             row = summarise(eps)
             if teachers is not None:
-                t_row = summarise(run_episodes(suite, name, teachers[name], episodes, n_envs=n_envs, seed=seed))
-                bar.update(episodes)
-                row["teacher"] = teacher_normalised(row, t_row)
+                t_row, r_row = (summarise(run_episodes(suite, name, p[name], episodes, n_envs=n_envs, seed=seed))
+                                for p in (teachers, randoms))
+                bar.update(2 * episodes)
+                row["teacher"] = teacher_normalised(row, t_row, r_row)
             if video_dir is not None:
                 row["video"] = str(record_video(suite, name, policies[name], Path(video_dir) / name, seed=seed))
             if row["dropped"]:
@@ -102,14 +116,14 @@ def format_table(result: dict[str, Any]) -> str:
     has_teacher = any("teacher" in r for r in result["tasks"].values())
     head = f"{'task':<14}{'return':>10}{'± ci95':>9}{'success':>9}{'length':>8}{'dropped':>8}"
     if has_teacher:
-        head += f"{'teacher':>10}{'score':>8}{'Δsucc':>8}"
+        head += f"{'teacher':>10}{'random':>10}{'score':>8}{'Δsucc':>8}"
     lines = [head, "-" * len(head)]
     for name, r in result["tasks"].items():
         line = (f"{name:<14}{r['return_mean']:>10.2f}{r['return_ci95']:>9.2f}{fmt_rate(r['success_rate']):>9}"
                 f"{r['length_mean']:>8.0f}{r['dropped']:>8d}")
         if "teacher" in r:
             t = r["teacher"]
-            score = "n/a" if t["score"] is None else f"{t['score']:.3f}"
-            line += f"{t['teacher_return_mean']:>10.2f}{score:>8}{fmt_rate(t['success_diff'], '+.2f'):>8}"
+            line += (f"{t['teacher_return_mean']:>10.2f}{t['random_return_mean']:>10.2f}"
+                     f"{fmt_rate(t['score'], '.3f'):>8}{fmt_rate(t['success_diff'], '+.2f'):>8}")
         lines.append(line)
     return "\n".join(lines)

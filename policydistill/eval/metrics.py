@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -101,16 +102,39 @@ def mean_rate(rates: Sequence[float | None]) -> float | None:
     return None if not rates or any(r is None for r in rates) else float(np.mean(rates))
 
 
-def teacher_normalised(student: dict, teacher: dict) -> dict[str, float | None]:
-    """``score`` = student return / teacher return (None when the teacher's return is not positive),
-    ``success_diff`` = student success rate - teacher success rate (None where the task defines no success);
+def teacher_normalised(student: dict, teacher: dict, random: dict) -> dict[str, float | None]:
+    """One task's student against its teacher and a uniform random policy, on the same seeded episodes (each a
+    :func:`summarise` row).
+
+    ``score`` = (student - random) / (teacher - random) on mean returns, random-normalised as D4RL's and Atari's
+    normalised scores: 0 is random, 1 is the teacher, defined for negative returns too (None when the teacher
+    does not beat random). ``return_ratio`` = student / teacher return (None when the teacher's return is not
+    positive). ``success_ratio`` = student / teacher success rate and ``success_diff`` their difference (None
+    where the task defines no success; the ratio also where the teacher never succeeds).
     ``teacher_dropped``: the teacher's episodes ended by a fault (counted as failures in its numbers)."""
-    t = teacher["return_mean"]
-    s, ts = student["success_rate"], teacher["success_rate"]
+    s, t, r = student["return_mean"], teacher["return_mean"], random["return_mean"]
+    ss, ts = student["success_rate"], teacher["success_rate"]
     return {
-        "score": float(student["return_mean"] / t) if t > 0 else None,
-        "success_diff": None if s is None or ts is None else float(s - ts),
+        "score": float((s - r) / (t - r)) if t - r > 1e-9 * max(1.0, abs(t), abs(r)) else None,
+        "return_ratio": float(s / t) if t > 0 else None,
+        "success_ratio": float(ss / ts) if ss is not None and ts else None,
+        "success_diff": None if ss is None or ts is None else float(ss - ts),
         "teacher_return_mean": float(t),
+        "random_return_mean": float(r),
         "teacher_success_rate": ts,
         "teacher_dropped": int(teacher.get("dropped", 0)),
     }
+
+
+def mean_of(rows: Iterable[dict], key: str) -> float | None:
+    """The mean of ``key`` over the rows where it is defined (None where none is)."""
+    values = [row[key] for row in rows if row[key] is not None]
+    return float(np.mean(values)) if values else None
+
+
+def headline(mean_success_ratio: float | None, mean_score: float | None) -> dict[str, Any]:
+    """The number a result is reported by: the mean success ratio where the suite defines success (a failing
+    student cannot score by collecting reward slowly), else the mean score."""
+    if mean_success_ratio is not None:
+        return {"metric": "success ratio", "value": mean_success_ratio}
+    return {"metric": "score", "value": mean_score}

@@ -81,14 +81,14 @@ def plot_experts(path: str | Path, curves: dict[str, list[dict[str, float]]], ex
 
 
 def plot_distill(path: str | Path, runs: dict[str, dict[str, Any]]) -> Path:
-    """Left: mean teacher-normalised score against teacher labels used, one line per run.
+    """Left: mean score (random-normalised) against teacher labels used, one line per run.
     Right: per-task return of each run's final student beside its teacher."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     for name, run in runs.items():
         rows = [r for r in run["rounds"] if r["mean_score"] is not None]
         axes[0].plot([r["labels_used"] for r in rows], [r["mean_score"] for r in rows], marker="o", label=name)
     axes[0].axhline(1.0, color="grey", lw=0.8, ls="--")
-    axes[0].set(title="student / teacher return vs labels", xlabel="teacher labels used", ylabel="mean score")
+    axes[0].set(title="score vs labels (0 random, 1 teacher)", xlabel="teacher labels used", ylabel="mean score")
     axes[0].legend(fontsize=8)
     first = next(iter(runs.values()))
     tasks = list(first["teacher"])

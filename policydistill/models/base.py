@@ -21,9 +21,8 @@ from torch import nn
 from policydistill.data.batches import BatchSource, RowBatches, take_rows
 from policydistill.data.sampling import task_weights
 from policydistill.models import freeze, resolve_device
-from policydistill.runtime.exported import check_obs
 from policydistill.spaces import space_from_json
-from policydistill.types import ActionLabel, ObsGroups, group_array
+from policydistill.types import ActionLabel, ObsGroups, check_obs, group_array
 
 Stats = dict[str, torch.Tensor]
 

@@ -32,9 +32,8 @@ from gymnasium import spaces
 
 from policydistill.models.base import TorchPolicy, check_box_spaces
 from policydistill.models.normalizer import ObsNormalizer, RangeNormalizer
-from policydistill.runtime.exported import check_obs
 from policydistill.spaces import space_to_json
-from policydistill.types import ActionLabel, ObsGroups, check_groups, group_array
+from policydistill.types import ActionLabel, ObsGroups, check_groups, check_obs, group_array
 
 
 def _positive_int(name: str, value: Any) -> int:

@@ -21,9 +21,9 @@ from policydistill.configs import require_choice, require_int
 from policydistill.distill.diffusion import DiffusionConfig
 from policydistill.distill.onestep import ALGOS, OneStepConfig
 from policydistill.distill.runner import DistillConfig, distill
-from policydistill.eval.evaluate import evaluate
+from policydistill.eval.evaluate import evaluate, random_baseline
 from policydistill.eval.latency import chunk_latency
-from policydistill.eval.metrics import mean_rate
+from policydistill.eval.metrics import mean_of, mean_rate, teacher_normalised
 from policydistill.files import atomic_write_json
 from policydistill.suites import Suite, load_suite, zoo_dir
 from policydistill.teachers import policies_for_suite
@@ -65,10 +65,12 @@ class DiffusionStageConfig:
 
 def compare(suite: Suite, policies: dict[str, Any], reference: str, episodes: int, seed: int,
             latency_calls: int) -> dict[str, Any]:
-    """Per policy: per-task return and success, score and success ratio against ``reference``
-    (return / reference return, success / reference success), and batch-1 chunk latency (skipped
-    when ``latency_calls`` is 0)."""
+    """Per policy: per-task return and success, score, return ratio and success ratio against ``reference`` (as
+    :func:`~policydistill.eval.metrics.teacher_normalised` against a teacher, a uniform random policy on the same
+    episodes being the score's 0), their means and worst tasks, and batch-1 chunk latency (skipped when
+    ``latency_calls`` is 0)."""
     obs = stack_obs([suite.make_env(0).reset(seed=seed)[0]])
+    randoms = random_baseline(suite, episodes, seed)
     results = {}
     for name, policy in policies.items():
         ev = evaluate(suite, dict.fromkeys(suite.task_names, policy), episodes=episodes, seed=seed)
@@ -78,14 +80,12 @@ def compare(suite: Suite, policies: dict[str, Any], reference: str, episodes: in
     ref = results[reference]
     for r in results.values():
         for t, row in r["tasks"].items():
-            base = ref["tasks"][t]
-            row["score"] = row["return_mean"] / base["return_mean"] if base["return_mean"] > 0 else None
-            row["success_ratio"] = row["success_rate"] / base["success_rate"] if base["success_rate"] else None
-        scores = [row["score"] for row in r["tasks"].values() if row["score"] is not None]
-        ratios = [row["success_ratio"] for row in r["tasks"].values() if row["success_ratio"] is not None]
-        r["mean_score"] = float(np.mean(scores)) if scores else None
-        r["min_score"] = float(np.min(scores)) if scores else None
-        r["mean_success_ratio"] = float(np.mean(ratios)) if ratios else None
+            scores = teacher_normalised(row, ref["tasks"][t], randoms[t])
+            row.update({k: scores[k] for k in ("score", "return_ratio", "success_ratio")})
+        rows = r["tasks"].values()
+        for key in ("score", "return_ratio", "success_ratio"):
+            values = [row[key] for row in rows if row[key] is not None]
+            r[f"mean_{key}"], r[f"min_{key}"] = mean_of(rows, key), min(values) if values else None
         r["mean_success"] = mean_rate([row["success_rate"] for row in r["tasks"].values()])
         if r["latency"]:
             r["speedup_p50"] = ref["latency"]["p50_ms"] / r["latency"]["p50_ms"]
@@ -93,7 +93,7 @@ def compare(suite: Suite, policies: dict[str, Any], reference: str, episodes: in
 
 
 def plot_onestep(path: Path, results: dict[str, Any]) -> Path:
-    """Left: mean teacher-normalised score and success per policy. Right: batch-1 chunk latency (log)."""
+    """Left: mean random-normalised score and success per policy. Right: batch-1 chunk latency (log)."""
     import matplotlib.pyplot as plt
 
     from policydistill.eval.report import save_figure
@@ -101,7 +101,7 @@ def plot_onestep(path: Path, results: dict[str, Any]) -> Path:
     names = list(results)
     x = np.arange(len(names))
     fig, axes = plt.subplots(1, 2, figsize=(13, 4))
-    axes[0].bar(x - 0.2, [results[n]["mean_score"] or 0 for n in names], 0.4, label="score (return ratio)")
+    axes[0].bar(x - 0.2, [results[n]["mean_score"] or 0 for n in names], 0.4, label="score (random-normalised)")
     axes[0].bar(x + 0.2, [results[n]["mean_success"] for n in names], 0.4, label="success rate")
     axes[0].axhline(0.95, color="grey", lw=0.8, ls="--")
     axes[0].set_xticks(x, names, rotation=25, ha="right")
@@ -160,8 +160,9 @@ def stage_diffusion(cfg: Any, suite: Suite, out: Path, report: Report) -> None:
         + f"\n\nSuite `{dsuite.name}` (the default tasks with a pit halfway to the goal; demonstrations: each "
           f"task's zoo expert or its mirror image, per episode, so every task is shown passing left and right). "
           f"Teacher: a diffusion policy ({stage.teacher.train_steps} updates); students: {stage.onestep.steps} updates "
-          f"each, initialised from the teacher. Score: return / the 100-step teacher's return on the same "
-          f"{stage.eval_episodes} seeded episodes per task. Latency: one `predict_chunk` at batch 1 on one "
+          f"each, initialised from the teacher. Score: (return - random) / (the 100-step teacher's return - random) "
+          f"on the same {stage.eval_episodes} seeded episodes per task, random being a uniform random policy. "
+          f"Latency: one `predict_chunk` at batch 1 on one "
           f"thread (torch eager), {stage.latency_calls} calls; wall-clock, and the thread's CPU time (the latency on "
           "a dedicated core: wall-clock on a shared machine includes preemption). Benchmarks with full budgets: "
           "`bench/onestep_fidelity.py`, `bench/onestep_latency.py`.\n\n![one-step](diffusion/onestep.png)")

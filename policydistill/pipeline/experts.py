@@ -6,22 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from policydistill.eval.evaluate import evaluate, format_table
+from policydistill.eval.evaluate import evaluate, format_table, random_policies
 from policydistill.eval.metrics import summarise
 from policydistill.eval.rollout import run_episodes
 from policydistill.experts import train_experts
 from policydistill.files import atomic_write_json
-from policydistill.policy import RandomPolicy
 from policydistill.suites import Suite
 from policydistill.teachers import policies_for_suite
 
 if TYPE_CHECKING:
     from policydistill.eval.report import Report
-
-
-def random_policies(suite: Suite, seed: int) -> dict[str, RandomPolicy]:
-    """A uniform random policy per task, in the task's action space."""
-    return {name: RandomPolicy(suite.spaces[i][1], seed=seed + i) for i, name in enumerate(suite.task_names)}
 
 
 def cross_task_success(suite: Suite, policies: dict[str, Any], episodes: int, seed: int) -> list[list[float]]:

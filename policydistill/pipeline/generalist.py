@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from policydistill.configs import require_int
 from policydistill.distill.dagger import DAggerConfig
 from policydistill.distill.runner import DistillConfig, distill
+from policydistill.eval.metrics import fmt_rate
 from policydistill.models.students import StudentConfig
 from policydistill.suites import Suite
 from policydistill.teachers import policies_for_suite
@@ -63,9 +64,17 @@ def stage_distill(cfg: Any, suite: Suite, out: Path, report: Report) -> None:
     report.add("DAgger generalist", markdown_table(header, rows) + (
         f"\n\nOne student for all {len(suite.tasks)} tasks, DAgger with a {stage.method.schedule} beta schedule, "
         f"{len(runs['dagger']['rounds'])} rounds, {last['labels_used']} teacher labels, {last['wall_time_s']:.0f} s. "
-        f"Score: student return / teacher return on the same {stage.eval_episodes} seeded episodes per task. "
+        f"{_headline(last)}. Score: (student - random) / (teacher - random) return on the same "
+        f"{stage.eval_episodes} seeded episodes per task, random being a uniform random policy. "
         "'no task id': the same student without the `task` group. " + _best_and_regressions(runs)
         + "\n\n![distill](distill.png)"))
+
+
+def _headline(row: dict[str, Any]) -> str:
+    """``Headline: success ratio 0.98 (student / teacher success, mean over tasks)`` for a run's last round."""
+    head = row["headline"]
+    what = "student / teacher success" if head["metric"] == "success ratio" else "random-normalised return"
+    return f"Headline: {head['metric']} {fmt_rate(head['value'], '.3f')} ({what}, mean over tasks)"
 
 
 def _best_and_regressions(runs: dict[str, dict[str, Any]]) -> str:

@@ -98,8 +98,9 @@ def stage_privileged(cfg: Any, suite: Suite, out: Path, report: Report) -> None:
         "only and must infer them from their own history. DAgger from the committed zoo teachers, "
         f"{pcfg.rounds} rounds of {pcfg.episodes_per_task} episodes per task and {pcfg.updates_per_round} updates "
         "(a small budget: `python -m bench privileged_students` runs the full comparison over seeds), evaluated "
-        f"on the same {pcfg.eval_episodes} seeded episodes per task as the teachers. Score: student return / teacher "
-        "return, averaged over tasks. Predictability ratio: held-out action error of the student's architecture "
+        f"on the same {pcfg.eval_episodes} seeded episodes per task as the teachers. Score: (student - random) / "
+        "(teacher - random) return, random being a uniform random policy, averaged over tasks. Predictability "
+        "ratio: held-out action error of the student's architecture "
         "over that of the same architecture reading `privileged` too (above 2 the run warns that the student's "
         "inputs cannot explain the teacher).\n\n![privileged students](privileged.png)"))
 

@@ -51,10 +51,10 @@ from typing import Any
 import numpy as np
 
 from policydistill.runtime.action_queue import MODES, ActionQueue
-from policydistill.runtime.exported import ExportedPolicy, ObsWindow, check_obs, reset_mask
+from policydistill.runtime.exported import ExportedPolicy, ObsWindow, reset_mask
 from policydistill.runtime.latency import LatencyRecorder
 from policydistill.runtime.safety import COUNTERS, OUT_OF_BOUNDS, ActionGuard, check_limit
-from policydistill.types import select_groups
+from policydistill.types import check_obs, select_groups
 
 log = logging.getLogger(__name__)
 

@@ -28,6 +28,7 @@ import numpy as np
 from policydistill.files import file_sha256
 from policydistill.runtime.action_queue import ActionQueue
 from policydistill.runtime.sampler import SamplerSpec
+from policydistill.types import check_obs
 
 SCHEMA_VERSION = 2
 Call = Callable[[dict[str, np.ndarray]], Sequence[np.ndarray]]
@@ -42,40 +43,6 @@ def all_finite(a: np.ndarray) -> bool:
 
     A Python sum for small arrays: far cheaper per tick than a numpy ufunc and reduction."""
     return math.isfinite(sum(a.ravel().tolist()) if a.size <= 64 else float(a.sum(dtype=np.float64)))
-
-
-def check_obs(obs: Any, groups: Sequence[str], dims: Mapping[str, int] | None = None) -> None:
-    """Raise a one-line error unless ``obs`` maps each of ``groups`` to a finite (n, dim) array.
-
-    ``dims`` {group: dim}, when known, is checked too and named in the message. A missing group is a
-    KeyError; None, a wrong shape or a non-finite value a ValueError naming the group, what was
-    expected and what came in.
-    """
-    def want(g: str) -> str:
-        return f"(n, {dims[g]})" if dims and g in dims else "(n, dim)"
-
-    if not isinstance(obs, Mapping):
-        shape = f" of shape {np.shape(obs)}" if isinstance(obs, np.ndarray) else ""
-        raise ValueError(f"observation must be a dict of groups {list(groups)} -> (n, dim) arrays, got "
-                         f"{type(obs).__name__}{shape}")
-    missing = [g for g in groups if g not in obs]
-    if missing:
-        raise KeyError(f"observation lacks groups {missing}; it has {sorted(obs)}")
-    for g in groups:
-        if obs[g] is None:
-            raise ValueError(f"observation group '{g}' is None, expected an array of shape {want(g)}")
-        a = np.asarray(obs[g])
-        if a.ndim != 2:
-            raise ValueError(f"observation group '{g}' has shape {a.shape}, expected {want(g)} (one row per env)")
-        if dims and g in dims and a.shape[1] != dims[g]:
-            raise ValueError(f"observation group '{g}' has shape {a.shape}, expected ({len(a)}, {dims[g]})")
-        if a.dtype.kind not in "fiub":
-            raise ValueError(f"observation group '{g}' holds {a.dtype} values, expected numbers of shape {want(g)}")
-        finite = np.isfinite(a)
-        if not finite.all():
-            row, col = np.argwhere(~finite)[0]
-            raise ValueError(f"observation group '{g}' has a non-finite value ({a[row, col]} at row {row}, column "
-                             f"{col}), expected finite numbers")
 
 
 def description_path(path: str | Path) -> Path:
