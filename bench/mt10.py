@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--hidden", type=int, nargs="+", default=[512, 512])
+    p.add_argument("--heads", default="shared", choices=["shared", "per_task"],
+                   help="the student's first and last layers: shared by the tasks or one per task")
+    p.add_argument("--relabel-noise", type=float, default=0.0, help="DAgger's relabel_noise (0: off)")
     p.add_argument("--schedule", default="linear")
     p.add_argument("--schedule-params", default=None,
                    help='JSON: the schedule\'s parameters (default {"rounds": rounds - 2}: linear 1 -> 0)')
@@ -73,8 +76,8 @@ def main(argv: list[str] | None = None) -> dict:
     params = json.loads(args.schedule_params) if args.schedule_params else {"rounds": max(1, args.rounds - 2)}
     method = DAggerConfig(rounds=args.rounds, episodes_per_task=args.episodes_per_task, updates_per_round=args.updates,
                           batch_size=args.batch_size, lr=args.lr, lr_decay=True, collect_steps=args.collect_steps,
-                          max_steps=1_000_000, **schedule_keys(args.schedule, params))
-    student_cfg = StudentConfig(groups=["policy", "task"], hidden=args.hidden)
+                          max_steps=1_000_000, relabel_noise=args.relabel_noise, **schedule_keys(args.schedule, params))
+    student_cfg = StudentConfig(groups=["policy", "task"], hidden=args.hidden, heads=args.heads)
     t0 = time.perf_counter()
     teacher_held_out = success(evaluate_per_task(held_out, teachers, args.episodes, HELD_OUT_SEED, args.n_envs))
     teacher_eval_s = time.perf_counter() - t0
@@ -83,7 +86,8 @@ def main(argv: list[str] | None = None) -> dict:
     for seed in args.seeds:
         with tempfile.TemporaryDirectory(prefix="bench_mt10_") as tmp:
             cfg = DistillConfig(suite=args.suite, teachers="suite", out=tmp, seed=seed, device="cpu", method=method,
-                                student=student_cfg, n_envs=args.n_envs, eval_episodes=args.val_episodes)
+                                student=student_cfg, n_envs=args.n_envs, eval_episodes=args.val_episodes,
+                                final_episodes=0)  # best/ is evaluated below, on the held-out goals
             t0 = time.perf_counter()
             summary = distill(cfg, suite, teachers)
             wall = time.perf_counter() - t0

@@ -6,10 +6,12 @@ import gymnasium as gym
 
 POINT_REACH_ID = "policydistill/PointReach-v0"
 CHEETAH_SPEED_ID = "policydistill/CheetahSpeed-v0"
+QUADRUPED_TERRAIN_ID = "policydistill/QuadrupedTerrain-v0"
 
 _SPECS: dict[str, tuple[str, int]] = {
     POINT_REACH_ID: ("policydistill_envs.point_reach:PointReachEnv", 100),
     CHEETAH_SPEED_ID: ("policydistill_envs.cheetah_speed:CheetahSpeedEnv", 400),
+    QUADRUPED_TERRAIN_ID: ("policydistill_envs.quadruped_terrain:QuadrupedTerrainEnv", 500),
 }
 
 
@@ -22,4 +24,4 @@ def register_envs() -> None:
 
 register_envs()
 
-__all__ = ["CHEETAH_SPEED_ID", "POINT_REACH_ID", "register_envs"]
+__all__ = ["CHEETAH_SPEED_ID", "POINT_REACH_ID", "QUADRUPED_TERRAIN_ID", "register_envs"]

@@ -227,3 +227,72 @@ def test_export_leaves_the_source_policy_as_it_was(recorded, tmp_path):
     policy = _random_policy(recorded["default"], ("policy", "task"), "unscale", "tanh", 3).train()
     export_policy(policy, "onnx", tmp_path / "td3.onnx")
     assert policy.training and all(p.requires_grad for p in policy.parameters())
+
+
+def _task_rows(suite_name: str, steps: int = 40) -> list[dict[str, np.ndarray]]:
+    """Per task of a suite, ``steps`` observations of random actions, in the task's own spaces."""
+    suite = load_suite(suite_name)
+    out = []
+    for i in range(len(suite.tasks)):
+        env = suite.make_env(i)
+        env.action_space.seed(i)
+        obs, _ = env.reset(seed=200 + i)
+        seen = []
+        for _ in range(steps):
+            seen.append(obs)
+            obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
+            if terminated or truncated:
+                obs, _ = env.reset()
+        env.close()
+        out.append(stack_obs(seen))
+    return out
+
+
+@pytest.mark.parametrize("heads", ["shared", "per_task"])
+def test_padded_export_parity(heads, tmp_path):
+    """A student padded over tasks with different spaces exports with the task id as an input: per task, the
+    ONNX and TorchScript graphs, fed the one-hot and the task's own observation, act as the torch policy."""
+    from policydistill.models.generalist import GeneralistPolicy
+    from policydistill.models.students import StudentConfig, build_student
+    from policydistill.runtime.torch_policy import GraphPolicy
+
+    torch.manual_seed(0)
+    suite = load_suite("pendulum_reacher")  # InvertedDoublePendulum-v5 (9 -> 1) and Reacher-v5 (10 -> 2)
+    student = build_student(suite, StudentConfig(heads=heads, hidden=[32, 32]), "cpu").eval()
+    assert isinstance(student, GeneralistPolicy) and not student.layout.uniform
+    rows = _task_rows("pendulum_reacher")
+    widths = [len(r["policy"][0]) for r in rows]
+    student.fit_normalizer(np.concatenate([np.concatenate([np.pad(r["policy"], ((0, 0), (0, 10 - w))), r["task"]], 1)
+                                           for r, w in zip(rows, widths, strict=True)]))
+    with torch.no_grad():
+        student.head.weight.mul_(10.0)  # some actions reach their bounds
+    paths = {fmt: export_policy(student, fmt, tmp_path / f"padded.{EXT[fmt]}") for fmt in EXT}
+    info = json.loads(Path(f"{paths['onnx']}.json").read_text())
+    assert [(g["name"], g["dim"]) for g in info["groups"]] == [("task", 2), ("observation", 10)]
+    assert info["obs_dim"] == 12 and info["act_dim"] == 2
+    assert [(t["columns"]["policy"], t["act_dim"]) for t in info["tasks"]] == [([2, 9], 1), ([2, 10], 2)]
+    runners = {"onnx": OnnxPolicy(paths["onnx"]), "torchscript": GraphPolicy.from_torchscript(paths["torchscript"])}
+    at_bounds = 0
+    for t, obs in enumerate(rows):
+        want = student.act(obs)
+        d = info["tasks"][t]["act_dim"]
+        assert want.shape == (len(obs["policy"]), d)
+        start, dim = info["tasks"][t]["columns"]["policy"]
+        own = np.zeros((len(want), 10), np.float32)
+        own[:, start - 2:start - 2 + dim] = obs["policy"]
+        for fmt, runner in runners.items():
+            got = runner.act({"task": obs["task"], "observation": own})
+            assert got.dtype == np.float32 and got.shape == (len(want), 2)
+            np.testing.assert_allclose(got[:, :d], want, rtol=0, atol=TOL[fmt])
+            assert not got[:, d:].any()  # the dims the task does not have are 0
+            one = runner.act({"task": obs["task"][5:6], "observation": own[5:6]})  # batch 1
+            np.testing.assert_allclose(one[:, :d], want[5:6], rtol=0, atol=TOL[fmt])
+        at_bounds += int(np.sum(np.abs(want) >= 1.0 - 1e-6))
+    assert at_bounds > 0, "no action of the random student reaches a bound"
+    # a batch mixing the two tasks, in the exported layout, gives each row its own task's action
+    mixed_task = np.concatenate([rows[0]["task"][:3], rows[1]["task"][:3]])
+    mixed_obs = np.zeros((6, 10), np.float32)
+    mixed_obs[:3, :9], mixed_obs[3:] = rows[0]["policy"][:3], rows[1]["policy"][:3]
+    got = runners["onnx"].act({"task": mixed_task, "observation": mixed_obs})
+    np.testing.assert_allclose(got[:3, :1], student.act({g: v[:3] for g, v in rows[0].items()}), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(got[3:], student.act({g: v[:3] for g, v in rows[1].items()}), rtol=0, atol=1e-4)

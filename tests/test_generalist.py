@@ -120,7 +120,7 @@ def test_one_student_for_hopper_walker_and_cheetah(mixed_suite, mixed_yaml, tmp_
 
 def test_padding_and_masks_keep_tasks_apart(mixed_suite):
     torch.manual_seed(0)
-    student = build_student(mixed_suite, StudentConfig(learn_std=True), "cpu")
+    student = build_student(mixed_suite, StudentConfig(learn_std=True, heads="shared"), "cpu")
     x = torch.randn(5, student.obs_dim)
     x[:, 17:] = torch.nn.functional.one_hot(torch.zeros(5, dtype=torch.long), 3).float()  # hopper rows
     noisy = x.clone()
@@ -140,8 +140,97 @@ def test_padding_and_masks_keep_tasks_apart(mixed_suite):
         student.act(wide)
     with pytest.raises(ValueError, match="must read the 'task' group"):
         build_student(mixed_suite, StudentConfig(groups=["policy"]), "cpu")
-    with pytest.raises(ValueError, match="exporting a student padded over tasks with different spaces"):
-        student.export_graph()
+
+
+def _padded_rows(student: GeneralistPolicy, task: np.ndarray, scale: np.ndarray, shift: np.ndarray,
+                 seed: int = 0) -> np.ndarray:
+    """Padded inputs (N, obs_dim) of the given tasks: column j of task t ~ N(shift[t, j], scale[t, j]^2)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(len(task), student.obs_dim)) * scale[task] + shift[task]
+    x[:, slice(*student.slices["task"])] = np.eye(student.n_tasks)[task]
+    return (x * student.obs_mask.numpy()[task]).astype(np.float32)
+
+
+def test_each_task_is_normalised_by_its_own_statistics(mixed_suite):
+    """A column means something else in every task: pooled statistics squash one task's features (a task with
+    20x the rows sets them), per-task ones give every task's real entries mean 0 and std 1."""
+    per_task = build_student(mixed_suite, StudentConfig(), "cpu")  # heads auto: per task, spaces differ
+    assert per_task.heads == "per_task" and per_task.normalizer.stats == "per_task"
+    shared = GeneralistPolicy.from_config({**per_task.config(), "normalizer": {"enabled": True}})
+    assert shared.normalizer.stats == "shared"
+    assert build_student(mixed_suite, StudentConfig(heads="shared"), "cpu").normalizer.stats == "shared"
+    assert shared.normalizer.mean.shape == (per_task.obs_dim,)  # a student saved before per-task statistics
+    task = np.repeat([0, 1, 2], [2000, 100, 100])
+    scale = np.array([[5.0], [0.05], [0.05]]).repeat(per_task.obs_dim, 1)  # hopper's features 100x wider
+    shift = np.random.default_rng(1).normal(0, 1.0, (3, per_task.obs_dim))
+    x = _padded_rows(per_task, task, scale, shift)
+    spread = {}
+    for name, student in (("per_task", per_task), ("shared", shared)):
+        student.fit_normalizer(x)
+        z = student.normalizer(torch.as_tensor(x)).numpy()
+        assert not z[task == 0][:, 11:17].any()  # hopper's padded policy entries stay 0
+        spread[name] = [z[task == t][:, :11].std(0) for t in (1, 2)]
+    for std in spread["per_task"]:
+        np.testing.assert_allclose(std, 1.0, atol=0.02)
+    assert max(float(s.max()) for s in spread["shared"]) < 0.05  # pooled: walker's, cheetah's features squashed
+
+
+def test_the_loss_weighs_each_task_by_its_own_action_scale(mixed_suite):
+    """Scaling one task's labels and its head's output by c changes nothing: every task's error counts in units
+    of its own label std, so a task whose actions are 10x smaller weighs as much."""
+    torch.manual_seed(0)
+    student = build_student(mixed_suite, StudentConfig(heads="per_task", hidden=[32]), "cpu")
+    task = np.repeat([0, 1, 2], 64)
+    x = _padded_rows(student, task, np.ones((3, student.obs_dim)), np.zeros((3, student.obs_dim)))
+    labels = np.random.default_rng(2).normal(0, 0.5, (len(task), student.act_dim)).astype(np.float32)
+    labels *= student.act_mask.numpy()[task]
+    student.fit_normalizer(x)
+
+    def loss(labels: np.ndarray) -> float:
+        data = {"x": x, "label_mean": labels}
+        batch = student.batches(data, np.array([len(x)]), len(x)).draw(np.random.default_rng(0))
+        return float(student.compute_loss({k: batch[k] for k in data}, mse)[0].detach())
+
+    before = loss(labels)
+    want = np.sqrt(labels[task == 1, :6].var(0).mean())  # walker: one scale over its 6 dims
+    np.testing.assert_allclose(student.label_scale[1].numpy(), [want] * 6, rtol=1e-5)
+    np.testing.assert_allclose(student.label_scale[0].numpy(), [np.sqrt(labels[task == 0, :3].var(0).mean())] * 3
+                               + [1.0] * 3, rtol=1e-5)  # hopper's 3 padded dims keep 1
+    c = 0.1
+    with torch.no_grad():  # walker's head block (rows 6..12 of the stacked head) and its labels scaled by c
+        student.head.weight[6:12] *= c
+        student.head.bias[6:12] *= c
+    scaled = np.where((task == 1)[:, None], c * labels, labels)
+    assert loss(scaled) == pytest.approx(before, rel=1e-4)
+    student.label_scale.fill_(1.0)  # without the scale, the small task's error shrinks by c^2 in the loss
+    assert student.compute_loss({"x": torch.as_tensor(x), "label_mean": torch.as_tensor(scaled)}, mse)[0] < 0.9 * before
+
+
+def test_per_task_heads_keep_tasks_apart_and_round_trip(mixed_suite, tmp_path):
+    from policydistill.bundle import save_bundle
+
+    torch.manual_seed(0)
+    student = build_student(mixed_suite, StudentConfig(heads="per_task", hidden=[16, 16]), "cpu")
+    assert isinstance(student, GeneralistPolicy) and student.head.weight.shape == (3 * 6, 16)
+    task = np.zeros(8, dtype=int)  # hopper rows only
+    x = torch.as_tensor(_padded_rows(student, task, np.ones((3, student.obs_dim)), np.zeros((3, student.obs_dim))))
+    y = student.raw(x)
+    mse(y, torch.zeros_like(y), mask=student.loss_mask(x)).backward()
+    first, head = student.first.weight.grad.view(3, 16, -1), student.head.weight.grad.view(3, 6, -1)
+    assert first[0].abs().sum() > 0 and head[0, :3].abs().sum() > 0
+    assert first[1:].abs().sum() == 0 and head[1:].abs().sum() == 0 and head[0, 3:].abs().sum() == 0
+    save_bundle(student, tmp_path / "b")
+    loaded = load_bundle(tmp_path / "b", device="cpu")
+    assert loaded.heads == "per_task" and loaded.normalizer.stats == "per_task"
+    torch.testing.assert_close(loaded(x), student(x))
+    # tasks that share their spaces take per-task heads too (auto: shared); other student kinds refuse the key
+    one = build_student(load_suite("default"), StudentConfig(heads="per_task"), "cpu")
+    assert isinstance(one, GeneralistPolicy) and one.heads == "per_task"
+    assert not isinstance(build_student(load_suite("default"), StudentConfig(), "cpu"), GeneralistPolicy)  # auto
+    with pytest.raises(ValueError, match="student kind 'gru' does not read student.heads"):
+        StudentConfig(kind="gru", heads="per_task")
+    with pytest.raises(ValueError, match="student.heads"):
+        StudentConfig(heads="each")
 
 
 @pytest.mark.slow

@@ -4,8 +4,8 @@
 kind                    student
 ======================= ============================================================================
 ``mlp``                 :class:`MLPPolicy` over the current observation (stateless), or a padded
-                        :class:`GeneralistPolicy` when the suite's tasks differ in their spaces or a
-                        task embedding is asked for
+                        :class:`GeneralistPolicy` when the suite's tasks differ in their spaces, a
+                        task embedding or per-task heads are asked for
 ``history_mlp``         :class:`HistoryPolicy`, encoder ``stack`` (last ``history`` frames into an MLP)
 ``tcn``                 :class:`HistoryPolicy`, encoder ``tcn`` (1-D temporal convolution)
 ``gru``                 :class:`HistoryPolicy`, encoder ``gru`` (truncated BPTT over ``tbptt`` steps)
@@ -28,7 +28,7 @@ from gymnasium import spaces
 from policydistill.configs import refuse_unread, require_choice, require_int, require_ints
 from policydistill.models import resolve_device
 from policydistill.models.base import TorchPolicy
-from policydistill.models.generalist import TASK_ENCODINGS, GeneralistPolicy
+from policydistill.models.generalist import HEADS, TASK_ENCODINGS, GeneralistPolicy
 from policydistill.models.history import HistoryPolicy
 from policydistill.models.history_encoders import WINDOW_KINDS
 from policydistill.models.mlp import ACTIVATIONS, MLPPolicy
@@ -49,7 +49,9 @@ class StudentConfig:
     ``kind``: see the module doc. ``history``: frames in a window encoder's view; ``rnn_hidden``/``tbptt``: a
     GRU's width and truncated-BPTT length; ``latent_encoder``: the history encoder of a ``latent`` student,
     whose last ``latent_action_rounds`` rounds fine-tune it on action labels. ``task_encoding``: how the
-    ``task`` group reaches an MLP student, ``onehot`` or a learned ``embedding`` of ``embedding_dim``.
+    ``task`` group reaches an MLP student, ``onehot`` or a learned ``embedding`` of ``embedding_dim``. ``heads``:
+    an MLP student's first and last layers, ``shared`` by the tasks or one per task (``per_task``); ``auto``:
+    per task when the suite's tasks differ in their spaces, else shared.
     ``check_predictable``: once 10 episodes are stored, compare held-out action loss with and without
     ``privileged`` and warn when the student's groups cannot predict the teacher
     (:mod:`policydistill.distill.predictability`). A key the chosen kind does not read is an error.
@@ -67,6 +69,7 @@ class StudentConfig:
     latent_action_rounds: int = 0
     task_encoding: str = "onehot"
     embedding_dim: int = 8
+    heads: str = "auto"
     check_predictable: bool = True
 
     def __post_init__(self) -> None:
@@ -75,6 +78,7 @@ class StudentConfig:
         require_ints("student.hidden", self.hidden)
         require_choice("student.activation", self.activation, list(ACTIVATIONS))
         require_choice("student.task_encoding", self.task_encoding, TASK_ENCODINGS)
+        require_choice("student.heads", self.heads, ("auto", *HEADS))
         require_choice("student.latent_encoder", self.latent_encoder, LATENT_ENCODERS)
         for name in ("history", "rnn_hidden", "tbptt", "embedding_dim"):
             require_int(f"student.{name}", getattr(self, name))
@@ -91,6 +95,7 @@ class StudentConfig:
         keys = {"kind", "groups", "hidden", "activation", "learn_std", "check_predictable"}
         if self.kind == "mlp":
             keys |= {"task_encoding", "embedding_dim"} if self.task_encoding == "embedding" else {"task_encoding"}
+            keys.add("heads")
         if self.kind == "latent":
             keys |= {"latent_encoder", "latent_action_rounds"}
         keys |= {"rnn_hidden", "tbptt"} if self.encoder == "gru" else {"history"} if self.encoder else set()
@@ -123,17 +128,19 @@ def build_student(suite: Suite, cfg: StudentConfig, device: str | torch.device =
     act_spaces = [a for _, a in suite.spaces]
     uniform = all(o == obs_spaces[0] and a == act_spaces[0] for o, a in zip(obs_spaces, act_spaces, strict=True))
     device = resolve_device(device)
-    if cfg.kind == "mlp" and uniform and cfg.task_encoding == "onehot":
+    heads = cfg.heads if cfg.heads != "auto" else "shared" if uniform else "per_task"
+    if cfg.kind == "mlp" and uniform and cfg.task_encoding == "onehot" and heads == "shared":
         return MLPPolicy(groups, obs_spaces[0], act_spaces[0], hidden=cfg.hidden, activation=cfg.activation,
                          post="clip", normalizer={"enabled": True}, log_std=cfg.learn_std).to(device)
     if cfg.kind == "mlp":
         if TASK not in groups:
-            why = "its tasks have different spaces" if not uniform else "a task embedding is asked for"
+            why = "its tasks have different spaces" if not uniform else \
+                "a task embedding is asked for" if cfg.task_encoding == "embedding" else "per-task heads are asked for"
             raise ValueError(f"suite '{suite.name}': {why}, so the student must read the '{TASK}' group; "
                              f"got student.groups={list(groups)}")
         return GeneralistPolicy(groups, obs_spaces, act_spaces, hidden=cfg.hidden, activation=cfg.activation,
                                 task_encoding=cfg.task_encoding, embedding_dim=cfg.embedding_dim,
-                                log_std=cfg.learn_std).to(device)
+                                log_std=cfg.learn_std, heads=heads).to(device)
     if not uniform:
         raise ValueError(f"a '{cfg.kind}' student needs one observation and action space across suite "
                          f"'{suite.name}'; use student=mlp for suites whose tasks differ")

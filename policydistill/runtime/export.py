@@ -16,9 +16,15 @@ inside it. ``<out>.json`` (written atomically after the model) describes it::
     sampler: SamplerSpec JSON | null   (the K-step loop around a denoiser graph)
     source: {bundle, policy_class, weights_sha256, control_period}, policy_config,
     exporter, versions
+    tasks: [{task, columns: {group: [start, dim]}, act_dim, action_low, action_high}, ...]
+        (a student padded over tasks with different spaces only, see below)
 
 ``state`` pairs a graph input with the graph output that feeds it at the next step (history or
-recurrent students); it starts at ``init`` (0) after a reset. Schema 2 added ``chunk`` and
+recurrent students); it starts at ``init`` (0) after a reset. A student padded over tasks with different
+spaces (:class:`~policydistill.models.generalist.GeneralistPolicy`) takes the task one-hot and the task's
+own observation: ``groups`` are ``task`` and ``observation`` (its groups but ``task``, zero-filled to the
+widest task's), ``tasks`` says where each task's groups sit, and the ``action`` holds the task's own
+action in its first ``act_dim`` entries. Schema 2 added ``chunk`` and
 ``sampler``. Run exported models with :class:`policydistill.runtime.onnx_policy.OnnxPolicy` (numpy
 and onnxruntime only) or :class:`policydistill.runtime.torch_policy.GraphPolicy` (TorchScript).
 """
@@ -175,6 +181,9 @@ def describe_graph(policy: Any, graph: ExportGraph) -> dict[str, Any]:
 
     Also what :class:`policydistill.runtime.torch_policy.GraphPolicy` runs an in-memory graph from.
     """
+    layout = policy.export_layout() if hasattr(policy, "export_layout") else None
+    if layout is not None:
+        return _describe_padded(policy, graph, layout)
     groups, start = [], 0
     for name in policy.groups:
         dim = int(policy.observation_space[name].shape[0])
@@ -213,6 +222,31 @@ def describe_graph(policy: Any, graph: ExportGraph) -> dict[str, Any]:
         "state": [{"input": i, "output": o, "shape": [BATCH, *specs[i].shape], "init": 0.0} for i, o in graph.state],
         "deterministic": not any(s.role == "noise" for s in graph.inputs) and sampler is None,
         "chunk": chunk, "sampler": sampler, "policy_config": policy.config(),
+    }
+
+
+def _describe_padded(policy: Any, graph: ExportGraph, layout: list[dict[str, Any]]) -> dict[str, Any]:
+    """The description of a padded multi-task student's graph (:class:`~policydistill.models.generalist.TaskInput`):
+    ``groups`` are ``task`` (the one-hot) and ``observation`` (the task's own groups but ``task``, concatenated
+    and zero-filled to the widest), ``tasks`` where each task's groups sit in ``obs`` and its action dims and
+    bounds; the ``action`` holds the task's own action in its first ``act_dim`` entries."""
+    from gymnasium import spaces
+
+    n_tasks, obs_dim, act_dim = len(layout), graph.inputs[0].shape[0], graph.outputs[0].shape[0]
+    groups = [{"name": "task", "dim": n_tasks, "start": 0},
+              {"name": "observation", "dim": obs_dim - n_tasks, "start": n_tasks}]
+    low, high = np.zeros(act_dim, np.float32), np.zeros(act_dim, np.float32)
+    for t in layout:
+        low[:t["act_dim"]] = np.minimum(low[:t["act_dim"]], t["action_low"])
+        high[:t["act_dim"]] = np.maximum(high[:t["act_dim"]], t["action_high"])
+    observation = spaces.Dict({"task": spaces.Box(0.0, 1.0, (n_tasks,), np.float32),
+                               "observation": spaces.Box(-np.inf, np.inf, (obs_dim - n_tasks,), np.float32)})
+    return {
+        "schema_version": SCHEMA_VERSION, "groups": groups, "obs_dim": obs_dim, "act_dim": act_dim,
+        "observation_space": space_to_json(observation), "action_space": space_to_json(spaces.Box(low, high)),
+        "inputs": [s.to_json() for s in graph.inputs], "outputs": [s.to_json() for s in graph.outputs],
+        "stateful": False, "state": [], "deterministic": True, "chunk": None, "sampler": None,
+        "tasks": layout, "policy_config": policy.config(),
     }
 
 
