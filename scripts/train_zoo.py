@@ -1,9 +1,15 @@
 """Reproduce the committed expert zoo: train every suite's experts, evaluate them, copy the bundles.
 
     .venv/bin/python scripts/train_zoo.py [--suites default default_hazard locomotion] [--workers 2] [--episodes 20]
+        [--overrides KEY=VALUE ...]
 
+``--overrides``: ``train-experts`` keys the experts are trained with (as ``policydistill train-experts
+suite=<suite> KEY=VALUE ...``), e.g. the terrain zoo's
+``--suites terrain terrain_hard --workers 1 --overrides expert.net=[128,128] expert.hyperparams.n_steps=512
+expert.hyperparams.batch_size=512 expert.eval_every=50000 expert.eval_episodes=5 expert.checkpoint_every=50000``.
 Writes ``envs/zoo/<suite>/<task>/`` (policy.json + model.safetensors) and ``envs/zoo/<suite>/zoo.json``
-(training summary and evaluation numbers). Training runs under ``runs/zoo`` and resumes after a kill.
+(training summary, evaluation numbers and the overrides). Training runs under ``runs/zoo`` and resumes after a
+kill.
 """
 
 from __future__ import annotations
@@ -31,12 +37,13 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--runs", default=str(ROOT / "runs/zoo"))
+    p.add_argument("--overrides", nargs="*", default=[], help="train-experts keys, KEY=VALUE")
     args = p.parse_args()
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in args.suites:
         suite = load_suite(name)
-        cfg = compose_config("train-experts", [f"suite={name}"])
+        cfg = compose_config("train-experts", [f"suite={name}", *args.overrides])
         summary = train_experts(suite, cfg.expert, Path(args.runs) / name, workers=args.workers, seed=cfg.seed)
         zoo = ROOT / "envs/zoo" / name
         for task in suite.task_names:
@@ -46,7 +53,8 @@ def main() -> None:
         policies = {t: load_bundle(zoo / t, device="cpu") for t in suite.task_names}
         result = evaluate(suite, policies, episodes=args.episodes, seed=1000)
         print(format_table(result))
-        atomic_write_json(zoo / "zoo.json", {"suite": name, "training": summary["tasks"], "evaluation": result})
+        atomic_write_json(zoo / "zoo.json", {"suite": name, "training": summary["tasks"], "evaluation": result,
+                                             **({"overrides": args.overrides} if args.overrides else {})})
 
 
 if __name__ == "__main__":

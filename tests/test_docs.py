@@ -259,6 +259,8 @@ def check_the_main_job_report(out: Path) -> None:
                     "## Stage times"):
         assert heading in report
     assert "| north | ppo |" in report and "| gru | policy, task |" in report and "| one-step dmd_det |" in report
+    assert "The student it ships (`best/`, round " in report and "on held-out seeds 9000, 9001, ...: success" in report
+    assert "final" not in json.loads((out / "privileged" / "gru" / "distill.json").read_text())  # compared side by side
     for plot in ("experts.png", "distill.png", "privileged.png", "diffusion/onestep.png"):
         assert (out / plot).stat().st_size > 10_000, plot
     assert (out / "distill" / "dagger" / "student").is_dir() and (out / "privileged" / "gru" / "student").is_dir()

@@ -130,7 +130,8 @@ def stage_diffusion(cfg: Any, suite: Suite, out: Path, report: Report) -> None:
 
     def run(method: Any, teachers: Path, to: Path) -> dict[str, Any]:
         return distill(DistillConfig(suite=stage.suite, teachers=str(teachers), out=str(to), seed=cfg.seed,
-                                     device=cfg.device, method=method, eval_episodes=stage.eval_episodes),
+                                     device=cfg.device, method=method, eval_episodes=stage.eval_episodes,
+                                     final_episodes=0),  # compare() evaluates every policy side by side
                        dsuite, policies_for_suite(teachers, dsuite, device=cfg.device))
 
     run(stage.teacher, teachers_spec, root / "teacher")

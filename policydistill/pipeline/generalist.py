@@ -64,8 +64,8 @@ def stage_distill(cfg: Any, suite: Suite, out: Path, report: Report) -> None:
     report.add("DAgger generalist", markdown_table(header, rows) + (
         f"\n\nOne student for all {len(suite.tasks)} tasks, DAgger with a {stage.method.schedule} beta schedule, "
         f"{len(runs['dagger']['rounds'])} rounds, {last['labels_used']} teacher labels, {last['wall_time_s']:.0f} s. "
-        f"{_headline(last)}. Score: (student - random) / (teacher - random) return on the same "
-        f"{stage.eval_episodes} seeded episodes per task, random being a uniform random policy. "
+        f"{_headline(last)}. {_held_out(runs['dagger'])} Score: (student - random) / (teacher - random) return on "
+        f"the same {stage.eval_episodes} seeded episodes per task, random being a uniform random policy. "
         "'no task id': the same student without the `task` group. " + _best_and_regressions(runs)
         + "\n\n![distill](distill.png)"))
 
@@ -75,6 +75,15 @@ def _headline(row: dict[str, Any]) -> str:
     head = row["headline"]
     what = "student / teacher success" if head["metric"] == "success ratio" else "random-normalised return"
     return f"Headline: {head['metric']} {fmt_rate(head['value'], '.3f')} ({what}, mean over tasks)"
+
+
+def _held_out(run: dict[str, Any]) -> str:
+    """The shipped student (``best/``) on the held-out seeds, from the run's final evaluation."""
+    final = run["final"]
+    tasks = ", ".join(f"{n} {fmt_rate(t['success_rate'])} ± {fmt_rate(t['success_ci95'])} (n={t['episodes']})"
+                      for n, t in final["tasks"].items())
+    return (f"The student it ships (`best/`, round {final['round']}) on held-out seeds {final['seeds']}: success "
+            f"{fmt_rate(final['mean_success'], '.3f')} ({tasks}).")
 
 
 def _best_and_regressions(runs: dict[str, dict[str, Any]]) -> str:

@@ -75,7 +75,7 @@ def stage_privileged(cfg: Any, suite: Suite, out: Path, report: Report) -> None:
         t0 = time.perf_counter()
         dcfg = DistillConfig(suite=psuite.name, teachers=str(spec), seed=cfg.seed, device=cfg.device,
                              out=str(out / "privileged" / kind), method=method, eval_episodes=pcfg.eval_episodes,
-                             student=student_config(kind, pcfg.groups))
+                             student=student_config(kind, pcfg.groups), final_episodes=0)  # compared below
         runs[kind] = distill(dcfg, psuite, teachers)
         times[kind] = time.perf_counter() - t0
     plot_distill(out / "privileged.png", runs)
