@@ -241,6 +241,13 @@ def _reached(row: dict[str, Any] | None, stop_score: float | None) -> bool:
         and row["mean_score"] >= stop_score
 
 
+def final_line(final: dict[str, Any]) -> str:
+    """``9000, 9001, ...: success 0.975 (north 1.00 ± 0.04 (n=50), ...)`` for a run's final evaluation."""
+    tasks = ", ".join(f"{n} {fmt_rate(t['success_rate'])} ± {fmt_rate(t['success_ci95'])} (n={t['episodes']})"
+                      for n, t in final["tasks"].items())
+    return f"{final['seeds']}: success {fmt_rate(final['mean_success'], '.3f')} ({tasks})"
+
+
 def load_round(algo: Algorithm, ckpt: Path, r: int, device: torch.device | str | None = None) -> TorchPolicy:
     """Load finished round ``r``'s student bundle and method state from ``ckpt`` (a run's ``checkpoint/``)
     into ``algo`` onto ``device`` (None: the student's); returns the student."""
@@ -362,10 +369,7 @@ class Runner:
         final = {"round": r, "seeds": f"{cfg.test_seed}, {cfg.test_seed + 1}, ...",
                  "tasks": {n: {k: t[k] for k in keep} for n, t in tasks.items()},
                  "mean_success": mean_rate([t["success_rate"] for t in tasks.values()])}
-        log.info("final evaluation of round %d (best/) on held-out seeds %s: success %s (%s)", r, final["seeds"],
-                 fmt_rate(final["mean_success"], ".3f"),
-                 ", ".join(f"{n} {fmt_rate(t['success_rate'])} ± {fmt_rate(t['success_ci95'])} (n={t['episodes']})"
-                           for n, t in final["tasks"].items()))
+        log.info("final evaluation of round %d (best/) on held-out seeds %s", r, final_line(final))
         return final
 
     def _round(self, r: int, prev: dict[str, Any] | None, tb: SummaryWriter) -> dict[str, Any]:

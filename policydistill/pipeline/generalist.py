@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from policydistill.configs import require_int
 from policydistill.distill.dagger import DAggerConfig
-from policydistill.distill.runner import DistillConfig, distill
+from policydistill.distill.runner import DistillConfig, distill, final_line
 from policydistill.eval.metrics import fmt_rate
 from policydistill.models.students import StudentConfig
 from policydistill.suites import Suite
@@ -80,10 +80,7 @@ def _headline(row: dict[str, Any]) -> str:
 def _held_out(run: dict[str, Any]) -> str:
     """The shipped student (``best/``) on the held-out seeds, from the run's final evaluation."""
     final = run["final"]
-    tasks = ", ".join(f"{n} {fmt_rate(t['success_rate'])} ± {fmt_rate(t['success_ci95'])} (n={t['episodes']})"
-                      for n, t in final["tasks"].items())
-    return (f"The student it ships (`best/`, round {final['round']}) on held-out seeds {final['seeds']}: success "
-            f"{fmt_rate(final['mean_success'], '.3f')} ({tasks}).")
+    return f"The student it ships (`best/`, round {final['round']}) on held-out seeds {final_line(final)}."
 
 
 def _best_and_regressions(runs: dict[str, dict[str, Any]]) -> str:
