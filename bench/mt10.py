@@ -1,15 +1,17 @@
 """Metaworld MT10 / MT50: a DAgger generalist from Metaworld's scripted teachers, scored on held-out goals.
 
     .venv-metaworld/bin/python -m bench mt10 --seeds 0 1 2
-    .venv-metaworld/bin/python -m bench mt10 --suite mt50 --seeds 0 1 2
+    .venv-metaworld/bin/python -m bench mt10 --suite mt50 --seeds 0 --heads shared --episodes-per-task 16
+        --updates 8000 --val-episodes 5 --episodes 20     # (one command)
 
 Needs the metaworld venv (``bash scripts/setup_metaworld.sh``). Per seed: DAgger (``teachers=suite``: each task's
 scripted policy, :mod:`policydistill.teachers.metaworld`) on the suite's train goals (``--suite``, validated each
-round on ``--val-episodes`` per task), then the student the run ships (``best/``: the round with the highest
-validation success, recorded as ``best_round``) is evaluated on ``--episodes`` per task of the
-held-out goals (``<suite>_heldout``, seeds 9000, ...) and of the train goals, beside the scripted teachers on
-the same held-out episodes. Targets (held-out goals, medians over the seeds): MT10 mean success >= 0.95, every
-task >= 0.85, distillation wall time <= 15 min on 2 cores; MT50 mean success >= 0.90.
+round on ``--val-episodes`` per task; by default per-task first and last layers and one teacher-labelled perturbed
+copy of every stored state per round, ``--relabel-noise``), then the student the run ships (``best/``: the round
+with the highest validation success, recorded as ``best_round``) is evaluated on ``--episodes`` per task of the
+held-out goals (``<suite>_heldout``, seeds 9000, ...) and of the train goals, beside the scripted teachers on the
+same held-out episodes. Targets (held-out goals, medians over the seeds): MT10 mean success >= 0.95, every task >=
+0.85, distillation wall time <= 15 min on 2 cores; MT50 mean success >= 0.90.
 """
 
 from __future__ import annotations
@@ -50,21 +52,24 @@ def main(argv: list[str] | None = None) -> dict:
     p = parser("mt10", __doc__)
     p.add_argument("--suite", default="mt10", choices=sorted(TARGETS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--episodes-per-task", type=int, default=16)
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--episodes-per-task", type=int, default=48)
     p.add_argument("--collect-steps", type=int, default=500, help="cut collected episodes at this many steps")
     p.add_argument("--updates", type=int, default=3000, help="fit updates per round")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--hidden", type=int, nargs="+", default=[512, 512])
-    p.add_argument("--heads", default="shared", choices=["shared", "per_task"],
+    p.add_argument("--heads", default="per_task", choices=["shared", "per_task"],
                    help="the student's first and last layers: shared by the tasks or one per task")
-    p.add_argument("--relabel-noise", type=float, default=0.0, help="DAgger's relabel_noise (0: off)")
+    p.add_argument("--loss", default="mse", help="DAgger's loss (e.g. huber)")
+    p.add_argument("--loss-params", default=None, help='JSON: the loss\'s parameters (e.g. {"delta": 0.1})')
+    p.add_argument("--relabel-noise", type=float, default=0.1,
+                   help="DAgger's relabel_noise: teacher-labelled perturbed copies of the stored states (0: off)")
     p.add_argument("--schedule", default="linear")
     p.add_argument("--schedule-params", default=None,
                    help='JSON: the schedule\'s parameters (default {"rounds": rounds - 2}: linear 1 -> 0)')
     p.add_argument("--n-envs", type=int, default=8)
-    p.add_argument("--val-episodes", type=int, default=5, help="validation episodes per task each round")
+    p.add_argument("--val-episodes", type=int, default=10, help="validation episodes per task each round")
     p.add_argument("--episodes", type=int, default=50, help="final evaluation episodes per task (each goal split)")
     p.add_argument("--tag", default="", help="suffix of the result file name")
     args = parse(p, argv, SMOKE)
@@ -76,7 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
     params = json.loads(args.schedule_params) if args.schedule_params else {"rounds": max(1, args.rounds - 2)}
     method = DAggerConfig(rounds=args.rounds, episodes_per_task=args.episodes_per_task, updates_per_round=args.updates,
                           batch_size=args.batch_size, lr=args.lr, lr_decay=True, collect_steps=args.collect_steps,
-                          max_steps=1_000_000, relabel_noise=args.relabel_noise, **schedule_keys(args.schedule, params))
+                          max_steps=1_000_000, loss=args.loss, loss_params=json.loads(args.loss_params or "{}"),
+                          relabel_noise=args.relabel_noise, **schedule_keys(args.schedule, params))
     student_cfg = StudentConfig(groups=["policy", "task"], hidden=args.hidden, heads=args.heads)
     t0 = time.perf_counter()
     teacher_held_out = success(evaluate_per_task(held_out, teachers, args.episodes, HELD_OUT_SEED, args.n_envs))

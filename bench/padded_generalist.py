@@ -3,17 +3,19 @@
     .venv/bin/python -m bench padded_generalist --suite pendulum_reacher --seeds 0 1 2
     .venv/bin/python -m bench padded_generalist --suite hopper_walker_cheetah --seeds 0 1 2 --heads shared per_task
 
-Teachers: the committed zoo (``envs/zoo/<suite>``). Per seed, one DAgger student per task (an MLP on the
-task's own one-task suite) and one padded generalist over the whole suite per ``--heads``, all with the
-same method settings; each run ships its ``best/`` student. Every student, the teachers and a uniform
-random policy then play the same seeded episodes (the test seeds 1000, ...; ``--eval-episodes`` per
-task), and score = (student - random) / (teacher - random) mean return. Target: on every task, the
-generalist's median score at most 0.02 below the single-task students' median. Pieces (one per variant
+Teachers: the committed zoo (``envs/zoo/<suite>``). Per seed, one DAgger student per task (an MLP on the task's
+own one-task suite) and one padded generalist over the whole suite per ``--heads``, all with the same method
+settings, except that a generalist takes as many fit updates per round as the single-task students together
+(``--updates`` times the number of tasks: the same compute); each run ships its ``best/`` student. Every
+student, the teachers and a uniform random policy then play the same seeded episodes (the test seeds 1000, ...;
+``--eval-episodes`` per task), and score = (student - random) / (teacher - random) mean return. Target: on every
+task, the generalist's median score at most 0.02 below the single-task students' median. Pieces (one per variant
 and seed) are cached under ``runs/bench/padded_generalist/<suite>`` (``--cache``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
                    help="the generalists to train (student.heads)")
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--episodes-per-task", type=int, default=4)
-    p.add_argument("--updates", type=int, default=500)
+    p.add_argument("--updates", type=int, default=500, help="fit updates per round per task")
     p.add_argument("--eval-episodes", type=int, default=50)
     p.add_argument("--cache", default=None, help="where pieces are cached (default runs/bench/padded_generalist)")
     p.add_argument("--tag", default="", help="suffix of the result file name")
@@ -121,6 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     teachers = policies_for_suite(zoo, suite, device="cpu")
     method = DAggerConfig(rounds=args.rounds, episodes_per_task=args.episodes_per_task,
                           updates_per_round=args.updates, beta_rounds=max(1, args.rounds - 2))
+    generalist_method = dataclasses.replace(method, updates_per_round=args.updates * len(suite.task_names))
     reference = {"teacher": returns(suite, teachers, args.eval_episodes),
                  "random": returns(suite, random_policies(suite, TEST_SEED), args.eval_episodes)}
     print("teacher / random return: " + ", ".join(
@@ -133,8 +136,8 @@ def main(argv: list[str] | None = None) -> dict:
         for seed in args.seeds:
             for variant in variants:
                 heads = variant.removeprefix("generalist_") if variant != "single" else "shared"
-                run = piece(cache, variant, seed, suite, teachers, zoo, method, StudentConfig(heads=heads),
-                            args.eval_episodes)
+                run = piece(cache, variant, seed, suite, teachers, zoo, method if variant == "single" else
+                            generalist_method, StudentConfig(heads=heads), args.eval_episodes)
                 run["scores"] = {n: score(r, reference["teacher"][n], reference["random"][n])
                                  for n, r in run["returns"].items()}
                 runs[variant].append(run)
@@ -155,7 +158,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  {v}: worst gap {max(gaps[v].values()):+.3f} (target <= {TARGET_GAP}): {verdict}")
     ratios = {f"{v} score / single-task score ({n})": medians[v][n] / medians["single"][n]
               for v in gaps for n in suite.task_names if medians["single"][n]}
-    results = {"suite": args.suite, "method": asdict(method), "test_seed": TEST_SEED, "reference": reference,
+    results = {"suite": args.suite, "method": asdict(method), "generalist_method": asdict(generalist_method),
+               "test_seed": TEST_SEED, "reference": reference,
                "target_gap": TARGET_GAP, "gaps": gaps, "target_met": met, "runs": runs}
     return envelope.write("padded_generalist", args, started, runs=len(args.seeds),
                           medians={"score": medians, "worst_gap": {v: max(g.values()) for v, g in gaps.items()}},

@@ -2,17 +2,18 @@
 
     .venv/bin/python -m bench terrain_students --seeds 0 1 2
     .venv/bin/python -m bench terrain_students --kinds gru mlp --seeds 1     # one piece (pieces are cached)
-    .venv/bin/python -m bench terrain_students --suite terrain_hard           # weak servos, wide randomisation
+    .venv/bin/python -m bench terrain_students --suite terrain_offsets        # servo calibration offsets
 
 The zoo teacher reads ``[policy, privileged]`` (terrain heights around the feet, mass, friction and motor-strength
 scales, true base velocity and height); every student reads ``[policy, task]`` (joint encoders and an IMU) only,
-except the reference ``mlp_privileged``. Each (kind, seed) is one DAgger run (linear beta 1 -> 0); its final student
-and the teacher are evaluated on the same seeded episodes (score = student return / teacher return). Then the
-terrain roughness (the suite's, 0.08 m in ``terrain``) and the mass scale (drawn from [0.7, 1.3] in ``terrain``) are
-swept, one at a time and fixed per point, for the teacher, the best history student and the proprio-only MLP:
-medians over seeds, plotted beside the result (``terrain_students_sweep.png``; another ``--suite`` adds
-``_<suite>`` to the result's names). Pieces are cached under ``runs/bench/terrain_students`` (``_<suite>``).
-Targets: the best history student's median score >= 0.90; the proprio-only MLP clearly lower (by >= 0.05).
+except the reference ``mlp_privileged``. Each (kind, seed) is one DAgger run (linear beta 1 -> 0); its final
+student and the teacher are evaluated on the same seeded episodes (score = student return / teacher return). Then
+the terrain roughness (the suite's, 0.08 m in ``terrain``) and the mass scale (drawn from [0.7, 1.3] in
+``terrain``) are swept, one at a time and fixed per point, for the teacher, the best history student and the
+proprio-only MLP: medians over seeds, plotted beside the result (``terrain_students_sweep.png``; another
+``--suite`` adds ``_<suite>`` to the result's names); on a suite with servo offsets (``terrain_offsets``) their
+range is swept too. Pieces are cached under ``runs/bench/terrain_students`` (``_<suite>``). Targets: the best
+history student's median score >= 0.90; the proprio-only MLP clearly lower (by >= 0.05).
 """
 
 from __future__ import annotations
@@ -43,24 +44,28 @@ from policydistill.files import atomic_write_json, read_json  # noqa: E402
 
 TARGET = 0.90
 TARGET_GAP = 0.05
-SWEPT = ("roughness", "mass")
 EVAL_SEED = DistillConfig.eval_seed
 SMOKE = {"seeds": [0], "rounds": 1, "episodes_per_task": 1, "updates": 10, "eval_episodes": 1,
-         "roughness": [0.08], "mass": [1.0], "sweep_episodes": 1}
+         "roughness": [0.08], "mass": [1.0], "offsets": [0.3], "sweep_episodes": 1}
 
 
 def train_values(suite: Suite) -> dict[str, tuple[float, float]]:
-    """The roughness and mass-scale range the suite's (first) task trains on, as ``(low, high)``."""
+    """What the sweeps vary, as the suite's (first) task trains on it, ``(low, high)``: the roughness, the mass
+    scale's range and, where the suite has servo offsets, their range."""
     kwargs = suite.tasks[0].kwargs
     rough = float(kwargs.get("roughness", 0.08))
     low, high = kwargs.get("mass_range", (0.7, 1.3))
-    return {"roughness": (rough, rough), "mass": (float(low), float(high))}
+    out = {"roughness": (rough, rough), "mass": (float(low), float(high))}
+    if kwargs.get("offset_range"):
+        out["offsets"] = (float(kwargs["offset_range"]),) * 2
+    return out
 
 
 def with_setting(suite: Suite, what: str, value: float) -> Suite:
-    """The suite with every task's terrain roughness (``what`` = ``roughness``, metres) or mass scale (``mass``)
-    fixed at ``value``; the rest of the randomisation unchanged."""
-    kw = {"roughness": value} if what == "roughness" else {"mass_range": [value, value]}
+    """The suite with every task's terrain roughness (``what`` = ``roughness``, metres), mass scale (``mass``) or
+    servo offset range (``offsets``, rad) fixed at ``value``; the rest of the randomisation unchanged."""
+    kw = {"roughness": {"roughness": value}, "mass": {"mass_range": [value, value]},
+          "offsets": {"offset_range": value}}[what]
     tasks = tuple(dataclasses.replace(t, kwargs={**t.kwargs, **kw}) for t in suite.tasks)
     return dataclasses.replace(suite, name=f"{suite.name}_{what}{value}", tasks=tasks)
 
@@ -96,7 +101,7 @@ def run_piece(kind: str, seed: int, args: argparse.Namespace, suite: Suite, teac
         if kind in ("mlp", *HISTORY_KINDS):
             student = load_bundle(out / "student", device="cpu")
             result["sweeps"] = {what: sweep(suite, student, what, getattr(args, what), args.sweep_episodes)
-                                for what in SWEPT}
+                                for what in train_values(suite)}
     result["wall_time_s"] = round(time.perf_counter() - t0, 1)
     atomic_write_json(cache, result)
     print(f"{kind:15s} seed {seed}: score {result['mean_score']:.3f}, return {result['student_return']:.1f} "
@@ -106,10 +111,11 @@ def run_piece(kind: str, seed: int, args: argparse.Namespace, suite: Suite, teac
 
 def plot(path: Path, suite: str, train: dict[str, tuple[float, float]], values: dict[str, list[float]],
          lines: dict[str, dict[str, list[float]]]) -> None:
-    """Mean return against the fixed roughness and mass scale, one line per policy, the training values shaded."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    labels = {"roughness": "terrain roughness, m (fixed per point)", "mass": "mass scale (fixed per point)"}
-    for ax, what in zip(axes, SWEPT, strict=True):
+    """Mean return against each swept setting, one line per policy, the training values shaded."""
+    fig, axes = plt.subplots(1, len(train), figsize=(5.5 * len(train), 4))
+    labels = {"roughness": "terrain roughness, m (fixed per point)", "mass": "mass scale (fixed per point)",
+              "offsets": "servo offset range, rad (drawn per joint)"}
+    for ax, what in zip(axes, train, strict=True):
         low, high = train[what]
         if high > low:
             ax.axvspan(low, high, color="grey", alpha=0.15, label="training range")
@@ -119,7 +125,7 @@ def plot(path: Path, suite: str, train: dict[str, tuple[float, float]], values: 
             ax.plot(values[what], ys, marker="o", label=name)
         ax.set(xlabel=labels[what], ylabel="mean return (median over seeds)")
         ax.legend(fontsize=8)
-    fig.suptitle(f"{suite}: Ant over rough ground, return vs roughness and mass")
+    fig.suptitle(f"{suite}: Ant over rough ground, return vs " + ", ".join(train))
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -135,6 +141,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--eval-episodes", type=int, default=10)
     p.add_argument("--roughness", type=float, nargs="+", default=[0.0, 0.04, 0.08, 0.12, 0.16])
     p.add_argument("--mass", type=float, nargs="+", default=[0.5, 0.7, 1.0, 1.3, 1.6])
+    p.add_argument("--offsets", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3, 0.4],
+                   help="servo offset ranges swept on a suite with offsets (rad)")
     p.add_argument("--sweep-episodes", type=int, default=5)
     p.add_argument("--cache", default=None,
                    help="where pieces are cached (default: runs/bench/terrain_students; smoke: a temporary folder)")
@@ -166,10 +174,10 @@ def main(argv: list[str] | None = None) -> dict:
     teacher_return = statistics.median(r["teacher_return"] for rs in runs.values() for r in rs)
     results: dict[str, Any] = {"suite": suite.name, "teacher_median_return": teacher_return, "kinds": kinds,
                                "best_history_kind": best, "target": TARGET, "target_gap": TARGET_GAP, "runs": runs}
-    values = {"roughness": args.roughness, "mass": args.mass}
+    values = {what: getattr(args, what) for what in train}
     lines: dict[str, dict[str, list[float]]] = {}
     if best and "mlp" in runs:
-        for what in SWEPT:
+        for what in train:
             def med(kind: str, what: str = what) -> list[float]:
                 return [statistics.median(r["sweeps"][what][i] for r in runs[kind]) for i in range(len(values[what]))]
             lines[what] = {"teacher (privileged)": sweep(suite, teachers, what, values[what], args.sweep_episodes),

@@ -78,13 +78,17 @@ class QuadrupedTerrainEnv(MujocoEnv):
     PD servos (gains ``kp``, ``kd``, torque limit ``max_torque``) at 100 Hz (20 Hz control, 500 steps = 25 s).
     Each reset draws, from ``self.np_random``: scales for all body masses and inertias, for every geom's sliding
     friction and for the servos' strength (gains and torque limit), each applied to the nominal value, never
-    compounded; then a new heightfield of amplitude ``roughness`` metres (0: flat) and the start pose.
+    compounded; then a new heightfield of amplitude ``roughness`` metres (0: flat) and the start pose; then the
+    servo faults: with ``offset_range`` > 0, a zero offset per servo in ``[-offset_range, offset_range]`` rad (a
+    calibration error: the servo holds ``target + offset``); with ``weak_leg`` = (low, high), one leg drawn
+    uniformly whose two servos' strength is scaled by a factor in that range (a failing motor).
 
     Observation groups: ``policy`` (22,) = joint angles (8), joint velocities (8), gravity in the base frame (3)
     and base angular velocity (3): encoders and an IMU, no base position or linear velocity, no terrain.
     ``privileged`` (43,) = [mass, friction, strength scales] (3), base linear velocity in the base frame (3), base
     height above the ground under it (1), and terrain height minus base height on a 3x3 grid (0.15 m apart)
-    around each foot (36).
+    around each foot (36); then, in action order, the servos' zero offsets (8) with ``offset_range`` > 0 and their
+    strength factors (8) with ``weak_leg``.
 
     Reward per step: ``exp(-((v_fwd - target)^2 + v_lat^2) / tracking_sigma^2) + alive_bonus
     - ctrl_cost_weight * |a|^2``, ``v_fwd`` and ``v_lat`` being the mean horizontal velocity over the step along
@@ -103,6 +107,8 @@ class QuadrupedTerrainEnv(MujocoEnv):
         mass_range: Range = (0.7, 1.3),
         friction_range: Range = (0.5, 1.5),
         strength_range: Range = (0.7, 1.3),
+        offset_range: float = 0.0,
+        weak_leg: Range | None = None,
         tracking_sigma: float = 0.35,
         action_scale: float = 0.5,
         kp: float = KP,
@@ -121,6 +127,10 @@ class QuadrupedTerrainEnv(MujocoEnv):
     ) -> None:
         if not 0.0 <= float(roughness) <= 0.5:
             raise ValueError(f"roughness must be in [0, 0.5] metres, got {roughness!r}")
+        if not 0.0 <= float(offset_range) <= 1.0:
+            raise ValueError(f"offset_range must be in [0, 1] radians, got {offset_range!r}")
+        self.offset_range = float(offset_range)
+        self.weak_leg = None if weak_leg is None else _check_range("weak_leg", weak_leg)
         if not 0.0 < float(max_tilt) < np.pi:
             raise ValueError(f"max_tilt must be in (0, pi) radians, got {max_tilt!r}")
         self.target_speed = float(target_speed)
@@ -148,9 +158,10 @@ class QuadrupedTerrainEnv(MujocoEnv):
         self.reset_noise_scale = float(reset_noise_scale)
         super().__init__(str(ANT_XML), 5, None, render_mode=render_mode, width=width, height=height,
                          default_camera_config={"distance": 4.0, "trackbodyid": 1, "elevation": -20.0})
+        privileged = 7 + 9 * len(FEET) + self.model.nu * (bool(self.offset_range) + bool(self.weak_leg))
         self.observation_space = spaces.Dict({
             "policy": spaces.Box(-np.inf, np.inf, shape=(22,), dtype=np.float32),
-            "privileged": spaces.Box(-np.inf, np.inf, shape=(7 + 9 * len(FEET),), dtype=np.float32),
+            "privileged": spaces.Box(-np.inf, np.inf, shape=(privileged,), dtype=np.float32),
         })
         m = self.model
         self.hfield_shape = (int(m.hfield_nrow[0]), int(m.hfield_ncol[0]))
@@ -168,6 +179,7 @@ class QuadrupedTerrainEnv(MujocoEnv):
         self.target_range = m.jnt_range[joints].copy()
         self.init_qpos[m.jnt_qposadr[joints]] = self.stance
         self.scales = np.ones(3)
+        self.offsets, self.servo_strength = np.zeros(m.nu), np.ones(m.nu)
         self.heights = np.zeros(self.hfield_shape)
         self._steps, self._error_sum, self._error_count = 0, 0.0, 0
 
@@ -193,16 +205,23 @@ class QuadrupedTerrainEnv(MujocoEnv):
 
     # ---- randomisation ------------------------------------------------------------------------
 
-    def apply_scales(self, mass: float, friction: float, strength: float) -> None:
-        """Set the model's masses, friction and gears to ``scale * nominal``."""
+    def apply_dynamics(self, mass: float, friction: float, strength: float, offsets: np.ndarray | None = None,
+                       servo_strength: np.ndarray | None = None) -> None:
+        """Set the model's masses, friction and servo gains to ``scale * nominal``, each servo's gains also scaled
+        by ``servo_strength`` ``(8,)`` (None: 1), and the servos' zero offsets (rad, ``(8,)``; None: 0)."""
+        nu = self.model.nu
         self.scales = np.array([mass, friction, strength], dtype=np.float64)
+        self.offsets = np.zeros(nu) if offsets is None else np.asarray(offsets, dtype=np.float64)
+        self.servo_strength = np.ones(nu) if servo_strength is None else np.asarray(servo_strength, dtype=np.float64)
+        servo = strength * self.servo_strength[:, None]
         self.model.body_mass[:] = self.nominal_body_mass * mass
         self.model.body_inertia[:] = self.nominal_body_inertia * mass
         self.model.geom_friction[:] = self.nominal_geom_friction
         self.model.geom_friction[:, 0] = self.nominal_geom_friction[:, 0] * friction
-        self.model.actuator_gainprm[:] = self.nominal_gain * strength
-        self.model.actuator_biasprm[:] = self.nominal_bias * strength
-        self.model.actuator_forcerange[:] = self.nominal_force * strength
+        self.model.actuator_gainprm[:] = self.nominal_gain * servo
+        self.model.actuator_biasprm[:] = self.nominal_bias * servo
+        self.model.actuator_biasprm[:, 0] = self.model.actuator_gainprm[:, 0] * self.offsets  # holds target + offset
+        self.model.actuator_forcerange[:] = self.nominal_force * servo
 
     def set_terrain(self, heights: np.ndarray) -> None:
         """Install ``heights`` (metres, ``(nrow, ncol)`` over (y, x), >= 0) as the heightfield."""
@@ -244,10 +263,11 @@ class QuadrupedTerrainEnv(MujocoEnv):
         base = qpos[0:3]
         scan = self.foot_positions()[:, None, :2] + SCAN[None]  # (4, 9, 2)
         heights = self.ground_height(scan).ravel() - base[2]
+        faults = [*(self.offsets if self.offset_range else []), *(self.servo_strength if self.weak_leg else [])]
         return {
             "policy": np.concatenate([qpos[7:], qvel[6:], gravity, qvel[3:6]]).astype(np.float32),
             "privileged": np.concatenate(
-                [self.scales, lin_vel, [base[2] - self.ground_height(base[:2])], heights]
+                [self.scales, lin_vel, [base[2] - self.ground_height(base[:2])], heights, faults]
             ).astype(np.float32),
         }
 
@@ -287,8 +307,8 @@ class QuadrupedTerrainEnv(MujocoEnv):
 
     def reset_model(self) -> dict[str, np.ndarray]:
         rng = self.np_random
-        self.apply_scales(rng.uniform(*self.mass_range), rng.uniform(*self.friction_range),
-                          rng.uniform(*self.strength_range))
+        scales = rng.uniform(*self.mass_range), rng.uniform(*self.friction_range), rng.uniform(*self.strength_range)
+        self.apply_dynamics(*scales)
         self.set_terrain(make_heights(rng, self.roughness, self.hfield_shape))
         self._steps, self._error_sum, self._error_count = 0, 0.0, 0
         noise = self.reset_noise_scale
@@ -296,6 +316,13 @@ class QuadrupedTerrainEnv(MujocoEnv):
         qpos[2] = INIT_Z
         qvel = self.init_qvel + noise * rng.standard_normal(self.model.nv)
         self.set_state(qpos, qvel)
+        if self.offset_range or self.weak_leg:  # drawn last: a seed gives the same episode with and without faults
+            nu = self.model.nu
+            offsets = rng.uniform(-self.offset_range, self.offset_range, nu) if self.offset_range else None
+            servo_strength = np.ones(nu)
+            if self.weak_leg:
+                servo_strength[np.arange(nu) // 2 == rng.integers(nu // 2)] = rng.uniform(*self.weak_leg)
+            self.apply_dynamics(*scales, offsets, servo_strength)
         return self._get_obs()
 
     def _get_reset_info(self) -> dict[str, Any]:

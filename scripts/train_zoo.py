@@ -5,7 +5,7 @@
 
 ``--overrides``: ``train-experts`` keys the experts are trained with (as ``policydistill train-experts
 suite=<suite> KEY=VALUE ...``), e.g. the terrain zoo's
-``--suites terrain terrain_hard --workers 1 --overrides expert.net=[128,128] expert.hyperparams.n_steps=512
+``--suites terrain terrain_weak_leg --workers 1 --overrides expert.net=[128,128] expert.hyperparams.n_steps=512
 expert.hyperparams.batch_size=512 expert.eval_every=50000 expert.eval_episodes=5 expert.checkpoint_every=50000``.
 Writes ``envs/zoo/<suite>/<task>/`` (policy.json + model.safetensors) and ``envs/zoo/<suite>/zoo.json``
 (training summary, evaluation numbers and the overrides). Training runs under ``runs/zoo`` and resumes after a

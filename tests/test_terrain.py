@@ -96,6 +96,48 @@ def test_privileged_heights_match_the_physics_ground() -> None:
     np.testing.assert_allclose(ours, theirs, atol=1e-6)
 
 
+def test_servo_offsets_are_held_and_privileged() -> None:
+    """With ``offset_range``, each servo holds its target plus the episode's offset: floating without gravity, the
+    joints settle at stance + offset; the offsets end the privileged group and the policy group does not see them."""
+    plain, offset = make(), make(offset_range=0.1)
+    obs_plain, _ = plain.reset(seed=4)
+    obs, _ = offset.reset(seed=4)
+    u = offset.unwrapped
+    assert obs["privileged"].shape == (51,) and offset.observation_space["privileged"].shape == (51,)
+    assert np.abs(u.offsets).max() <= 0.1 and np.abs(u.offsets).min() > 0.0
+    np.testing.assert_allclose(obs["privileged"][-8:], u.offsets, atol=1e-6)
+    assert np.array_equal(obs["policy"], obs_plain["policy"])
+    u.model.opt.gravity[:] = 0.0
+    qpos = u.data.qpos.copy()
+    qpos[2] = 3.0  # in the air
+    u.set_state(qpos, np.zeros(u.model.nv))
+    for _ in range(100):
+        offset.step(np.zeros(8, dtype=np.float32))
+    servo_angles = u.data.qpos[u.model.jnt_qposadr[u.model.actuator_trnid[:, 0]]]  # in action order
+    np.testing.assert_allclose(servo_angles, u.stance + u.offsets, atol=0.01)
+
+
+def test_a_weak_leg_is_one_leg_and_privileged() -> None:
+    """With ``weak_leg``, both servos of one leg (and no other) get their gains and torque limit scaled by a factor
+    in the range, which ends the privileged group."""
+    env = make(weak_leg=(0.1, 0.3))
+    legs = set()
+    for seed in range(12):
+        obs, _ = env.reset(seed=seed)
+        u = env.unwrapped
+        weak = np.flatnonzero(u.servo_strength < 1.0)
+        assert len(weak) == 2 and weak[0] % 2 == 0 and weak[1] == weak[0] + 1
+        assert 0.1 <= u.servo_strength[weak[0]] == u.servo_strength[weak[1]] <= 0.3
+        legs.add(int(weak[0]) // 2)
+        assert obs["privileged"].shape == (51,)
+        np.testing.assert_allclose(obs["privileged"][-8:], u.servo_strength, atol=1e-6)
+        full = u.model.actuator_forcerange[:, 1].max()
+        np.testing.assert_allclose(u.model.actuator_forcerange[weak, 1], full * u.servo_strength[weak])
+        np.testing.assert_allclose(u.model.actuator_gainprm[weak, 0] / u.model.actuator_gainprm[weak ^ 2, 0],
+                                   u.servo_strength[weak])
+    assert legs == {0, 1, 2, 3}
+
+
 def test_roughness_zero_is_flat() -> None:
     env = make(roughness=0.0)
     obs, _ = env.reset(seed=5)
@@ -131,13 +173,15 @@ def test_a_flipped_robot_ends_the_episode() -> None:
     ({"max_tilt": 0.0}, "max_tilt"),
     ({"action_scale": 0.0}, "action_scale"),
     ({"tracking_sigma": -1.0}, "tracking_sigma"),
+    ({"offset_range": -0.1}, "offset_range"),
+    ({"weak_leg": (0.5, 0.1)}, "weak_leg"),
 ])
 def test_bad_kwargs_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         make(**kwargs)
 
 
-@pytest.mark.parametrize("suite_name", ["terrain", "terrain_hard"])
+@pytest.mark.parametrize("suite_name", ["terrain", "terrain_offsets"])
 def test_the_zoo_expert_walks_at_the_commanded_speed(suite_name: str) -> None:
     from policydistill.bundle import load_bundle
 
