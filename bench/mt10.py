@@ -2,7 +2,7 @@
 
     .venv-metaworld/bin/python -m bench mt10 --seeds 0 1 2
     .venv-metaworld/bin/python -m bench mt10 --suite mt50 --seeds 0 --heads shared --episodes-per-task 16
-        --updates 8000 --val-episodes 5 --episodes 20     # (one command)
+        --updates 8000 --val-episodes 5 --episodes 20 --tag _s0     # (one command; seeds 1, 2 alike)
 
 Needs the metaworld venv (``bash scripts/setup_metaworld.sh``). Per seed: DAgger (``teachers=suite``: each task's
 scripted policy, :mod:`policydistill.teachers.metaworld`) on the suite's train goals (``--suite``, validated each
