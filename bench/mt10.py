@@ -61,8 +61,6 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--hidden", type=int, nargs="+", default=[512, 512])
     p.add_argument("--heads", default="per_task", choices=["shared", "per_task"],
                    help="the student's first and last layers: shared by the tasks or one per task")
-    p.add_argument("--loss", default="mse", help="DAgger's loss (e.g. huber)")
-    p.add_argument("--loss-params", default=None, help='JSON: the loss\'s parameters (e.g. {"delta": 0.1})')
     p.add_argument("--relabel-noise", type=float, default=0.1,
                    help="DAgger's relabel_noise: teacher-labelled perturbed copies of the stored states (0: off)")
     p.add_argument("--schedule", default="linear")
@@ -81,8 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
     params = json.loads(args.schedule_params) if args.schedule_params else {"rounds": max(1, args.rounds - 2)}
     method = DAggerConfig(rounds=args.rounds, episodes_per_task=args.episodes_per_task, updates_per_round=args.updates,
                           batch_size=args.batch_size, lr=args.lr, lr_decay=True, collect_steps=args.collect_steps,
-                          max_steps=1_000_000, loss=args.loss, loss_params=json.loads(args.loss_params or "{}"),
-                          relabel_noise=args.relabel_noise, **schedule_keys(args.schedule, params))
+                          max_steps=1_000_000, relabel_noise=args.relabel_noise, **schedule_keys(args.schedule, params))
     student_cfg = StudentConfig(groups=["policy", "task"], hidden=args.hidden, heads=args.heads)
     t0 = time.perf_counter()
     teacher_held_out = success(evaluate_per_task(held_out, teachers, args.episodes, HELD_OUT_SEED, args.n_envs))

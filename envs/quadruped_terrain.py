@@ -158,7 +158,9 @@ class QuadrupedTerrainEnv(MujocoEnv):
         self.reset_noise_scale = float(reset_noise_scale)
         super().__init__(str(ANT_XML), 5, None, render_mode=render_mode, width=width, height=height,
                          default_camera_config={"distance": 4.0, "trackbodyid": 1, "elevation": -20.0})
-        privileged = 7 + 9 * len(FEET) + self.model.nu * (bool(self.offset_range) + bool(self.weak_leg))
+        self.fault_fields = [name for name, on in (("offsets", self.offset_range), ("servo_strength", self.weak_leg))
+                             if on]  # the attributes that end the privileged group, (8,) each
+        privileged = 7 + 9 * len(FEET) + self.model.nu * len(self.fault_fields)
         self.observation_space = spaces.Dict({
             "policy": spaces.Box(-np.inf, np.inf, shape=(22,), dtype=np.float32),
             "privileged": spaces.Box(-np.inf, np.inf, shape=(privileged,), dtype=np.float32),
@@ -263,11 +265,11 @@ class QuadrupedTerrainEnv(MujocoEnv):
         base = qpos[0:3]
         scan = self.foot_positions()[:, None, :2] + SCAN[None]  # (4, 9, 2)
         heights = self.ground_height(scan).ravel() - base[2]
-        faults = [*(self.offsets if self.offset_range else []), *(self.servo_strength if self.weak_leg else [])]
         return {
             "policy": np.concatenate([qpos[7:], qvel[6:], gravity, qvel[3:6]]).astype(np.float32),
             "privileged": np.concatenate(
-                [self.scales, lin_vel, [base[2] - self.ground_height(base[:2])], heights, faults]
+                [self.scales, lin_vel, [base[2] - self.ground_height(base[:2])], heights,
+                 *(getattr(self, f) for f in self.fault_fields)]
             ).astype(np.float32),
         }
 
@@ -308,21 +310,19 @@ class QuadrupedTerrainEnv(MujocoEnv):
     def reset_model(self) -> dict[str, np.ndarray]:
         rng = self.np_random
         scales = rng.uniform(*self.mass_range), rng.uniform(*self.friction_range), rng.uniform(*self.strength_range)
-        self.apply_dynamics(*scales)
         self.set_terrain(make_heights(rng, self.roughness, self.hfield_shape))
         self._steps, self._error_sum, self._error_count = 0, 0.0, 0
         noise = self.reset_noise_scale
         qpos = self.init_qpos + rng.uniform(-noise, noise, size=self.model.nq)
         qpos[2] = INIT_Z
         qvel = self.init_qvel + noise * rng.standard_normal(self.model.nv)
+        nu = self.model.nu  # faults drawn last: a seed gives the same episode with and without them
+        offsets = rng.uniform(-self.offset_range, self.offset_range, nu) if self.offset_range else None
+        servo_strength = np.ones(nu)
+        if self.weak_leg:  # actuators come in (hip, ankle) pairs, one pair per leg
+            servo_strength[np.arange(nu) // 2 == rng.integers(nu // 2)] = rng.uniform(*self.weak_leg)
+        self.apply_dynamics(*scales, offsets, servo_strength)
         self.set_state(qpos, qvel)
-        if self.offset_range or self.weak_leg:  # drawn last: a seed gives the same episode with and without faults
-            nu = self.model.nu
-            offsets = rng.uniform(-self.offset_range, self.offset_range, nu) if self.offset_range else None
-            servo_strength = np.ones(nu)
-            if self.weak_leg:
-                servo_strength[np.arange(nu) // 2 == rng.integers(nu // 2)] = rng.uniform(*self.weak_leg)
-            self.apply_dynamics(*scales, offsets, servo_strength)
         return self._get_obs()
 
     def _get_reset_info(self) -> dict[str, Any]:
