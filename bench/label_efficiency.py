@@ -1,19 +1,25 @@
-"""Label efficiency: teacher labels needed to reach 0.95 of the teachers' return, DAgger vs BC.
+"""Label efficiency: teacher labels needed to reach 0.95 of the teachers' score, per method.
 
     .venv/bin/python -m bench label_efficiency --suite default_hazard --groups policy task --rounds 10 \
         --updates 250 --seeds 0 1 2 3 4 5 6 7 8 9 --tag _hazard_u250   # also 500 (_hazard) and 1000 (_hazard_u1000)
+    .venv/bin/python -m bench label_efficiency --suite default_hazard --groups policy task --rounds 10 \
+        --updates 500 --seeds 0 1 2 3 4 --methods dagger gated intervention bc --tag _gated
 
-Both methods run the same loop with the same collection per round (``--episodes-per-task`` episodes of
-every task, cut at ``--collect-steps``), student, updates, teacher noise and evaluation (BC: the teacher
-always acts; DAgger: ``--schedule``, by default the teacher acts in round 0 and the student from round 1
-on). Labels are counted as collected: a round whose episodes end early (e.g. in the pit of
-``default_hazard``) uses fewer. Each run stops at the first round whose mean score reaches ``--target``.
-DAgger gets ``--rounds`` rounds; BC gets as many as ``--budget-multiple`` times DAgger's median labels
-to the target need (at least ``--rounds``), so "BC never reached it within 10x" is measured, not assumed.
-A run that never reaches the target counts as not reached; medians treat it as above every label count
-(a median of "not reached" means most seeds did not reach it). ``--tasks`` keeps a subset of the suite's
-tasks. Target: DAgger needs at most 0.3x BC's labels (or BC never gets there within 10x). Writes a plot
-of the score against labels beside the result (``label_efficiency_<suite><tag>.png``).
+Every method runs the same loop with the same collection per round (``--episodes-per-task`` episodes of every
+task, cut at ``--collect-steps``), student, updates, teacher noise and evaluation. BC: the teacher always acts.
+DAgger: ``--schedule``, by default the teacher acts in round 0 and the student from round 1 on. ``gated``
+(``method=gated``, ensemble disagreement or novelty) and ``intervention`` (``method=gated
+method.gate=intervention``): the teacher acts in round 0, then only where the gate asks, with the keys of
+``--gate-params``. Labels are counted as the teacher gave them: a round whose episodes end early (e.g. in the
+pit of ``default_hazard``) or whose gate asks on few steps uses fewer. Each run stops at the first round whose
+mean score reaches ``--target``. DAgger and the gated methods get ``--rounds`` rounds; BC gets as many as
+``--budget-multiple`` times DAgger's median labels to the target need (at least ``--rounds``), so "BC never
+reached it within 10x" is measured, not assumed. A run that never reaches the target counts as not reached;
+medians treat it as above every label count (a median of "not reached" means most seeds did not reach it).
+``--tasks`` keeps a subset of the suite's tasks. Targets: DAgger needs at most 0.3x BC's labels (or BC never
+gets there within 10x); a gated method at most 0.3x BC's and 0.5x DAgger's. Writes a plot of the score against
+labels beside the result (``label_efficiency_<suite><tag>.png``): per method the mean over seeds of the score
+each run had reached with that many labels, with its 95% interval.
 """
 
 from __future__ import annotations
@@ -30,17 +36,21 @@ if not __package__:  # python bench/<name>.py: the bench package lives one folde
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from bench import envelope  # noqa: E402
 from bench.common import one_thread, parse, parser, run_distill, schedule_keys, zoo_teachers  # noqa: E402
-from policydistill import BCConfig, DAggerConfig, StudentConfig, Suite  # noqa: E402
+from policydistill import BCConfig, DAggerConfig, GatedConfig, StudentConfig, Suite  # noqa: E402
 from policydistill.eval.report import save_figure  # noqa: E402
 
-RATIO_TARGET = 0.3  # DAgger's labels to the target at most this share of BC's ...
+RATIO_TARGET = 0.3  # DAgger's (and a gated method's) labels to the target at most this share of BC's ...
 BUDGET_TARGET = 10.0  # ... or BC not there within this multiple of DAgger's labels
+GATED_OVER_DAGGER = 0.5  # a gated method's labels to the target at most this share of DAgger's
+METHODS = ("dagger", "gated", "intervention", "bc")
+COLORS = {"bc": "tab:blue", "dagger": "tab:orange", "gated": "tab:green", "intervention": "tab:red"}
 SMOKE = {"seeds": [0], "rounds": 2, "updates": 10, "eval_episodes": 2, "budget_multiple": 1.0}
 
 
@@ -75,20 +85,48 @@ def verdict(bc: float | None, dagger: float | None, bc_budget: int, target: floa
     return f"neither reached {target} (median) within its rounds", False
 
 
+def score_at(curve: list[tuple[int, float]], grid: np.ndarray) -> np.ndarray:
+    """The score a run had reached with each label count of ``grid``: its last round's at or below it (NaN
+    before its first round)."""
+    labels = np.asarray([c[0] for c in curve])
+    scores = np.asarray([c[1] for c in curve], dtype=float)
+    idx = np.searchsorted(labels, grid, side="right") - 1
+    return np.where(idx >= 0, scores[np.clip(idx, 0, None)], np.nan)
+
+
 def plot(path: Path, result: dict[str, Any], title: str) -> None:
-    """Mean score against labels used, one line per method and seed, the target as a dashed line."""
+    """Per method, the mean score over seeds against labels used with its 95% interval, the target dashed."""
     fig, ax = plt.subplots(figsize=(7, 4))
-    for method, color in (("bc", "tab:blue"), ("dagger", "tab:orange")):
-        for k, run in enumerate(result["methods"][method]["runs"]):
-            labels, scores = zip(*run["curve"], strict=True)
-            ax.plot(labels, scores, marker=".", color=color, alpha=0.7, label=method.upper() if k == 0 else None)
+    for method, info in result["methods"].items():
+        curves = [run["curve"] for run in info["runs"]]
+        grid = np.unique([c[0] for curve in curves for c in curve])
+        at = np.stack([score_at(curve, grid) for curve in curves])  # (seeds, grid)
+        n = np.sum(~np.isnan(at), axis=0)
+        mean = np.nanmean(at, axis=0)
+        half = 1.96 * np.nanstd(at, axis=0, ddof=1) / np.sqrt(n) if len(curves) > 1 else np.zeros_like(mean)
+        ax.plot(grid, mean, drawstyle="steps-post", color=COLORS[method], label=f"{method} ({len(curves)} seeds)")
+        ax.fill_between(grid, mean - half, mean + half, step="post", color=COLORS[method], alpha=0.15)
     ax.axhline(result["target"], color="grey", ls="--", lw=0.8)
     ax.set(xscale="log", ylim=(max(-0.5, ax.get_ylim()[0]), 1.05), xlabel="teacher labels used",
-           ylabel="student / teacher return", title=f"{title}: {result['verdict']}")
-    ax.title.set_fontsize(9)
-    ax.legend()
+           ylabel="mean score (95% interval over seeds)", title=f"{title}: {result['verdict']}")
+    ax.title.set_fontsize(8)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def method_config(name: str, rounds: int, common: dict[str, Any], schedule: dict[str, Any],
+                  gate_params: dict[str, Any]) -> Any:
+    """The distillation config of bench method ``name``."""
+    if name == "bc":
+        return BCConfig(rounds=rounds, **common)
+    if name == "dagger":
+        return DAggerConfig(rounds=rounds, **common, **schedule)
+    keys = {k: v for k, v in gate_params.items()
+            if (k == "intervene_at") == (name == "intervention") or k == "takeover_steps"}
+    gated = {k: v for k, v in common.items() if k != "teacher_noise"}
+    return GatedConfig(rounds=rounds, gate="intervention" if name == "intervention" else "disagreement+novelty",
+                       **gated, **keys)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -109,6 +147,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--schedule-params", default='{"switch_round": 1}', help="JSON: DAgger's schedule's parameters")
     p.add_argument("--eval-episodes", type=int, default=20)
     p.add_argument("--target", type=float, default=0.95)
+    p.add_argument("--methods", nargs="+", default=["dagger", "bc"], choices=METHODS,
+                   help="dagger (always run: it sets BC's budget) and any of gated, intervention, bc")
+    p.add_argument("--gate-params", default='{"query_rate": 0.1, "takeover_steps": 5, "intervene_at": 0.3}',
+                   help="JSON: the gated methods' keys (intervene_at: intervention only)")
     p.add_argument("--tag", default="", help="suffix of the result file name")
     args = parse(p, argv, SMOKE)
     started = envelope.start()
@@ -121,13 +163,15 @@ def main(argv: list[str] | None = None) -> dict:
     common = {"episodes_per_task": args.episodes_per_task, "updates_per_round": args.updates,
               "teacher_noise": args.teacher_noise, "collect_steps": args.collect_steps}
     schedule = schedule_keys(args.schedule, json.loads(args.schedule_params))
+    gate_params = json.loads(args.gate_params)
+    if args.teacher_noise and {"gated", "intervention"} & set(args.methods):
+        p.error("--teacher-noise is not read by the gated methods (the teacher's actions there are its labels)")
     student = StudentConfig(groups=list(args.groups), hidden=list(args.hidden))
     result: dict[str, Any] = {"tasks": suite.task_names, "target": args.target, "labels_per_round": per_round,
-                              "dagger_schedule": schedule, "methods": {}}
-    rounds = {"dagger": args.rounds}
-    for name in ("dagger", "bc"):
-        method = DAggerConfig(rounds=rounds[name], **common, **schedule) if name == "dagger" else \
-            BCConfig(rounds=rounds[name], **common)
+                              "dagger_schedule": schedule, "gate_params": gate_params, "methods": {}}
+    rounds = {m: args.rounds for m in METHODS}
+    for name in [m for m in METHODS if m == "dagger" or m in args.methods]:
+        method = method_config(name, rounds[name], common, schedule, gate_params)
         runs = []
         for seed in args.seeds:
             rows = run_distill(suite, teachers, seed, method, student, args.eval_episodes,
@@ -135,10 +179,11 @@ def main(argv: list[str] | None = None) -> dict:
             runs.append({"seed": seed, "labels_to_target": labels_to_reach(rows, args.target),
                          "labels_used": rows[-1]["labels_used"], "rounds_run": len(rows),
                          "curve": [(r["labels_used"], r["mean_score"]) for r in rows],
+                         "queries": [r["info"].get("queries") for r in rows],
                          "final_tasks": {n: {"score": t["score"], "success_rate": t["success_rate"]}
                                          for n, t in rows[-1]["tasks"].items()}})
             print(f"{name} seed {seed}: labels to {args.target}: {runs[-1]['labels_to_target']}, curve "
-                  + " ".join(f"{s:.2f}" for _, s in runs[-1]["curve"]), flush=True)
+                  + " ".join(f"{lab}:{s:.2f}" for lab, s in runs[-1]["curve"]), flush=True)
         median = median_labels([r["labels_to_target"] for r in runs])
         result["methods"][name] = {"rounds": rounds[name], "budget_labels": rounds[name] * per_round,
                                    "runs": runs, "median_labels": median,
@@ -146,24 +191,44 @@ def main(argv: list[str] | None = None) -> dict:
         if name == "dagger":
             want = math.ceil(args.budget_multiple * median / per_round) if median else args.rounds
             rounds["bc"] = max(args.rounds, want)
-    bc, dagger = (result["methods"][m]["median_labels"] for m in ("bc", "dagger"))
-    bc_budget = result["methods"]["bc"]["budget_labels"]
-    for b, d in zip(result["methods"]["bc"]["runs"], result["methods"]["dagger"]["runs"], strict=True):
-        b["dagger_over_bc"] = d["labels_to_target"] / b["labels_to_target"] \
-            if b["labels_to_target"] and d["labels_to_target"] else None
-    paired = [b["dagger_over_bc"] for b in result["methods"]["bc"]["runs"]]
-    ratios = {"dagger_over_bc_labels": dagger / bc if bc and dagger else None,
-              "paired_median_dagger_over_bc_labels": statistics.median(paired) if all(paired) else None,
-              "bc_budget_over_dagger_labels": bc_budget / dagger if dagger else None}
-    result["verdict"], result["target_met"] = verdict(bc, dagger, bc_budget, args.target)
+    medians = {m: v["median_labels"] for m, v in result["methods"].items()}
+    ratios: dict[str, float | None] = {}
+    lines = []
+    if "bc" in medians:
+        bc, dagger = medians["bc"], medians["dagger"]
+        bc_budget = result["methods"]["bc"]["budget_labels"]
+        for b, d in zip(result["methods"]["bc"]["runs"], result["methods"]["dagger"]["runs"], strict=True):
+            b["dagger_over_bc"] = d["labels_to_target"] / b["labels_to_target"] \
+                if b["labels_to_target"] and d["labels_to_target"] else None
+        paired = [b["dagger_over_bc"] for b in result["methods"]["bc"]["runs"]]
+        ratios.update({"dagger_over_bc_labels": dagger / bc if bc and dagger else None,
+                       "paired_median_dagger_over_bc_labels": statistics.median(paired) if all(paired) else None,
+                       "bc_budget_over_dagger_labels": bc_budget / dagger if dagger else None})
+        result["verdict"], result["target_met"] = verdict(bc, dagger, bc_budget, args.target)
+        lines.append(f"BC {bc} ({result['methods']['bc']['reached']} reached, budget {bc_budget}), DAgger {dagger} "
+                     f"({result['methods']['dagger']['reached']} reached): {result['verdict']} -> target "
+                     f"{'met' if result['target_met'] else 'not met'} (<= {RATIO_TARGET}x, or BC never reaching it "
+                     f"within {BUDGET_TARGET:g}x)")
+    else:
+        result["verdict"], result["target_met"] = f"DAgger {medians['dagger']} labels (median)", None
+    for name in ("gated", "intervention"):
+        if name not in medians:
+            continue
+        own, vs = medians[name], {"bc": medians.get("bc"), "dagger": medians["dagger"]}
+        got = {k: own / v if own and v else None for k, v in vs.items()}
+        ratios.update({f"{name}_over_{k}_labels": v for k, v in got.items()})
+        met = got["dagger"] is not None and got["dagger"] <= GATED_OVER_DAGGER and (
+            "bc" not in medians or (got["bc"] is not None and got["bc"] <= RATIO_TARGET))
+        result["methods"][name]["target_met"] = met
+        lines.append(f"{name}: {own} labels ({result['methods'][name]['reached']} reached): "
+                     + ", ".join(f"{v:.2f}x {k}'s" if v is not None else f"vs {k}: n/a" for k, v in got.items())
+                     + f" -> target {'met' if met else 'not met'} (<= {RATIO_TARGET}x BC's, <= "
+                       f"{GATED_OVER_DAGGER}x DAgger's)")
     name = f"label_efficiency_{args.suite}{args.tag}"
     plot(Path(args.results_dir) / f"{name}.png", result, f"{args.suite}{args.tag}")
-    print(f"median labels to {args.target}: BC {bc} ({result['methods']['bc']['reached']} reached, budget "
-          f"{bc_budget}), DAgger {dagger} ({result['methods']['dagger']['reached']} reached): {result['verdict']} "
-          f"-> target {'met' if result['target_met'] else 'not met'} (<= {RATIO_TARGET}x, or BC never reaching it "
-          f"within {BUDGET_TARGET:g}x)")
+    print(f"median labels to {args.target}:\n" + "\n".join(lines))
     return envelope.write("label_efficiency", args, started, runs=len(args.seeds),
-                          medians={"bc_labels_to_target": bc, "dagger_labels_to_target": dagger}, ratios=ratios,
+                          medians={f"{m}_labels_to_target": v for m, v in medians.items()}, ratios=ratios,
                           results=result, tag=f"_{args.suite}{args.tag}")
 
 

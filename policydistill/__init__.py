@@ -8,8 +8,9 @@ runtime path stays torch-free):
 - teachers and bundles: :func:`policies_for_suite`, :func:`load_policy`, :class:`TeacherBank`,
   :func:`load_bundle`, :func:`save_bundle`
 - distillation: :func:`run_distill`, :class:`DistillConfig`, the method configs (:class:`BCConfig`,
-  :class:`DAggerConfig`, :class:`OnPolicyConfig`, :class:`KickstartConfig`, :class:`DiffusionConfig`,
-  :class:`OneStepConfig`), :class:`StudentConfig`, :func:`build_student`, :func:`train_student`
+  :class:`DAggerConfig`, :class:`GatedConfig`, :class:`OnPolicyConfig`, :class:`KickstartConfig`,
+  :class:`DiffusionConfig`, :class:`OneStepConfig`), :class:`StudentConfig`, :func:`build_student`,
+  :func:`train_student`
 - evaluation: :func:`evaluate`, :func:`evaluate_per_task`, :func:`run_episodes`
 - deployment: :func:`export_policy`, :class:`OnnxPolicy`, :class:`Controller` (also in :mod:`policydistill.runtime`)
 """
@@ -29,6 +30,7 @@ _LAZY = {
     "load_bundle": "policydistill.bundle", "save_bundle": "policydistill.bundle",
     "run_distill": "policydistill.distill.runner", "DistillConfig": "policydistill.distill.runner",
     "BCConfig": "policydistill.distill.dagger", "DAggerConfig": "policydistill.distill.dagger",
+    "GatedConfig": "policydistill.distill.gated",
     "OnPolicyConfig": "policydistill.distill.dagger", "KickstartConfig": "policydistill.distill.kickstart",
     "DiffusionConfig": "policydistill.distill.diffusion", "OneStepConfig": "policydistill.distill.onestep",
     "StudentConfig": "policydistill.models.students", "build_student": "policydistill.models.students",

@@ -36,7 +36,7 @@ def test_unknown_key_lists_valid_keys():
                                           r"method.train_steps"):
         compose_config("distill", ["method=diffusion", "method.lr_decay=true"])
     with pytest.raises(ConfigError, match=r"unknown method 'ppo'; expected one of \['bc', 'dagger', 'diffusion', "
-                                          r"'kickstart', 'onestep', 'onpolicy'\]"):
+                                          r"'gated', 'kickstart', 'onestep', 'onpolicy'\]"):
         compose_config("distill", ["method=ppo"])
 
 

@@ -102,6 +102,8 @@ def tiny(command: str, args: list[str]) -> list[str]:
         return ["ticks=20"]
     if command == "train-student":
         return ["updates=5", "batch_size=32", "checkpoint_every=5"]
+    if command == "fit-monitor":
+        return ["episodes=5", "updates=20"]
     if command != "distill":
         raise AssertionError(f"no tiny budget for 'policydistill {command}'")
     method = _value(args, "method", "dagger")
@@ -109,6 +111,9 @@ def tiny(command: str, args: list[str]) -> list[str]:
     out = ["eval_episodes=1"]
     if method in ("bc", "dagger", "onpolicy"):
         return [*out, rounds, "method.updates_per_round=5", "method.episodes_per_task=1"]
+    if method == "gated":
+        gate = [] if _value(args, "method.gate", "") == "intervention" else ["method.gate_updates=5"]
+        return [*out, rounds, "method.updates_per_round=5", "method.episodes_per_task=1", *gate]
     if method == "kickstart":
         return [*out, rounds, "method.n_envs=4", "method.n_steps=16", "method.batch_size=16", "method.n_epochs=1"]
     if method == "diffusion":

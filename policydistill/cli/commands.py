@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from policydistill.distill.monitor import FitMonitorConfig
 from policydistill.distill.retrain import TrainStudentConfig, check_run, locked, output_folder, train_student
 from policydistill.distill.runner import DistillConfig, distill
 from policydistill.eval.evaluate import EvaluateConfig, evaluate, format_table
@@ -131,8 +132,9 @@ def run_cmd(cfg: RunConfig, overrides: list[str]) -> dict[str, Any]:
         log.info("wrote %s", cfg.out)
     stopped = stats["controller"]["stopped"]
     if stopped:
-        raise RuntimeError(f"the controller stopped safely at tick {stopped['tick']} after "
-                           f"{stopped['consecutive_faults']} policy faults in a row (last: {stopped['last_fault']})")
+        why = "a failure monitor alarm" if stopped["reason"] != "policy faults" else \
+            f"{stopped['consecutive_faults']} policy faults in a row (last: {stopped['last_fault']})"
+        raise RuntimeError(f"the controller stopped safely at tick {stopped['tick']} after {why}")
     return {"p99_us": stats["latency"]["p99_us"], "misses": stats["deadline_misses"]}
 
 
@@ -156,6 +158,18 @@ def train_student_cmd(cfg: TrainStudentConfig, overrides: list[str]) -> dict[str
     return {"loss": summary["final_loss"], "world_size": summary["world_size"]}
 
 
+def fit_monitor_cmd(cfg: FitMonitorConfig, overrides: list[str]) -> dict[str, Any]:
+    from policydistill.distill.monitor import fit_run_monitor
+    from policydistill.runtime.monitor import FailureMonitor
+
+    folder = fit_run_monitor(cfg)
+    monitor = FailureMonitor.load(folder)
+    log.info("failure monitor -> %s: threshold %.3g (false alarms <= %g per in-distribution episode, %d calibration "
+             "episodes); use it with: policydistill run policy=%s/%s runtime.monitor=%s", folder, monitor.threshold,
+             monitor.alpha, monitor.episodes, cfg.run, cfg.policy, folder)
+    return {"threshold": monitor.threshold, "episodes": monitor.episodes}
+
+
 @dataclass(frozen=True)
 class Command:
     """A subcommand: its config schema, what it does, its one-line help."""
@@ -173,7 +187,7 @@ COMMANDS: dict[str, Command] = {
     "evaluate": Command(EvaluateConfig, evaluate_cmd,
                         "seeded rollouts: policy=<bundle or folder> suite=<name> episodes=N out=<file.json>"),
     "distill": Command(DistillConfig, distill_cmd,
-                       "teacher-student distillation: method=bc|dagger|onpolicy|kickstart|diffusion|onestep "
+                       "teacher-student distillation: method=bc|dagger|gated|onpolicy|kickstart|diffusion|onestep "
                        "suite=<name> teachers=<dir> out=<dir>"),
     "import-sb3": Command(ImportSB3Config, import_sb3_cmd,
                           "turn an SB3 .zip (+ VecNormalize .pkl) into a bundle, without unpickling"),
@@ -181,6 +195,9 @@ COMMANDS: dict[str, Command] = {
                    "fixed-rate control loop on a simulated robot: policy=<bundle|.onnx|.pt> suite=<name> rate_hz=<f>"),
     "export": Command(ExportConfig, export_cmd,
                       "policy=<bundle> format=torchscript|onnx out=<path>, normalisation and post-processing inside"),
+    "fit-monitor": Command(FitMonitorConfig, fit_monitor_cmd,
+                           "the failure monitor of a distill run, conformally calibrated: run=<distill out> "
+                           "alpha=0.05"),
     "train-student": Command(TrainStudentConfig, train_student_cmd,
                              "more student updates over a distill run's episodes, DDP on nproc processes: "
                              "run=<distill out> nproc=N"),

@@ -12,6 +12,20 @@ def task_weights(task: np.ndarray) -> np.ndarray:
     return p / p.sum()
 
 
+def row_weights(task: np.ndarray | None, weight: np.ndarray | None) -> np.ndarray | None:
+    """Sampling probabilities (N,) over rows of per-row ``task`` ids and loss ``weight`` (N,): rows of weight 0
+    are never drawn; among the others every task gets the same share (``task`` None: uniform). None: uniform
+    over all rows."""
+    if weight is None:
+        return None if task is None else task_weights(task)
+    keep = np.asarray(weight) > 0
+    if not keep.any():
+        raise ValueError("every row has weight 0: nothing to train on")
+    p = np.zeros(len(keep))
+    p[keep] = 1.0 if task is None else 1.0 / np.bincount(task[keep])[task[keep]]
+    return p / p.sum()
+
+
 class RowSampler:
     """``sampler(rng, b) -> idx (b,)``: ``b`` of ``n`` row indices drawn with probabilities ``p`` (n,), or
     uniformly (None). The same indices and generator use as ``rng.choice(n, b, p=p)``."""

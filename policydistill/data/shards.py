@@ -6,6 +6,8 @@ An episode is a dict of arrays sharing the leading dim T (its length):
 - ``action`` (T, act_dim) float32, the executed action
 - ``actor`` (T,) uint8, who chose it: 0 = teacher, 1 = student
 - ``label_mean`` (T, act_dim) float32, the teacher's label; optional ``label_std`` (T, act_dim) float32
+- optional ``query`` (T,) uint8, why the teacher was asked for the step's label under a gate
+  (:data:`policydistill.distill.gates.REASONS`); 0: it was not, the label is zeros and never trained on
 - ``reward`` (T,) float32; ``terminated`` (T,) bool and ``truncated`` (T,) bool, only the last step may be True
 
 plus JSON metadata: ``task`` (str), ``task_index`` (int), ``seed`` (int or None), ``return`` (float,
@@ -48,6 +50,7 @@ _SHARD_RE = re.compile(r"^shard-(\d{6,})\.npz$")
 FLOAT_FIELDS = ("action", "label_mean", "label_std", "reward")
 BOOL_FIELDS = ("terminated", "truncated")
 REQUIRED_FIELDS = ("action", "actor", "label_mean", "reward", "terminated", "truncated")
+OPTIONAL_FIELDS = ("label_std", "query")
 REQUIRED_META = ("task", "task_index", "seed", "success", "round", "beta")
 RESERVED_META = ("shard", "offset")
 
@@ -118,12 +121,12 @@ def validate_episode(episode: Mapping[str, np.ndarray]) -> EpisodeArrays:
     """
     missing = [k for k in REQUIRED_FIELDS if k not in episode]
     groups = [k[len(OBS_PREFIX):] for k in episode if k.startswith(OBS_PREFIX)]
-    unknown = [k for k in episode if not k.startswith(OBS_PREFIX) and k not in (*REQUIRED_FIELDS, "label_std")]
+    unknown = [k for k in episode if not k.startswith(OBS_PREFIX) and k not in (*REQUIRED_FIELDS, *OPTIONAL_FIELDS)]
     if missing or unknown or not groups:
         raise ValueError(f"episode fields {sorted(episode)}: missing {missing}, unknown {unknown}"
                          f"{', no obs/<group> field' if not groups else ''}; expected obs/<group> for groups "
                          f"in {list(GROUPS)}, "
-                         f"{list(REQUIRED_FIELDS)} and optional 'label_std'")
+                         f"{list(REQUIRED_FIELDS)} and optional {list(OPTIONAL_FIELDS)}")
     check_groups(groups)
     arrays = {k: np.asarray(v) for k, v in episode.items()}
     t = len(arrays["reward"]) if arrays["reward"].ndim else 0
@@ -135,9 +138,13 @@ def validate_episode(episode: Mapping[str, np.ndarray]) -> EpisodeArrays:
             raise _field_error(name, f"leading dim {x.shape[:1]} != episode length T={t} (from 'reward')")
         if name.startswith(OBS_PREFIX) or name in FLOAT_FIELDS:
             out[name] = _as_float32(name, x)
+        elif name == "query":
+            if not np.issubdtype(x.dtype, np.integer) or (x.size and (x.min() < 0 or x.max() > 255)):
+                raise _field_error(name, f"expected integer codes in [0, 255], got dtype {x.dtype}")
+            out[name] = x.astype(np.uint8)
         else:
             out[name] = _as_flag(name, x, np.uint8 if name == "actor" else np.bool_)
-        want_ndim = 1 if name in ("actor", "reward", *BOOL_FIELDS) else 2
+        want_ndim = 1 if name in ("actor", "query", "reward", *BOOL_FIELDS) else 2
         if x.ndim != want_ndim:
             raise _field_error(name, f"expected {want_ndim} dims, got shape {x.shape}")
     act_shape = out["action"].shape

@@ -61,6 +61,8 @@ class Algorithm:
     config: ClassVar[type]
     uses_student: ClassVar[bool] = True
     collects: ClassVar[bool] = True
+    ray_collects: ClassVar[bool] = True
+    """Its collection plans can run on Ray rollout actors (``collector=ray``)."""
     not_read: ClassVar[str] = ""
     """Why the keys ``uses_student``/``collects`` exclude do not apply, for the error that refuses them."""
 

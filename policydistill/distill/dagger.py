@@ -191,7 +191,7 @@ class OnPolicy(Algorithm):
         latent student) as ``obs/<group>`` with the labels, the episode lengths and each step's task."""
         wanted = [*self.student.groups, TASK, *([PRIVILEGED] if self.encoders is not None else []), *extra]
         names = [f"obs/{g}" for g in dict.fromkeys(wanted)] + ["label_mean"]
-        names += ["label_std"] if "label_std" in store.fields else []
+        names += [k for k in ("label_std", "query") if k in store.fields]
         raw = store.load(names)
         if len(raw["label_mean"]) == 0:
             raise ValueError(f"round {round}: no episodes to train on (all dropped or filtered out)")
@@ -199,8 +199,11 @@ class OnPolicy(Algorithm):
 
     def student_data(self, raw: dict[str, np.ndarray], task: np.ndarray, round: int) -> dict[str, np.ndarray]:
         """The student's inputs ``x`` (N, obs_dim) and targets: ``label_mean`` [``label_std``], or ``z`` the
-        teachers' latent while a latent student regresses it."""
+        teachers' latent while a latent student regresses it; where the store says which steps the teacher was
+        asked about (``query``), ``weight`` (N,) is 1 on those and 0 elsewhere."""
         data = {"x": np.concatenate([raw[f"obs/{g}"] for g in self.student.groups], axis=1)}
+        if "query" in raw:
+            data["weight"] = (raw["query"] > 0).astype(np.float32)
         if self.regresses_latent(round):
             data["z"] = self.latent_targets(raw[f"obs/{PRIVILEGED}"], task)
         else:
@@ -238,7 +241,7 @@ class OnPolicy(Algorithm):
         assert store is not None
         diagnose = self.ctx.student.check_predictable and not self.diagnosed and PRIVILEGED not in self.student.groups \
             and f"obs/{PRIVILEGED}" in store.fields and len(store) >= MIN_EPISODES \
-            and not isinstance(self.student, GeneralistPolicy)  # padded data
+            and not isinstance(self.student, GeneralistPolicy) and "query" not in store.fields  # padded, unlabelled
         raw, lengths, task = self.training_data(store, round, (PRIVILEGED,) if diagnose else ())
         data = self.student_data(raw, task, round)
         if self.cfg.relabel_noise > 0:

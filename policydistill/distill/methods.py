@@ -7,10 +7,11 @@ from typing import Any
 from policydistill.distill.algorithm import Algorithm
 from policydistill.distill.dagger import BC, DAgger, OnPolicy
 from policydistill.distill.diffusion import Diffusion
+from policydistill.distill.gated import Gated
 from policydistill.distill.kickstart import Kickstart
 from policydistill.distill.onestep import OneStepAlgorithm
 
-METHODS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (BC, DAgger, OnPolicy, Kickstart, Diffusion,
+METHODS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (BC, DAgger, Gated, OnPolicy, Kickstart, Diffusion,
                                                                   OneStepAlgorithm)}
 
 

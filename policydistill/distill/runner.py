@@ -146,6 +146,8 @@ class DistillConfig:
         elif self.collector == "local":
             from policydistill.scale.ray_session import refuse_ray_keys
             refuse_ray_keys(self.ray, "collector")
+        elif not cls.ray_collects:
+            raise ValueError(f"method '{cls.name}' collects in this process only: use collector=local")
         if unread:
             raise ValueError(f"method '{cls.name}' does not read {', '.join(unread)}: "
                              f"{cls.not_read}; its keys are under method.* "
@@ -399,7 +401,7 @@ class Runner:
         mean_success = mean_rate([t["success_rate"] for t in per_task.values()])
         success_ratio = mean_of(per_task.values(), "success_ratio") if mean_success is not None else None
         env_steps = collected.steps + int(stats.get("env_steps", 0))
-        labels = collected.steps + int(stats.get("labels", 0))
+        labels = (collected.steps if collected.labels is None else collected.labels) + int(stats.get("labels", 0))
         return {"round": r, "beta": None if plan is None else plan.beta, "episodes": collected.episodes,
                 "env_steps": (prev["env_steps"] if prev else 0) + env_steps,
                 "labels_used": (prev["labels_used"] if prev else 0) + labels,

@@ -19,7 +19,7 @@ from gymnasium import spaces
 from torch import nn
 
 from policydistill.data.batches import BatchSource, RowBatches, take_rows
-from policydistill.data.sampling import task_weights
+from policydistill.data.sampling import row_weights
 from policydistill.models import freeze, resolve_device
 from policydistill.spaces import space_from_json
 from policydistill.types import ActionLabel, ObsGroups, check_obs, group_array
@@ -118,12 +118,13 @@ class TorchPolicy(nn.Module):
     def batches(self, data: dict[str, np.ndarray], lengths: np.ndarray, batch_size: int,
                 task: np.ndarray | None = None, sequence_length: int = 32) -> BatchSource:
         """Minibatches for :meth:`compute_loss` from stored steps: ``data`` holds per step ``x`` (N, obs_dim) and
-        the targets (``label_mean``, ...), the episodes of ``lengths`` back to back; ``task`` (N,) balances the
-        draws over tasks (None: uniform). A stateless student trains on independent rows; stateful ones
-        override this (``sequence_length``: truncated-BPTT chunk of recurrent students)."""
+        the targets (``label_mean``, ...) and optional loss ``weight`` (N,) (rows of weight 0 are never drawn),
+        the episodes of ``lengths`` back to back; ``task`` (N,) balances the draws over tasks (None: uniform). A
+        stateless student trains on independent rows; stateful ones override this (``sequence_length``:
+        truncated-BPTT chunk of recurrent students)."""
         tensors = {k: torch.as_tensor(v, device=self.device) for k, v in data.items()}
         n = len(tensors["x"])
-        return RowBatches(n, min(batch_size, n), take_rows(tensors), None if task is None else task_weights(task),
+        return RowBatches(n, min(batch_size, n), take_rows(tensors), row_weights(task, data.get("weight")),
                           device=self.device)
 
     # ---- config ------------------------------------------------------------------------------

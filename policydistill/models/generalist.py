@@ -390,9 +390,11 @@ class GeneralistPolicy(TorchPolicy):
 
     def batches(self, data: dict[str, np.ndarray], lengths: np.ndarray, batch_size: int,
                 task: np.ndarray | None = None, sequence_length: int = 32) -> BatchSource:
-        """As :meth:`TorchPolicy.batches`; the labels of ``data`` also refit :attr:`label_scale`."""
+        """As :meth:`TorchPolicy.batches`; the labels of ``data`` (those of weight > 0) also refit
+        :attr:`label_scale`."""
         if "label_mean" in data:
-            self.fit_label_scale(data["x"], data["label_mean"])
+            keep = np.asarray(data["weight"]) > 0 if "weight" in data else slice(None)
+            self.fit_label_scale(data["x"][keep], data["label_mean"][keep])
         return super().batches(data, lengths, batch_size, task, sequence_length)
 
     def compute_loss(self, batch: dict[str, torch.Tensor], loss_fn: Any) -> tuple[torch.Tensor, Stats]:

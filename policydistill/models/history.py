@@ -25,7 +25,7 @@ from gymnasium import spaces
 from torch import nn
 
 from policydistill.data.batches import BatchSource, RowBatches, SequenceBatches
-from policydistill.data.sampling import task_weights
+from policydistill.data.sampling import row_weights
 from policydistill.graph import OBS, ExportGraph, TensorSpec
 from policydistill.models.base import Stats, TorchPolicy, check_box_spaces
 from policydistill.models.history_encoders import WINDOW_KINDS, GRUEncoder, WindowEncoder
@@ -38,6 +38,7 @@ from policydistill.types import TASK, check_groups
 ENCODERS = (*WINDOW_KINDS, "gru")
 LATENT_KEYS = {"heads", "visible_groups", "hidden", "activation", "normalizer"}
 STATE = "state"
+TARGETS = ("z", "label_mean", "label_std", "weight")
 
 
 def window_index(lengths: Sequence[int], frames: int) -> np.ndarray:
@@ -204,15 +205,19 @@ class HistoryPolicy(TorchPolicy):
     def batches(self, data: dict[str, np.ndarray], lengths: np.ndarray, batch_size: int,
                 task: np.ndarray | None = None, sequence_length: int = 32) -> BatchSource:
         """Window encoders: random steps, each with its previous ``history - 1`` frames (zero before its
-        episode's start). Recurrent encoders: ``batch_size // sequence_length`` whole episodes side by side,
+        episode's start); steps of loss ``weight`` 0 are never drawn (episodes without a weighted step, for
+        recurrent encoders). Recurrent encoders: ``batch_size // sequence_length`` whole episodes side by side,
         truncated BPTT over chunks of ``sequence_length`` steps (:class:`SequenceBatches`)."""
         tensors = {k: torch.as_tensor(v, device=self.device) for k, v in data.items()}
         lengths = np.asarray(lengths, dtype=np.int64)
         if int(lengths.sum()) != len(tensors["x"]):
             raise ValueError("a history student trains on whole episodes: their lengths must sum to the "
                              f"{len(tensors['x'])} steps")
+        starts = np.cumsum(lengths) - lengths
         if self.encoder.recurrent:
-            weights = None if task is None else task_weights(task[np.cumsum(lengths) - lengths])
+            weight = data.get("weight")
+            labelled = None if weight is None else np.add.reduceat((np.asarray(weight) > 0).astype(np.int64), starts)
+            weights = row_weights(None if task is None else task[starts], labelled)
             sequences = min(max(1, batch_size // sequence_length), len(lengths))
             return SequenceBatches(tensors, lengths, sequences, sequence_length, self.init_state, weights)
         n, x = len(tensors["x"]), tensors["x"]
@@ -223,8 +228,7 @@ class HistoryPolicy(TorchPolicy):
             return {**{k: v[idx] for k, v in tensors.items()}, "window": x[p.clamp(min=0)],
                     "valid": (p >= 0).unsqueeze(-1).to(x.dtype)}
 
-        return RowBatches(n, min(batch_size, n), take, None if task is None else task_weights(task),
-                          device=self.device)
+        return RowBatches(n, min(batch_size, n), take, row_weights(task, data.get("weight")), device=self.device)
 
     def compute_loss(self, batch: dict[str, torch.Tensor], loss_fn: Any) -> tuple[torch.Tensor, Stats]:
         """The loss on a batch, acting exactly as at deployment, in one of two forms:
@@ -236,24 +240,26 @@ class HistoryPolicy(TorchPolicy):
           the hidden state the chunk starts from; the state after it is left in ``batch["next_state"]``.
 
         The target is ``z`` (the teachers' privileged latent, MSE through :meth:`latent`) or ``label_mean``
-        (with optional ``label_std``, through ``loss_fn``)."""
+        (with optional ``label_std``, through ``loss_fn``); an optional ``weight`` per step weighs the loss."""
         x = batch["x"]
         if x.ndim == 3:
             features, state = self.encode_sequence(x, batch["state"])
             batch["next_state"] = state.detach()
             m = batch["mask"]
             features, x = features[m], x[m]
-            rows = {k: batch[k][m] for k in ("z", "label_mean", "label_std") if k in batch}
+            rows = {k: batch[k][m] for k in TARGETS if k in batch}
         else:
             valid = batch["valid"]
             state = torch.cat([self.normalizer(batch["window"]) * valid, valid], dim=-1)
             features, _ = self.encoder.step(self.normalizer(x), state)
-            rows = {k: batch[k] for k in ("z", "label_mean", "label_std") if k in batch}
+            rows = {k: batch[k] for k in TARGETS if k in batch}
+        weight = rows.get("weight")
         if "z" in rows:
-            loss = torch.nn.functional.mse_loss(self.latent(features), rows["z"])
+            per_row = ((self.latent(features) - rows["z"]) ** 2).mean(-1)
+            loss = per_row.mean() if weight is None else (weight * per_row).sum() / weight.sum().clamp_min(1e-12)
         else:
             loss = loss_fn(self.raw(features, x), rows["label_mean"], student_log_std=self.log_std,
-                           teacher_std=rows.get("label_std"))
+                           teacher_std=rows.get("label_std"), weight=weight)
         return loss, {"loss": loss.detach()}
 
     @property

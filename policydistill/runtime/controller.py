@@ -33,6 +33,12 @@ graph, a :class:`PolicySource` around their ``act`` / ``predict_chunk``. Each ti
   finite, within the action bounds (clipped, or replaced by the fallback, and counted) and, with
   ``max_rate`` / ``max_jerk``, rate- and jerk-limited.
 
+With a ``monitor`` (:class:`~policydistill.runtime.monitor.FailureMonitor`) every tick also scores each
+env's observation; an env whose score passes the monitor's threshold raises an alarm (logged, counted,
+latched until the env is reset) and ``on_alarm`` says what else happens: ``log`` nothing more,
+``fallback`` the env executes the fallback until its reset, ``stop`` the controller stops as after too
+many faults.
+
 :meth:`Controller.stats` returns the counters and latency percentiles as a dict. This module
 imports numpy only (torch only when a torch policy or bundle is given).
 """
@@ -53,6 +59,7 @@ import numpy as np
 from policydistill.runtime.action_queue import MODES, ActionQueue
 from policydistill.runtime.exported import ExportedPolicy, ObsWindow, reset_mask
 from policydistill.runtime.latency import LatencyRecorder
+from policydistill.runtime.monitor import ON_ALARM, FailureMonitor
 from policydistill.runtime.safety import COUNTERS, OUT_OF_BOUNDS, ActionGuard, check_limit
 from policydistill.types import check_obs, select_groups
 
@@ -171,7 +178,8 @@ class Controller:
     SCHED_FIFO, below a real-time control loop, so that other processes cannot stall it while it
     holds the GIL. ``out_of_bounds``: ``clip`` or ``fallback`` an action outside the bounds;
     ``max_rate`` / ``max_jerk``: limits of |a_t - a_t-1| and |a_t - 2 a_t-1 + a_t-2| per dimension
-    (None: off); ``max_consecutive_faults``: faults in a row that stop the controller.
+    (None: off); ``max_consecutive_faults``: faults in a row that stop the controller. ``monitor`` and
+    ``on_alarm``: the failure monitor and what its alarm does (see the module doc).
     """
 
     def __init__(self, source: Any, period_s: float, *, queue: str = "replace", ensemble_m: float = 0.0,
@@ -179,7 +187,8 @@ class Controller:
                  latency_budget_s: float | None = None, fallback: str = "hold",
                  safe_action: Any = None, realtime_inference: bool = False, out_of_bounds: str = "clip",
                  max_rate: float | None = None, max_jerk: float | None = None,
-                 max_consecutive_faults: int = 5) -> None:
+                 max_consecutive_faults: int = 5, monitor: FailureMonitor | None = None,
+                 on_alarm: str = "log") -> None:
         if not period_s > 0:
             raise ValueError(f"control period must be > 0 s, got {period_s}")
         if fallback not in FALLBACKS:
@@ -189,6 +198,11 @@ class Controller:
         if isinstance(max_consecutive_faults, bool) or not isinstance(max_consecutive_faults, int) \
                 or max_consecutive_faults < 1:
             raise ValueError(f"max_consecutive_faults must be an int >= 1, got {max_consecutive_faults!r}")
+        if on_alarm not in ON_ALARM:
+            raise ValueError(f"unknown on_alarm '{on_alarm}'; expected one of {list(ON_ALARM)}")
+        self.monitor, self.on_alarm = monitor, on_alarm
+        self.monitor_time = LatencyRecorder()
+        self._alarmed: np.ndarray | None = None  # (n,) envs whose alarm was raised this episode
         self.out_of_bounds, self.max_consecutive_faults = out_of_bounds, max_consecutive_faults
         self.max_rate, self.max_jerk = check_limit("max_rate", max_rate), check_limit("max_jerk", max_jerk)
         if queue not in MODES:
@@ -228,7 +242,7 @@ class Controller:
         self.first_fault: str | None = None
         self.last_fault: str | None = None
         self.stopped: dict[str, Any] | None = None
-        """Set when the controller stopped: {tick, consecutive_faults, last_fault}."""
+        """Set when the controller stopped: {tick, reason, consecutive_faults, last_fault}."""
         self._tick = 0
         self._next_request = 0
         self._lock = threading.Lock()
@@ -237,7 +251,7 @@ class Controller:
         self.inference = LatencyRecorder(10_000)
         self.counts = dict.fromkeys(("ticks", "overruns", "missed", "starved_env_ticks", "cold_start_env_ticks",
                                      "chunks", "chunks_over_budget", "chunks_discarded_for_reset",
-                                     "policy_faults", *COUNTERS), 0)
+                                     "policy_faults", "monitor_alarms", "monitor_alarm_ticks", *COUNTERS), 0)
         self._warned_at: dict[str, float] = {}
         self._pending: tuple[int, np.ndarray] | None = None
         self._results: collections.deque = collections.deque()
@@ -271,6 +285,8 @@ class Controller:
             self._window.reset(env_mask)
         if mask is None:
             return
+        if self._alarmed is not None:
+            self._alarmed[mask] = False
         if self._queue is not None:
             self._queue.clear(mask)
         self._epoch[mask] += 1
@@ -300,6 +316,12 @@ class Controller:
                     raise
                 self._fault(e, tick)
                 actions = self._fallback_actions()
+            if self.monitor is not None and self._n is not None:
+                try:
+                    actions = self._watch(obs, actions, tick)
+                except Exception as e:
+                    self._fault(e, tick)
+                    actions = self._fallback_actions()
         if self.stopped is not None:
             actions, ok = self._fallback_actions(), None
         self.counts["ticks"] += 1
@@ -332,6 +354,30 @@ class Controller:
         self._in_a_row = 0
         return actions, None
 
+    def _watch(self, obs: Mapping[str, np.ndarray], actions: np.ndarray, tick: int) -> np.ndarray:
+        """Score this tick's observations with the monitor, raise and act on alarms: the actions to send."""
+        assert self.monitor is not None and self._n is not None
+        t0 = perf_counter()
+        score = self.monitor.score(obs)
+        self.monitor_time.add(perf_counter() - t0)
+        if self._alarmed is None:
+            self._alarmed = np.zeros(self._n, dtype=bool)
+        over = score > self.monitor.threshold
+        fresh = over & ~self._alarmed
+        self._alarmed |= over
+        self.counts["monitor_alarm_ticks"] += int(over.sum())
+        if fresh.any():
+            self.counts["monitor_alarms"] += int(fresh.sum())
+            envs = np.flatnonzero(fresh).tolist()
+            self._warn("monitor", f"failure monitor alarm at tick {tick} on envs {envs}: score "
+                                  f"{float(score[fresh].max()):.3g} > threshold {self.monitor.threshold:.3g}")
+            if self.on_alarm == "stop":
+                self.stopped = {"tick": tick, "reason": "failure monitor alarm", "consecutive_faults": 0,
+                                "last_fault": None}
+        if self.on_alarm == "fallback" and self._alarmed.any():
+            actions = np.where(self._alarmed[:, None], self._fallback_actions(), actions)
+        return actions
+
     def _batch_size(self, obs: Mapping[str, np.ndarray]) -> int:
         """The number of envs of the first observation (a clear error if it is not (n, dim) arrays)."""
         try:
@@ -351,7 +397,8 @@ class Controller:
             self.first_fault = message
             log.debug("the first policy fault", exc_info=e)
         if self._in_a_row >= self.max_consecutive_faults:
-            self.stopped = {"tick": tick, "consecutive_faults": self._in_a_row, "last_fault": message}
+            self.stopped = {"tick": tick, "reason": "policy faults", "consecutive_faults": self._in_a_row,
+                            "last_fault": message}
             log.error("stopping at tick %d after %d consecutive policy faults (last: %s); sending the safe action "
                       "from now on", tick, self._in_a_row, message)
         else:
@@ -523,6 +570,10 @@ class Controller:
                                "max_consecutive_faults": self.max_consecutive_faults, **self.counts,
                                "first_fault": self.first_fault, "last_fault": self.last_fault,
                                "stopped": self.stopped, "compute": self.compute.summary()}
+        if self.monitor is not None:
+            out["monitor"] = {"threshold": self.monitor.threshold, "alpha": self.monitor.alpha,
+                              "on_alarm": self.on_alarm, "alarms": self.counts["monitor_alarms"],
+                              "compute": self.monitor_time.summary()}
         if self.kind == "chunk":
             out.update({"queue": self.queue_mode, "horizon": self.horizon, "n_action_steps": self.replan,
                         "ensemble_m": self.ensemble_m, "blend_steps": self.blend_steps,

@@ -188,6 +188,8 @@ def format_stats(stats: dict[str, Any]) -> str:
              row("start jitter", stats["jitter"])]
     if c["kind"] == "chunk":
         lines.append(row("chunk inference", c["inference"]))
+    if "monitor" in c:
+        lines.append(row("failure monitor", c["monitor"]["compute"]))
     lines.append(f"  deadline misses {stats['deadline_misses']} (overruns {stats['overruns']}, missed ticks "
                  f"{stats['missed']}); fallback '{c['fallback']}'")
     if c["kind"] == "chunk":
@@ -204,10 +206,15 @@ def format_stats(stats: dict[str, Any]) -> str:
                      f"jerk (max {c['max_jerk']}) {c['jerk_limited_env_ticks']} env-ticks")
     if c.get("policy_faults"):
         lines.append(f"  policy faults (fallback executed): {c['policy_faults']}; first {c['first_fault']}")
+    if "monitor" in c:
+        mon = c["monitor"]
+        lines.append(f"  failure monitor: {mon['alarms']} alarms (threshold {mon['threshold']:.3g}, false alarms <= "
+                     f"{mon['alpha']:g} per in-distribution episode; on alarm: {mon['on_alarm']})")
     if c.get("stopped"):
         st = c["stopped"]
-        lines.append(f"  STOPPED at tick {st['tick']} after {st['consecutive_faults']} consecutive policy faults "
-                     f"(last {st['last_fault']}); the safe action was sent and the loop ended")
+        why = (f"{st['consecutive_faults']} consecutive policy faults (last {st['last_fault']})"
+               if st["reason"] == "policy faults" else f"a {st['reason']}")
+        lines.append(f"  STOPPED at tick {st['tick']} after {why}; the safe action was sent and the loop ended")
     busy = ", ".join(f"{k} {v:.0%}" for k, v in m["cpu_busy"].items())
     lines.append(f"  machine: CPU busy {busy}; this process {m['own_cpu']:.0%} of a core, others "
                  f"{m['others_cpu']:.2f} cores; load average {m['loadavg_before'][0]} -> {m['loadavg_after'][0]}; "

@@ -16,6 +16,7 @@ from policydistill.eval.metrics import Episode
 from policydistill.runtime.action_queue import MODES
 from policydistill.runtime.controller import BACKENDS, FALLBACKS, Controller, make_source
 from policydistill.runtime.loop import FixedRateLoop, pin_to_cpu, restore_scheduling
+from policydistill.runtime.monitor import ON_ALARM, FailureMonitor
 from policydistill.runtime.safety import OUT_OF_BOUNDS, check_limit
 from policydistill.suites import Suite, load_suite
 from policydistill.types import stack_obs
@@ -35,7 +36,9 @@ class RuntimeConfig:
     |a_t - 2 a_t-1 + a_t-2| per action dimension and tick (None: no limit); ``max_consecutive_faults``:
     policy faults in a row (an exception, None or a wrong shape; each executes the fallback) after
     which the run stops, sending the safe action (``safe_action``, default zeros clipped into the
-    bounds)."""
+    bounds). ``monitor``: a failure monitor's folder (``<run>/monitor``, see ``policydistill fit-monitor``),
+    whose alarm does ``on_alarm``: ``log``, ``fallback`` (the env executes the fallback until its reset) or
+    ``stop``."""
 
     queue: str = "replace"
     ensemble_m: float = 0.0
@@ -49,6 +52,8 @@ class RuntimeConfig:
     max_rate: float | None = None
     max_jerk: float | None = None
     max_consecutive_faults: int = 5
+    monitor: str | None = None
+    on_alarm: str = "log"
 
     def __post_init__(self) -> None:
         require_choice("runtime.queue", self.queue, MODES)
@@ -67,6 +72,9 @@ class RuntimeConfig:
         check_limit("runtime.max_rate", self.max_rate)
         check_limit("runtime.max_jerk", self.max_jerk)
         require_int("runtime.max_consecutive_faults", self.max_consecutive_faults)
+        require_choice("runtime.on_alarm", self.on_alarm, ON_ALARM)
+        if self.monitor is None and self.on_alarm != "log":
+            raise ValueError("runtime.on_alarm is read only with a runtime.monitor=<folder>")
 
 
 @dataclass
@@ -180,6 +188,8 @@ def run_policy(policy: str | Path | Any, suite: str | Suite, rate_hz: float, tic
     try:
         options = {"realtime_inference": realtime and bool((controller or {}).get("async_inference")),
                    **(controller or {})}
+        if isinstance(options.get("monitor"), (str, Path)):
+            options["monitor"] = FailureMonitor.load(options["monitor"])
         with Controller(source, 1.0 / rate_hz, **options) as ctrl, \
                 tqdm(total=ticks, desc="run", unit="tick", leave=False, mininterval=1.0, disable=not progress) as bar:
             pinned = pin_to_cpu(cpu, realtime)  # the control thread only: an inference thread runs anywhere
@@ -201,7 +211,9 @@ def run_policy(policy: str | Path | Any, suite: str | Suite, rate_hz: float, tic
              c["starved_env_ticks"] + c["cold_start_env_ticks"] + c["nonfinite_env_ticks"],
              c["out_of_bounds_env_ticks"], c["rate_limited_env_ticks"], c["jerk_limited_env_ticks"],
              c["policy_faults"])
-    if c["stopped"]:
+    if c["stopped"] and c["stopped"]["reason"] != "policy faults":
+        log.error("run stopped at tick %d of %d: %s", c["stopped"]["tick"], ticks, c["stopped"]["reason"])
+    elif c["stopped"]:
         log.error("run stopped at tick %d of %d: %d consecutive policy faults (first %s; last %s)",
                   c["stopped"]["tick"], ticks, c["stopped"]["consecutive_faults"], c["first_fault"],
                   c["stopped"]["last_fault"])

@@ -125,6 +125,8 @@ class RayCollector:
 
     def round(self, plan: CollectPlan, teacher: Teacher, round_index: int, seed: int,
               rng: np.random.Generator) -> RoundData:
+        if plan.gate is not None:
+            raise ValueError("a gated collection (method=gated) runs in this process: use collector=local")
         ray = self.ray
         if self._holds != (id(teacher), id(plan.student), plan.episode_steps):
             self._start_workers(plan, teacher)

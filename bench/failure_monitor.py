@@ -1,0 +1,173 @@
+"""Failure monitor: does it see a student's failures coming under a shift it never trained on, how often does
+it raise a false alarm in distribution, and what does it cost per tick?
+
+    .venv/bin/python -m bench failure_monitor --suite terrain --shift '{"roughness": 0.2}'
+    .venv/bin/python -m bench failure_monitor --suite locomotion --groups policy privileged task \
+        --shift '{"mass_range": [1.6, 2.0], "friction_range": [0.2, 0.4]}'
+    .venv/bin/python -m bench failure_monitor --suite default --shift-suite default_hazard
+
+Per seed: a DAgger student is distilled from the suite's zoo (``--rounds`` rounds, linear beta 1 -> 0 over
+half of them), its monitor fitted on the run's episodes and calibrated (``--calibration-episodes`` per task,
+``--alpha``). Then the student runs ``--episodes`` held-out episodes per task in distribution and as many
+under the shift (``--shift``: env keyword arguments set on every task; ``--shift-suite``: another suite with
+the same spaces, e.g. the pit of ``default_hazard`` that the ``default`` student never saw). An episode fails
+when it does not succeed. Its score for predicting that is the monitor's largest score before its last
+``--ahead`` steps (an alarm that would have come at least that many control steps before the end). Reported:
+AUROC of that score for failure over all episodes (and over the shifted ones alone: failure told apart from
+the shift itself), the alarm rate on failing and on succeeding shifted episodes, the false-alarm rate on
+in-distribution episodes (an alarm anywhere), and the monitor's cost per tick over the student's (one env,
+measured alternately in one loop). Targets: AUROC >= 0.9, false alarms <= 5%, cost <= 20% of the policy's
+tick.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if not __package__:  # python bench/<name>.py: the bench package lives one folder up
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from bench import envelope  # noqa: E402
+from bench.common import distill_run, one_thread, parse, parser, setup_logging, zoo_teachers  # noqa: E402
+from policydistill import DAggerConfig, StudentConfig, Suite, load_bundle, load_suite  # noqa: E402
+from policydistill.data.shards import EpisodeStore  # noqa: E402
+from policydistill.distill.monitor import episode_scores, fit_monitor, student_episodes  # noqa: E402
+from policydistill.types import select_groups  # noqa: E402
+
+AUROC_TARGET, FALSE_ALARM_TARGET, COST_TARGET = 0.9, 0.05, 0.2
+TEST_SEED = 30_000
+SMOKE = {"seeds": [0], "rounds": 1, "episodes_per_task": 1, "updates": 10, "calibration_episodes": 19,
+         "episodes": 2, "ticks": 50}
+
+
+def shifted(suite: Suite, shift: dict[str, Any]) -> Suite:
+    """``suite`` with ``shift`` set on every task's env keyword arguments."""
+    tasks = tuple(dataclasses.replace(t, kwargs={**t.kwargs, **shift}) for t in suite.tasks)
+    return dataclasses.replace(suite, name=f"{suite.name}_shifted", tasks=tasks)
+
+
+def auroc(positive: np.ndarray, negative: np.ndarray) -> float | None:
+    """P(a positive scores above a negative), ties counting half; None without both."""
+    if not len(positive) or not len(negative):
+        return None
+    p, n = np.asarray(positive)[:, None], np.asarray(negative)[None, :]
+    return float((p > n).mean() + 0.5 * (p == n).mean())
+
+
+def tick_cost(monitor: Any, student: Any, suite: Suite, ticks: int) -> dict[str, float]:
+    """Median seconds of the student's ``act`` and of the monitor's ``score`` on one env's observation,
+    alternated in one loop (the machine's load hits both alike)."""
+    env = suite.make_env(0)
+    obs, _ = env.reset(seed=0)
+    env.close()
+    batch = {g: np.asarray(v, dtype=np.float32)[None] for g, v in obs.items()}
+    mine = select_groups(batch, student.groups)
+    policy, watch = [], []
+    for _ in range(ticks):
+        t0 = time.perf_counter()
+        student.act(mine, deterministic=True)
+        t1 = time.perf_counter()
+        monitor.score(batch)
+        t2 = time.perf_counter()
+        policy.append(t1 - t0)
+        watch.append(t2 - t1)
+    return {"policy_us": 1e6 * statistics.median(policy), "monitor_us": 1e6 * statistics.median(watch)}
+
+
+def run_seed(seed: int, args: Any, suite: Suite, teachers: dict, shift_suite: Suite) -> dict[str, Any]:
+    method = DAggerConfig(rounds=args.rounds, episodes_per_task=args.episodes_per_task,
+                          updates_per_round=args.updates, beta_rounds=max(1, args.rounds // 2))
+    student_cfg = StudentConfig(groups=list(args.groups), check_predictable=False)
+    with distill_run(suite, teachers, seed, method, student_cfg, 5) as (summary, out):
+        student = load_bundle(out / "student", device="cpu")
+        monitor = fit_monitor(suite, student, EpisodeStore(out / "episodes"), args.alpha, args.calibration_episodes,
+                              seed=seed)
+    inside = [r for r in student_episodes(suite, student, args.episodes, TEST_SEED + seed) if not r.episode.error]
+    shift = [r for r in student_episodes(shift_suite, student, args.episodes, TEST_SEED + seed)
+             if not r.episode.error]
+    whole = [episode_scores(monitor, recs) for recs in (inside, shift)]
+    ahead = [episode_scores(monitor, recs, args.ahead) for recs in (inside, shift)]
+    failed = [np.asarray([not r.episode.success for r in recs]) for recs in (inside, shift)]
+    scores, fails = np.concatenate(ahead), np.concatenate(failed)
+    shift_alarm = ahead[1] > monitor.threshold
+    cost = tick_cost(monitor, student, suite, args.ticks)
+    out_row = {"seed": seed, "threshold": monitor.threshold, "calibration_episodes": monitor.episodes,
+               "student_score": summary["rounds"][-1]["mean_score"],
+               "in_distribution": {"episodes": len(inside), "failed": int(failed[0].sum()),
+                                   "false_alarm_rate": float((whole[0] > monitor.threshold).mean())},
+               "shifted": {"episodes": len(shift), "failed": int(failed[1].sum()),
+                           "alarm_rate_failing": float(shift_alarm[failed[1]].mean()) if failed[1].any() else None,
+                           "alarm_rate_succeeding": float(shift_alarm[~failed[1]].mean())
+                           if (~failed[1]).any() else None},
+               "auroc": auroc(scores[fails], scores[~fails]),
+               "auroc_within_shifted": auroc(ahead[1][failed[1]], ahead[1][~failed[1]]), **cost,
+               "cost_ratio": cost["monitor_us"] / cost["policy_us"]}
+    auc = "n/a" if out_row["auroc"] is None else f"{out_row['auroc']:.3f}"
+    print(f"seed {seed}: student score {out_row['student_score']:.3f}; shifted: {int(failed[1].sum())}/{len(shift)} "
+          f"failed; AUROC {auc}; false alarms in distribution "
+          f"{out_row['in_distribution']['false_alarm_rate']:.3f}; monitor {cost['monitor_us']:.0f} us per tick over "
+          f"the policy's {cost['policy_us']:.0f} us", flush=True)
+    return out_row
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = parser("failure_monitor", __doc__)
+    p.add_argument("--suite", default="terrain")
+    p.add_argument("--groups", nargs="+", default=["policy", "task"], help="the student's observation groups")
+    p.add_argument("--shift", default="{}", help="JSON: env keyword arguments set on every task")
+    p.add_argument("--shift-suite", default=None, help="a suite with the same spaces to shift to instead")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--episodes-per-task", type=int, default=8)
+    p.add_argument("--updates", type=int, default=1000)
+    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--calibration-episodes", type=int, default=20, help="per task")
+    p.add_argument("--episodes", type=int, default=20, help="held-out and shifted episodes per task")
+    p.add_argument("--ahead", type=int, default=10, help="an alarm must come this many steps before the end")
+    p.add_argument("--ticks", type=int, default=2000, help="calls timed for the cost")
+    p.add_argument("--tag", default="", help="suffix of the result file name")
+    args = parse(p, argv, SMOKE)
+    shift = json.loads(args.shift)
+    if bool(shift) == bool(args.shift_suite):
+        p.error("give exactly one of --shift and --shift-suite")
+    started = envelope.start()
+    one_thread()
+    setup_logging()
+    suite, teachers = zoo_teachers(args.suite)
+    shift_suite = load_suite(args.shift_suite) if args.shift_suite else shifted(suite, shift)
+    rows = [run_seed(seed, args, suite, teachers, shift_suite) for seed in args.seeds]
+
+    def med(get: Any) -> float | None:
+        values = [v for v in map(get, rows) if v is not None]
+        return statistics.median(values) if values else None
+
+    medians = {"auroc": med(lambda r: r["auroc"]), "auroc_within_shifted": med(lambda r: r["auroc_within_shifted"]),
+               "false_alarm_rate": med(lambda r: r["in_distribution"]["false_alarm_rate"]),
+               "cost_ratio": med(lambda r: r["cost_ratio"]),
+               "shifted_failure_rate": med(lambda r: r["shifted"]["failed"] / max(1, r["shifted"]["episodes"])),
+               "alarm_rate_failing": med(lambda r: r["shifted"]["alarm_rate_failing"])}
+    targets = {"auroc": (">=", AUROC_TARGET), "false_alarm_rate": ("<=", FALSE_ALARM_TARGET),
+               "cost_ratio": ("<=", COST_TARGET)}
+    for key, (op, target) in targets.items():
+        got = medians[key]
+        met = got is not None and (got >= target if op == ">=" else got <= target)
+        shown = "n/a" if got is None else f"{got:.3f}"
+        print(f"target: {key} {op} {target}   measured (median over {len(rows)} seeds): {shown} -> "
+              f"{'met' if met else 'not met'}")
+    what = args.shift_suite or "_".join(f"{k}{v}" for k, v in shift.items())
+    return envelope.write("failure_monitor", args, started, runs=len(rows), medians=medians,
+                          ratios={"monitor_over_policy_tick": medians["cost_ratio"]},
+                          results={"shift": shift or args.shift_suite, "rows": rows},
+                          tag=args.tag or f"_{args.suite}_{what}".replace(" ", "").replace(",", "_"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Gated DAgger (``method=gated``): the teacher labels only where a gate asks, so labels go where they matter.
+
+Round 0 the teacher acts and labels every step (a BC round: something to train and calibrate on). From
+round 1 the student acts, and the teacher is asked only where the gate (:mod:`policydistill.distill.gates`)
+says so; it then acts and labels for ``takeover_steps`` steps. Unlabelled steps are stored for their
+inputs only (loss weight 0). After every update an uncertainty gate is refitted on the labelled steps and
+calibrated on the states of the round just collected (the student's, labelled or not): it fires on
+``query_rate / takeover_steps`` of them, about ``query_rate`` of the steps labelled if the student goes where
+it went. A student that improves strays less from what was labelled and is asked less than that; one that
+meets new states, more (the realised rate is in each round's ``info``). Labels are counted as the teacher
+gave them; every stored step keeps why it was labelled (the store's ``query`` field) and every round of
+``distill.json`` counts the queries by reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from policydistill.configs import refuse_unread, require_choice, require_int, require_number
+from policydistill.data.shards import EpisodeStore
+from policydistill.distill.algorithm import Context, FitWith, stream
+from policydistill.distill.collect import CollectPlan
+from policydistill.distill.dagger import FitFields, OnPolicy, RelabelFields, RoundFields
+from policydistill.distill.gates import GATES, AskAlways, InterventionGate, UncertaintyGate, fit_gate_model
+from policydistill.types import concat_groups
+
+UNCERTAINTY_KEYS = ("query_rate", "ensemble_size", "gate_updates")
+
+
+@dataclass
+class GatedConfig(RelabelFields, FitFields, RoundFields):
+    """``method=gated`` (see the module doc). ``gate``: ``disagreement`` (an ensemble of ``ensemble_size`` small
+    heads, each fitted on a bootstrap of the labelled steps for ``gate_updates`` updates), ``novelty`` (a random
+    network distillation predictor fitted alongside), ``disagreement+novelty`` (either) or ``intervention`` (the
+    teacher watches and takes over where the student's action is farther than ``intervene_at`` from its own, in
+    half-ranges of the action bounds). ``max_steps``: the stored steps kept (oldest rounds evicted first)."""
+
+    gate: str = "disagreement+novelty"
+    query_rate: float = 0.1
+    takeover_steps: int = 5
+    ensemble_size: int = 5
+    gate_updates: int = 1000
+    intervene_at: float = 0.3
+    max_steps: int = 200_000
+
+    def __post_init__(self) -> None:
+        self.check_fit()
+        for name in ("rounds", "episodes_per_task", "takeover_steps", "gate_updates", "max_steps"):
+            require_int(name, getattr(self, name))
+        require_int("ensemble_size", self.ensemble_size, 2)
+        require_choice("gate", self.gate, GATES)
+        require_number("query_rate", self.query_rate, 0.0, 1.0, low_open=True)
+        require_number("intervene_at", self.intervene_at, 0.0, low_open=True)
+        if self.collect_steps is not None:
+            require_int("collect_steps", self.collect_steps)
+        unread = {f.name for f in dataclasses.fields(RelabelFields)}
+        unread |= set(UNCERTAINTY_KEYS) if self.gate == "intervention" else {"intervene_at"}
+        refuse_unread(self, {f.name for f in dataclasses.fields(self)} - unread, f"gate '{self.gate}'", "method.")
+
+    @property
+    def fire_rate(self) -> float:
+        """The share of calibration inputs an uncertainty gate fires on: each firing labels ``takeover_steps``."""
+        return self.query_rate / self.takeover_steps
+
+
+class Gated(OnPolicy):
+    name = "gated"
+    config = GatedConfig
+    ray_collects = False
+    cfg: GatedConfig
+
+    def __init__(self, cfg: GatedConfig, ctx: Context) -> None:
+        first = ctx.suite.spaces[0]
+        if any(o != first[0] or a != first[1] for o, a in ctx.suite.spaces):
+            raise ValueError("method=gated scores the student's inputs with one gate: it needs tasks that share "
+                             "their observation and action spaces")
+        super().__init__(cfg, ctx)
+        self.gate: UncertaintyGate | InterventionGate | None = (
+            InterventionGate(cfg.intervene_at) if cfg.gate == "intervention" else None)
+
+    def beta(self, round: int, prev: dict[str, Any] | None, teacher_return: float) -> float:
+        return 1.0 if round == 0 else 0.0
+
+    def plan_options(self) -> dict[str, Any]:
+        return {"teacher_noise": 0.0, "success_filter": False, "keep_steps": self.cfg.max_steps,
+                "only_this_round": False}
+
+    def collect(self, round: int, prev: dict[str, Any] | None, teacher_return: float) -> CollectPlan:
+        cfg = self.cfg
+        if round == 0 or self.gate is None:
+            return CollectPlan(1.0, cfg.episodes_per_task, None, gate=AskAlways(), episode_steps=cfg.collect_steps,
+                               **self.plan_options())
+        return CollectPlan(0.0, cfg.episodes_per_task, self.student, gate=self.gate, takeover_steps=cfg.takeover_steps,
+                           episode_steps=cfg.collect_steps, **self.plan_options())
+
+    def update(self, store: EpisodeStore | None, round: int, fit_with: FitWith) -> dict[str, Any]:
+        out = super().update(store, round, fit_with)
+        assert store is not None
+        if self.cfg.gate != "intervention":
+            self.gate = self.fit_gate(store, round)
+            out["info"]["gate"] = {"threshold": float(f"{self.gate.threshold:.4g}"),
+                                   "medians": {k: float(f"{v:.4g}") for k, v in self.gate.medians.items()}}
+        return out
+
+    def fit_gate(self, store: EpisodeStore, round: int) -> UncertaintyGate:
+        """The uncertainty gate refitted on every labelled stored step and calibrated on this round's inputs (the
+        states visited, labelled or not)."""
+        cfg, groups = self.cfg, tuple(self.student.groups)
+        names = [f"obs/{g}" for g in groups]
+        raw = store.load([*names, "label_mean", "query"])
+        labelled = raw["query"] > 0
+        model = fit_gate_model(concat_groups({g: raw[f"obs/{g}"][labelled] for g in groups}, groups),
+                               raw["label_mean"][labelled], cfg.ensemble_size, cfg.gate_updates,
+                               stream(self.ctx.seed, round, 4), self.student.device)
+        recent = store.load(names, where=lambda meta: meta["round"] == round)
+        kinds = ("disagreement", "novelty") if cfg.gate == "disagreement+novelty" else (cfg.gate,)
+        return UncertaintyGate.calibrated(model, groups, kinds, concat_groups(
+            {g: recent[f"obs/{g}"] for g in groups}, groups), cfg.fire_rate)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if isinstance(self.gate, UncertaintyGate):
+            state["gate"] = self.gate.state()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if "gate" in state:
+            self.gate = UncertaintyGate.from_state(state["gate"], tuple(self.student.groups), self.student.device)
+

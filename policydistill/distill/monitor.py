@@ -1,0 +1,134 @@
+"""Fitting a failure monitor (:class:`~policydistill.runtime.monitor.FailureMonitor`) to a distilled student.
+
+The monitor's networks (an ensemble of heads and a random-network-distillation pair, as a gate of gated
+DAgger) are fitted on the student's training data: the labelled steps of its run's episode store. Then the
+student runs ``episodes`` episodes per task in distribution (on calibration seeds of their own); each
+score's median over their steps sets its scale, and the threshold is the split-conformal quantile of the
+episodes' largest scores at the false-alarm rate ``alpha``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from policydistill.configs import require_choice, require_int, require_number
+from policydistill.data.shards import EpisodeStore
+from policydistill.distill.gates import GateModel, fit_gate_model
+from policydistill.eval.rollout import EpisodeRecord, rollout
+from policydistill.files import read_json
+from policydistill.runtime.monitor import KINDS, FailureMonitor, conformal_rank, conformal_threshold
+from policydistill.suites import Suite
+from policydistill.types import concat_groups, select_groups
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_SEED = 20_000
+"""Calibration episodes are seeded from here: apart from the validation (5000) and test (1000) seeds."""
+
+
+def monitor_arrays(model: GateModel) -> dict[str, np.ndarray]:
+    """The numpy arrays of a fitted :class:`GateModel`, as :class:`FailureMonitor` reads them."""
+    out = {"x_mean": model.x_mean.cpu().numpy(), "x_std": model.x_std.cpu().numpy()}
+    for name in ("heads", "target", "predictor"):
+        part = getattr(model, name)
+        for i, (w, b) in enumerate(zip(part.weights, part.biases, strict=True)):
+            out[f"{name}.{i}.w"] = w.detach().cpu().numpy()
+            out[f"{name}.{i}.b"] = b.detach().cpu().numpy()
+    return out
+
+
+def student_episodes(suite: Suite, student: Any, episodes: int, seed: int, n_envs: int = 8) -> list[EpisodeRecord]:
+    """``episodes`` episodes of every task with ``student`` acting, observations recorded; task i's seeded
+    ``seed + i * episodes``, ... (no two tasks start from the same seed: their episodes are independent draws,
+    as a conformal calibration needs)."""
+    stateful = bool(getattr(student, "stateful", False))
+
+    def act(obs: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        return np.asarray(student.act(select_groups(obs, student.groups), deterministic=True)), {}
+
+    return [rec for i in range(len(suite.tasks))
+            for rec in rollout(suite, [i], act, episodes, n_envs=n_envs, seed=seed + i * episodes,
+                               on_reset=student.reset if stateful else None, record=True)]
+
+
+def episode_scores(monitor: FailureMonitor, records: list[EpisodeRecord], until: int = 0) -> np.ndarray:
+    """Each episode's largest score over its steps but the last ``until``: (episodes,) (-inf for an episode
+    of at most ``until`` steps)."""
+    out = []
+    for rec in records:
+        steps = len(rec.steps["reward"]) - until
+        obs = {g: rec.steps[f"obs/{g}"][:max(steps, 0)] for g in monitor.groups}
+        out.append(float(monitor.score(obs).max()) if steps > 0 else -np.inf)
+    return np.asarray(out)
+
+
+def fit_monitor(suite: Suite, student: Any, store: EpisodeStore, alpha: float = 0.05, episodes: int = 20,
+                ensemble_size: int = 5, updates: int = 2000, seed: int = 0, hidden: int = 32) -> FailureMonitor:
+    """A monitor for ``student`` fitted on ``store``'s labelled steps and calibrated to false-alarm rate
+    ``alpha`` on ``episodes`` fresh in-distribution episodes per task (see the module doc); its networks are
+    ``hidden`` wide (small: it runs every tick)."""
+    groups = tuple(student.groups)
+    fields = [f"obs/{g}" for g in groups] + ["label_mean"] + (["query"] if "query" in store.fields else [])
+    raw = store.load(fields)
+    keep = raw["query"] > 0 if "query" in raw else np.ones(len(raw["label_mean"]), dtype=bool)
+    x = concat_groups({g: raw[f"obs/{g}"][keep] for g in groups}, groups)
+    model = fit_gate_model(x, raw["label_mean"][keep], ensemble_size, updates, np.random.default_rng(seed),
+                           hidden=hidden)
+    monitor = FailureMonitor(groups, monitor_arrays(model), dict.fromkeys(KINDS, 1.0), np.inf, alpha, 0)
+    records = student_episodes(suite, student, episodes, CALIBRATION_SEED + seed)
+    steps = np.concatenate([concat_groups({g: r.steps[f"obs/{g}"] for g in groups}, groups) for r in records])
+    raw_scores = monitor.raw_scores(steps)
+    monitor.medians = {k: max(float(np.median(raw_scores[k])), 1e-12) for k in KINDS}
+    monitor.threshold = conformal_threshold(episode_scores(monitor, records), alpha)
+    monitor.episodes = len(records)
+    log.info("failure monitor: threshold %.3g at a false-alarm rate of %g per episode, on %d calibration episodes",
+             monitor.threshold, alpha, len(records))
+    return monitor
+
+
+@dataclass
+class FitMonitorConfig:
+    """``policydistill fit-monitor``: the failure monitor of the finished distillation run ``run`` (its
+    ``policy`` bundle, ``best`` or ``student``), calibrated to the false-alarm rate ``alpha`` per episode on
+    ``episodes`` in-distribution episodes per task, written to ``<run>/monitor``."""
+
+    run: str = "???"
+    policy: str = "best"
+    alpha: float = 0.05
+    episodes: int = 20
+    updates: int = 2000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require_choice("policy", self.policy, ("best", "student"))
+        require_number("alpha", self.alpha, 0.0, 1.0, low_open=True)
+        require_int("episodes", self.episodes)
+        require_int("updates", self.updates)
+        require_int("seed", self.seed, 0)
+        run = Path(self.run)
+        if not (run / "distill.json").is_file() or not (run / "episodes" / "manifest.json").is_file():
+            raise ValueError(f"run={self.run} is not a finished distillation run with stored episodes "
+                             "(expected distill.json and episodes/)")
+
+
+def fit_run_monitor(cfg: FitMonitorConfig) -> Path:
+    """Fit and write the monitor ``cfg`` describes; returns its folder."""
+    from policydistill.bundle import load_bundle
+    from policydistill.suites import load_suite
+
+    run = Path(cfg.run)
+    suite = load_suite(read_json(run / "distill.json")["config"]["suite"])
+    student = load_bundle(run / cfg.policy, device="cpu")
+    per_task = len(suite.tasks) * cfg.episodes
+    if conformal_rank(per_task, cfg.alpha) > per_task:
+        raise ValueError(f"alpha={cfg.alpha} needs at least {math.ceil(1 / cfg.alpha - 1)} calibration episodes, "
+                         f"got {per_task} ({cfg.episodes} per task): raise episodes")
+    monitor = fit_monitor(suite, student, EpisodeStore(run / "episodes"), cfg.alpha, cfg.episodes,
+                          updates=cfg.updates, seed=cfg.seed)
+    return monitor.save(run / "monitor")

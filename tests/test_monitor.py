@@ -1,0 +1,109 @@
+"""The failure monitor: fitted to a real distillation run, conformally calibrated, run by the controller."""
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import goal_seeker
+
+from policydistill import load_bundle
+from policydistill.cli import main
+from policydistill.data.shards import EpisodeStore
+from policydistill.distill.dagger import DAggerConfig
+from policydistill.distill.gates import fit_gate_model
+from policydistill.distill.monitor import episode_scores, fit_monitor, monitor_arrays, student_episodes
+from policydistill.distill.runner import DistillConfig, distill
+from policydistill.runtime.controller import Controller, PolicySource
+from policydistill.runtime.monitor import KINDS, FailureMonitor, conformal_threshold
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, default_suite) -> Path:
+    """A small DAgger run of the default suite from scripted teachers: its student and episode store."""
+    out = tmp_path_factory.mktemp("monitor") / "run"
+    cfg = DistillConfig(teachers="-", out=str(out), eval_episodes=2, final_episodes=0,
+                        method=DAggerConfig(rounds=2, episodes_per_task=4, updates_per_round=300, beta_rounds=2))
+    distill(cfg, default_suite, {n: goal_seeker() for n in default_suite.task_names})
+    return out
+
+
+def test_conformal_threshold_takes_the_right_rank():
+    scores = np.arange(1.0, 20.0)  # 19 episodes: at alpha 0.05 the 19th smallest, ceil(20 * 0.95)
+    assert conformal_threshold(scores[::-1], 0.05) == 19.0
+    assert conformal_threshold(scores, 0.25) == 15.0  # ceil(20 * 0.75)
+    with pytest.raises(ValueError, match="needs at least 19 calibration episodes, got 18"):
+        conformal_threshold(scores[:18], 0.05)
+
+
+def test_numpy_monitor_equals_the_torch_networks():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(500, 7)).astype(np.float32), rng.normal(size=(500, 3)).astype(np.float32)
+    model = fit_gate_model(x, y, 5, 50, rng, hidden=32)
+    monitor = FailureMonitor(("policy",), monitor_arrays(model), dict.fromkeys(KINDS, 1.0), 1.0, 0.05, 19)
+    probe = np.concatenate([x[:20], 5 * rng.normal(size=(20, 7)).astype(np.float32)])
+    ours, theirs = monitor.raw_scores(probe), model.scores(probe)
+    for k in KINDS:
+        np.testing.assert_allclose(ours[k], theirs[k], rtol=2e-4, atol=1e-7)
+
+
+def test_false_alarms_on_held_out_episodes_stay_within_the_calibration_bound(run, default_suite, tmp_path):
+    student = load_bundle(run / "student", device="cpu")
+    monitor = fit_monitor(default_suite, student, EpisodeStore(run / "episodes"), alpha=0.1, episodes=10,
+                          updates=300)
+    assert monitor.episodes == 40 and np.isfinite(monitor.threshold)
+    held_out = student_episodes(default_suite, student, 50, seed=77_000)  # 200 episodes, seeds of their own
+    alarms = episode_scores(monitor, held_out) > monitor.threshold
+    assert alarms.mean() <= 0.1 + 3 * np.sqrt(0.1 * 0.9 / len(alarms))  # alpha, with 3 binomial stds of slack
+    saved = FailureMonitor.load(monitor.save(tmp_path / "monitor"))
+    obs = {g: held_out[0].steps[f"obs/{g}"] for g in monitor.groups}
+    np.testing.assert_array_equal(saved.score(obs), monitor.score(obs))
+
+
+def test_controller_acts_on_alarms(run, default_suite, caplog):
+    student = load_bundle(run / "student", device="cpu")
+    monitor = fit_monitor(default_suite, student, EpisodeStore(run / "episodes"), alpha=0.25, episodes=1,
+                          updates=100)
+    env = default_suite.make_env(0)
+    obs, _ = env.reset(seed=0)
+    env.close()
+    normal = {g: np.repeat(np.asarray(v, np.float32)[None], 2, axis=0) for g, v in obs.items()}
+    strange = {g: v.copy() for g, v in normal.items()}
+    strange["policy"][1] = 1e3  # env 1 far outside anything trained on
+    assert monitor.score(strange)[1] > monitor.threshold
+    caplog.set_level(logging.WARNING)
+    with Controller(PolicySource(student), 0.01, monitor=monitor, on_alarm="fallback", fallback="safe") as ctrl:
+        first = ctrl.step(normal)
+        acted = ctrl.step(strange)
+        assert (acted[1] == 0).all() and np.allclose(acted[0], first[0])  # env 1 gets the safe action
+        again = ctrl.step(normal)
+        assert (again[1] == 0).all()  # latched until its reset
+        ctrl.reset(np.array([False, True]))
+        assert np.allclose(ctrl.step(normal)[1], first[1])
+        stats = ctrl.stats()
+    assert stats["monitor_alarms"] == 1 and stats["monitor"]["alarms"] == 1
+    assert stats["monitor"]["compute"]["count"] == 4
+    assert "failure monitor alarm at tick 1 on envs [1]" in caplog.text
+    with Controller(PolicySource(student), 0.01, monitor=monitor, on_alarm="stop") as ctrl:
+        ctrl.step(normal)
+        ctrl.step(strange)
+        assert ctrl.stopped is not None and ctrl.stopped["reason"] == "failure monitor alarm"
+    with pytest.raises(ValueError, match="unknown on_alarm 'panic'"):
+        Controller(PolicySource(student), 0.01, monitor=monitor, on_alarm="panic")
+
+
+def test_fit_monitor_and_run_from_the_command_line(run, tmp_path, caplog):
+    assert main(["fit-monitor", f"run={run}", "policy=student", "episodes=5", "updates=100"]) == 0
+    assert (run / "monitor" / "monitor.json").is_file()
+    out = tmp_path / "run.json"
+    assert main(["run", f"policy={run}/student", "suite=default", "rate_hz=500", "ticks=50",
+                 f"runtime.monitor={run}/monitor", f"out={out}"]) == 0
+    assert "monitor" in json.loads(out.read_text())["controller"]
+    caplog.set_level(logging.ERROR)
+    assert main(["fit-monitor", f"run={tmp_path / 'nothing'}"]) == 2
+    assert "is not a finished distillation run" in caplog.text
+    assert main(["fit-monitor", f"run={run}", "alpha=0.01", "episodes=5"]) == 2
+    assert "alpha=0.01 needs at least 99 calibration episodes, got 20" in caplog.text
+    assert main(["run", f"policy={run}/student", "suite=default", "runtime.on_alarm=stop"]) == 2
+    assert "runtime.on_alarm is read only with a runtime.monitor" in caplog.text
