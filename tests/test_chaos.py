@@ -1,8 +1,9 @@
-"""Chaos: ``distill``, ``train-student`` and ``train-experts`` SIGKILLed (a real signal to a real process group)
-at seeded random moments several times in a row, then resumed to the end. Distillation and student training
-are deterministic, so they end bitwise where an uninterrupted run ends (student, ``distill.json`` rows, the
-episode store). SB3 training is not (a resume restarts its envs' episodes), so an expert run ends finished,
-loadable and consistent, with no file damaged or left half-written."""
+"""Chaos: ``distill`` (DAgger, and gated DAgger whose gate is part of the checkpoint), ``train-student`` and
+``train-experts`` SIGKILLed (a real signal to a real process group) at seeded random moments several times in a
+row, then resumed to the end. Distillation and student training are deterministic, so they end bitwise where
+an uninterrupted run ends (student, ``distill.json`` rows, the episode store). SB3 training is not (a resume
+restarts its envs' episodes), so an expert run ends finished, loadable and consistent, with no file damaged or
+left half-written."""
 
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ KILLS = 3
 TIMES = ("wall_time_s", "collect_time_s", "update_time_s", "eval_time_s")
 DISTILL = ["distill", "method=dagger", "teachers=conftest:goal_seeker", "eval_episodes=2", "n_envs=2",
            "method.rounds=4", "method.episodes_per_task=1", "method.updates_per_round=300", "method.beta_rounds=2"]
+GATED = ["distill", "method=gated", "teachers=conftest:goal_seeker", "eval_episodes=2", "n_envs=2", "method.rounds=4",
+         "method.episodes_per_task=1", "method.updates_per_round=300", "method.gate_updates=300",
+         "method.query_rate=0.3"]
 
 
 def kill_after(argv: list[str], delay: float) -> bool:
@@ -76,11 +80,12 @@ def no_temp_files(folder: Path) -> bool:
     return not [p for p in folder.rglob("*") if is_temp(p.name) or ".tmp-" in p.name]
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_distill_killed_at_random_moments_ends_as_an_uninterrupted_run(seed, tmp_path):
+@pytest.mark.parametrize(("argv", "seed"), [(DISTILL, 0), (DISTILL, 1), (GATED, 0)],
+                         ids=["dagger0", "dagger1", "gated0"])
+def test_distill_killed_at_random_moments_ends_as_an_uninterrupted_run(argv, seed, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    took = timed([*DISTILL, f"out={straight}"])
-    hits = chaos([*DISTILL, f"out={killed}"], took, seed)
+    took = timed([*argv, f"out={straight}"])
+    hits = chaos([*argv, f"out={killed}"], took, seed)
     assert hits >= 1
     assert same_weights(straight / "student", killed / "student")
     assert rows(straight) == rows(killed)

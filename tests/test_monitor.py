@@ -89,6 +89,14 @@ def test_controller_acts_on_alarms(run, default_suite, caplog):
         ctrl.step(normal)
         ctrl.step(strange)
         assert ctrl.stopped is not None and ctrl.stopped["reason"] == "failure monitor alarm"
+    teacher = goal_seeker()
+    with Controller(PolicySource(student), 0.01, monitor=monitor, on_alarm="teacher", teacher=teacher) as ctrl:
+        ctrl.step(normal)
+        acted = ctrl.step(strange)
+        np.testing.assert_allclose(acted[1], np.clip(teacher.act(strange)[1], -1, 1), rtol=1e-6)
+        assert ctrl.stats()["teacher_env_ticks"] == 1
+    with pytest.raises(ValueError, match="on_alarm='teacher' needs a teacher policy"):
+        Controller(PolicySource(student), 0.01, monitor=monitor, on_alarm="teacher")
     with pytest.raises(ValueError, match="unknown on_alarm 'panic'"):
         Controller(PolicySource(student), 0.01, monitor=monitor, on_alarm="panic")
 

@@ -37,7 +37,8 @@ With a ``monitor`` (:class:`~policydistill.runtime.monitor.FailureMonitor`) ever
 env's observation; an env whose score passes the monitor's threshold raises an alarm (logged, counted,
 latched until the env is reset) and ``on_alarm`` says what else happens: ``log`` nothing more,
 ``fallback`` the env executes the fallback until its reset, ``stop`` the controller stops as after too
-many faults.
+many faults, ``teacher`` the ``teacher`` policy acts for the env until its reset (``teacher_env_ticks``
+counts those ticks).
 
 :meth:`Controller.stats` returns the counters and latency percentiles as a dict. This module
 imports numpy only (torch only when a torch policy or bundle is given).
@@ -188,7 +189,7 @@ class Controller:
                  safe_action: Any = None, realtime_inference: bool = False, out_of_bounds: str = "clip",
                  max_rate: float | None = None, max_jerk: float | None = None,
                  max_consecutive_faults: int = 5, monitor: FailureMonitor | None = None,
-                 on_alarm: str = "log") -> None:
+                 on_alarm: str = "log", teacher: Any = None) -> None:
         if not period_s > 0:
             raise ValueError(f"control period must be > 0 s, got {period_s}")
         if fallback not in FALLBACKS:
@@ -200,7 +201,9 @@ class Controller:
             raise ValueError(f"max_consecutive_faults must be an int >= 1, got {max_consecutive_faults!r}")
         if on_alarm not in ON_ALARM:
             raise ValueError(f"unknown on_alarm '{on_alarm}'; expected one of {list(ON_ALARM)}")
-        self.monitor, self.on_alarm = monitor, on_alarm
+        if (on_alarm == "teacher") != (teacher is not None):
+            raise ValueError("on_alarm='teacher' needs a teacher policy, and a teacher is read only with it")
+        self.monitor, self.on_alarm, self.teacher = monitor, on_alarm, teacher
         self.monitor_time = LatencyRecorder()
         self._alarmed: np.ndarray | None = None  # (n,) envs whose alarm was raised this episode
         self.out_of_bounds, self.max_consecutive_faults = out_of_bounds, max_consecutive_faults
@@ -251,7 +254,8 @@ class Controller:
         self.inference = LatencyRecorder(10_000)
         self.counts = dict.fromkeys(("ticks", "overruns", "missed", "starved_env_ticks", "cold_start_env_ticks",
                                      "chunks", "chunks_over_budget", "chunks_discarded_for_reset",
-                                     "policy_faults", "monitor_alarms", "monitor_alarm_ticks", *COUNTERS), 0)
+                                     "policy_faults", "monitor_alarms", "monitor_alarm_ticks", "teacher_env_ticks",
+                                     *COUNTERS), 0)
         self._warned_at: dict[str, float] = {}
         self._pending: tuple[int, np.ndarray] | None = None
         self._results: collections.deque = collections.deque()
@@ -376,6 +380,10 @@ class Controller:
                                 "last_fault": None}
         if self.on_alarm == "fallback" and self._alarmed.any():
             actions = np.where(self._alarmed[:, None], self._fallback_actions(), actions)
+        elif self.on_alarm == "teacher" and self._alarmed.any():
+            own = np.asarray(self.teacher.act(select_groups(obs, self.teacher.groups), deterministic=True))
+            actions = np.where(self._alarmed[:, None], own, actions)
+            self.counts["teacher_env_ticks"] += int(self._alarmed.sum())
         return actions
 
     def _batch_size(self, obs: Mapping[str, np.ndarray]) -> int:

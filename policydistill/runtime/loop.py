@@ -208,8 +208,9 @@ def format_stats(stats: dict[str, Any]) -> str:
         lines.append(f"  policy faults (fallback executed): {c['policy_faults']}; first {c['first_fault']}")
     if "monitor" in c:
         mon = c["monitor"]
+        taught = f"; the teacher acted {c['teacher_env_ticks']} env-ticks" if mon["on_alarm"] == "teacher" else ""
         lines.append(f"  failure monitor: {mon['alarms']} alarms (threshold {mon['threshold']:.3g}, false alarms <= "
-                     f"{mon['alpha']:g} per in-distribution episode; on alarm: {mon['on_alarm']})")
+                     f"{mon['alpha']:g} per in-distribution episode; on alarm: {mon['on_alarm']}){taught}")
     if c.get("stopped"):
         st = c["stopped"]
         why = (f"{st['consecutive_faults']} consecutive policy faults (last {st['last_fault']})"

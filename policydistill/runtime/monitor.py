@@ -32,7 +32,7 @@ from policydistill.files import atomic_write_bytes, atomic_write_json, read_json
 from policydistill.types import concat_groups
 
 KINDS = ("disagreement", "novelty")
-ON_ALARM = ("log", "fallback", "stop")
+ON_ALARM = ("log", "fallback", "stop", "teacher")
 ARRAYS = "monitor.npz"
 SETTINGS = "monitor.json"
 

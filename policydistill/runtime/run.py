@@ -37,8 +37,9 @@ class RuntimeConfig:
     policy faults in a row (an exception, None or a wrong shape; each executes the fallback) after
     which the run stops, sending the safe action (``safe_action``, default zeros clipped into the
     bounds). ``monitor``: a failure monitor's folder (``<run>/monitor``, see ``policydistill fit-monitor``),
-    whose alarm does ``on_alarm``: ``log``, ``fallback`` (the env executes the fallback until its reset) or
-    ``stop``."""
+    whose alarm does ``on_alarm``: ``log``, ``fallback`` (the env executes the fallback until its reset),
+    ``stop`` or ``teacher`` (``teacher``, a policy as ``distill`` reads its teachers, acts until the env's
+    reset)."""
 
     queue: str = "replace"
     ensemble_m: float = 0.0
@@ -54,6 +55,7 @@ class RuntimeConfig:
     max_consecutive_faults: int = 5
     monitor: str | None = None
     on_alarm: str = "log"
+    teacher: str | None = None
 
     def __post_init__(self) -> None:
         require_choice("runtime.queue", self.queue, MODES)
@@ -75,6 +77,9 @@ class RuntimeConfig:
         require_choice("runtime.on_alarm", self.on_alarm, ON_ALARM)
         if self.monitor is None and self.on_alarm != "log":
             raise ValueError("runtime.on_alarm is read only with a runtime.monitor=<folder>")
+        if (self.on_alarm == "teacher") != (self.teacher is not None):
+            raise ValueError("runtime.on_alarm=teacher needs runtime.teacher=<bundle>, and runtime.teacher is read "
+                             "only with it")
 
 
 @dataclass
@@ -190,6 +195,9 @@ def run_policy(policy: str | Path | Any, suite: str | Suite, rate_hz: float, tic
                    **(controller or {})}
         if isinstance(options.get("monitor"), (str, Path)):
             options["monitor"] = FailureMonitor.load(options["monitor"])
+        if isinstance(options.get("teacher"), (str, Path)):
+            from policydistill.teachers.load import load_policy
+            options["teacher"] = load_policy(options["teacher"], device="cpu")
         with Controller(source, 1.0 / rate_hz, **options) as ctrl, \
                 tqdm(total=ticks, desc="run", unit="tick", leave=False, mininterval=1.0, disable=not progress) as bar:
             pinned = pin_to_cpu(cpu, realtime)  # the control thread only: an inference thread runs anywhere
