@@ -10,9 +10,9 @@ from gymnasium import spaces
 
 from policydistill import load_suite, policies_for_suite, zoo_dir
 from policydistill.cli import main
-from policydistill.data.shards import EpisodeStore
+from policydistill.data.shards import STUDENT, TEACHER, EpisodeStore
 from policydistill.distill.algorithm import Context
-from policydistill.distill.collect import STUDENT, TEACHER, collect
+from policydistill.distill.collect import collect
 from policydistill.distill.gated import Gated, GatedConfig
 from policydistill.distill.gates import (
     INTERVENTION,

@@ -10,7 +10,7 @@ from conftest import goal_seeker
 
 from policydistill import load_bundle
 from policydistill.cli import main
-from policydistill.data.shards import EpisodeStore
+from policydistill.data.shards import INTERVENTION, STUDENT, TEACHER, EpisodeStore
 from policydistill.distill.dagger import DAggerConfig
 from policydistill.distill.gates import fit_gate_model
 from policydistill.distill.monitor import episode_scores, fit_monitor, monitor_arrays, student_episodes
@@ -115,3 +115,36 @@ def test_fit_monitor_and_run_from_the_command_line(run, tmp_path, caplog):
     assert "alpha=0.01 needs at least 99 calibration episodes, got 20" in caplog.text
     assert main(["run", f"policy={run}/student", "suite=default", "runtime.on_alarm=stop"]) == 2
     assert "runtime.on_alarm is read only with a runtime.monitor" in caplog.text
+
+
+def test_alarm_episodes_are_recorded_and_taught_in_the_next_distillation(run, default_suite, tmp_path):
+    student = load_bundle(run / "student", device="cpu")
+    monitor = fit_monitor(default_suite, student, EpisodeStore(run / "episodes"), alpha=0.25, episodes=1,
+                          updates=100)
+    steps = student_episodes(default_suite, student, 2, seed=5)
+    scores = np.concatenate([monitor.score({g: r.steps[f"obs/{g}"] for g in monitor.groups}) for r in steps])
+    monitor.threshold = float(np.quantile(scores, 0.7))  # alarms part-way through most episodes
+    monitor.save(tmp_path / "monitor")
+    deploy = tmp_path / "deployment"
+    assert main(["run", f"policy={run}/student", "suite=default", "rate_hz=200", "ticks=600", "n_envs=2",
+                 f"runtime.monitor={tmp_path / 'monitor'}", "runtime.on_alarm=teacher",
+                 "runtime.teacher=conftest:goal_seeker", f"runtime.record_alarms={deploy}"]) == 0
+    store = EpisodeStore(deploy)
+    assert len(store) >= 1
+    teacher = goal_seeker()
+    for meta, ep in store.iter_episodes():
+        first, asked = meta["first_alarm"], ep["query"] == INTERVENTION
+        assert not asked[:first].any() and (ep["actor"][:first] == STUDENT).all()
+        assert asked[first:].mean() > 0.8  # the teacher acts from the alarm on (not on ticks the loop missed)
+        assert (ep["actor"][asked] == TEACHER).all() and not ep["label_mean"][~asked].any()
+        taught = {g: ep[f"obs/{g}"][asked] for g in ("policy", "privileged")}
+        np.testing.assert_allclose(ep["label_mean"][asked], teacher.act(taught), atol=1e-5)
+    out = tmp_path / "next"
+    assert main(["distill", "method=dagger", "teachers=conftest:goal_seeker", "eval_episodes=2", "final_episodes=0",
+                 "method.rounds=1", "method.episodes_per_task=1", "method.updates_per_round=20",
+                 f"method.extra_episodes={deploy}", f"out={out}"]) == 0
+    row = json.loads((out / "distill.json").read_text())["rounds"][0]
+    assert row["labels_used"] == row["env_steps"] + store.steps  # the teachers labelled every deployment step
+    assert main(["distill", "method=dagger", "teachers=conftest:goal_seeker", f"out={tmp_path / 'bad'}",
+                 f"method.extra_episodes={tmp_path / 'nowhere'}"]) == 2
+    assert not (tmp_path / "bad").exists()

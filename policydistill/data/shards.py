@@ -6,8 +6,8 @@ An episode is a dict of arrays sharing the leading dim T (its length):
 - ``action`` (T, act_dim) float32, the executed action
 - ``actor`` (T,) uint8, who chose it: 0 = teacher, 1 = student
 - ``label_mean`` (T, act_dim) float32, the teacher's label; optional ``label_std`` (T, act_dim) float32
-- optional ``query`` (T,) uint8, why the teacher was asked for the step's label under a gate
-  (:data:`policydistill.distill.gates.REASONS`); 0: it was not, the label is zeros and never trained on
+- optional ``query`` (T,) uint8, why the teacher was asked for the step's label (:data:`REASONS`: under a
+  gate, or taking over at deployment); 0: it was not, the label is zeros and never trained on
 - ``reward`` (T,) float32; ``terminated`` (T,) bool and ``truncated`` (T,) bool, only the last step may be True
 
 plus JSON metadata: ``task`` (str), ``task_index`` (int), ``seed`` (int or None), ``return`` (float,
@@ -49,6 +49,12 @@ _SHARD_RE = re.compile(r"^shard-(\d{6,})\.npz$")
 
 FLOAT_FIELDS = ("action", "label_mean", "label_std", "reward")
 BOOL_FIELDS = ("terminated", "truncated")
+TEACHER, STUDENT = 0, 1
+"""``actor`` codes: who chose the executed action."""
+NOT_ASKED, TEACHER_ROUND, DISAGREEMENT, NOVELTY, INTERVENTION, TAKEOVER = range(6)
+REASONS = {TEACHER_ROUND: "teacher_round", DISAGREEMENT: "disagreement", NOVELTY: "novelty",
+           INTERVENTION: "intervention", TAKEOVER: "takeover"}
+"""``query`` codes: why a step was labelled (0: not asked, no label)."""
 REQUIRED_FIELDS = ("action", "actor", "label_mean", "reward", "terminated", "truncated")
 OPTIONAL_FIELDS = ("label_std", "query")
 REQUIRED_META = ("task", "task_index", "seed", "success", "round", "beta")

@@ -29,8 +29,17 @@ from typing import Any, Protocol
 import numpy as np
 
 from policydistill.configs import require_number
-from policydistill.data.shards import EpisodeArrays, Meta, ShardWriter
-from policydistill.distill.gates import NOT_ASKED, TAKEOVER, TEACHER_ROUND, Gate, query_counts
+from policydistill.data.shards import (
+    NOT_ASKED,
+    STUDENT,
+    TAKEOVER,
+    TEACHER,
+    TEACHER_ROUND,
+    EpisodeArrays,
+    Meta,
+    ShardWriter,
+)
+from policydistill.distill.gates import Gate, query_counts
 from policydistill.distill.schedules import draw_actor
 from policydistill.eval.rollout import EpisodeRecord, rollout
 from policydistill.models.generalist import SpaceLayout
@@ -38,8 +47,6 @@ from policydistill.policy import Policy, Teacher
 from policydistill.suites import Suite
 from policydistill.suites.batched import EnvPool
 from policydistill.types import select_groups, stack_obs
-
-TEACHER, STUDENT = 0, 1
 
 
 @dataclass(frozen=True)

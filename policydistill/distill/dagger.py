@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -99,13 +100,28 @@ class RelabelFields:
 
 
 @dataclass
-class OnPolicyConfig(RelabelFields, FitFields, RoundFields):
+class ExtraFields:
+    """``extra_episodes``: an episode store (e.g. the episodes of a deployment in which the failure monitor
+    raised an alarm: ``policydistill run ... runtime.record_alarms=<dir>``) whose every step the teachers label
+    once, counted as labels in round 0, and which the student trains on beside the run's own episodes every
+    round: DAgger from deployment."""
+
+    extra_episodes: str | None = None
+
+    def check_extra(self) -> None:
+        if self.extra_episodes is not None and not (Path(self.extra_episodes) / "manifest.json").is_file():
+            raise ValueError(f"method.extra_episodes={self.extra_episodes} is not an episode store (no manifest.json)")
+
+
+@dataclass
+class OnPolicyConfig(ExtraFields, RelabelFields, FitFields, RoundFields):
     """``method=onpolicy``: the student acts on every step and only this round's data is trained on (the
     rsl_rl style)."""
 
     def __post_init__(self) -> None:
         self.check_fit()
         self.check_relabel()
+        self.check_extra()
         require_int("rounds", self.rounds)
         require_int("episodes_per_task", self.episodes_per_task)
         if self.collect_steps is not None:
@@ -160,8 +176,12 @@ class OnPolicy(Algorithm):
         is_latent = isinstance(self.student, HistoryPolicy) and self.student.is_latent
         self.encoders = privileged_encoders(teachers, self.student.device) if is_latent else None
         self.diagnosed = False
+        self._extra: tuple[dict[str, np.ndarray], np.ndarray, np.ndarray] | None = None
         first = ctx.suite.spaces[0]
         padded = any(o != first[0] or a != first[1] for o, a in ctx.suite.spaces)
+        if cfg.extra_episodes is not None and padded:
+            raise ValueError("method.extra_episodes adds stored steps as they are: it needs tasks that share their "
+                             "spaces")
         if cfg.relabel_noise > 0 and (isinstance(self.student, HistoryPolicy) or padded):
             raise ValueError("method.relabel_noise trains on perturbed single steps of tasks that share their spaces: "
                              f"it needs an MLP student (student=mlp) on such a suite, not a "
@@ -246,12 +266,56 @@ class OnPolicy(Algorithm):
         data = self.student_data(raw, task, round)
         if self.cfg.relabel_noise > 0:
             data, lengths, task = self.relabelled(store, data, lengths, task, round)
+        labels = 0
+        if self.cfg.extra_episodes is not None:
+            extra, extra_lengths, extra_task = self.extra_data(round, data)
+            labels = len(extra_task) if round == 0 else 0
+            data = {k: np.concatenate([v, extra[k]]) for k, v in data.items()}
+            lengths, task = np.concatenate([lengths, extra_lengths]), np.concatenate([task, extra_task])
         result = fit_with(self.job(data, lengths, task))
-        out: dict[str, Any] = {"loss": result.loss, "losses": result.stats, "updates": result.steps, "info": {}}
+        out: dict[str, Any] = {"loss": result.loss, "losses": result.stats, "updates": result.steps, "info": {},
+                               "labels": labels}
         if diagnose:
             self.diagnosed = True
             out["info"]["predictability"] = check_predictable(self.ctx, self.cfg, self.loss_fn, raw, lengths)
         return out
+
+    def extra_data(self, round: int, own: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray,
+                                                                          np.ndarray]:
+        """The ``extra_episodes`` store's steps as :meth:`student_data` makes them, with the keys of the run's
+        ``own`` data, every step labelled by its task's teacher (once; reused after), with their episode lengths
+        and tasks."""
+        keys = set(own)
+        if self._extra is None:
+            store = EpisodeStore(self.cfg.extra_episodes)
+            if len(store) == 0:
+                log.warning("method.extra_episodes=%s holds no episodes", self.cfg.extra_episodes)
+                empty = np.zeros(0, dtype=np.int64)
+                return {k: v[:0] for k, v in own.items()}, empty, empty
+            groups = list(dict.fromkeys([*self.ctx.bank.groups, *self.student.groups, TASK,
+                                         *([PRIVILEGED] if self.encoders is not None else [])]))
+            missing = [g for g in groups if f"obs/{g}" not in store.fields]
+            if missing:
+                raise ValueError(f"method.extra_episodes={self.cfg.extra_episodes} lacks the observation groups "
+                                 f"{missing} that the teachers or the student read")
+            raw = store.load([f"obs/{g}" for g in groups])
+            label = self.ctx.bank.label({g: raw[f"obs/{g}"] for g in groups})
+            raw["label_mean"] = np.asarray(label.mean, dtype=np.float32)
+            if label.std is not None:
+                raw["label_std"] = np.asarray(label.std, dtype=np.float32)
+            task = raw[f"obs/{TASK}"].argmax(1)
+            self._extra = self.student_data(raw, task, round), store.lengths(), task
+        data, lengths, task = self._extra
+        if self.regresses_latent(round) != ("z" in data):  # a latent student switching targets
+            self._extra = None
+            return self.extra_data(round, own)
+        out = {k: v for k, v in data.items() if k in keys}
+        if "weight" in keys:
+            out["weight"] = np.ones(len(task), dtype=np.float32)
+        if set(out) != keys:
+            raise ValueError(f"method.extra_episodes: the teachers' labels give {sorted(out)}, the run's data "
+                             f"{sorted(keys)}")
+        return out, lengths, task
 
     def relabelled(self, store: EpisodeStore, data: dict[str, np.ndarray], lengths: np.ndarray, task: np.ndarray,
                    round: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:

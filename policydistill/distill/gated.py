@@ -22,7 +22,7 @@ from policydistill.configs import refuse_unread, require_choice, require_int, re
 from policydistill.data.shards import EpisodeStore
 from policydistill.distill.algorithm import Context, FitWith, stream
 from policydistill.distill.collect import CollectPlan
-from policydistill.distill.dagger import FitFields, OnPolicy, RelabelFields, RoundFields
+from policydistill.distill.dagger import ExtraFields, FitFields, OnPolicy, RelabelFields, RoundFields
 from policydistill.distill.gates import GATES, AskAlways, InterventionGate, UncertaintyGate, fit_gate_model
 from policydistill.types import concat_groups
 
@@ -30,7 +30,7 @@ UNCERTAINTY_KEYS = ("query_rate", "ensemble_size", "gate_updates")
 
 
 @dataclass
-class GatedConfig(RelabelFields, FitFields, RoundFields):
+class GatedConfig(ExtraFields, RelabelFields, FitFields, RoundFields):
     """``method=gated`` (see the module doc). ``gate``: ``disagreement`` (an ensemble of ``ensemble_size`` small
     heads, each fitted on a bootstrap of the labelled steps for ``gate_updates`` updates), ``novelty`` (a random
     network distillation predictor fitted alongside), ``disagreement+novelty`` (either) or ``intervention`` (the
@@ -47,6 +47,7 @@ class GatedConfig(RelabelFields, FitFields, RoundFields):
 
     def __post_init__(self) -> None:
         self.check_fit()
+        self.check_extra()
         for name in ("rounds", "episodes_per_task", "takeover_steps", "gate_updates", "max_steps"):
             require_int(name, getattr(self, name))
         require_int("ensemble_size", self.ensemble_size, 2)

@@ -26,13 +26,10 @@ from gymnasium import spaces
 from torch import nn
 
 from policydistill.data.batches import RowBatches, take_rows
+from policydistill.data.shards import DISAGREEMENT, INTERVENTION, NOT_ASKED, NOVELTY, REASONS, TEACHER_ROUND
 from policydistill.distill.fit import FitConfig, FitJob, adam, fit
 from policydistill.types import ObsGroups, concat_groups
 
-NOT_ASKED, TEACHER_ROUND, DISAGREEMENT, NOVELTY, INTERVENTION, TAKEOVER = range(6)
-REASONS = {TEACHER_ROUND: "teacher_round", DISAGREEMENT: "disagreement", NOVELTY: "novelty",
-           INTERVENTION: "intervention", TAKEOVER: "takeover"}
-"""Why a step was labelled (the store's ``query`` codes; 0: not asked, no label)."""
 SCORES = {"disagreement": DISAGREEMENT, "novelty": NOVELTY}
 GATES = ("disagreement", "novelty", "disagreement+novelty", "intervention")
 

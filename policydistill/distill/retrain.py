@@ -84,7 +84,8 @@ def check_run(run: Path, processes: int) -> tuple[dict[str, Any], DistillConfig]
     cls = METHODS[summary["method"]]
     if cls.fit_job is Algorithm.fit_job:
         raise ValueError(f"{run}: method '{cls.name}' does not train from stored episodes with the fit loop "
-                         f"({cls.not_read}); train-student runs bc, dagger, onpolicy, diffusion and onestep runs")
+                         f"({cls.not_read}); train-student runs bc, dagger, gated, onpolicy, diffusion and onestep "
+                         "runs")
     if not summary["rounds"]:
         raise ValueError(f"{run} has no finished round to train further")
     EpisodeStore(run / "episodes")  # a missing or damaged manifest is refused before anything is written

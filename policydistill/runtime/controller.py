@@ -206,6 +206,9 @@ class Controller:
         self.monitor, self.on_alarm, self.teacher = monitor, on_alarm, teacher
         self.monitor_time = LatencyRecorder()
         self._alarmed: np.ndarray | None = None  # (n,) envs whose alarm was raised this episode
+        self.taught: np.ndarray | None = None
+        """(n, act_dim) the teacher's actions of this tick where it acted after an alarm, NaN elsewhere (None: it
+        did not act)."""
         self.out_of_bounds, self.max_consecutive_faults = out_of_bounds, max_consecutive_faults
         self.max_rate, self.max_jerk = check_limit("max_rate", max_rate), check_limit("max_jerk", max_jerk)
         if queue not in MODES:
@@ -297,6 +300,11 @@ class Controller:
         self._fresh[mask] = True
         self._last[mask] = self._safe[mask]
 
+    @property
+    def alarmed(self) -> np.ndarray | None:
+        """(n,) the envs whose monitor alarm was raised this episode (None: no monitor or no tick yet)."""
+        return None if self._alarmed is None else self._alarmed.copy()
+
     # ---- the tick -----------------------------------------------------------------------------
 
     def step(self, obs: Mapping[str, np.ndarray], tick: int | None = None, deadline: float | None = None) -> np.ndarray:
@@ -308,7 +316,7 @@ class Controller:
         """
         t0 = perf_counter()
         tick = self._tick if tick is None else int(tick)
-        self._tick = tick + 1
+        self._tick, self.taught = tick + 1, None
         if self._n is None and self.act_dim is not None:
             self._setup(self._batch_size(obs), self.act_dim)
         ok = None
@@ -383,6 +391,7 @@ class Controller:
         elif self.on_alarm == "teacher" and self._alarmed.any():
             own = np.asarray(self.teacher.act(select_groups(obs, self.teacher.groups), deterministic=True))
             actions = np.where(self._alarmed[:, None], own, actions)
+            self.taught = np.where(self._alarmed[:, None], own, np.nan).astype(np.float32)
             self.counts["teacher_env_ticks"] += int(self._alarmed.sum())
         return actions
 
@@ -421,6 +430,7 @@ class Controller:
     def skip(self, tick: int) -> np.ndarray:
         """The fallback actions of a tick the loop missed (its planned actions become stale)."""
         self._tick = int(tick) + 1
+        self.taught = None
         self.counts["missed"] += 1
         self._last = actions = self._guard(self._fallback_actions())
         return actions

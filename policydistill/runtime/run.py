@@ -17,6 +17,7 @@ from policydistill.runtime.action_queue import MODES
 from policydistill.runtime.controller import BACKENDS, FALLBACKS, Controller, make_source
 from policydistill.runtime.loop import FixedRateLoop, pin_to_cpu, restore_scheduling
 from policydistill.runtime.monitor import ON_ALARM, FailureMonitor
+from policydistill.runtime.record import AlarmRecorder
 from policydistill.runtime.safety import OUT_OF_BOUNDS, check_limit
 from policydistill.suites import Suite, load_suite
 from policydistill.types import stack_obs
@@ -39,7 +40,8 @@ class RuntimeConfig:
     bounds). ``monitor``: a failure monitor's folder (``<run>/monitor``, see ``policydistill fit-monitor``),
     whose alarm does ``on_alarm``: ``log``, ``fallback`` (the env executes the fallback until its reset),
     ``stop`` or ``teacher`` (``teacher``, a policy as ``distill`` reads its teachers, acts until the env's
-    reset)."""
+    reset). ``record_alarms``: an episode-store folder keeping the episodes with an alarm (see
+    :mod:`policydistill.runtime.record`)."""
 
     queue: str = "replace"
     ensemble_m: float = 0.0
@@ -56,6 +58,7 @@ class RuntimeConfig:
     monitor: str | None = None
     on_alarm: str = "log"
     teacher: str | None = None
+    record_alarms: str | None = None
 
     def __post_init__(self) -> None:
         require_choice("runtime.queue", self.queue, MODES)
@@ -77,6 +80,8 @@ class RuntimeConfig:
         require_choice("runtime.on_alarm", self.on_alarm, ON_ALARM)
         if self.monitor is None and self.on_alarm != "log":
             raise ValueError("runtime.on_alarm is read only with a runtime.monitor=<folder>")
+        if self.monitor is None and self.record_alarms is not None:
+            raise ValueError("runtime.record_alarms is read only with a runtime.monitor=<folder>")
         if (self.on_alarm == "teacher") != (self.teacher is not None):
             raise ValueError("runtime.on_alarm=teacher needs runtime.teacher=<bundle>, and runtime.teacher is read "
                              "only with it")
@@ -127,6 +132,7 @@ class SimRobot:
         self._obs = [self._reset(k) for k in range(n_envs)]
         self._return, self._length = np.zeros(n_envs), np.zeros(n_envs, dtype=int)
         self.episodes: list[Episode] = []
+        self.recorder: AlarmRecorder | None = None  # keeps the episodes with a monitor alarm
 
     def _reset(self, k: int) -> dict[str, np.ndarray]:
         obs, _ = self.envs[k].reset(seed=self._next_seed)
@@ -148,6 +154,8 @@ class SimRobot:
         ended = np.zeros(len(self.envs), dtype=bool)
         for k, env in enumerate(self.envs):
             obs, reward, terminated, truncated, info = env.step(actions[k])
+            if self.recorder is not None:
+                self.recorder.step(k, self._obs[k], actions[k], reward, terminated, truncated)
             self._return[k] += reward
             self._length[k] += 1
             if terminated or truncated:
@@ -155,6 +163,8 @@ class SimRobot:
                 self.episodes.append(Episode(self.suite.tasks[self.task].name, self._seeds[k],
                                              float(self._return[k]), int(self._length[k]),
                                              bool(info.get("is_success", False)) and not error, error))
+                if self.recorder is not None and not error:
+                    self.recorder.end(k, self._seeds[k], self.episodes[-1].success, float(self._return[k]))
                 self._return[k], self._length[k] = 0.0, 0
                 obs = self._reset(k)
                 ended[k] = True
@@ -198,8 +208,11 @@ def run_policy(policy: str | Path | Any, suite: str | Suite, rate_hz: float, tic
         if isinstance(options.get("teacher"), (str, Path)):
             from policydistill.teachers.load import load_policy
             options["teacher"] = load_policy(options["teacher"], device="cpu")
+        record = options.pop("record_alarms", None)
         with Controller(source, 1.0 / rate_hz, **options) as ctrl, \
                 tqdm(total=ticks, desc="run", unit="tick", leave=False, mininterval=1.0, disable=not progress) as bar:
+            if record is not None:
+                robot.recorder = AlarmRecorder(record, ctrl, task, suite.index(task), n_envs)
             pinned = pin_to_cpu(cpu, realtime)  # the control thread only: an inference thread runs anywhere
             try:
                 stats = loop.run(ctrl, robot, ticks, progress=bar.update if progress else None)
@@ -208,6 +221,9 @@ def run_policy(policy: str | Path | Any, suite: str | Suite, rate_hz: float, tic
     finally:
         robot.close()
     eps = robot.episodes
+    if robot.recorder is not None:
+        stats["recorded_alarm_episodes"] = robot.recorder.kept
+        log.info("kept %d episodes with a monitor alarm in %s", robot.recorder.kept, robot.recorder.writer.root)
     stats["pinned"] = {k: v for k, v in pinned.items() if k != "previous"}
     stats["episodes"] = {"count": len(eps), "return_mean": float(np.mean([e.ret for e in eps])) if eps else None,
                          "success_rate": float(np.mean([e.success for e in eps])) if eps else None}
