@@ -73,8 +73,7 @@ class Gated(OnPolicy):
     cfg: GatedConfig
 
     def __init__(self, cfg: GatedConfig, ctx: Context) -> None:
-        first = ctx.suite.spaces[0]
-        if any(o != first[0] or a != first[1] for o, a in ctx.suite.spaces):
+        if len(ctx.suite.space_groups(range(len(ctx.suite.tasks)))) > 1:
             raise ValueError("method=gated scores the student's inputs with one gate: it needs tasks that share "
                              "their observation and action spaces")
         super().__init__(cfg, ctx)
