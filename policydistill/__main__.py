@@ -3,5 +3,9 @@
 import sys
 
 from policydistill.cli import main
+from policydistill.scale.torchrun import exit_rank, under_torchrun
 
-sys.exit(main())
+code = main()
+if under_torchrun():
+    exit_rank(code)
+sys.exit(code)

@@ -35,3 +35,13 @@ def holds_lock() -> bool:
     if not under_torchrun():
         return True
     return LOCKED_BY_LAUNCHER not in os.environ and int(os.environ.get("RANK", 0)) == 0
+
+
+def exit_rank(code: int) -> None:
+    """End a torchrun rank whose work is done (files written, process group destroyed) without the
+    interpreter's teardown: tearing down torch's distributed C++ state there has aborted (SIGABRT) a finished
+    rank, which fails the whole job. Logs and standard streams are flushed first."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
