@@ -6,6 +6,8 @@ action post-processing), the control period, the caller's meta (training config,
 versions, the sha256 of ``model.safetensors`` and ``bundle_sha256``: the sha256 of the rest of
 ``policy.json`` as canonical JSON (sorted keys, no spaces, ASCII), which holds the weights' hash, so
 one hash covers the whole bundle. Schema 1 bundles (no ``bundle_sha256``) still load, with a warning.
+A bundle may also hold the policy's failure monitor (``monitor.npz``, ``monitor.json``; their sha256 under
+``monitor`` in ``policy.json``, see :mod:`policydistill.runtime.monitor`).
 
 A load verifies both hashes, reads the shapes in the safetensors header, builds the policy under an
 element budget (twice the header's element count plus 4M) so a config asking for more refuses before
@@ -39,6 +41,8 @@ from torch.overrides import TorchFunctionMode
 
 import policydistill
 from policydistill.files import file_mode, file_sha256
+from policydistill.runtime.monitor import FILES as MONITOR_FILES
+from policydistill.runtime.monitor import FailureMonitor, file_hashes
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +50,7 @@ SCHEMA_VERSION = 2
 BUNDLE_HASH = "bundle_sha256"
 POLICY_JSON = "policy.json"
 WEIGHTS = "model.safetensors"
-_BUNDLE_FILES = {POLICY_JSON, WEIGHTS}
+_BUNDLE_FILES = {POLICY_JSON, WEIGHTS, *MONITOR_FILES}
 _ASIDE = ".old"
 _TMP = ".tmp-"
 
@@ -173,11 +177,14 @@ def is_bundle(path: str | Path) -> bool:
     return (path / POLICY_JSON).is_file() or (not path.exists() and (_aside(path) / POLICY_JSON).is_file())
 
 
-def save_bundle(policy: Any, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
-    """Write ``policy`` as a bundle at ``path`` atomically, replacing an existing bundle there.
+def save_bundle(policy: Any, path: str | Path, meta: dict[str, Any] | None = None,
+                monitor: FailureMonitor | None = None) -> Path:
+    """Write ``policy`` as a bundle at ``path`` atomically, replacing an existing bundle there (and the
+    monitor it held: a monitor belongs to the policy it was calibrated on).
 
     ``meta["control_period"]`` (seconds) is stored at the top level; the rest of ``meta`` (training
-    config, task, ...) under ``"meta"``. Non-finite weights or non-JSON meta are refused.
+    config, task, ...) under ``"meta"``. Non-finite weights or non-JSON meta are refused. ``monitor``: the
+    policy's failure monitor, stored with it.
     """
     path = Path(path)
     name = _class_name(policy)
@@ -211,6 +218,9 @@ def save_bundle(policy: Any, path: str | Path, meta: dict[str, Any] | None = Non
         os.chmod(tmp / WEIGHTS, file_mode())  # safetensors writes 0600
         _fsync(tmp / WEIGHTS)
         doc["weights"]["sha256"] = file_sha256(tmp / WEIGHTS)
+        if monitor is not None:
+            doc["monitor"] = {"sha256": file_hashes(monitor.save(tmp)), "threshold": monitor.threshold,
+                              "alpha": monitor.alpha}
         doc[BUNDLE_HASH] = bundle_sha256(doc)
         with open(tmp / POLICY_JSON, "w") as f:
             f.write(json.dumps(doc, indent=2, allow_nan=False) + "\n")
@@ -222,6 +232,14 @@ def save_bundle(policy: Any, path: str | Path, meta: dict[str, Any] | None = Non
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("saved %s bundle %s", name, path)
     return path
+
+
+def attach_monitor(path: str | Path, monitor: FailureMonitor) -> Path:
+    """Store ``monitor`` in the bundle at ``path``: the bundle saved again with the same weights, meta and
+    control period, and the monitor."""
+    doc = read_bundle_info(path)
+    meta = {**(doc.get("meta") or {}), "control_period": doc.get("control_period")}
+    return save_bundle(load_bundle(path, device="cpu"), path, meta=meta, monitor=monitor)
 
 
 def _swap_in(tmp: Path, path: Path) -> None:

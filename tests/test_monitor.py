@@ -2,21 +2,24 @@
 
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import goal_seeker
 
-from policydistill import load_bundle
+from policydistill import load_bundle, save_bundle
 from policydistill.cli import main
 from policydistill.data.shards import INTERVENTION, STUDENT, TEACHER, EpisodeStore
 from policydistill.distill.dagger import DAggerConfig
 from policydistill.distill.gates import fit_gate_model
-from policydistill.distill.monitor import episode_scores, fit_monitor, monitor_arrays, student_episodes
+from policydistill.distill.monitor import episode_scores, fit_monitor, student_episodes
 from policydistill.distill.runner import DistillConfig, distill
 from policydistill.runtime.controller import Controller, PolicySource
-from policydistill.runtime.monitor import KINDS, FailureMonitor, conformal_threshold
+from policydistill.runtime.monitor import KINDS, FailureMonitor, conformal_threshold, load_monitor
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +44,13 @@ def test_numpy_monitor_equals_the_torch_networks():
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(500, 7)).astype(np.float32), rng.normal(size=(500, 3)).astype(np.float32)
     model = fit_gate_model(x, y, 5, 50, rng, hidden=32)
-    monitor = FailureMonitor(("policy",), monitor_arrays(model), dict.fromkeys(KINDS, 1.0), 1.0, 0.05, 19)
+    monitor = FailureMonitor(("policy",), model.arrays(), dict.fromkeys(KINDS, 1.0), 1.0, 0.05, 19)
     probe = np.concatenate([x[:20], 5 * rng.normal(size=(20, 7)).astype(np.float32)])
-    ours, theirs = monitor.raw_scores(probe), model.scores(probe)
+    with torch.no_grad():  # the scores as the torch networks the gate trained define them
+        t = model.normalise(torch.as_tensor(probe))
+        theirs = {"disagreement": model.heads(t).var(0).mean(-1).numpy(),
+                  "novelty": ((model.predictor(t) - model.target(t)) ** 2).mean(-1)[0].numpy()}
+    ours = monitor.raw_scores(probe)
     for k in KINDS:
         np.testing.assert_allclose(ours[k], theirs[k], rtol=2e-4, atol=1e-7)
 
@@ -101,13 +108,15 @@ def test_controller_acts_on_alarms(run, default_suite, caplog):
         Controller(PolicySource(student), 0.01, monitor=monitor, on_alarm="panic")
 
 
-def test_fit_monitor_and_run_from_the_command_line(run, tmp_path, caplog):
+def test_fit_monitor_stores_it_in_the_bundle_and_run_reads_it(run, tmp_path, caplog):
     assert main(["fit-monitor", f"run={run}", "policy=student", "episodes=5", "updates=100"]) == 0
-    assert (run / "monitor" / "monitor.json").is_file()
+    stored = load_monitor(run / "student")
+    assert json.loads((run / "student" / "policy.json").read_text())["monitor"]["threshold"] == stored.threshold
+    load_bundle(run / "student", device="cpu")  # the bundle's hash covers the monitor's entry
     out = tmp_path / "run.json"
     assert main(["run", f"policy={run}/student", "suite=default", "rate_hz=500", "ticks=50",
-                 f"runtime.monitor={run}/monitor", f"out={out}"]) == 0
-    assert "monitor" in json.loads(out.read_text())["controller"]
+                 "runtime.monitor=policy", f"out={out}"]) == 0
+    assert json.loads(out.read_text())["controller"]["monitor"]["threshold"] == stored.threshold
     caplog.set_level(logging.ERROR)
     assert main(["fit-monitor", f"run={tmp_path / 'nothing'}"]) == 2
     assert "is not a finished distillation run" in caplog.text
@@ -115,6 +124,39 @@ def test_fit_monitor_and_run_from_the_command_line(run, tmp_path, caplog):
     assert "alpha=0.01 needs at least 99 calibration episodes, got 20" in caplog.text
     assert main(["run", f"policy={run}/student", "suite=default", "runtime.on_alarm=stop"]) == 2
     assert "runtime.on_alarm is read only with a runtime.monitor" in caplog.text
+    assert main(["run", f"policy={run}/best", "suite=default", "runtime.monitor=policy"]) == 2
+    assert "holds no failure monitor" in caplog.text
+
+
+def test_the_monitor_exports_with_the_policy_and_runs_torch_free(run, default_suite, tmp_path, caplog):
+    student = load_bundle(run / "student", device="cpu")
+    monitor = fit_monitor(default_suite, student, EpisodeStore(run / "episodes"), alpha=0.25, episodes=1,
+                          updates=100)
+    bundle = tmp_path / "bundle"
+    save_bundle(student, bundle, monitor=monitor)
+    model = tmp_path / "student.onnx"
+    assert main(["export", f"policy={bundle}", "format=onnx", f"out={model}"]) == 0
+    exported = load_monitor(model)
+    held_out = student_episodes(default_suite, student, 1, seed=99_000)
+    obs = {g: np.concatenate([r.steps[f"obs/{g}"] for r in held_out]) for g in monitor.groups}
+    np.testing.assert_array_equal(exported.score(obs), monitor.score(obs))
+    assert exported.threshold == monitor.threshold
+    code = (f"from policydistill.runtime.monitor import load_monitor; import sys; load_monitor({str(model)!r}); "
+            "sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    assert main(["run", f"policy={model}", "suite=default", "rate_hz=500", "ticks=20",
+                 "runtime.monitor=policy"]) == 0
+    save_bundle(student, bundle)  # saved again: the monitor was calibrated on the old policy
+    assert not (bundle / "monitor.json").exists()
+    assert main(["export", f"policy={bundle}", "format=onnx", f"out={model}"]) == 0
+    assert not Path(f"{model}.monitor").exists()  # the stale monitor is gone with the export it belonged to
+    save_bundle(student, bundle, monitor=monitor)
+    assert main(["export", f"policy={bundle}", "format=onnx", f"out={model}"]) == 0
+    settings = Path(f"{model}.monitor") / "monitor.json"
+    settings.write_text(settings.read_text().replace('"alpha": 0.25', '"alpha": 0.5'))
+    caplog.set_level(logging.ERROR)
+    assert main(["run", f"policy={model}", "suite=default", "runtime.monitor=policy"]) == 2
+    assert "do not match the sha256 recorded" in caplog.text
 
 
 def test_alarm_episodes_are_recorded_and_taught_in_the_next_distillation(run, default_suite, tmp_path):

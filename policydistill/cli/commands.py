@@ -160,13 +160,13 @@ def train_student_cmd(cfg: TrainStudentConfig, overrides: list[str]) -> dict[str
 
 def fit_monitor_cmd(cfg: FitMonitorConfig, overrides: list[str]) -> dict[str, Any]:
     from policydistill.distill.monitor import fit_run_monitor
-    from policydistill.runtime.monitor import FailureMonitor
+    from policydistill.runtime.monitor import load_monitor
 
-    folder = fit_run_monitor(cfg)
-    monitor = FailureMonitor.load(folder)
-    log.info("failure monitor -> %s: threshold %.3g (false alarms <= %g per in-distribution episode, %d calibration "
-             "episodes); use it with: policydistill run policy=%s/%s runtime.monitor=%s", folder, monitor.threshold,
-             monitor.alpha, monitor.episodes, cfg.run, cfg.policy, folder)
+    bundle = fit_run_monitor(cfg)
+    monitor = load_monitor(bundle)
+    log.info("failure monitor stored in %s: threshold %.3g (false alarms <= %g per in-distribution episode, %d "
+             "calibration episodes); use it with: policydistill run policy=%s runtime.monitor=policy", bundle,
+             monitor.threshold, monitor.alpha, monitor.episodes, bundle)
     return {"threshold": monitor.threshold, "episodes": monitor.episodes}
 
 

@@ -28,6 +28,7 @@ from torch import nn
 from policydistill.data.batches import RowBatches, take_rows
 from policydistill.data.shards import DISAGREEMENT, INTERVENTION, NOT_ASKED, NOVELTY, REASONS, TEACHER_ROUND
 from policydistill.distill.fit import FitConfig, FitJob, adam, fit
+from policydistill.runtime.monitor import ScoreNetworks
 from policydistill.types import ObsGroups, concat_groups
 
 SCORES = {"disagreement": DISAGREEMENT, "novelty": NOVELTY}
@@ -85,13 +86,16 @@ class GateModel(nn.Module):
         rnd = ((self.predictor(x) - self.target(x)) ** 2).mean()
         return heads + rnd, {"loss": (heads + rnd).detach(), "heads": heads.detach(), "rnd": rnd.detach()}
 
-    @torch.no_grad()
-    def scores(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """x (n, d_in) -> ``disagreement`` (n,) the heads' variance averaged over label dims and ``novelty``
-        (n,) the predictor's squared error."""
-        t = self.normalise(torch.as_tensor(x, dtype=torch.float32, device=self.x_mean.device))
-        return {"disagreement": self.heads(t).var(0).mean(-1).cpu().numpy(),
-                "novelty": ((self.predictor(t) - self.target(t)) ** 2).mean(-1)[0].cpu().numpy()}
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The fitted networks as numpy arrays, as :class:`~policydistill.runtime.monitor.ScoreNetworks` (which
+        scores with them, in gates and failure monitors alike) reads them."""
+        out = {"x_mean": self.x_mean.cpu().numpy(), "x_std": self.x_std.cpu().numpy()}
+        for name in ("heads", "target", "predictor"):
+            part = getattr(self, name)
+            for i, (w, b) in enumerate(zip(part.weights, part.biases, strict=True)):
+                out[f"{name}.{i}.w"] = w.detach().cpu().numpy()
+                out[f"{name}.{i}.b"] = b.detach().cpu().numpy()
+        return out
 
 
 def fit_gate_model(x: np.ndarray, y: np.ndarray, k: int, updates: int, rng: np.random.Generator,
@@ -122,12 +126,13 @@ class UncertaintyGate:
                  threshold: float) -> None:
         self.model, self.groups, self.kinds = model, groups, kinds
         self.medians, self.threshold = medians, threshold
+        self.networks = ScoreNetworks(model.arrays())
 
     @classmethod
     def calibrated(cls, model: GateModel, groups: tuple[str, ...], kinds: tuple[str, ...], x: np.ndarray,
                    rate: float) -> UncertaintyGate:
         """The gate that asks on a ``rate`` share of the calibration inputs x (N, d_in)."""
-        scores = model.scores(x)
+        scores = ScoreNetworks(model.arrays()).raw_scores(x)
         medians = {k: max(float(np.median(scores[k])), 1e-12) for k in kinds}
         ratio = np.max([scores[k] / medians[k] for k in kinds], axis=0)
         return cls(model, groups, kinds, medians, float(np.quantile(ratio, 1.0 - rate)))
@@ -135,7 +140,7 @@ class UncertaintyGate:
     def decide(self, obs: ObsGroups, student_action: np.ndarray, teacher_action: np.ndarray | None,
                bounds: spaces.Box) -> np.ndarray:
         """Per env, the reason code to ask the teacher (0: do not): (n,) uint8."""
-        scores = self.model.scores(concat_groups(obs, self.groups))
+        scores = self.networks.raw_scores(concat_groups(obs, self.groups))
         ratios = np.stack([scores[k] / self.medians[k] for k in self.kinds])  # (kinds, n)
         codes = np.asarray([SCORES[k] for k in self.kinds], dtype=np.uint8)
         return np.where(ratios.max(0) > self.threshold, codes[ratios.argmax(0)], NOT_ASKED).astype(np.uint8)

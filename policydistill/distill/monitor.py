@@ -19,7 +19,7 @@ import numpy as np
 
 from policydistill.configs import require_choice, require_int, require_number
 from policydistill.data.shards import EpisodeStore
-from policydistill.distill.gates import GateModel, fit_gate_model
+from policydistill.distill.gates import fit_gate_model
 from policydistill.eval.rollout import EpisodeRecord, rollout
 from policydistill.files import read_json
 from policydistill.runtime.monitor import KINDS, FailureMonitor, conformal_rank, conformal_threshold
@@ -30,17 +30,6 @@ log = logging.getLogger(__name__)
 
 CALIBRATION_SEED = 20_000
 """Calibration episodes are seeded from here: apart from the validation (5000) and test (1000) seeds."""
-
-
-def monitor_arrays(model: GateModel) -> dict[str, np.ndarray]:
-    """The numpy arrays of a fitted :class:`GateModel`, as :class:`FailureMonitor` reads them."""
-    out = {"x_mean": model.x_mean.cpu().numpy(), "x_std": model.x_std.cpu().numpy()}
-    for name in ("heads", "target", "predictor"):
-        part = getattr(model, name)
-        for i, (w, b) in enumerate(zip(part.weights, part.biases, strict=True)):
-            out[f"{name}.{i}.w"] = w.detach().cpu().numpy()
-            out[f"{name}.{i}.b"] = b.detach().cpu().numpy()
-    return out
 
 
 def student_episodes(suite: Suite, student: Any, episodes: int, seed: int, n_envs: int = 8) -> list[EpisodeRecord]:
@@ -80,13 +69,15 @@ def fit_monitor(suite: Suite, student: Any, store: EpisodeStore, alpha: float = 
     x = concat_groups({g: raw[f"obs/{g}"][keep] for g in groups}, groups)
     model = fit_gate_model(x, raw["label_mean"][keep], ensemble_size, updates, np.random.default_rng(seed),
                            hidden=hidden)
-    monitor = FailureMonitor(groups, monitor_arrays(model), dict.fromkeys(KINDS, 1.0), np.inf, alpha, 0)
+    arrays = model.arrays()
     records = student_episodes(suite, student, episodes, CALIBRATION_SEED + seed)
     steps = np.concatenate([concat_groups({g: r.steps[f"obs/{g}"] for g in groups}, groups) for r in records])
-    raw_scores = monitor.raw_scores(steps)
-    monitor.medians = {k: max(float(np.median(raw_scores[k])), 1e-12) for k in KINDS}
-    monitor.threshold = conformal_threshold(episode_scores(monitor, records), alpha)
-    monitor.episodes = len(records)
+    raw_scores = FailureMonitor(groups, arrays, dict.fromkeys(KINDS, 1.0), np.inf, alpha, 0).raw_scores(steps)
+    medians = {k: max(float(np.median(raw_scores[k])), 1e-12) for k in KINDS}
+    score = np.max([raw_scores[k] / medians[k] for k in KINDS], axis=0)  # (steps,) of every episode in a row
+    ends = np.cumsum([len(r.steps["reward"]) for r in records])
+    per_episode = [float(part.max()) for part in np.split(score, ends[:-1])]
+    monitor = FailureMonitor(groups, arrays, medians, conformal_threshold(per_episode, alpha), alpha, len(records))
     log.info("failure monitor: threshold %.3g at a false-alarm rate of %g per episode, on %d calibration episodes",
              monitor.threshold, alpha, len(records))
     return monitor
@@ -96,7 +87,7 @@ def fit_monitor(suite: Suite, student: Any, store: EpisodeStore, alpha: float = 
 class FitMonitorConfig:
     """``policydistill fit-monitor``: the failure monitor of the finished distillation run ``run`` (its
     ``policy`` bundle, ``best`` or ``student``), calibrated to the false-alarm rate ``alpha`` per episode on
-    ``episodes`` in-distribution episodes per task, written to ``<run>/monitor``."""
+    ``episodes`` in-distribution episodes per task, stored in that bundle."""
 
     run: str = "???"
     policy: str = "best"
@@ -118,8 +109,8 @@ class FitMonitorConfig:
 
 
 def fit_run_monitor(cfg: FitMonitorConfig) -> Path:
-    """Fit and write the monitor ``cfg`` describes; returns its folder."""
-    from policydistill.bundle import load_bundle
+    """Fit the monitor ``cfg`` describes and store it in the policy's bundle; returns the bundle's folder."""
+    from policydistill.bundle import attach_monitor, load_bundle
     from policydistill.suites import load_suite
 
     run = Path(cfg.run)
@@ -131,4 +122,4 @@ def fit_run_monitor(cfg: FitMonitorConfig) -> Path:
                          f"got {per_task} ({cfg.episodes} per task): raise episodes")
     monitor = fit_monitor(suite, student, EpisodeStore(run / "episodes"), cfg.alpha, cfg.episodes,
                           updates=cfg.updates, seed=cfg.seed)
-    return monitor.save(run / "monitor")
+    return attach_monitor(run / cfg.policy, monitor)

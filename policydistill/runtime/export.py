@@ -18,6 +18,8 @@ inside it. ``<out>.json`` (written atomically after the model) describes it::
     exporter, versions
     tasks: [{task, columns: {group: [start, dim]}, act_dim, action_low, action_high}, ...]
         (a student padded over tasks with different spaces only, see below)
+    monitor: {folder, sha256: {file: sha256}} | absent   (the bundle's failure monitor, copied to
+        <out>.monitor/; see policydistill.runtime.monitor)
 
 ``state`` pairs a graph input with the graph output that feeds it at the next step (history or
 recurrent students); it starts at ``init`` (0) after a reset. A student padded over tasks with different
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import shutil
 import warnings
 from dataclasses import dataclass
 from importlib import metadata
@@ -47,6 +50,7 @@ from policydistill.configs import require_choice, require_int
 from policydistill.files import atomic_write_json, atomic_write_with, file_sha256
 from policydistill.graph import ExportGraph
 from policydistill.runtime.exported import SCHEMA_VERSION
+from policydistill.runtime.monitor import EXPORTED, SETTINGS, file_hashes, load_monitor
 from policydistill.spaces import space_to_json
 
 log = logging.getLogger(__name__)
@@ -256,6 +260,18 @@ def _describe(fmt: str, description: dict[str, Any], out: Path, source: dict[str
             "source": source, "exporter": exporter, "versions": _versions()}
 
 
+def _export_monitor(bundle: str | None, out: Path) -> dict[str, Any] | None:
+    """Copy the bundle's failure monitor to ``<out>.monitor/`` (a stale one there is removed): its entry of
+    ``<out>.json``, or None when the bundle has none."""
+    folder = Path(f"{out}{EXPORTED}")
+    if folder.is_dir():
+        shutil.rmtree(folder)
+    if bundle is None or not (Path(bundle) / SETTINGS).is_file():
+        return None
+    monitor = load_monitor(bundle)
+    return {"folder": folder.name, "sha256": file_hashes(monitor.save(folder))}
+
+
 def export_policy(source: Any, format: str, out: str | Path, *, opset: int = DEFAULT_OPSET,
                   check: bool = True) -> Path:
     """Export the ``export_graph()`` of a policy (instance or bundle directory) to ``out``.
@@ -263,8 +279,8 @@ def export_policy(source: Any, format: str, out: str | Path, *, opset: int = DEF
     ``format``: ``"torchscript"`` (``torch.jit.trace``) or ``"onnx"`` (the TorchScript-based
     ``torch.onnx.export``, needing ``onnx``; ``opset`` is the ONNX opset). With ``check``, the
     exported model is reloaded (ONNX with ``onnxruntime``) and compared with the torch module on
-    example inputs before it replaces ``out``. Writes ``out`` and ``<out>.json`` atomically and
-    returns ``out``.
+    example inputs before it replaces ``out``. Writes ``out`` and ``<out>.json`` atomically (and the
+    bundle's failure monitor to ``<out>.monitor/``) and returns ``out``.
     """
     if format not in FORMATS:
         raise ExportError(f"unknown export format '{format}'; expected one of {list(FORMATS)}")
@@ -292,7 +308,11 @@ def export_policy(source: Any, format: str, out: str | Path, *, opset: int = DEF
             warnings.filterwarnings("ignore", message=pattern)
         atomic_write_with(out, write)
     exporter["torch"] = torch.__version__
-    atomic_write_json(sidecar_path(out), _describe(format, description, out, origin, exporter))
+    described = _describe(format, description, out, origin, exporter)
+    monitor = _export_monitor(origin["bundle"], out)
+    if monitor is not None:
+        described["monitor"] = monitor
+    atomic_write_json(sidecar_path(out), described)
     log.info("exported %s (%s) to %s (%s)", origin["bundle"] or origin["policy_class"], origin["policy_class"], out,
              format)
     return out

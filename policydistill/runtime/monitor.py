@@ -14,7 +14,9 @@ score of each of n in-distribution calibration episodes, so that a new in-distri
 alarm with probability at most ``alpha`` (for exchangeable episodes).
 
 The monitor is plain numpy (no torch at run time): its arrays are saved as ``monitor.npz`` and its
-settings as ``monitor.json`` in a folder of its own (``<run>/monitor``), read by the controller.
+settings as ``monitor.json``, stored in the policy's bundle (``policydistill fit-monitor``; ``policy.json``
+records their sha256) and exported beside the policy's model (``<model>.monitor/``, recorded in
+``<model>.json``); :func:`load_monitor` reads either, or a folder of its own, and checks the hashes.
 """
 
 from __future__ import annotations
@@ -28,13 +30,16 @@ from typing import Any
 
 import numpy as np
 
-from policydistill.files import atomic_write_bytes, atomic_write_json, read_json
+from policydistill.files import atomic_write_bytes, atomic_write_json, file_sha256, read_json
 from policydistill.types import concat_groups
 
 KINDS = ("disagreement", "novelty")
 ON_ALARM = ("log", "fallback", "stop", "teacher")
 ARRAYS = "monitor.npz"
 SETTINGS = "monitor.json"
+FILES = (ARRAYS, SETTINGS)
+EXPORTED = ".monitor"
+"""An exported model ``<model>`` has its monitor in the folder ``<model>.monitor``."""
 
 
 def conformal_rank(n: int, alpha: float) -> int:
@@ -63,25 +68,18 @@ def _block_diagonal(blocks: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-@dataclass
-class FailureMonitor:
-    """See the module doc. ``arrays``: ``x_mean``, ``x_std`` (d,) and, per layer i of the three-layer tanh
-    networks, ``<net>.<i>.w`` (k, a, b) and ``<net>.<i>.b`` (k, 1, b) for ``heads`` (k heads), ``target`` and
-    ``predictor`` (one each); ``medians``: each score's median in distribution; ``alpha``: the false-alarm rate
-    ``threshold`` was calibrated to on ``episodes`` episodes."""
+class ScoreNetworks:
+    """The two raw scores of an input, numpy only. ``arrays``: ``x_mean``, ``x_std`` (d,) and, per layer i of
+    the three-layer tanh networks, ``<net>.<i>.w`` (k, a, b) and ``<net>.<i>.b`` (k, 1, b) for ``heads`` (k
+    heads), ``target`` and ``predictor`` (one each), as :meth:`policydistill.distill.gates.GateModel.arrays`
+    gives them.
 
-    groups: tuple[str, ...]
-    arrays: dict[str, np.ndarray]
-    medians: dict[str, float]
-    threshold: float
-    alpha: float
-    episodes: int
+    Every network side by side as one: the first layers concatenated (the input normalisation folded in),
+    the second block-diagonal, the last giving the heads' centred outputs and the predictor's error
+    (predictor minus target) directly, so an input is three matrix products."""
 
-    def __post_init__(self) -> None:
-        """Every network side by side as one: the first layers concatenated, the second block-diagonal, the last
-        giving the heads' outputs and the predictor's error (predictor minus target) directly, so a tick is three
-        matrix products."""
-        a = self.arrays
+    def __init__(self, arrays: Mapping[str, np.ndarray]) -> None:
+        a = arrays
         nets = [(name, j) for name in ("heads", "target", "predictor") for j in range(a[f"{name}.0.w"].shape[0])]
         sign = {"heads": 1.0, "target": -1.0, "predictor": 1.0}
         w1 = np.concatenate([a[f"{n}.0.w"][j] for n, j in nets], axis=1)
@@ -95,26 +93,53 @@ class FailureMonitor:
         w3 = np.concatenate([np.concatenate([heads, np.zeros((len(heads), 16), np.float32)], axis=1),
                              np.concatenate([np.zeros((len(rnd), heads.shape[1]), np.float32), rnd], axis=1)])
         b3 = np.concatenate([a["heads.2.b"].reshape(-1) @ centre, a["predictor.2.b"][0, 0] - a["target.2.b"][0, 0]])
+        mean, inv_std = a["x_mean"].astype(np.float32), (1.0 / a["x_std"]).astype(np.float32)
+        # clip((x - mean) / std, -10, 10) @ w1 equals (clip(x, mean - 10 std, mean + 10 std) - mean) / std @ w1
+        self._lo, self._hi = mean - 10.0 / inv_std, mean + 10.0 / inv_std
+        w1, b1 = inv_std[:, None] * w1, b1 - (mean * inv_std) @ w1
         self._layers = [(w.astype(np.float32), b.astype(np.float32)) for w, b in ((w1, b1), (w2, b2), (w3, b3))]
-        self._mean = np.zeros((k * act + 16, 2), dtype=np.float32)  # squared outputs -> the two scores
-        self._mean[:k * act, 0] = 1.0 / ((k - 1) * act)  # the heads' variance (unbiased) averaged over dims
-        self._mean[k * act:, 1] = 1.0 / 16  # the predictor's squared error averaged over its outputs
-        self._inv_std = (1.0 / a["x_std"]).astype(np.float32)
+        self.mean = np.zeros((k * act + 16, 2), dtype=np.float32)  # squared outputs -> the two scores
+        self.mean[:k * act, 0] = 1.0 / ((k - 1) * act)  # the heads' variance (unbiased) averaged over dims
+        self.mean[k * act:, 1] = 1.0 / 16  # the predictor's squared error averaged over its outputs
 
-    def _scores(self, x: np.ndarray) -> np.ndarray:
+    def squared_outputs(self, x: np.ndarray) -> np.ndarray:
+        """x (n, d) -> the squared centred head outputs and predictor errors (n, k * act + 16)."""
         (w1, b1), (w2, b2), (w3, b3) = self._layers
-        z = np.clip((np.asarray(x, dtype=np.float32) - self.arrays["x_mean"]) * self._inv_std, -10.0, 10.0)
-        return np.square(np.tanh(np.tanh(z @ w1 + b1) @ w2 + b2) @ w3 + b3) @ self._mean  # (n, 2)
+        x = np.minimum(np.maximum(np.asarray(x, dtype=np.float32), self._lo), self._hi)
+        return np.square(np.tanh(np.tanh(x @ w1 + b1) @ w2 + b2) @ w3 + b3)
+
+    def raw_scores(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """x (n, d) -> ``disagreement`` (n,) the heads' variance averaged over label dims and ``novelty`` (n,)
+        the predictor's squared error averaged over its outputs."""
+        both = self.squared_outputs(x) @ self.mean
+        return {"disagreement": both[:, 0], "novelty": both[:, 1]}
+
+
+@dataclass
+class FailureMonitor:
+    """See the module doc. ``arrays``: the networks' (see :class:`ScoreNetworks`); ``medians``: each score's
+    median in distribution; ``alpha``: the false-alarm rate ``threshold`` was calibrated to on ``episodes``
+    episodes. ``arrays`` and ``medians`` are read once, when the monitor is built."""
+
+    groups: tuple[str, ...]
+    arrays: dict[str, np.ndarray]
+    medians: dict[str, float]
+    threshold: float
+    alpha: float
+    episodes: int
+
+    def __post_init__(self) -> None:
+        self.networks = ScoreNetworks(self.arrays)
+        medians = np.asarray([self.medians[kind] for kind in KINDS], dtype=np.float32)
+        self._over_medians = self.networks.mean / medians  # squared outputs -> each score over its median
 
     def raw_scores(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """x (n, d) the student's inputs -> ``disagreement`` and ``novelty`` (n,), not yet over their medians."""
-        both = self._scores(x)
-        return {"disagreement": both[:, 0], "novelty": both[:, 1]}
+        return self.networks.raw_scores(x)
 
     def score(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
         """Observation groups (n, ...) -> each env's score (n,): the larger score-over-median ratio."""
-        medians = np.asarray([self.medians[k] for k in KINDS], dtype=np.float32)
-        return (self._scores(concat_groups(obs, self.groups)) / medians).max(1)
+        return (self.networks.squared_outputs(concat_groups(obs, self.groups)) @ self._over_medians).max(1)
 
     def save(self, folder: str | Path) -> Path:
         """Write ``monitor.npz`` and ``monitor.json`` into ``folder`` (each atomically)."""
@@ -138,3 +163,30 @@ class FailureMonitor:
             arrays = {k: data[k] for k in data.files}
         return cls(tuple(settings["groups"]), arrays, {k: float(v) for k, v in settings["medians"].items()},
                    float(settings["threshold"]), float(settings["alpha"]), int(settings["episodes"]))
+
+
+def file_hashes(folder: str | Path) -> dict[str, str]:
+    """The sha256 of a saved monitor's two files, by file name."""
+    return {name: file_sha256(Path(folder) / name) for name in FILES}
+
+
+def load_monitor(path: str | Path) -> FailureMonitor:
+    """The failure monitor stored with a policy: in its bundle (``path`` the bundle's folder), beside its
+    exported model (``path`` the model file) or in a folder of its own; the hashes the bundle's ``policy.json``
+    or the model's ``<model>.json`` records are checked."""
+    path = Path(path)
+    folder, record = path, None
+    if path.is_file() and Path(f"{path}{EXPORTED}").is_dir():
+        folder, record = Path(f"{path}{EXPORTED}"), Path(f"{path}.json")
+    elif (path / "policy.json").is_file():
+        record = path / "policy.json"
+    if not (folder / SETTINGS).is_file():
+        raise FileNotFoundError(f"{path} holds no failure monitor (expected a policy bundle or an exported model "
+                                f"with one, written by policydistill fit-monitor, or a folder with {SETTINGS} "
+                                f"and {ARRAYS})")
+    if record is not None:
+        recorded = read_json(record).get("monitor", {}).get("sha256")
+        if recorded != file_hashes(folder):
+            raise ValueError(f"{folder}: the failure monitor's files do not match the sha256 recorded in {record} "
+                             "(modified after fit-monitor or export)")
+    return FailureMonitor.load(folder)

@@ -16,7 +16,7 @@ from policydistill.eval.metrics import Episode
 from policydistill.runtime.action_queue import MODES
 from policydistill.runtime.controller import BACKENDS, FALLBACKS, Controller, make_source
 from policydistill.runtime.loop import FixedRateLoop, pin_to_cpu, restore_scheduling
-from policydistill.runtime.monitor import ON_ALARM, FailureMonitor
+from policydistill.runtime.monitor import ON_ALARM, load_monitor
 from policydistill.runtime.record import AlarmRecorder
 from policydistill.runtime.safety import OUT_OF_BOUNDS, check_limit
 from policydistill.suites import Suite, load_suite
@@ -37,10 +37,11 @@ class RuntimeConfig:
     |a_t - 2 a_t-1 + a_t-2| per action dimension and tick (None: no limit); ``max_consecutive_faults``:
     policy faults in a row (an exception, None or a wrong shape; each executes the fallback) after
     which the run stops, sending the safe action (``safe_action``, default zeros clipped into the
-    bounds). ``monitor``: a failure monitor's folder (``<run>/monitor``, see ``policydistill fit-monitor``),
-    whose alarm does ``on_alarm``: ``log``, ``fallback`` (the env executes the fallback until its reset),
-    ``stop`` or ``teacher`` (``teacher``, a policy as ``distill`` reads its teachers, acts until the env's
-    reset). ``record_alarms``: an episode-store folder keeping the episodes with an alarm (see
+    bounds). ``monitor``: ``policy`` (the failure monitor stored with the policy, bundle or exported model;
+    see ``policydistill fit-monitor``) or the path of a bundle, exported model or folder holding one; its
+    alarm does ``on_alarm``: ``log``, ``fallback`` (the env executes the fallback until its reset), ``stop`` or
+    ``teacher`` (``teacher``, a policy as ``distill`` reads its teachers, acts until the env's reset).
+    ``record_alarms``: an episode-store folder keeping the episodes with an alarm (see
     :mod:`policydistill.runtime.record`)."""
 
     queue: str = "replace"
@@ -79,9 +80,9 @@ class RuntimeConfig:
         require_int("runtime.max_consecutive_faults", self.max_consecutive_faults)
         require_choice("runtime.on_alarm", self.on_alarm, ON_ALARM)
         if self.monitor is None and self.on_alarm != "log":
-            raise ValueError("runtime.on_alarm is read only with a runtime.monitor=<folder>")
+            raise ValueError("runtime.on_alarm is read only with a runtime.monitor (policy or a path)")
         if self.monitor is None and self.record_alarms is not None:
-            raise ValueError("runtime.record_alarms is read only with a runtime.monitor=<folder>")
+            raise ValueError("runtime.record_alarms is read only with a runtime.monitor (policy or a path)")
         if (self.on_alarm == "teacher") != (self.teacher is not None):
             raise ValueError("runtime.on_alarm=teacher needs runtime.teacher=<bundle>, and runtime.teacher is read "
                              "only with it")
@@ -204,7 +205,7 @@ def run_policy(policy: str | Path | Any, suite: str | Suite, rate_hz: float, tic
         options = {"realtime_inference": realtime and bool((controller or {}).get("async_inference")),
                    **(controller or {})}
         if isinstance(options.get("monitor"), (str, Path)):
-            options["monitor"] = FailureMonitor.load(options["monitor"])
+            options["monitor"] = load_monitor(policy if options["monitor"] == "policy" else options["monitor"])
         if isinstance(options.get("teacher"), (str, Path)):
             from policydistill.teachers.load import load_policy
             options["teacher"] = load_policy(options["teacher"], device="cpu")
