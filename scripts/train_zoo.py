@@ -1,7 +1,7 @@
 """Reproduce the committed expert zoo: train every suite's experts, evaluate them, copy the bundles.
 
     .venv/bin/python scripts/train_zoo.py [--suites default default_hazard locomotion] [--workers 2] [--episodes 20]
-        [--overrides KEY=VALUE ...]
+        [--overrides KEY=VALUE ...] [--name ZOO]
 
 ``--overrides``: ``train-experts`` keys the experts are trained with (as ``policydistill train-experts
 suite=<suite> KEY=VALUE ...``), e.g. the terrain zoo's
@@ -38,18 +38,23 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--runs", default=str(ROOT / "runs/zoo"))
     p.add_argument("--overrides", nargs="*", default=[], help="train-experts keys, KEY=VALUE")
+    p.add_argument("--name", default=None, help="the zoo's folder name (one suite only; default: the suite's)")
     args = p.parse_args()
+    if args.name is not None and len(args.suites) != 1:
+        p.error("--name names the zoo of one suite")
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in args.suites:
         suite = load_suite(name)
         cfg = compose_config("train-experts", [f"suite={name}", *args.overrides])
-        summary = train_experts(suite, cfg.expert, Path(args.runs) / name, workers=args.workers, seed=cfg.seed)
-        zoo = ROOT / "envs/zoo" / name
+        zoo_name = args.name or name
+        runs = Path(args.runs) / zoo_name
+        summary = train_experts(suite, cfg.expert, runs, workers=args.workers, seed=cfg.seed)
+        zoo = ROOT / "envs/zoo" / zoo_name
         for task in suite.task_names:
             dest = zoo / task
             shutil.rmtree(dest, ignore_errors=True)
-            shutil.copytree(Path(args.runs) / name / task / "bundle", dest)
+            shutil.copytree(runs / task / "bundle", dest)
         policies = {t: load_bundle(zoo / t, device="cpu") for t in suite.task_names}
         result = evaluate(suite, policies, episodes=args.episodes, seed=1000)
         print(format_table(result))

@@ -88,7 +88,9 @@ def test_converted_expert_acts_like_sb3(experts, algo):
     assert isinstance(policy, Teacher) and isinstance(policy, Policy)
 
 
-def test_labels_have_std_only_for_ppo(experts):
+def test_labels_carry_the_experts_std(experts):
+    """PPO: exp(log_std); SAC: its state-dependent std carried through the tanh to the action space (from SB3's
+    own distribution parameters); TD3: none."""
     obs = {"policy": recorded_obs(16)}
     model, vn = experts["ppo"]
     ppo = policy_from_sb3(model, OBS_SPACE, ["policy"], vecnormalize=vn)
@@ -96,9 +98,17 @@ def test_labels_have_std_only_for_ppo(experts):
     np.testing.assert_array_equal(label.mean, ppo.act(obs))
     expected_std = np.exp(model.policy.log_std.detach().numpy())
     np.testing.assert_allclose(label.std, np.broadcast_to(expected_std, label.mean.shape), rtol=1e-6)
-    for algo in ("sac", "td3"):
-        model, vn = experts[algo]
-        assert policy_from_sb3(model, OBS_SPACE, ["policy"], vecnormalize=vn).label(obs).std is None
+    model, vn = experts["sac"]
+    sac = policy_from_sb3(model, OBS_SPACE, ["policy"], vecnormalize=vn)
+    label = sac.label(obs)
+    with torch.no_grad():
+        mean, log_std, _ = model.policy.actor.get_action_dist_params(torch.as_tensor(vn.normalize_obs(obs["policy"])))
+    slope = (1.0 - np.tanh(mean.numpy()) ** 2) * (HIGH - LOW) / 2
+    np.testing.assert_allclose(label.std, slope * np.exp(log_std.numpy()), rtol=1e-5)
+    np.testing.assert_array_equal(label.mean, sac.act(obs))
+    assert label.std.std() > 0  # it varies with the state
+    model, vn = experts["td3"]
+    assert policy_from_sb3(model, OBS_SPACE, ["policy"], vecnormalize=vn).label(obs).std is None
 
 
 def test_stochastic_ppo_samples_around_the_mean_within_bounds(experts):
@@ -129,6 +139,8 @@ def test_import_sb3_zip_round_trip(experts, algo, tmp_path):
     np.testing.assert_allclose(policy.act({"policy": obs}), sb3_actions(model, vn, obs), atol=1e-5, rtol=0)
     direct = policy_from_sb3(model, OBS_SPACE, ["policy"], vecnormalize=vn)
     np.testing.assert_array_equal(policy.act({"policy": obs}), direct.act({"policy": obs}))
+    ours, theirs = policy.label({"policy": obs}).std, direct.label({"policy": obs}).std
+    assert (ours is None) == (algo == "td3") and (ours is None or np.array_equal(ours, theirs))
 
 
 def test_converted_expert_bundle_round_trip_is_exact(experts, tmp_path):

@@ -30,10 +30,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from policydistill.configs import refuse_unread, require_int, require_lr, require_number
+from policydistill.configs import refuse_unread, require_choice, require_int, require_lr, require_number
 from policydistill.data.shards import EpisodeStore
 from policydistill.distill.algorithm import Algorithm, Context, FitWith, stream
 from policydistill.distill.collect import CollectPlan, teacher_has_std
+from policydistill.distill.confidence import CONFIDENCE, precision_weights
 from policydistill.distill.fit import FitConfig, FitJob, adam
 from policydistill.distill.losses import LOSSES, make_loss
 from policydistill.distill.predictability import MIN_EPISODES, check_predictable
@@ -51,9 +52,13 @@ log = logging.getLogger(__name__)
 class FitFields:
     """How the student is fitted every round: ``updates_per_round`` steps on minibatches of ``batch_size``
     (``balance_tasks``: every task the same share) of ``loss`` (with ``loss_params``) at learning rate ``lr``;
-    ``lr_decay`` anneals it to ``lr / 100`` within each round (a cosine)."""
+    ``lr_decay`` anneals it to ``lr / 100`` within each round (a cosine). ``confidence``: per-step loss weights,
+    ``none`` or ``teacher_std`` (each label's precision, capped at ``confidence_cap`` times the mean; see
+    :mod:`policydistill.distill.confidence`)."""
 
     loss: str = "mse"
+    confidence: str = "none"
+    confidence_cap: float = 10.0
     loss_params: dict[str, Any] = field(default_factory=dict)
     updates_per_round: int = 500
     batch_size: int = 256
@@ -64,6 +69,10 @@ class FitFields:
     def check_fit(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss '{self.loss}'; losses: {sorted(LOSSES)}")
+        require_choice("confidence", self.confidence, CONFIDENCE)
+        require_number("confidence_cap", self.confidence_cap, 1.0)
+        if self.confidence == "none" and self.confidence_cap != 10.0:
+            raise ValueError("method.confidence_cap is read only with method.confidence=teacher_std")
         require_int("updates_per_round", self.updates_per_round)
         require_int("batch_size", self.batch_size)
         require_lr("lr", self.lr)
@@ -169,6 +178,9 @@ class OnPolicy(Algorithm):
         has_std = teacher_has_std(ctx.bank, ctx.suite)
         self.loss_fn = make_loss(cfg.loss, teacher_has_std=has_std, student_has_std=ctx.student.learn_std,
                                  **dict(cfg.loss_params))
+        if cfg.confidence != "none" and not has_std:
+            raise ValueError(f"method.confidence={cfg.confidence} weighs labels by the teachers' std; these teachers "
+                             "are deterministic (SB3 PPO and SAC experts label with a std)")
         if self.plan_options()["teacher_noise"] > 0 and not has_std:
             raise ValueError("teacher_noise needs teachers with a label std (e.g. SB3/PPO experts); these teachers "
                              "are deterministic")
@@ -179,6 +191,9 @@ class OnPolicy(Algorithm):
         self._extra: tuple[dict[str, np.ndarray], np.ndarray, np.ndarray] | None = None
         first = ctx.suite.spaces[0]
         padded = any(o != first[0] or a != first[1] for o, a in ctx.suite.spaces)
+        if cfg.confidence != "none" and padded:
+            raise ValueError("method.confidence weighs every step by its label's std over the action dims: it needs "
+                             "tasks that share their spaces")
         if cfg.extra_episodes is not None and padded:
             raise ValueError("method.extra_episodes adds stored steps as they are: it needs tasks that share their "
                              "spaces")
@@ -220,10 +235,14 @@ class OnPolicy(Algorithm):
     def student_data(self, raw: dict[str, np.ndarray], task: np.ndarray, round: int) -> dict[str, np.ndarray]:
         """The student's inputs ``x`` (N, obs_dim) and targets: ``label_mean`` [``label_std``], or ``z`` the
         teachers' latent while a latent student regresses it; where the store says which steps the teacher was
-        asked about (``query``), ``weight`` (N,) is 1 on those and 0 elsewhere."""
+        asked about (``query``), ``weight`` (N,) is 1 on those and 0 elsewhere, times the step's confidence
+        (``method.confidence``)."""
         data = {"x": np.concatenate([raw[f"obs/{g}"] for g in self.student.groups], axis=1)}
         if "query" in raw:
             data["weight"] = (raw["query"] > 0).astype(np.float32)
+        if self.cfg.confidence == "teacher_std":
+            labelled = data["weight"] > 0 if "weight" in data else np.ones(len(data["x"]), dtype=bool)
+            data["weight"] = precision_weights(raw["label_std"], labelled, self.cfg.confidence_cap)
         if self.regresses_latent(round):
             data["z"] = self.latent_targets(raw[f"obs/{PRIVILEGED}"], task)
         else:
@@ -328,7 +347,7 @@ class OnPolicy(Algorithm):
         obs = {g: obs[f"obs/{g}"] for g in groups}
         rng = stream(self.ctx.seed, round, 3)
         scale = cfg.relabel_noise * obs[POLICY].std(axis=0)
-        xs, labels = [data["x"]], {k: [data[k]] for k in ("label_mean", "label_std") if k in data}
+        xs, labels = [data["x"]], {k: [data[k]] for k in ("label_mean", "label_std", "weight") if k in data}
         for _ in range(cfg.relabel_copies):
             noisy = {**obs, POLICY: (obs[POLICY] + rng.normal(size=obs[POLICY].shape) * scale).astype(np.float32)}
             label = bank.label(noisy)
@@ -336,6 +355,9 @@ class OnPolicy(Algorithm):
             labels["label_mean"].append(np.asarray(label.mean, dtype=np.float32))
             if "label_std" in labels:
                 labels["label_std"].append(np.asarray(label.std, dtype=np.float32))
+            if "weight" in labels:  # method.confidence (a gated run, whose weights say who was asked, has no copies)
+                every = np.ones(len(label.mean), dtype=bool)
+                labels["weight"].append(precision_weights(np.asarray(label.std), every, cfg.confidence_cap))
         n = 1 + cfg.relabel_copies
         return ({"x": np.concatenate(xs), **{k: np.concatenate(v) for k, v in labels.items()}},
                 np.tile(lengths, n), np.tile(task, n))

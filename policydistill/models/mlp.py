@@ -9,6 +9,10 @@ whole deterministic path, so exporting the module exports normalisation and post
 - ``"tanh_unscale"``: ``low + (tanh(y) + 1) / 2 * (high - low)`` (SAC);
 - ``"unscale"``: ``low + (clip(y, -1, 1) + 1) / 2 * (high - low)``, for a network whose output is
   already in [-1, 1] (TD3's actor ends in ``out_activation="tanh"``).
+
+A teacher's label std is its Gaussian's std over ``y`` carried to the action space (times the slope of
+``post`` at ``y``): ``log_std``, one per action dim (SB3 PPO), or ``std_head``, a Linear from the last hidden
+layer giving a state-dependent log std clamped to [-20, 2] (SB3 SAC's ``actor.log_std``).
 """
 
 from __future__ import annotations
@@ -25,12 +29,14 @@ from policydistill.graph import OBS, ExportGraph, TensorSpec
 from policydistill.models.base import TorchPolicy, check_box_spaces
 from policydistill.models.normalizer import ObsNormalizer
 from policydistill.spaces import space_to_json
-from policydistill.types import check_groups
+from policydistill.types import ActionLabel, ObsGroups, check_groups
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
 POSTS = ("clip", "tanh_unscale", "unscale")
 OUT_ACTIVATIONS = ("none", "tanh")
 NORMALIZER_KEYS = {"enabled", "clip", "eps"}
+LOG_STD_RANGE = (-20.0, 2.0)
+"""The clamp of a state-dependent log std (SB3 SAC's)."""
 
 
 def _choice(name: str, value: str, allowed: Sequence[str]) -> str:
@@ -43,15 +49,17 @@ class MLPPolicy(TorchPolicy):
     """A stateless MLP policy and teacher.
 
     Reads ``groups`` (concatenated in that order, each a 1-D Box of ``observation_space``) and acts
-    in ``action_space``. With ``log_std`` it has a state-independent Gaussian (as SB3 PPO), used
-    for sampling and as the teacher's label std.
+    in ``action_space``. With ``log_std`` it has a state-independent Gaussian (as SB3 PPO), with
+    ``std_head`` a state-dependent one (as SB3 SAC), used for sampling and as the teacher's label std.
     """
 
     def __init__(self, groups: Sequence[str], observation_space: spaces.Dict, action_space: spaces.Box,
                  hidden: Sequence[int] = (64, 64), activation: str = "tanh", post: str = "clip",
                  out_activation: str = "none", normalizer: dict[str, Any] | None = None,
-                 log_std: bool = False) -> None:
+                 log_std: bool = False, std_head: bool = False) -> None:
         super().__init__()
+        if log_std and std_head:
+            raise ValueError("MLPPolicy takes log_std (a std per action dim) or std_head (a std per state), not both")
         self.groups = check_groups(groups)
         check_box_spaces("MLPPolicy", self.groups, observation_space, action_space)
         self.observation_space, self.action_space = observation_space, action_space
@@ -79,6 +87,7 @@ class MLPPolicy(TorchPolicy):
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(last, self.act_dim)
         self.log_std = nn.Parameter(torch.zeros(self.act_dim)) if log_std else None
+        self.std_head = nn.Linear(last, self.act_dim) if std_head else None
         low = torch.as_tensor(action_space.low, dtype=torch.float32)
         high = torch.as_tensor(action_space.high, dtype=torch.float32)
         self.register_buffer("action_low", low, persistent=False)
@@ -88,8 +97,24 @@ class MLPPolicy(TorchPolicy):
 
     def raw(self, x: torch.Tensor) -> torch.Tensor:
         """Network output before post-processing: x (n, obs_dim) -> y (n, act_dim)."""
-        y = self.head(self.body(self.normalizer(x)))
+        return self._output(self.body(self.normalizer(x)))
+
+    def _output(self, h: torch.Tensor) -> torch.Tensor:
+        y = self.head(h)
         return torch.tanh(y) if self.out_activation == "tanh" else y
+
+    def _gaussian(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The state-dependent Gaussian over y: x (n, obs_dim) -> mean y, std (n, act_dim)."""
+        assert self.std_head is not None
+        h = self.body(self.normalizer(x))
+        return self._output(h), torch.exp(self.std_head(h).clamp(*LOG_STD_RANGE))
+
+    def _slope(self, y: torch.Tensor) -> torch.Tensor:
+        """d action / d y of ``post`` at y (n, act_dim)."""
+        if self.post == "clip":
+            return torch.ones_like(y)
+        half = 0.5 * (self.action_high - self.action_low)
+        return half * (1.0 - torch.tanh(y) ** 2) if self.post == "tanh_unscale" else half.expand_as(y)
 
     def postprocess(self, y: torch.Tensor) -> torch.Tensor:
         """Network output y (n, act_dim) -> action (n, act_dim) in the action space."""
@@ -103,7 +128,26 @@ class MLPPolicy(TorchPolicy):
         return self.postprocess(self.raw(x))
 
     def forward_act(self, x: torch.Tensor, deterministic: bool) -> torch.Tensor:
-        return self.postprocess(self.sample(self.raw(x), deterministic))
+        if self.std_head is None or deterministic:
+            return self.postprocess(self.sample(self.raw(x), deterministic))
+        y, std = self._gaussian(x)
+        return self.postprocess(y + std * torch.randn_like(y))
+
+    def label(self, obs: ObsGroups) -> ActionLabel:
+        """mean: the deterministic action (n, act_dim); std: the Gaussian's std carried to the action space (see
+        the module doc), or None for a deterministic policy."""
+        if self.std_head is None:
+            label = super().label(obs)
+            if label.std is None or self.post == "clip":
+                return label
+            with torch.inference_mode():
+                slope = self._slope(self.raw(self.obs_tensor(obs))).cpu().numpy()
+            return ActionLabel(mean=label.mean, std=(label.std * slope).astype(np.float32))
+        mean = self.act(obs, deterministic=True)
+        with torch.inference_mode():
+            y, std = self._gaussian(self.obs_tensor(obs))
+            std = (std * self._slope(y)).cpu().numpy().astype(np.float32)
+        return ActionLabel(mean=mean, std=std)
 
     def export_graph(self) -> ExportGraph:
         """``forward`` as an export graph: ``obs`` (n, obs_dim) -> ``action`` (n, act_dim), stateless.
@@ -125,7 +169,8 @@ class MLPPolicy(TorchPolicy):
         return {"groups": list(self.groups), "observation_space": space_to_json(self.observation_space),
                 "action_space": space_to_json(self.action_space), "hidden": list(self.hidden),
                 "activation": self.activation, "post": self.post, "out_activation": self.out_activation,
-                "normalizer": self.normalizer.config(), "log_std": self.log_std is not None}
+                "normalizer": self.normalizer.config(), "log_std": self.log_std is not None,
+                "std_head": self.std_head is not None}
 
     def extra_repr(self) -> str:
         return (f"groups={list(self.groups)}, post={self.post!r}, obs_dim={self.obs_dim}, "

@@ -2,7 +2,9 @@
 
 The converted policy acts exactly as ``model.predict(vecnormalize.normalize_obs(obs),
 deterministic=True)``: VecNormalize's observation statistics become the policy's normaliser and
-SB3's action clipping (PPO) or tanh/unscaling (SAC, TD3) its post-processing.
+SB3's action clipping (PPO) or tanh/unscaling (SAC, TD3) its post-processing. Its label std is the
+Gaussian's: PPO's ``log_std`` and SAC's state-dependent ``actor.log_std`` layer (carried through the tanh to
+the action space); TD3 is deterministic.
 
 :func:`import_sb3_zip` reads a saved ``.zip`` without unpickling anything: the plain JSON fields of its
 ``data`` entry (policy class, ``policy_kwargs``, ``use_sde``, the spaces' shapes and bounds; the pickled
@@ -113,9 +115,10 @@ Layer = tuple[torch.Tensor, torch.Tensor]
 
 def _mlp_policy(algo: str, layers: list[Layer], activation: str | None, log_std: torch.Tensor | None,
                 observation_space: spaces.Dict, groups: tuple[str, ...], action_space: spaces.Box,
-                vecnormalize: Any) -> MLPPolicy:
+                vecnormalize: Any, std_head: Layer | None = None) -> MLPPolicy:
     """The :class:`MLPPolicy` of an SB3 actor whose Linear layers are ``layers`` (weight, bias; the last one
-    the action head) with ``activation`` between them."""
+    the action head) with ``activation`` between them; ``log_std`` PPO's std parameter, ``std_head`` SAC's
+    state-dependent log std layer (reading the last hidden layer)."""
     missing = [g for g in groups if g not in observation_space.spaces]
     if missing:
         raise ValueError(f"observation_space lacks groups {missing}; it has {list(observation_space.spaces)}")
@@ -137,12 +140,17 @@ def _mlp_policy(algo: str, layers: list[Layer], activation: str | None, log_std:
         if stats[0].shape != (obs_dim,) or stats[1].shape != (obs_dim,):
             raise ValueError(f"the VecNormalize statistics have shape {stats[0].shape}, the SB3 model reads "
                              f"{obs_dim} dims")
+    if std_head is not None and std_head[0].shape != layers[-1][0].shape:
+        raise _unsupported(f"the SAC log std layer has shape {tuple(std_head[0].shape)}, the action head "
+                           f"{tuple(layers[-1][0].shape)}")
     post, out_act = _POST[algo]
     out = MLPPolicy(groups, obs_space, action_space, hidden=[w.shape[0] for w, _ in layers[:-1]],
                     activation=activation or "tanh", post=post, out_activation=out_act, normalizer=normalizer,
-                    log_std=log_std is not None)
+                    log_std=log_std is not None, std_head=std_head is not None)
+    linears = [m for m in out.body if isinstance(m, nn.Linear)] + [out.head]
     with torch.no_grad():
-        for dst, (w, b) in zip([m for m in out.body if isinstance(m, nn.Linear)] + [out.head], layers, strict=True):
+        for dst, (w, b) in zip(linears + ([out.std_head] if std_head else []), layers + ([std_head] if std_head
+                                                                                          else []), strict=True):
             dst.weight.copy_(w)
             dst.bias.copy_(b)
         if log_std is not None:
@@ -171,6 +179,7 @@ def policy_from_sb3(model: Any, observation_space: spaces.Dict, groups: Sequence
         raise _unsupported("gSDE (use_sde=True)")
 
     log_std: torch.Tensor | None = None
+    std_head: Layer | None = None
     if algo == "ppo":
         _check_flatten(policy.pi_features_extractor, "the PPO policy")
         body, act = _parse_mlp(list(policy.mlp_extractor.policy_net), "PPO mlp_extractor.policy_net", False)
@@ -180,6 +189,7 @@ def policy_from_sb3(model: Any, observation_space: spaces.Dict, groups: Sequence
         _check_flatten(policy.actor.features_extractor, "the SAC actor")
         body, act = _parse_mlp(list(policy.actor.latent_pi), "SAC actor.latent_pi", False)
         head = policy.actor.mu
+        std_head = (policy.actor.log_std.weight.detach(), policy.actor.log_std.bias.detach())
     else:
         _check_flatten(policy.actor.features_extractor, "the TD3 actor")
         mu = list(policy.actor.mu)
@@ -190,7 +200,8 @@ def policy_from_sb3(model: Any, observation_space: spaces.Dict, groups: Sequence
     if type(head) is not nn.Linear:
         raise _unsupported(f"the {algo.upper()} action head is a {type(head).__name__}, not a Linear")
     layers = [(lin.weight.detach(), lin.bias.detach()) for lin in [*body, head]]
-    out = _mlp_policy(algo, layers, act, log_std, observation_space, groups, model.action_space, vecnormalize)
+    out = _mlp_policy(algo, layers, act, log_std, observation_space, groups, model.action_space, vecnormalize,
+                      std_head)
     return out.to(head.weight.device)
 
 
@@ -366,7 +377,9 @@ def _policy_from_zip(zip_path: Path, data: dict[str, Any], algo: str, observatio
     if algo == "ppo" and (log_std is None or tuple(log_std.shape) != actions.shape):
         raise _unsupported(f"PPO log_std is {None if log_std is None else tuple(log_std.shape)}, not one per "
                            "action", zip_path)
-    return _mlp_policy(algo, layers, activation, log_std, observation_space, groups, actions, vecnormalize)
+    std_head = _linear(state, "actor.log_std", zip_path) if algo == "sac" else None
+    return _mlp_policy(algo, layers, activation, log_std, observation_space, groups, actions, vecnormalize,
+                       std_head)
 
 
 # ---- VecNormalize statistics ---------------------------------------------------------------------

@@ -1,0 +1,93 @@
+"""Confidence-weighted distillation: a teacher's state-dependent std becomes per-step loss weights."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from conftest import goal_seeker
+from gymnasium import spaces
+
+from policydistill.cli import main
+from policydistill.data.shards import EpisodeStore
+from policydistill.distill.algorithm import Context
+from policydistill.distill.confidence import precision_weights
+from policydistill.distill.dagger import DAgger, DAggerConfig
+from policydistill.distill.runner import DistillConfig, distill
+from policydistill.models.mlp import MLPPolicy
+from policydistill.models.students import StudentConfig
+
+
+def sure_and_unsure_teacher(suite) -> MLPPolicy:
+    """A SAC-shaped teacher (tanh-squashed, a log-std head): its std depends on the state."""
+    torch.manual_seed(0)
+    obs_space = suite.spaces[0][0]
+    space = spaces.Dict({g: obs_space[g] for g in ("policy", "privileged")})
+    teacher = MLPPolicy(("policy", "privileged"), space, suite.spaces[0][1], hidden=(16,), activation="relu",
+                        post="tanh_unscale", std_head=True)
+    with torch.no_grad():
+        teacher.std_head.weight.mul_(20.0)  # stds spread over orders of magnitude across states
+    return teacher.frozen()
+
+
+def test_precision_weights_average_one_on_labelled_steps_and_are_capped():
+    std = np.array([[0.1, 0.1], [1.0, 1.0], [0.5, 0.5], [0.0, 0.0], [2.0, 2.0]], dtype=np.float32)
+    labelled = np.array([True, True, True, True, False])
+    w = precision_weights(std, labelled, cap=3.0)
+    assert w[4] == 0.0 and w[3] == 3.0  # unlabelled: 0; a zero std would take over: capped
+    raw = 1.0 / np.maximum(std[:4, 0], 1e-3) ** 2
+    np.testing.assert_allclose(w[:3], raw[:3] / raw.mean(), rtol=1e-6)
+    assert np.all(precision_weights(np.full((5, 2), 0.3), np.ones(5, bool), 10.0) == 1.0)  # state-independent std
+
+
+def test_weights_from_the_teachers_std_reach_the_fit_job(default_suite, tmp_path):
+    teacher = sure_and_unsure_teacher(default_suite)
+    teachers = {n: teacher for n in default_suite.task_names}
+    method = DAggerConfig(rounds=1, episodes_per_task=2, updates_per_round=5, confidence="teacher_std",
+                          confidence_cap=5.0)
+    cfg = DistillConfig(teachers="-", out=str(tmp_path / "run"), eval_episodes=1, final_episodes=0, method=method)
+    distill(cfg, default_suite, teachers)
+    store = EpisodeStore(tmp_path / "run" / "episodes")
+    std = store.load(["label_std"])["label_std"]
+    assert std.min() < 0.5 * std.max()  # the labels' stds differ from state to state
+    expected = precision_weights(std, np.ones(len(std), bool), 5.0)
+    assert expected.max() > 1.5 * expected.min()
+    algo = DAgger.build(method, Context(default_suite, teachers, StudentConfig(), torch.device("cpu"), 0, "-"))
+    job = algo.fit_job(store, 0)
+    batch = job.batches.draw(np.random.default_rng(0), 0, 1)
+    drawn = batch["weight"].numpy()
+    assert np.isin(np.round(drawn, 5), np.round(expected, 5)).all() and drawn.std() > 0
+    plain = DAgger.build(DAggerConfig(rounds=1, episodes_per_task=2, updates_per_round=5),
+                         Context(default_suite, teachers, StudentConfig(), torch.device("cpu"), 0, "-"))
+    assert "weight" not in plain.fit_job(store, 0).batches.draw(np.random.default_rng(0), 0, 1)
+
+
+def test_confidence_needs_teachers_with_a_std(tmp_path, caplog):
+    caplog.set_level(logging.ERROR)
+    base = ["distill", "suite=default", "teachers=conftest:goal_seeker", f"out={tmp_path / 'run'}", "method=dagger"]
+    assert main([*base, "method.confidence=teacher_std"]) == 2
+    assert "weighs labels by the teachers' std; these teachers are deterministic" in caplog.text
+    assert main([*base, "method.confidence=maybe"]) == 2
+    assert main([*base, "method.confidence_cap=3"]) == 2
+    assert "method.confidence_cap is read only with method.confidence=teacher_std" in caplog.text
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("post", ["clip", "tanh_unscale"])
+def test_label_std_is_the_action_space_std(default_suite, post):
+    """Sampled actions spread as the label std says (small stds, where the delta method is exact enough)."""
+    teacher = sure_and_unsure_teacher(default_suite)
+    teacher.post = post
+    with torch.no_grad():
+        teacher.std_head.weight.zero_()
+        teacher.std_head.bias.fill_(np.log(0.01))
+    env = default_suite.make_env(0)
+    obs, _ = env.reset(seed=0)
+    env.close()
+    many = {g: np.repeat(np.asarray(obs[g], np.float32)[None], 20_000, axis=0) for g in teacher.groups}
+    label = teacher.label({g: v[:1] for g, v in many.items()})
+    torch.manual_seed(1)
+    samples = teacher.act(many, deterministic=False)
+    np.testing.assert_allclose(samples.std(0), label.std[0], rtol=0.05)
+    np.testing.assert_allclose(samples.mean(0), label.mean[0], atol=3 * label.std[0].max())
+    assert goal_seeker().label({g: v[:1] for g, v in many.items()}).std is None
