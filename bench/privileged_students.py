@@ -22,6 +22,7 @@ import dataclasses
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +58,14 @@ SMOKE = {"seeds": [0], "rounds": 1, "episodes_per_task": 1, "updates": 10, "eval
          "sweep": [1.0], "sweep_episodes": 1}
 
 
-def bench_student(kind: str) -> StudentConfig:
+def bench_student(kind: str, history_groups: Sequence[str] = ()) -> StudentConfig:
     """The student of ``kind`` as the pipeline configures it, reading ``[policy, task]`` (``mlp_privileged``:
-    ``[policy, privileged, task]``), without the predictability check."""
+    ``[policy, privileged, task]``; a history student also ``history_groups``, e.g. ``last_action``), without
+    the predictability check."""
     if kind == "mlp_privileged":
         return dataclasses.replace(student_config("mlp", ["policy", "privileged", "task"]), check_predictable=False)
-    return dataclasses.replace(student_config(kind, ["policy", "task"]), check_predictable=False)
+    extra = list(history_groups) if kind in HISTORY_KINDS else []
+    return dataclasses.replace(student_config(kind, ["policy", *extra, "task"]), check_predictable=False)
 
 
 def with_mass(suite: Suite, scale: float) -> Suite:

@@ -12,8 +12,10 @@ the terrain roughness (the suite's, 0.08 m in ``terrain``) and the mass scale (d
 ``terrain``) are swept, one at a time and fixed per point, for the teacher, the best history student and the
 proprio-only MLP: medians over seeds, plotted beside the result (``terrain_students_sweep.png``; another
 ``--suite`` adds ``_<suite>`` to the result's names); on a suite with servo offsets (``terrain_offsets``) their
-range is swept too. Pieces are cached under ``runs/bench/terrain_students`` (``_<suite>``). Targets: the best
-history student's median score >= 0.90; the proprio-only MLP clearly lower (by >= 0.05).
+range is swept too; on a suite that observes the last action (``terrain_offsets_large``) the history students
+read it too (``[policy, last_action, task]``; the proprio-only MLP does not). Pieces are cached under
+``runs/bench/terrain_students`` (``_<suite>``). Targets: the best history student's median score >= 0.90; the
+proprio-only MLP clearly lower (by >= 0.05).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from policydistill import DAggerConfig, DistillConfig, Suite, evaluate_per_task,
 from policydistill.eval.metrics import mean_of  # noqa: E402
 from policydistill.eval.report import save_figure  # noqa: E402
 from policydistill.files import atomic_write_json, read_json  # noqa: E402
+from policydistill.types import LAST_ACTION  # noqa: E402
 
 TARGET = 0.90
 TARGET_GAP = 0.05
@@ -87,7 +90,7 @@ def run_piece(kind: str, seed: int, args: argparse.Namespace, suite: Suite, teac
     t0 = time.perf_counter()
     method = DAggerConfig(rounds=args.rounds, episodes_per_task=args.episodes_per_task, updates_per_round=args.updates,
                           beta_rounds=max(1, args.rounds // 2))
-    student_cfg = bench_student(kind)
+    student_cfg = bench_student(kind, [g for g in (LAST_ACTION,) if g in suite.spaces[0][0].spaces])
     with distill_run(suite, teachers, seed, method, student_cfg, args.eval_episodes) as (summary, out):
         last = summary["rounds"][-1]
         result = {"kind": kind, "seed": seed, "groups": student_cfg.groups,

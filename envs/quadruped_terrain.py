@@ -88,7 +88,10 @@ class QuadrupedTerrainEnv(MujocoEnv):
     ``privileged`` (43,) = [mass, friction, strength scales] (3), base linear velocity in the base frame (3), base
     height above the ground under it (1), and terrain height minus base height on a 3x3 grid (0.15 m apart)
     around each foot (36); then, in action order, the servos' zero offsets (8) with ``offset_range`` > 0 and their
-    strength factors (8) with ``weak_leg``.
+    strength factors (8) with ``weak_leg``. With ``last_action``, ``last_action`` (8,) = the action of the step
+    before, clipped to [-1, 1] (zeros after a reset): what the servos were told, which a student reading a
+    history of it beside the joint angles can compare with where the joints went (as RMA's adaptation module
+    reads x_t and a_{t-1}).
 
     Reward per step: ``exp(-((v_fwd - target)^2 + v_lat^2) / tracking_sigma^2) + alive_bonus
     - ctrl_cost_weight * |a|^2``, ``v_fwd`` and ``v_lat`` being the mean horizontal velocity over the step along
@@ -109,6 +112,7 @@ class QuadrupedTerrainEnv(MujocoEnv):
         strength_range: Range = (0.7, 1.3),
         offset_range: float = 0.0,
         weak_leg: Range | None = None,
+        last_action: bool = False,
         tracking_sigma: float = 0.35,
         action_scale: float = 0.5,
         kp: float = KP,
@@ -130,6 +134,7 @@ class QuadrupedTerrainEnv(MujocoEnv):
         if not 0.0 <= float(offset_range) <= 1.0:
             raise ValueError(f"offset_range must be in [0, 1] radians, got {offset_range!r}")
         self.offset_range = float(offset_range)
+        self.last_action = np.zeros(8) if last_action else None
         self.weak_leg = None if weak_leg is None else _check_range("weak_leg", weak_leg)
         if not 0.0 < float(max_tilt) < np.pi:
             raise ValueError(f"max_tilt must be in (0, pi) radians, got {max_tilt!r}")
@@ -164,6 +169,8 @@ class QuadrupedTerrainEnv(MujocoEnv):
         self.observation_space = spaces.Dict({
             "policy": spaces.Box(-np.inf, np.inf, shape=(22,), dtype=np.float32),
             "privileged": spaces.Box(-np.inf, np.inf, shape=(privileged,), dtype=np.float32),
+            **({"last_action": spaces.Box(-1.0, 1.0, shape=(self.model.nu,), dtype=np.float32)}
+               if last_action else {}),
         })
         m = self.model
         self.hfield_shape = (int(m.hfield_nrow[0]), int(m.hfield_ncol[0]))
@@ -271,6 +278,7 @@ class QuadrupedTerrainEnv(MujocoEnv):
                 [self.scales, lin_vel, [base[2] - self.ground_height(base[:2])], heights,
                  *(getattr(self, f) for f in self.fault_fields)]
             ).astype(np.float32),
+            **({"last_action": self.last_action.astype(np.float32)} if self.last_action is not None else {}),
         }
 
     def _heading_velocity(self, xy_before: np.ndarray) -> tuple[float, float]:
@@ -289,6 +297,8 @@ class QuadrupedTerrainEnv(MujocoEnv):
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         xy_before = self.data.qpos[0:2].copy()
         self.do_simulation(self.joint_targets(action), self.frame_skip)
+        if self.last_action is not None:
+            self.last_action = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
         v_fwd, v_lat = self._heading_velocity(xy_before)
         healthy = self._healthy()
         self._steps += 1
@@ -323,6 +333,8 @@ class QuadrupedTerrainEnv(MujocoEnv):
             servo_strength[np.arange(nu) // 2 == rng.integers(nu // 2)] = rng.uniform(*self.weak_leg)
         self.apply_dynamics(*scales, offsets, servo_strength)
         self.set_state(qpos, qvel)
+        if self.last_action is not None:
+            self.last_action = np.zeros(nu)
         return self._get_obs()
 
     def _get_reset_info(self) -> dict[str, Any]:

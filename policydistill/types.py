@@ -16,7 +16,9 @@ import numpy as np
 POLICY = "policy"
 PRIVILEGED = "privileged"
 TASK = "task"
-GROUPS: tuple[str, ...] = (POLICY, PRIVILEGED, TASK)
+LAST_ACTION = "last_action"
+"""The action of the step before, where an env observes it (a history student can read it; see RMA)."""
+GROUPS: tuple[str, ...] = (POLICY, PRIVILEGED, TASK, LAST_ACTION)
 
 ObsGroups = Mapping[str, np.ndarray]
 

@@ -3,7 +3,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from policydistill.suites import builtin_suites, load_suite, suite_from_dict
-from policydistill.types import GROUPS
+from policydistill.types import POLICY, PRIVILEGED, TASK
 
 
 def test_builtin_suites_are_listed():
@@ -17,7 +17,7 @@ def test_default_suite_has_four_tasks_with_identical_spaces(default_suite):
     assert all(e.action_space == envs[0].action_space for e in envs)
     for i, env in enumerate(envs):
         obs, _ = env.reset(seed=0)
-        assert set(obs) == set(GROUPS)
+        assert set(obs) == {POLICY, PRIVILEGED, TASK}
         assert np.argmax(obs["task"]) == i and obs["task"].sum() == 1
 
 
@@ -35,7 +35,7 @@ def test_gym_id_is_a_one_task_suite_with_groups():
     assert s.task_names == ["Pendulum-v1"] and set(obs) == {"policy", "task"}
     mujoco = load_suite("Hopper-v5").make_env(0)
     obs, _ = mujoco.reset(seed=0)
-    assert set(obs) == set(GROUPS)  # MuJoCo's full state becomes the privileged group
+    assert set(obs) == {POLICY, PRIVILEGED, TASK}  # MuJoCo's full state becomes the privileged group
 
 
 def test_suite_from_yaml_file(tmp_path):

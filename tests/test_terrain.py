@@ -117,6 +117,21 @@ def test_servo_offsets_are_held_and_privileged() -> None:
     np.testing.assert_allclose(servo_angles, u.stance + u.offsets, atol=0.01)
 
 
+def test_the_last_action_group_holds_the_clipped_action_before() -> None:
+    """With ``last_action``, the group holds the previous step's action clipped to the bounds, zeros after a reset;
+    the other groups are those of the env without it."""
+    env, plain = make(last_action=True, offset_range=0.3), make(offset_range=0.3)
+    assert env.observation_space["last_action"].shape == (8,) and "last_action" not in plain.observation_space.spaces
+    check_env(env.unwrapped, skip_render_check=True)
+    obs, _ = env.reset(seed=3)
+    same, _ = plain.reset(seed=3)
+    assert np.array_equal(obs["last_action"], np.zeros(8)) and np.array_equal(obs["policy"], same["policy"])
+    action = np.linspace(-1.5, 1.5, 8).astype(np.float32)
+    obs, *_ = env.step(action)
+    np.testing.assert_array_equal(obs["last_action"], np.clip(action, -1.0, 1.0))
+    assert np.array_equal(env.reset(seed=4)[0]["last_action"], np.zeros(8))
+
+
 def test_a_weak_leg_is_one_leg_and_privileged() -> None:
     """With ``weak_leg``, both servos of one leg (and no other) get their gains and torque limit scaled by a factor
     in the range, which ends the privileged group."""
