@@ -132,10 +132,12 @@ class UncertaintyGate:
     def calibrated(cls, model: GateModel, groups: tuple[str, ...], kinds: tuple[str, ...], x: np.ndarray,
                    rate: float) -> UncertaintyGate:
         """The gate that asks on a ``rate`` share of the calibration inputs x (N, d_in)."""
-        scores = ScoreNetworks(model.arrays()).raw_scores(x)
-        medians = {k: max(float(np.median(scores[k])), 1e-12) for k in kinds}
-        ratio = np.max([scores[k] / medians[k] for k in kinds], axis=0)
-        return cls(model, groups, kinds, medians, float(np.quantile(ratio, 1.0 - rate)))
+        gate = cls(model, groups, kinds, {}, math.inf)
+        scores = gate.networks.raw_scores(x)
+        gate.medians = {k: max(float(np.median(scores[k])), 1e-12) for k in kinds}
+        ratio = np.max([scores[k] / gate.medians[k] for k in kinds], axis=0)
+        gate.threshold = float(np.quantile(ratio, 1.0 - rate))
+        return gate
 
     def decide(self, obs: ObsGroups, student_action: np.ndarray, teacher_action: np.ndarray | None,
                bounds: spaces.Box) -> np.ndarray:

@@ -70,17 +70,21 @@ class TorchPolicy(nn.Module):
         """``groups`` of ``obs`` (each (n, dim), checked) concatenated: float32 (n, obs_dim) on the device."""
         return torch.as_tensor(group_array(obs, self.groups, self.observation_space), device=self.device)
 
-    def act(self, obs: ObsGroups, deterministic: bool = True) -> np.ndarray:
-        """obs {group: (n, dim)} -> actions float32 (n, act_dim) in the action space.
-
-        None, a wrong shape or a non-finite value in a group is a ValueError naming the group."""
+    def checked_tensor(self, obs: ObsGroups) -> torch.Tensor:
+        """:meth:`obs_tensor` of ``obs`` once it is checked: None, a wrong shape or a non-finite value in a group
+        is a ValueError naming the group."""
         try:
             dims = {g: int(self.observation_space[g].shape[0]) for g in self.groups}
         except (AttributeError, KeyError, TypeError, IndexError):  # no single observation space
             dims = None
         check_obs(obs, self.groups, dims)
+        return self.obs_tensor(obs)
+
+    def act(self, obs: ObsGroups, deterministic: bool = True) -> np.ndarray:
+        """obs {group: (n, dim)} -> actions float32 (n, act_dim) in the action space (see :meth:`checked_tensor`)."""
         with torch.inference_mode():
-            return self.forward_act(self.obs_tensor(obs), deterministic).cpu().numpy().astype(np.float32, copy=False)
+            return self.forward_act(self.checked_tensor(obs), deterministic).cpu().numpy().astype(np.float32,
+                                                                                                  copy=False)
 
     def label(self, obs: ObsGroups) -> ActionLabel:
         """mean: the deterministic action (n, act_dim) as ``act`` returns it; std: exp(log_std), or None."""

@@ -104,10 +104,13 @@ class MLPPolicy(TorchPolicy):
         return torch.tanh(y) if self.out_activation == "tanh" else y
 
     def _gaussian(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The state-dependent Gaussian over y: x (n, obs_dim) -> mean y, std (n, act_dim)."""
-        assert self.std_head is not None
+        """The Gaussian over y: x (n, obs_dim) -> mean y, std (n, act_dim) (state-dependent with ``std_head``)."""
         h = self.body(self.normalizer(x))
-        return self._output(h), torch.exp(self.std_head(h).clamp(*LOG_STD_RANGE))
+        y = self._output(h)
+        if self.std_head is not None:
+            return y, torch.exp(self.std_head(h).clamp(*LOG_STD_RANGE))
+        assert self.log_std is not None
+        return y, torch.exp(self.log_std).expand_as(y)
 
     def _slope(self, y: torch.Tensor) -> torch.Tensor:
         """d action / d y of ``post`` at y (n, act_dim)."""
@@ -128,26 +131,20 @@ class MLPPolicy(TorchPolicy):
         return self.postprocess(self.raw(x))
 
     def forward_act(self, x: torch.Tensor, deterministic: bool) -> torch.Tensor:
-        if self.std_head is None or deterministic:
-            return self.postprocess(self.sample(self.raw(x), deterministic))
+        if deterministic or (self.std_head is None and self.log_std is None):
+            return self.forward(x)
         y, std = self._gaussian(x)
         return self.postprocess(y + std * torch.randn_like(y))
 
     def label(self, obs: ObsGroups) -> ActionLabel:
         """mean: the deterministic action (n, act_dim); std: the Gaussian's std carried to the action space (see
-        the module doc), or None for a deterministic policy."""
-        if self.std_head is None:
-            label = super().label(obs)
-            if label.std is None or self.post == "clip":
-                return label
-            with torch.inference_mode():
-                slope = self._slope(self.raw(self.obs_tensor(obs))).cpu().numpy()
-            return ActionLabel(mean=label.mean, std=(label.std * slope).astype(np.float32))
-        mean = self.act(obs, deterministic=True)
+        the module doc), or None for a deterministic policy. One forward pass."""
+        if self.std_head is None and self.log_std is None:
+            return ActionLabel(mean=self.act(obs, deterministic=True), std=None)
         with torch.inference_mode():
-            y, std = self._gaussian(self.obs_tensor(obs))
-            std = (std * self._slope(y)).cpu().numpy().astype(np.float32)
-        return ActionLabel(mean=mean, std=std)
+            y, std = self._gaussian(self.checked_tensor(obs))
+            mean = self.postprocess(y).cpu().numpy().astype(np.float32, copy=False)
+            return ActionLabel(mean=mean, std=(std * self._slope(y)).cpu().numpy().astype(np.float32))
 
     def export_graph(self) -> ExportGraph:
         """``forward`` as an export graph: ``obs`` (n, obs_dim) -> ``action`` (n, act_dim), stateless.
