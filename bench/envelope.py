@@ -23,7 +23,7 @@ from policydistill.files import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("torch", "numpy", "gymnasium", "mujoco", "stable-baselines3", "onnxruntime", "onnx", "ray",
-            "rsl-rl-lib", "policydistill")
+            "rsl-rl-lib", "minari", "h5py", "policydistill")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from policydistill.datasets.command import DatasetConfig
 from policydistill.distill.monitor import FitMonitorConfig
+from policydistill.distill.offline import NO_TEACHERS
 from policydistill.distill.retrain import TrainStudentConfig, check_run, locked, output_folder, train_student
 from policydistill.distill.runner import DistillConfig, distill
 from policydistill.eval.evaluate import EvaluateConfig, evaluate, format_table
@@ -97,10 +99,11 @@ def import_sb3_cmd(cfg: ImportSB3Config, overrides: list[str]) -> dict[str, Any]
 def distill_cmd(cfg: DistillConfig, overrides: list[str]) -> dict[str, Any]:
     summary = distill(cfg)
     last = summary["rounds"][-1]
+    ref = "data" if summary["teachers"] == NO_TEACHERS else "teacher"  # offline: scored against its episodes
     for name, t in last["tasks"].items():
-        log.info("%-12s student return %8.2f  teacher %8.2f  random %8.2f  score %s  success %s (teacher %s)", name,
-                 t["return_mean"], t["teacher_return_mean"], t["random_return_mean"], fmt_rate(t["score"], ".3f"),
-                 fmt_rate(t["success_rate"]), fmt_rate(t["teacher_success_rate"]))
+        log.info("%-12s student return %8.2f  %s %8.2f  random %8.2f  score %s  success %s (%s %s)", name,
+                 t["return_mean"], ref, t["teacher_return_mean"], t["random_return_mean"], fmt_rate(t["score"], ".3f"),
+                 fmt_rate(t["success_rate"]), ref, fmt_rate(t["teacher_success_rate"]))
     head = last["headline"]
     log.info("last round: %s %s", head["metric"], fmt_rate(head["value"], ".3f"))
     out = Path(cfg.out)
@@ -170,6 +173,12 @@ def fit_monitor_cmd(cfg: FitMonitorConfig, overrides: list[str]) -> dict[str, An
     return {"threshold": monitor.threshold, "episodes": monitor.episodes}
 
 
+def dataset_cmd(cfg: DatasetConfig, overrides: list[str]) -> dict[str, Any]:
+    from policydistill.datasets.command import dataset_command
+
+    return dataset_command(cfg)
+
+
 @dataclass(frozen=True)
 class Command:
     """A subcommand: its config schema, what it does, its one-line help."""
@@ -201,4 +210,8 @@ COMMANDS: dict[str, Command] = {
     "train-student": Command(TrainStudentConfig, train_student_cmd,
                              "more student updates over a distill run's episodes, DDP on nproc processes: "
                              "run=<distill out> nproc=N"),
+    "dataset": Command(DatasetConfig, dataset_cmd,
+                       "episode stores in and out of Minari: dataset info|validate path=<store or dataset>, "
+                       "dataset export episodes=<store> format=minari out=<dir>, dataset import path=<dataset> "
+                       "out=<store>"),
 }

@@ -203,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     command, args = argv[0], argv[1:]
+    if command == "dataset" and args and "=" not in args[0] and not args[0].startswith("-"):
+        args = [f"action={args[0]}", *args[1:]]  # policydistill dataset <action> key=value ...
     multirun = any(a in ("-m", "--multirun") for a in args)
     args = [a for a in args if a not in ("-m", "--multirun")]
     # Policies here are small MLPs run at small batch sizes, where torch's intra-op thread pool costs

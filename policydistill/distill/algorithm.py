@@ -63,6 +63,9 @@ class Algorithm:
     collects: ClassVar[bool] = True
     ray_collects: ClassVar[bool] = True
     """Its collection plans can run on Ray rollout actors (``collector=ray``)."""
+    learns_offline: ClassVar[bool] = False
+    """It can learn from ``method.data`` alone, without teachers (``teachers=none``,
+    :mod:`policydistill.distill.offline`); the context then holds no teachers."""
     not_read: ClassVar[str] = ""
     """Why the keys ``uses_student``/``collects`` exclude do not apply, for the error that refuses them."""
 

@@ -37,6 +37,7 @@ from policydistill.distill.collect import CollectPlan, teacher_has_std
 from policydistill.distill.confidence import CONFIDENCE, precision_weights
 from policydistill.distill.fit import FitConfig, FitJob, adam
 from policydistill.distill.losses import LOSSES, make_loss
+from policydistill.distill.offline import load_stores
 from policydistill.distill.predictability import MIN_EPISODES, check_predictable
 from policydistill.distill.schedules import ScheduleFields
 from policydistill.models.base import TorchPolicy
@@ -141,11 +142,14 @@ class OnPolicyConfig(ExtraFields, RelabelFields, FitFields, RoundFields):
 class BCConfig(OnPolicyConfig):
     """``method=bc``: the teacher acts on every step (``teacher_noise``: plus that many of its stds of Gaussian
     noise, labels staying its mean, as DART); data aggregated over rounds up to ``max_steps`` steps;
-    ``success_filter`` drops teacher-only episodes that fail the task's success test."""
+    ``success_filter`` drops teacher-only episodes that fail the task's success test. ``data``: with
+    ``teachers=none``, the episode stores the student learns their labels from, collecting nothing (offline;
+    see :mod:`policydistill.distill.offline`)."""
 
     teacher_noise: float = 0.0
     success_filter: bool = False
     max_steps: int = 200_000
+    data: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -160,7 +164,7 @@ class DAggerConfig(ScheduleFields, BCConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        refuse_unread(self, set(BCConfig.__dataclass_fields__) | self.schedule_keys(),
+        refuse_unread(self, set(BCConfig.__dataclass_fields__) - {"data"} | self.schedule_keys(),
                       f"schedule '{self.schedule}'", "method.")
         self.beta_schedule()
 
@@ -173,9 +177,11 @@ class OnPolicy(Algorithm):
 
     def __init__(self, cfg: OnPolicyConfig, ctx: Context) -> None:
         super().__init__(cfg, ctx)
-        teachers = [ctx.teachers[n] for n in ctx.suite.task_names]
-        self.student: TorchPolicy = build_student(ctx.suite, ctx.student, ctx.device, teachers)
-        has_std = teacher_has_std(ctx.bank, ctx.suite)
+        self.offline = not ctx.teachers
+        teachers = [] if self.offline else [ctx.teachers[n] for n in ctx.suite.task_names]
+        self.student: TorchPolicy = build_student(ctx.suite, ctx.student, ctx.device, teachers or None)
+        has_std = all("label_std" in EpisodeStore(r).fields for r in self.cfg.data) if self.offline \
+            else teacher_has_std(ctx.bank, ctx.suite)
         self.loss_fn = make_loss(cfg.loss, teacher_has_std=has_std, student_has_std=ctx.student.learn_std,
                                  **dict(cfg.loss_params))
         if cfg.confidence != "none" and not has_std:
@@ -197,6 +203,9 @@ class OnPolicy(Algorithm):
         if cfg.extra_episodes is not None and padded:
             raise ValueError("method.extra_episodes adds stored steps as they are: it needs tasks that share their "
                              "spaces")
+        if self.offline and (cfg.relabel_noise > 0 or cfg.extra_episodes is not None):
+            raise ValueError("method.relabel_noise and method.extra_episodes ask the teachers for labels: an offline "
+                             "run (teachers=none) has none")
         if cfg.relabel_noise > 0 and (isinstance(self.student, HistoryPolicy) or padded):
             raise ValueError("method.relabel_noise trains on perturbed single steps of tasks that share their spaces: "
                              f"it needs an MLP student (student=mlp) on such a suite, not a "
@@ -210,8 +219,10 @@ class OnPolicy(Algorithm):
         keeps only this round's."""
         return {"teacher_noise": 0.0, "success_filter": False, "keep_steps": None, "only_this_round": True}
 
-    def collect(self, round: int, prev: dict[str, Any] | None, teacher_return: float) -> CollectPlan:
+    def collect(self, round: int, prev: dict[str, Any] | None, teacher_return: float) -> CollectPlan | None:
         cfg = self.cfg
+        if self.offline:
+            return None
         beta = self.beta(round, prev, teacher_return)
         return CollectPlan(beta, cfg.episodes_per_task, self.student if beta < 1 else None,
                            episode_steps=cfg.collect_steps, **self.plan_options())
@@ -220,17 +231,20 @@ class OnPolicy(Algorithm):
         """Whether a latent student regresses the teachers' latent in round ``round`` (else the actions)."""
         return self.encoders is not None and round < self.cfg.rounds - self.ctx.student.latent_action_rounds
 
-    def training_data(self, store: EpisodeStore, round: int, extra: tuple[str, ...] = ()
+    def training_data(self, store: EpisodeStore | None, round: int, extra: tuple[str, ...] = ()
                       ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
         """Every stored step's observation groups (the student's, ``task``, ``extra``, and ``privileged`` for a
-        latent student) as ``obs/<group>`` with the labels, the episode lengths and each step's task."""
+        latent student) as ``obs/<group>`` with the labels, the episode lengths and each step's task: the run's
+        store's, or offline the ``data`` stores'."""
+        stores = [EpisodeStore(r) for r in self.cfg.data] if self.offline else [store]
+        fields = set.intersection(*(set(s.fields) for s in stores))
         wanted = [*self.student.groups, TASK, *([PRIVILEGED] if self.encoders is not None else []), *extra]
         names = [f"obs/{g}" for g in dict.fromkeys(wanted)] + ["label_mean"]
-        names += [k for k in ("label_std", "query") if k in store.fields]
-        raw = store.load(names)
+        names += [k for k in ("label_std", "query") if k in fields]
+        raw, lengths = load_stores(stores, names)
         if len(raw["label_mean"]) == 0:
             raise ValueError(f"round {round}: no episodes to train on (all dropped or filtered out)")
-        return raw, store.lengths(), raw[f"obs/{TASK}"].argmax(1)
+        return raw, lengths, raw[f"obs/{TASK}"].argmax(1)
 
     def student_data(self, raw: dict[str, np.ndarray], task: np.ndarray, round: int) -> dict[str, np.ndarray]:
         """The student's inputs ``x`` (N, obs_dim) and targets: ``label_mean`` [``label_std``], or ``z`` the
@@ -277,8 +291,9 @@ class OnPolicy(Algorithm):
                       cfg.fit_config(steps, lr), self.optimizer)
 
     def update(self, store: EpisodeStore | None, round: int, fit_with: FitWith) -> dict[str, Any]:
-        assert store is not None
-        diagnose = self.ctx.student.check_predictable and not self.diagnosed and PRIVILEGED not in self.student.groups \
+        assert store is not None or self.offline
+        diagnose = store is not None and self.ctx.student.check_predictable and not self.diagnosed \
+            and PRIVILEGED not in self.student.groups \
             and f"obs/{PRIVILEGED}" in store.fields and len(store) >= MIN_EPISODES \
             and not isinstance(self.student, GeneralistPolicy) and "query" not in store.fields  # padded, unlabelled
         raw, lengths, task = self.training_data(store, round, (PRIVILEGED,) if diagnose else ())
@@ -376,6 +391,7 @@ class OnPolicy(Algorithm):
 class BC(OnPolicy):
     name = "bc"
     config = BCConfig
+    learns_offline = True
 
     def beta(self, round: int, prev: dict[str, Any] | None, teacher_return: float) -> float:
         return 1.0
@@ -390,6 +406,7 @@ class BC(OnPolicy):
 class DAgger(BC):
     name = "dagger"
     config = DAggerConfig
+    learns_offline = False  # its student acts and the teachers label what it meets
 
     def __init__(self, cfg: DAggerConfig, ctx: Context) -> None:
         super().__init__(cfg, ctx)  # BC's data handling, this schedule's beta

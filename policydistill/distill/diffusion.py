@@ -137,6 +137,7 @@ class Diffusion(Algorithm):
     name = "diffusion"
     config = DiffusionConfig
     uses_student = False
+    learns_offline = True
     not_read = "a diffusion policy's network and groups are method.* keys (denoiser, hidden, groups, ...)"
 
     def __init__(self, cfg: DiffusionConfig, ctx: Context) -> None:
@@ -147,8 +148,14 @@ class Diffusion(Algorithm):
         self.ema = Ema(self.ema_policy, self.model, cfg.ema_decay)
         self.fitted = False
         self.schedule = cfg.beta_schedule()
-        if cfg.demos == "mirror_routes":
-            self.demos: dict[str, Policy] = mirror_routes(ctx.suite, ctx.teachers, seed=ctx.seed)
+        self.offline = not ctx.teachers
+        if self.offline:
+            if cfg.demos != "experts" or cfg.rounds != 1:
+                raise ValueError("an offline diffusion run (teachers=none) trains once on method.data: it reads "
+                                 "neither method.demos nor more than one round")
+            self.demos: dict[str, Policy] = {}
+        elif cfg.demos == "mirror_routes":
+            self.demos = mirror_routes(ctx.suite, ctx.teachers, seed=ctx.seed)
             self.bank = TeacherBank([self.demos[n] for n in ctx.suite.task_names])
         else:
             self.demos, self.bank = ctx.teachers, ctx.bank
@@ -156,16 +163,18 @@ class Diffusion(Algorithm):
     def reference(self) -> dict[str, Policy]:
         return self.demos
 
-    def collect(self, round: int, prev: dict[str, Any] | None, teacher_return: float) -> CollectPlan:
+    def collect(self, round: int, prev: dict[str, Any] | None, teacher_return: float) -> CollectPlan | None:
+        if self.offline:
+            return None
         beta = self.schedule(round, prev["student_return"] if prev else None, teacher_return)
         return CollectPlan(beta, self.cfg.episodes_per_task, self.ema_policy if beta < 1 else None, teacher=self.bank,
                            keep_steps=self.cfg.max_steps)
 
-    def fit_job(self, store: EpisodeStore, round: int, steps: int | None = None, batch_size: int | None = None,
-                lr: float | None = None) -> FitJob:
+    def fit_job(self, store: EpisodeStore | None, round: int, steps: int | None = None,
+                batch_size: int | None = None, lr: float | None = None) -> FitJob:
         cfg, model = self.cfg, self.model
-        data = chunk_windows([store.root, *cfg.data], model.groups, model.n_obs_steps, model.horizon,
-                             device=model.device)
+        roots = cfg.data if self.offline else [store.root, *cfg.data]
+        data = chunk_windows(roots, model.groups, model.n_obs_steps, model.horizon, device=model.device)
         if not self.fitted:
             model.fit_normalizers(data.obs.cpu().numpy(), data.actions.cpu().numpy())
             self.ema.copy()
@@ -178,7 +187,7 @@ class Diffusion(Algorithm):
                       self.optimizer, ema=self.ema)
 
     def update(self, store: EpisodeStore | None, round: int, fit_with: FitWith) -> dict[str, Any]:
-        assert store is not None
+        assert store is not None or self.offline
         job = self.fit_job(store, round)
         result = fit_with(job)
         return {"loss": result.loss, "losses": result.stats, "updates": result.steps,

@@ -55,6 +55,7 @@ from policydistill.distill.collect import Collector, CollectPlan, LocalCollector
 from policydistill.distill.dagger import DAggerConfig
 from policydistill.distill.fit import FitJob, FitResult, fit, save_torch
 from policydistill.distill.methods import METHODS, method_config, method_of
+from policydistill.distill.offline import NO_TEACHERS, check_data, data_reference
 from policydistill.eval.evaluate import evaluate_per_task, evaluate_to_interval, random_baseline
 from policydistill.eval.metrics import fmt_rate, headline, mean_of, mean_rate, teacher_normalised
 from policydistill.files import atomic_write_json, read_json, read_json_object
@@ -268,19 +269,25 @@ class Runner:
                  teachers: dict[str, Policy] | None = None) -> None:
         if cfg.teachers in ("", "???") and teachers is None:
             raise ValueError("'distill' needs teachers=<folder of bundles, one per task | bundle | module:callable "
-                             "| suite>")
+                             f"| suite | {NO_TEACHERS} (offline, from method.data)>")
         self.cfg, self.name = cfg, cfg.method_name
+        self.offline = cfg.teachers == NO_TEACHERS and teachers is None
+        self._check_offline()
         self.suite = suite or load_suite(cfg.suite)
-        self.teachers = teachers if teachers is not None else policies_for_suite(cfg.teachers, self.suite,
-                                                                                  device=cfg.device)
-        missing = [n for n in self.suite.task_names if n not in self.teachers]
-        if missing:
-            raise ValueError(f"no teacher for tasks {missing}; teachers given for {sorted(self.teachers)}")
+        if self.offline:
+            self.teachers: dict[str, Policy] = {}
+        else:
+            self.teachers = teachers if teachers is not None else policies_for_suite(cfg.teachers, self.suite,
+                                                                                      device=cfg.device)
+            missing = [n for n in self.suite.task_names if n not in self.teachers]
+            if missing:
+                raise ValueError(f"no teacher for tasks {missing}; teachers given for {sorted(self.teachers)}")
         self.out = Path(cfg.out)
         self.ckpt = self.out / "checkpoint"
         self.summary_path = self.out / "distill.json"
         self.summary: dict[str, Any] | None = None
-        identities = teacher_identities(cfg.teachers, self.suite) if cfg.teachers not in ("", "???") else {}
+        identities = teacher_identities(cfg.teachers, self.suite) \
+            if cfg.teachers not in ("", "???", NO_TEACHERS) else {}
         self.folder = RunFolder(self.out, "distill", {**cfg.to_dict(), "teacher_identity": identities}, EXTENDABLE)
         self.folder.check()
         self.ctx = Context(self.suite, self.teachers, cfg.student, resolve_device(cfg.device), cfg.seed,
@@ -289,6 +296,20 @@ class Runner:
         self.algo: Algorithm = METHODS[self.name].build(cfg.method, self.ctx)
         self.collector: Collector | None = None
         self.store_root = self.out / "episodes"
+
+    def _check_offline(self) -> None:
+        """``teachers=none`` goes with a method that learns from ``method.data`` alone, and ``bc`` reads
+        ``method.data`` only then."""
+        data = getattr(self.cfg.method, "data", None)
+        if self.offline:
+            if not METHODS[self.name].learns_offline:
+                offline = sorted(n for n, m in METHODS.items() if m.learns_offline)
+                raise ValueError(f"method '{self.name}' asks its teachers for labels: teachers={NO_TEACHERS} (offline) "
+                                 f"works with method={'|'.join(offline)} and method.data=[<episode store>, ...]")
+            check_data(data or [], self.name)
+        elif data and self.name == "bc":
+            raise ValueError("method.data is read with teachers=none (offline BC from stored episodes); with teachers, "
+                             "method.extra_episodes=<store> adds stored steps that the teachers label")
 
     def _read_summary(self) -> dict[str, Any] | None:
         """The resumed run's distill.json, when it has one."""
@@ -316,7 +337,8 @@ class Runner:
     def _run(self) -> dict[str, Any]:
         cfg, algo = self.cfg, self.algo
         if self.summary is None:
-            reference = evaluate_per_task(self.suite, algo.reference(), cfg.eval_episodes, cfg.eval_seed, cfg.n_envs)
+            reference = data_reference(self.suite, cfg.method.data) if self.offline else \
+                evaluate_per_task(self.suite, algo.reference(), cfg.eval_episodes, cfg.eval_seed, cfg.n_envs)
             randoms = random_baseline(self.suite, cfg.eval_episodes, cfg.eval_seed, cfg.n_envs)
             self.summary = {"schema_version": SCHEMA_VERSION, "method": self.name, "suite": self.suite.name,
                             "config": cfg.to_dict(), "teachers": str(cfg.teachers), "info": algo.run_info(),

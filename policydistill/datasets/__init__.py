@@ -1,0 +1,1 @@
+"""Episode stores in and out of the dataset formats the field shares."""
