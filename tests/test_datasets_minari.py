@@ -234,3 +234,28 @@ def test_dagger_warm_starts_from_an_imported_dataset(tmp_path):
                  "final_episodes=0", f"out={tmp_path / 'dagger'}"]) == 0
     row = read_json(tmp_path / "dagger" / "distill.json")["rounds"][0]
     assert row["labels_used"] == 4 * 100 + store.steps  # its own episodes, then every imported step
+
+
+def test_a_foreign_dataset_names_its_tasks_in_minaris_episode_metadata(tmp_path, monkeypatch):
+    """Without the record, each episode's task comes from Minari's episode metadata (``task``)."""
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+
+    store = played_store(tmp_path / "run", episodes_per_task=1, steps=10)
+    out = tmp_path / "m" / "ours-v0"
+    assert main(["dataset", "export", f"episodes={store.root}", "format=minari", f"out={out}"]) == 0
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "m"))
+    ours = minari.load_dataset("ours-v0")
+    buffers = [EpisodeBuffer(observations=e.observations, actions=e.actions, rewards=e.rewards,
+                             terminations=e.terminations, truncations=e.truncations) for e in ours]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        foreign = minari.create_dataset_from_buffers("foreign-v0", buffers, observation_space=ours.observation_space,
+                                                     action_space=ours.action_space)
+    tasks = [m["task"] for m in store.episodes()]
+    foreign.storage.update_episode_metadata([{"task": t} for t in tasks])
+    assert main(["dataset", "import", f"path={tmp_path / 'm' / 'foreign-v0'}", f"out={tmp_path / 'back'}",
+                 "suite=default"]) == 0
+    back = EpisodeStore(tmp_path / "back")
+    assert [m["task"] for m in back.episodes()] == tasks
+    assert [m["task_index"] for m in back.episodes()] == [0, 1, 2, 3]
+    np.testing.assert_array_equal(back.load(["label_mean"])["label_mean"], store.load(["action"])["action"])

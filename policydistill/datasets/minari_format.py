@@ -14,7 +14,8 @@ loads it with ``MINARI_DATASETS_PATH=<root>`` and ``minari.load_dataset("<id>")`
 
 A dataset without the record (written by Minari's ``DataCollector`` or another tool) imports with the
 suite's help: a Box observation is the ``policy`` group, a Dict maps its keys that are group names; the
-``task`` group is the task's one-hot when the dataset has none; the label is the executed action (a
+``task`` group is the task's one-hot when the dataset has none; an episode's task is the ``task`` of its
+Minari episode metadata, else the command's ``task``; the label is the executed action (a
 demonstration), the actor the teacher; success is ``info["success"]`` or ``info["is_success"]`` at the last
 step when the dataset has it.
 """
@@ -213,6 +214,8 @@ def read_minari(path: Path, suite: str | None, task: str | None = None
             else:
                 arrays["label_mean"], arrays["actor"] = arrays["action"].copy(), np.full(t, TEACHER, np.uint8)
                 meta = {"seed": episode_meta.get("seed"), "success": _success(infos), "round": 0, "beta": 1.0}
+                if isinstance(episode_meta.get("task"), str):  # a task named in Minari's episode metadata
+                    meta["task"] = episode_meta["task"]
             yield check.episode(arrays, meta, step)
 
     return check.name, episodes()
