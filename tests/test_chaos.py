@@ -23,6 +23,8 @@ from policydistill.cli import main
 from policydistill.data.shards import EpisodeStore
 from policydistill.files import is_temp, read_json
 
+pytestmark = pytest.mark.slow  # processes killed at random moments and resumed, several times each
+
 KILLS = 3
 TIMES = ("wall_time_s", "collect_time_s", "update_time_s", "eval_time_s")
 DISTILL = ["distill", "method=dagger", "teachers=conftest:goal_seeker", "eval_episodes=2", "n_envs=2",

@@ -112,6 +112,7 @@ def listing(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_odd_value_of_every_key_is_one_line_and_exit_2_or_a_success(kind, finished, tiny_experts, tmp_path,
                                                                          caplog):

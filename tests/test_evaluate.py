@@ -24,6 +24,7 @@ def two_tasks(tmp_path):
     return str(path)
 
 
+@pytest.mark.slow
 def test_evaluate_writes_per_task_numbers_and_teacher_scores(tiny_experts, two_tasks, tmp_path, capsys):
     out = tmp_path / "eval.json"
     assert main(["evaluate", f"policy={tiny_experts}", f"suite={two_tasks}", "episodes=6", f"out={out}",

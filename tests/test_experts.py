@@ -70,6 +70,7 @@ def test_mismatched_suite_in_out_dir_is_refused(trained, caplog):
     assert "refusing to resume it: " in caplog.text and "suite: default -> locomotion" in caplog.text
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_from_its_checkpoint(tmp_path):
     out = tmp_path / "kill"
     args = ["train-experts", "suite=default", f"out={out}", "workers=1", "tasks=[south]", *TINY]
@@ -98,6 +99,7 @@ def test_env_faults_during_training_are_dropped_and_reported(tmp_path):
     load_bundle(out / "f" / "bundle", device="cpu")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", ["sac", "td3"])
 def test_sac_and_td3_experts_train_checkpoint_and_bundle(algo, tmp_path):
     out = tmp_path / algo

@@ -86,6 +86,7 @@ def test_a_resume_with_other_teachers_is_refused(tmp_path, caplog):
     assert snapshot(out) == before
 
 
+@pytest.mark.slow
 def test_two_runs_on_one_out_one_runs_the_other_is_refused_and_the_folder_resumes(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
@@ -103,6 +104,7 @@ def test_two_runs_on_one_out_one_runs_the_other_is_refused_and_the_folder_resume
     assert len(read_json(out / "distill.json")["rounds"]) == 3
 
 
+@pytest.mark.slow
 def test_the_lock_of_a_killed_run_is_gone_and_the_run_resumes(tmp_path):
     out = tmp_path / "run"
     argv = bc(out, "method.rounds=3", "method.updates_per_round=400")
@@ -136,6 +138,7 @@ def test_files_are_written_with_the_users_umask(tmp_path):
     assert set(modes.values()) == {0o644}, {k: oct(v) for k, v in modes.items() if v != 0o644}
 
 
+@pytest.mark.slow
 def test_a_killed_rounds_episodes_are_not_read_and_are_removed_on_resume(tmp_path):
     out = tmp_path / "run"
     argv = bc(out, "method.rounds=3", "method.updates_per_round=3000")
@@ -149,6 +152,7 @@ def test_a_killed_rounds_episodes_are_not_read_and_are_removed_on_resume(tmp_pat
     assert rows == sum(m["length"] for m in EpisodeStore(out / "episodes").episodes() if m["round"] == 0)
 
 
+@pytest.mark.slow
 def test_a_damaged_expert_checkpoint_falls_back_to_the_one_before(tmp_path, capfd):
     out = tmp_path / "experts"
     args = ["train-experts", "suite=default", f"out={out}", "workers=1", "tasks=[south]", *TINY,
@@ -164,6 +168,7 @@ def test_a_damaged_expert_checkpoint_falls_back_to_the_one_before(tmp_path, capf
     assert read_json(out / "south" / "result.json")["resumed_from"] == [index["previous"]["env_steps"]]
 
 
+@pytest.mark.slow
 def test_an_expert_killed_inside_a_checkpoint_write_resumes_from_an_intact_checkpoint(tmp_path):
     out = tmp_path / "experts"
     args = ["train-experts", "suite=default", f"out={out}", "workers=1", "tasks=[south]", *TINY,

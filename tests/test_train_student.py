@@ -61,6 +61,7 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["dagger", "gru", "consistency"])
 def test_two_processes_match_one_process(runs, kind, tmp_path, monkeypatch):
     """Independent rows (dagger: constant learning rate, so its two processes stop at 20 updates and a rerun
