@@ -124,6 +124,24 @@ def test_predictability_warns_when_the_groups_cannot_explain_the_teacher(default
     assert blind["held_out_episodes"] == 4 and blind["train_episodes"] == 16
 
 
+def test_no_predictability_diagnostic_when_the_teachers_read_nothing_the_student_lacks(default_suite, tmp_path):
+    """A teacher reading ``policy`` and ``task`` only labels a function of a ``[policy, task]`` student's inputs:
+    the diagnostic (seconds of training) is not run; the same student of the goal seeker, which reads
+    ``privileged``, gets it."""
+    def toward_origin(x: np.ndarray) -> np.ndarray:
+        return np.clip(-x[:, 0:2], -1, 1)
+
+    teachers = {"plain": {n: CallablePolicy(toward_origin, groups=("policy", "task"), batched=True)
+                          for n in default_suite.task_names},
+                "privileged": {n: goal_seeker() for n in default_suite.task_names}}
+    for name, bank in teachers.items():
+        cfg = quick(tmp_path / name, rounds=1, episodes_per_task=3, updates_per_round=5, device="cpu",
+                    student=StudentConfig(groups=["policy", "task"], hidden=[16]))
+        distill(cfg, default_suite, bank)
+        info = read_json(tmp_path / name / "run" / "distill.json")["rounds"][0]["info"]
+        assert ("predictability" in info) == (name == "privileged"), name
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["gru", "tcn"])
 def test_history_students_learn_the_default_suite(kind, default_suite, tmp_path):

@@ -293,7 +293,7 @@ class OnPolicy(Algorithm):
     def update(self, store: EpisodeStore | None, round: int, fit_with: FitWith) -> dict[str, Any]:
         assert store is not None or self.offline
         diagnose = store is not None and self.ctx.student.check_predictable and not self.diagnosed \
-            and PRIVILEGED not in self.student.groups \
+            and PRIVILEGED not in self.student.groups and self.teachers_see_more() \
             and f"obs/{PRIVILEGED}" in store.fields and len(store) >= MIN_EPISODES \
             and not isinstance(self.student, GeneralistPolicy) and "query" not in store.fields  # padded, unlabelled
         raw, lengths, task = self.training_data(store, round, (PRIVILEGED,) if diagnose else ())
@@ -313,6 +313,11 @@ class OnPolicy(Algorithm):
             self.diagnosed = True
             out["info"]["predictability"] = check_predictable(self.ctx, self.cfg, self.loss_fn, raw, lengths)
         return out
+
+    def teachers_see_more(self) -> bool:
+        """Whether the teachers read a group the student does not: else their labels are a function of the
+        student's inputs and the predictability diagnostic has nothing to find."""
+        return not self.offline and bool(set(self.ctx.bank.groups) - set(self.student.groups))
 
     def extra_data(self, round: int, own: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray,
                                                                           np.ndarray]:
