@@ -13,7 +13,15 @@ from typing import Any
 import numpy as np
 
 from policydistill.configs import require_choice
-from policydistill.data.shards import MANIFEST, OBS_PREFIX, EpisodeArrays, EpisodeStore, Meta, prepare_episode
+from policydistill.data.shards import (
+    MANIFEST,
+    OBS_PREFIX,
+    RESERVED_META,
+    EpisodeArrays,
+    EpisodeStore,
+    Meta,
+    prepare_episode,
+)
 from policydistill.datasets.store_io import store_info, write_store
 
 log = logging.getLogger(__name__)
@@ -68,16 +76,18 @@ def detect_format(path: Path) -> str:
 
 def read_dataset(path: Path, suite: str | None,
                  task: str | None) -> tuple[str, str, Iterator[tuple[EpisodeArrays, Meta]]]:
-    """(format, suite, episodes) of the dataset or store at ``path``; each episode is checked as it is read."""
+    """(format, suite, episodes) of the dataset or store at ``path``; each dataset episode is checked against the
+    suite as it is read (a store's as it is written)."""
     fmt = detect_format(path)
     if fmt == "store":
-        info = store_info(path, suite)
         store = EpisodeStore(path)
-        return fmt, info.suite or "?", ((arrays, meta) for meta, arrays in store.iter_episodes())
+        episodes = ((arrays, {k: v for k, v in meta.items() if k not in RESERVED_META})  # not its store positions
+                    for meta, arrays in store.iter_episodes())
+        return fmt, store_info(store, suite).suite or "?", episodes
     from policydistill.datasets.minari_format import read_minari
 
     name, episodes = read_minari(path, suite, task)
-    return fmt, name, (prepare_episode(arrays, meta) for arrays, meta in episodes)
+    return fmt, name, episodes
 
 
 def summary(fmt: str, suite: str, episodes: Iterator[tuple[EpisodeArrays, Meta]]) -> dict[str, Any]:
@@ -103,7 +113,7 @@ def dataset_command(cfg: DatasetConfig) -> dict[str, Any]:
     suite, task = cfg.suite or None, cfg.task or None
     if cfg.action in ("info", "validate"):
         fmt, name, episodes = read_dataset(Path(cfg.path), suite, task)
-        info = summary(fmt, name, episodes)
+        info = summary(fmt, name, (prepare_episode(arrays, meta) for arrays, meta in episodes))  # as a store checks
         if cfg.action == "validate":
             log.info("%s: valid %s dataset of suite '%s': %d episodes, %d steps", cfg.path, fmt, name,
                      info["episodes"], info["steps"])
@@ -114,8 +124,9 @@ def dataset_command(cfg: DatasetConfig) -> dict[str, Any]:
     if cfg.action == "export":
         from policydistill.datasets.minari_format import export_minari
 
-        info = store_info(cfg.episodes, suite)
-        out = export_minari(EpisodeStore(cfg.episodes), info, Path(cfg.out))
+        store = EpisodeStore(cfg.episodes)
+        info = store_info(store, suite)
+        out = export_minari(store, info, Path(cfg.out))
         log.info("exported %d episodes (%d steps) of %s to the Minari dataset %s: load it with "
                  "MINARI_DATASETS_PATH=%s and minari.load_dataset('%s')", info.episodes, info.steps, cfg.episodes,
                  out, out.parent, out.name)

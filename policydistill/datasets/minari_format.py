@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,9 +37,9 @@ from policydistill.datasets.store_io import (
     RECORD,
     StoreInfo,
     check_finite,
-    check_new_folder,
     read_record,
     record,
+    staged_folder,
 )
 from policydistill.datasets.suite_check import SuiteCheck
 
@@ -92,39 +90,36 @@ def _buffer(meta: Meta, arrays: EpisodeArrays, groups: list[str], index: int) ->
 def export_minari(store: EpisodeStore, info: StoreInfo, out: Path) -> Path:
     """Write the store as the Minari dataset ``out`` (see the module doc); nothing is written on failure."""
     minari = require_minari()
-
     dataset_id = check_dataset_id(out)
-    check_new_folder(out)
     groups = info.groups
     obs_space = gym.spaces.Dict({g: gym.spaces.Box(-np.inf, np.inf, tuple(info.fields[OBS_PREFIX + g]["shape"]),
                                                    np.float32) for g in groups})
     act_space = gym.spaces.Box(-np.inf, np.inf, (info.act_dim,), np.float32)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     old_root = os.environ.get("MINARI_DATASETS_PATH")
-    try:
-        os.environ["MINARI_DATASETS_PATH"] = str(root.resolve())  # minari needs it absolute
-        dataset, metas, batch = None, [], []
-        for index, (meta, arrays) in enumerate(store.iter_episodes()):
-            metas.append(meta)
-            batch.append(_buffer(meta, arrays, groups, index))
-            if len(batch) == BATCH_EPISODES:
+    with staged_folder(out) as tmp:
+        try:  # Minari writes <MINARI_DATASETS_PATH>/<id>/data
+            os.environ["MINARI_DATASETS_PATH"] = str(tmp.resolve())  # minari needs it absolute
+            dataset, metas, batch = None, [], []
+            for index, (meta, arrays) in enumerate(store.iter_episodes()):
+                metas.append(meta)
+                batch.append(_buffer(meta, arrays, groups, index))
+                if len(batch) == BATCH_EPISODES:
+                    dataset = _write(dataset, batch, dataset_id, obs_space, act_space)
+                    batch = []
+            if batch or dataset is None:
                 dataset = _write(dataset, batch, dataset_id, obs_space, act_space)
-                batch = []
-        if batch or dataset is None:
-            dataset = _write(dataset, batch, dataset_id, obs_space, act_space)
-        for start in range(0, len(metas), BATCH_EPISODES):  # a file opening per batch, as for the episodes
-            chunk = metas[start:start + BATCH_EPISODES]
-            dataset.storage.update_episode_metadata([{k: m[k] for k in META_KEYS} for m in chunk],
-                                                    range(start, start + len(chunk)))
-        dataset.storage.update_metadata({"policydistill": record(info, metas, final_observation="repeated")})
-        (root / dataset_id).rename(out)
-    finally:
-        if old_root is None:
-            os.environ.pop("MINARI_DATASETS_PATH", None)
-        else:
-            os.environ["MINARI_DATASETS_PATH"] = old_root
-        shutil.rmtree(root, ignore_errors=True)
+            for start in range(0, len(metas), BATCH_EPISODES):  # a file opening per batch, as for the episodes
+                chunk = metas[start:start + BATCH_EPISODES]
+                dataset.storage.update_episode_metadata([{k: m[k] for k in META_KEYS} for m in chunk],
+                                                        range(start, start + len(chunk)))
+            dataset.storage.update_metadata({"policydistill": record(info, metas, final_observation="repeated")})
+        finally:
+            if old_root is None:
+                os.environ.pop("MINARI_DATASETS_PATH", None)
+            else:
+                os.environ["MINARI_DATASETS_PATH"] = old_root
+        (tmp / dataset_id / "data").rename(tmp / "data")  # staged_folder renames tmp to out: out/data
+        (tmp / dataset_id).rmdir()
     minari.MinariDataset(out / "data")  # Minari reads it back
     return out
 

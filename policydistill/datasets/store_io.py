@@ -72,14 +72,10 @@ def run_suite(store: Path) -> str | None:
     return suite if isinstance(suite, str) else None
 
 
-def store_info(root: str | Path, suite: str | None = None) -> StoreInfo:
-    """Describe the store at ``root``; ``suite`` overrides the one its run recorded."""
-    root = Path(root)
-    manifest = read_manifest(root)
-    metas = [m for s in manifest["shards"] for m in s["episodes"]]
-    tasks = tuple(dict.fromkeys(m["task"] for m in metas))
-    return StoreInfo(root, suite or run_suite(root), manifest["fields"], manifest["totals"]["episodes"],
-                     manifest["totals"]["steps"], tasks)
+def store_info(store: EpisodeStore, suite: str | None = None) -> StoreInfo:
+    """Describe ``store``; ``suite`` overrides the one its run recorded."""
+    tasks = tuple(dict.fromkeys(m["task"] for m in store.episodes()))
+    return StoreInfo(store.root, suite or run_suite(store.root), store.fields, len(store), store.steps, tasks)
 
 
 def record(info: StoreInfo, metas: list[Meta], **extra: Any) -> dict[str, Any]:
@@ -98,17 +94,12 @@ def read_record(text: str | None, where: str) -> dict[str, Any] | None:
     return rec
 
 
-def check_new_folder(out: Path) -> None:
-    """``out`` must not exist yet (an export or import never writes into something that is there)."""
-    if out.exists():
-        raise ValueError(f"out={out} exists: choose a new folder (nothing is written into an existing one)")
-
-
 @contextlib.contextmanager
 def staged_folder(out: Path) -> Iterator[Path]:
     """A temp folder beside ``out``, renamed to ``out`` when the block succeeds, removed when it fails: a
     failed export or import writes nothing."""
-    check_new_folder(out)
+    if out.exists():
+        raise ValueError(f"out={out} exists: choose a new folder (nothing is written into an existing one)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -125,7 +116,7 @@ def write_store(out: Path, episodes: Iterable[tuple[EpisodeArrays, Meta]], sourc
         with ShardWriter(tmp) as writer:
             for arrays, meta in episodes:
                 writer.add(arrays, meta)
-        if not writer.pending_steps and not read_manifest(tmp)["shards"]:
+        if not read_manifest(tmp)["totals"]["episodes"]:
             raise ValueError(f"{source.get('source')}: the dataset holds no episodes")
         atomic_write_json(tmp / SOURCE, source)
     return EpisodeStore(out)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from policydistill.data.shards import MANIFEST, EpisodeStore
-from policydistill.eval.metrics import ci95
+from policydistill.eval.metrics import Episode, summarise
 from policydistill.suites import Suite
 
 NO_TEACHERS = "none"
@@ -46,22 +46,17 @@ def load_stores(stores: Sequence[EpisodeStore], names: Sequence[str]) -> tuple[d
 
 
 def data_reference(suite: Suite, roots: Sequence[str | Path]) -> dict[str, dict[str, Any]]:
-    """Per task, its stored episodes summarised as an evaluation row (``return_mean``, ``return_ci95``,
-    ``success_rate`` (None where the suite defines no success), ``episodes``, ``dropped``): what an offline
-    student is scored against. A task without episodes is an error."""
-    metas: dict[str, list[dict[str, Any]]] = {n: [] for n in suite.task_names}
+    """Per task, its stored episodes summarised as an evaluation row (:func:`~policydistill.eval.metrics.summarise`;
+    success None where the suite defines none): what an offline student is scored against. A task without
+    episodes is an error."""
+    episodes: dict[str, list[Episode]] = {n: [] for n in suite.task_names}
     for root in roots:
         for m in EpisodeStore(root).episodes():
-            if m["task"] in metas:
-                metas[m["task"]].append(m)
-    empty = [n for n, ms in metas.items() if not ms]
+            if m["task"] in episodes:
+                has_success = suite.has_success[suite.index(m["task"])]
+                episodes[m["task"]].append(Episode(m["task"], m["seed"], float(m["return"]), m["length"],
+                                                   bool(m["success"]) if has_success else None))
+    empty = [n for n, eps in episodes.items() if not eps]
     if empty:
         raise ValueError(f"method.data holds no episodes of tasks {empty} of suite '{suite.name}'")
-    out = {}
-    for (name, ms), has_success in zip(metas.items(), suite.has_success, strict=True):
-        returns = [float(m["return"]) for m in ms]
-        out[name] = {"episodes": len(ms), "return_mean": float(np.mean(returns)), "return_std": float(np.std(returns)),
-                     "return_ci95": ci95(returns),
-                     "success_rate": float(np.mean([m["success"] for m in ms])) if has_success else None,
-                     "length_mean": float(np.mean([m["length"] for m in ms])), "dropped": 0, "faults": []}
-    return out
+    return {name: summarise(eps) for name, eps in episodes.items()}
