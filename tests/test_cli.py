@@ -111,6 +111,11 @@ def test_a_torch_module_named_as_module_attr_is_a_teacher(tmp_path, monkeypatch)
 
 @pytest.mark.parametrize(("args", "message"), [
     (["pipeline", "diffusion.algos=[nope]"], "unknown diffusion.algos entry 'nope'; expected one of ['dmd', "),
+    (["pipeline", "diffusion.teacher.train_steps=5"], "diffusion.teacher_from=zoo does not read diffusion.teacher; "
+                                                      "set diffusion.teacher_from=train to train the teacher"),
+    (["pipeline", "diffusion.suite=default"], "there is no committed diffusion teacher for suite 'default' (there is "
+                                              "one for: default_hazard); set diffusion.teacher_from=train or the path"),
+    (["pipeline", f"diffusion.teacher_from={ZOO / 'north'}"], "holds a MLPPolicy, not a diffusion policy"),
     (["pipeline", "privileged.kinds=[mlp,nope]"], "unknown privileged.kinds entry 'nope'; expected one of ['mlp', "),
     (["pipeline", "privileged.rounds=0"], "privileged.rounds must be an int >= 1, got 0"),
     (["pipeline", "ray.workers=3"], "launcher=local does not read ray.workers: the ray.* keys are read with "

@@ -187,6 +187,45 @@ def test_one_step_export_runs_in_the_runtime_like_the_policy(tmp_path, stochasti
         assert np.allclose(exported.act(o), p.act(o), atol=1e-4), t
 
 
+@pytest.mark.parametrize("denoiser", ["mlp", "unet"])
+def test_inference_constants_follow_the_weights(denoiser: str) -> None:
+    """The chunks of a deterministic student (normalisers and level embedding derived once) equal the plain
+    path's (everything computed from the weights), and stay equal after a change of the normaliser statistics,
+    a load_state_dict, an in-place update of the level embedding's weights and a deep copy."""
+    import copy
+
+    p = OneStepPolicy(GROUPS, OBS, ACT, n_obs_steps=2, horizon=8, n_action_steps=4, stochastic=False,
+                      denoiser=denoiser, denoiser_params={"hidden": [32, 32]} if denoiser == "mlp" else {}).eval()
+    win = window(obs_batch(3, 0), obs_batch(3, 1))
+
+    def plain(policy: OneStepPolicy) -> np.ndarray:
+        with torch.inference_mode():
+            return policy.to_actions(policy.generate(policy.cond(policy.obs_tensor(win, window=True)), None)).numpy()
+
+    def check(policy: OneStepPolicy) -> np.ndarray:
+        got = policy.predict_chunk(win)
+        assert np.allclose(got, plain(policy), atol=1e-6)  # the same up to float rounding
+        return got
+
+    first = check(p)
+    p.obs_normalizer.set_stats(np.linspace(-1, 1, 7), np.linspace(0.5, 2, 7))
+    p.action_normalizer.set_stats(np.full(2, -0.5), np.full(2, 0.7))
+    second = check(p)
+    assert not np.allclose(first, second)
+    other = OneStepPolicy(GROUPS, OBS, ACT, n_obs_steps=2, horizon=8, n_action_steps=4, stochastic=False, seed=0,
+                          denoiser=denoiser, denoiser_params={"hidden": [32, 32]} if denoiser == "mlp" else {})
+    p.load_state_dict(other.state_dict())
+    assert not np.allclose(check(p), second)
+    with torch.no_grad():
+        p.net.time.mlp[2].bias.add_(0.5)
+    third = check(p)
+    copied = copy.deepcopy(p)
+    assert np.array_equal(copied.predict_chunk(win), third)
+    with torch.no_grad():
+        copied.obs_normalizer.mean.add_(1.0)
+    assert not np.allclose(check(copied), third) and np.array_equal(p.predict_chunk(win), third)
+
+
 def test_denoiser_graph_runs_the_k_step_sampler_in_the_runtime(tmp_path) -> None:
     """The teacher's exported denoiser, run by the runtime's OnnxPolicy in the exported sampler loop,
     reproduces the torch DDIM chunk from the same initial noise."""

@@ -71,6 +71,9 @@ class ChunkPolicy(TorchPolicy):
         self._fresh = np.zeros(0, dtype=bool)  # (n,) history to be filled with the next observation
         self._queue = np.zeros((0, self.n_action_steps, self.act_dim), dtype=np.float32)
         self._left = np.zeros(0, dtype=int)  # (n,) actions left in each env's queue
+        self._constants: dict[str, Any] = {}
+        self._constants_from: list[torch.Tensor] = []  # the tensors they were derived from
+        self._constants_versions: list[int] | None = None  # and those tensors' version counters then
 
     @property
     def cond_dim(self) -> int:
@@ -78,13 +81,40 @@ class ChunkPolicy(TorchPolicy):
 
     # ---- torch path (shared with the exported graphs) -----------------------------------------
 
-    def cond(self, window: torch.Tensor) -> torch.Tensor:
-        """Raw observation window (n, n_obs_steps, obs_dim) -> conditioning (n, n_obs_steps * obs_dim)."""
-        return self.obs_normalizer(window).flatten(1)
+    def cond(self, window: torch.Tensor, affine: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Raw observation window (n, n_obs_steps, obs_dim) -> conditioning (n, n_obs_steps * obs_dim);
+        ``affine``: the observation normaliser's, when computed beforehand (:meth:`constants`)."""
+        return self.obs_normalizer(window, affine).flatten(1)
 
-    def to_actions(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised chunk (n, H, A) -> chunk in the action space (unnormalised, clipped)."""
-        return torch.clamp(self.action_normalizer.inverse(x), self.action_low, self.action_high)
+    def to_actions(self, x: torch.Tensor, affine: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Normalised chunk (n, H, A) -> chunk in the action space (unnormalised, clipped); ``affine``: the
+        action range's scale and offset, when computed beforehand (:meth:`constants`)."""
+        return torch.clamp(self.action_normalizer.inverse(x, affine), self.action_low, self.action_high)
+
+    # ---- constants of the inference path -------------------------------------------------------
+
+    def constant_sources(self) -> list[torch.Tensor]:
+        """The weights :meth:`derive_constants` reads."""
+        obs, actions = self.obs_normalizer, self.action_normalizer
+        return [obs.mean, obs.var, actions.low, actions.high]
+
+    def derive_constants(self) -> dict[str, Any]:
+        """Tensors the inference path derives from the weights: the normalisers' affine maps."""
+        actions = self.action_normalizer
+        return {"obs": self.obs_normalizer.affine(), "actions": (actions.scale(), actions.offset())}
+
+    def constants(self) -> dict[str, Any]:
+        """:meth:`derive_constants`, computed again only when a tensor of :meth:`constant_sources` was modified
+        in place (its version counter moved: training, ``load_state_dict``) or the policy was moved or cast."""
+        if self._constants_versions != [t._version for t in self._constants_from]:
+            with torch.inference_mode(False), torch.no_grad():  # plain tensors: a copy of the policy copies them
+                self._constants, self._constants_from = self.derive_constants(), self.constant_sources()
+            self._constants_versions = [t._version for t in self._constants_from]
+        return self._constants
+
+    def _apply(self, fn: Any, recurse: bool = True) -> ChunkPolicy:
+        self._constants_versions = None  # .to(), .float(), ...: the sources are new tensors
+        return super()._apply(fn, recurse)
 
     def sample_norm(self, cond: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Draw normalised chunks (n, H, A) for ``cond`` (n, cond_dim); noise from ``generator``."""
@@ -149,8 +179,9 @@ class ChunkPolicy(TorchPolicy):
             return self._chunks(window, deterministic)
 
     def _chunks(self, window: torch.Tensor, deterministic: bool) -> np.ndarray:
-        x = self.sample_norm(self.cond(window), self.generator(deterministic))
-        return self.to_actions(x).cpu().numpy().astype(np.float32, copy=False)
+        constants = self.constants()
+        x = self.sample_norm(self.cond(window, constants["obs"]), self.generator(deterministic))
+        return self.to_actions(x, constants["actions"]).cpu().numpy().astype(np.float32, copy=False)
 
     def act(self, obs: ObsGroups, deterministic: bool = True) -> np.ndarray:
         """obs {group: (n, dim)} -> actions (n, act_dim): each env's next queued action, the queues of

@@ -2,8 +2,9 @@
 
 ``cond`` is the normalised observation window (which holds the ``task`` group, so one denoiser
 serves every task of a suite). ``t`` is the noise level as a float (the exported graph takes it as
-float32), embedded sinusoidally. Two kinds: :class:`MLPDenoiser` (the chunk flattened) and the
-small temporal U-Net of :mod:`policydistill.models.unet1d`.
+float32), embedded sinusoidally; a (n, time_dim) ``t`` is taken as that embedding, computed beforehand.
+Two kinds: :class:`MLPDenoiser` (the chunk flattened) and the small temporal U-Net of
+:mod:`policydistill.models.unet1d`.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class MLPDenoiser(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        h = torch.cat([x.flatten(1), cond, self.time(t)], dim=-1)
+        h = torch.cat([x.flatten(1), cond, (t if t.dim() == 2 else self.time(t))], dim=-1)
         return self.net(h).view(-1, self.horizon, self.act_dim)
 
 

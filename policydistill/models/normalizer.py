@@ -26,11 +26,16 @@ class ObsNormalizer(nn.Module):
         self.mean.copy_(torch.as_tensor(mean, dtype=self.mean.dtype).reshape(self.mean.shape))
         self.var.copy_(torch.as_tensor(var, dtype=self.var.dtype).reshape(self.var.shape))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (n, dim) -> normalised x (n, dim)."""
+    def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean, 1 / sqrt(var + eps))``, each (dim,)."""
+        return self.mean, torch.rsqrt(self.var + self.eps)
+
+    def forward(self, x: torch.Tensor, affine: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """x (..., dim) -> normalised x (..., dim); ``affine``: :meth:`affine`, when computed beforehand."""
         if not self.enabled:
             return x
-        return torch.clamp((x - self.mean) / torch.sqrt(self.var + self.eps), -self.clip, self.clip)
+        mean, inv_std = self.affine() if affine is None else affine
+        return torch.clamp((x - mean) * inv_std, -self.clip, self.clip)
 
     def config(self) -> dict[str, Any]:
         return {"enabled": self.enabled, "clip": self.clip, "eps": self.eps}
@@ -64,6 +69,8 @@ class RangeNormalizer(nn.Module):
         """x (..., dim) in the data range -> (..., dim) in [-1, 1]."""
         return (x - self.offset()) / self.scale()
 
-    def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        """y (..., dim) in [-1, 1] -> (..., dim) in the data range."""
-        return y * self.scale() + self.offset()
+    def inverse(self, y: torch.Tensor, affine: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """y (..., dim) in [-1, 1] -> (..., dim) in the data range; ``affine``: ``(scale(), offset())``, when
+        computed beforehand."""
+        scale, offset = (self.scale(), self.offset()) if affine is None else affine
+        return y * scale + offset

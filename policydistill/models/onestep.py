@@ -62,19 +62,33 @@ class OneStepPolicy(ChunkPolicy):
 
     # ---- torch path --------------------------------------------------------------------------
 
-    def generate(self, cond: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+    def generate(self, cond: torch.Tensor, z: torch.Tensor | None,
+                 level_embedding: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised chunk (n, H, A) for ``cond`` (n, cond_dim) from noise ``z`` (n, H, A); a deterministic
-        generator ignores ``z`` (may be None) and uses its anchor."""
+        generator ignores ``z`` (may be None) and uses its anchor. ``level_embedding`` (1, time_dim): the
+        denoiser's embedding of ``level``, when computed beforehand (:meth:`constants`)."""
         if self.anchor is not None:
             z = self.anchor.expand(cond.shape[0], self.horizon, self.act_dim)
         if z is None:
             raise ValueError("a stochastic one-step policy needs noise z (n, horizon, act_dim)")
-        t = torch.ones_like(cond[:, 0]) * float(self.level)  # (n,), traced with a dynamic batch size
+        if level_embedding is None:
+            t = torch.ones_like(cond[:, 0]) * float(self.level)  # (n,), traced with a dynamic batch size
+        else:
+            t = level_embedding.expand(cond.shape[0], -1)
         out = self.out_scale * self.net(z, t, cond)
         return out + self.skip * z if self.skip else out
 
     def sample_norm(self, cond: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        return self.generate(cond, self.noise(len(cond), generator) if self.stochastic else None)
+        z = self.noise(len(cond), generator) if self.stochastic else None
+        return self.generate(cond, z, self.constants()["level"])
+
+    def constant_sources(self) -> list[torch.Tensor]:
+        return [*super().constant_sources(), *self.net.time.weights()]
+
+    def derive_constants(self) -> dict[str, Any]:
+        """The normalisers' affine maps and the embedding of the generator's noise level (1, time_dim)."""
+        level = torch.full((1,), float(self.level), device=self.device)
+        return {**super().derive_constants(), "level": self.net.time(level)}
 
     def export_graph(self) -> ExportGraph:
         """obs window [+ noise] -> chunk (see the module docstring)."""

@@ -20,6 +20,11 @@ class TimeEmbedding(nn.Module):
         self.register_buffer("freqs", freqs, persistent=False)
         self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.SiLU(), nn.Linear(2 * dim, dim))
 
+    def weights(self) -> list[torch.Tensor]:
+        """Its parameters, listed without walking the module tree (read on every inference call)."""
+        first, last = self.mlp[0], self.mlp[2]
+        return [first.weight, first.bias, last.weight, last.bias]
+
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         x = t.float().reshape(-1, 1) * self.freqs
         return self.mlp(torch.cat([x.sin(), x.cos()], dim=-1))

@@ -70,7 +70,7 @@ class TemporalUnet1D(nn.Module):
                                    nn.Conv1d(channels[0], act_dim, 1))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        c = torch.cat([self.time(t), cond], dim=-1)
+        c = torch.cat([(t if t.dim() == 2 else self.time(t)), cond], dim=-1)
         h = x.transpose(1, 2)
         skips = []
         for res1, res2, down in self.down:

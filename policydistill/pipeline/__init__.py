@@ -16,7 +16,7 @@ from pathlib import Path
 
 from policydistill.configs import require_choice, require_device, require_int
 from policydistill.experts import ExpertConfig
-from policydistill.pipeline.diffusion import DiffusionStageConfig, stage_diffusion
+from policydistill.pipeline.diffusion import DiffusionStageConfig, check_diffusion_teacher, stage_diffusion
 from policydistill.pipeline.experts import stage_experts, stage_task_blindness
 from policydistill.pipeline.generalist import GeneralistStageConfig, stage_distill
 from policydistill.pipeline.privileged import PrivilegedStageConfig, stage_privileged
@@ -66,8 +66,12 @@ def run_pipeline(cfg: PipelineConfig) -> Path:
     """Run every stage on ``cfg.suite`` under ``cfg.out``; returns the path of report.md."""
     suite = load_suite(cfg.suite)
     for stage in (cfg.diffusion, cfg.privileged):  # what later stages read is refused before any work
-        if stage.enabled:
-            stage_suite = load_suite(stage.suite)
+        if not stage.enabled:
+            continue
+        stage_suite = load_suite(stage.suite)
+        if stage is cfg.diffusion and cfg.diffusion.teacher_from != "train":
+            check_diffusion_teacher(cfg.diffusion.teacher_bundle(), stage_suite)
+        else:
             policies_for_suite(zoo_dir(stage_suite.name) if stage.teachers == "zoo" else stage.teachers, stage_suite,
                                device="cpu")
     out = Path(cfg.out)

@@ -1,8 +1,8 @@
 """The pipeline's diffusion -> one-step stage (see :class:`DiffusionStageConfig`).
 
-Trains a diffusion policy from the expert zoo of its suite, distils one one-step student per
-algorithm, and evaluates all of them on the same seeded episodes: the teacher at 100, 10 and 1 DDIM
-steps and every student, each with its teacher-normalised score and success and its batch-1 chunk
+Takes the committed diffusion teacher of its suite (or trains one from the suite's expert zoo), distils
+one one-step student per algorithm, and evaluates all of them on the same seeded episodes: the teacher
+at 100, 10 and 1 DDIM steps and every student, each with its teacher-normalised score and success and its batch-1 chunk
 latency on one thread (torch eager). Writes ``<out>/diffusion/`` (runs, ``onestep.json``,
 ``onestep.png``) and a report section.
 """
@@ -24,8 +24,9 @@ from policydistill.distill.runner import DistillConfig, distill
 from policydistill.eval.evaluate import evaluate, random_baseline
 from policydistill.eval.latency import chunk_latency
 from policydistill.eval.metrics import mean_of, mean_rate, teacher_normalised
-from policydistill.files import atomic_write_json
-from policydistill.suites import Suite, load_suite, zoo_dir
+from policydistill.files import atomic_write_json, read_json
+from policydistill.models.diffusion import DiffusionPolicy
+from policydistill.suites import Suite, diffusion_zoo_dir, load_suite, zoo_dir
 from policydistill.teachers import policies_for_suite
 from policydistill.types import stack_obs
 
@@ -37,22 +38,29 @@ log = logging.getLogger(__name__)
 TEACHER_STEPS = (100, 10, 1)
 
 
+def ZOO_RECIPE() -> DiffusionConfig:  # noqa: N802 (a constant recipe, built fresh for each use)
+    """How the committed diffusion teachers (``envs/zoo/diffusion/<suite>``) were trained from their suite's
+    expert zoo (``scripts/train_zoo.py --diffusion``)."""
+    return DiffusionConfig(demos="mirror_routes", episodes_per_task=100, train_steps=20_000)
+
+
 @dataclass
 class DiffusionStageConfig:
-    """The pipeline's diffusion -> one-step stage: a diffusion policy (``teacher``, a pipeline-sized budget)
-    trained on ``suite`` from ``teachers`` (``zoo``: the committed expert zoo of that suite), then a one-step
+    """The pipeline's diffusion -> one-step stage on ``suite``: the diffusion teacher ``teacher_from`` (``zoo``:
+    the committed one of ``envs/zoo/diffusion/<suite>``; ``train``: trained with ``teacher`` from ``teachers``,
+    ``zoo`` being the suite's committed experts; or the path of a diffusion policy bundle), then a one-step
     student per algorithm of ``algos`` (``onestep``: their shared settings; each reads its own), evaluated
     beside the teacher at 100, 10 and 1 DDIM steps on ``eval_episodes`` per task, latency over
     ``latency_calls`` calls."""
 
     enabled: bool = True
     suite: str = "default_hazard"
+    teacher_from: str = "zoo"
     teachers: str = "zoo"
     algos: list[str] = field(default_factory=lambda: ["dmd", "dmd_det", "consistency", "regression"])
     eval_episodes: int = 10
     latency_calls: int = 200
-    teacher: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(
-        demos="mirror_routes", episodes_per_task=40, train_steps=6000))
+    teacher: DiffusionConfig = field(default_factory=ZOO_RECIPE)
     onestep: OneStepConfig = field(default_factory=lambda: OneStepConfig(
         steps=400, episodes_per_task=10, pairs=8192))
 
@@ -61,6 +69,34 @@ class DiffusionStageConfig:
             require_choice("diffusion.algos entry", algo, ALGOS)
         require_int("diffusion.eval_episodes", self.eval_episodes)
         require_int("diffusion.latency_calls", self.latency_calls)
+        if self.teacher_from == "train":
+            return
+        unread = [k for k, v in (("teachers", self.teachers != "zoo"), ("teacher", self.teacher != ZOO_RECIPE()))
+                  if v]
+        if unread:
+            raise ValueError(f"diffusion.teacher_from={self.teacher_from} does not read diffusion."
+                             f"{', diffusion.'.join(unread)}; set diffusion.teacher_from=train to train the "
+                             "teacher with them")
+        if self.teacher_from == "zoo" and not (diffusion_zoo_dir(self.suite) / "policy.json").is_file():
+            have = sorted(p.name for p in diffusion_zoo_dir(self.suite).parent.iterdir() if p.is_dir())
+            raise ValueError(f"there is no committed diffusion teacher for suite '{self.suite}' (there is one for: "
+                             f"{', '.join(have)}); set diffusion.teacher_from=train or the path of a diffusion bundle")
+        if self.teacher_from != "zoo" and not (Path(self.teacher_from) / "policy.json").is_file():
+            raise ValueError(f"diffusion.teacher_from must be zoo, train or a diffusion policy bundle (a folder "
+                             f"with policy.json), got {self.teacher_from!r}")
+
+    def teacher_bundle(self) -> Path | None:
+        """The diffusion teacher's bundle; None when the stage trains it."""
+        if self.teacher_from == "train":
+            return None
+        return diffusion_zoo_dir(self.suite) if self.teacher_from == "zoo" else Path(self.teacher_from)
+
+
+def check_diffusion_teacher(bundle: Path, suite: Suite) -> None:
+    """A ValueError unless ``bundle`` holds a diffusion policy that acts on ``suite``."""
+    policy = next(iter(policies_for_suite(bundle, suite, device="cpu").values()))
+    if not isinstance(policy, DiffusionPolicy):
+        raise ValueError(f"diffusion.teacher_from: {bundle} holds a {type(policy).__name__}, not a diffusion policy")
 
 
 def compare(suite: Suite, policies: dict[str, Any], reference: str, episodes: int, seed: int,
@@ -126,7 +162,6 @@ def stage_diffusion(cfg: Any, suite: Suite, out: Path, report: Report) -> None:
         return
     dsuite = load_suite(stage.suite)
     root = out / "diffusion"
-    teachers_spec = zoo_dir(dsuite.name) if stage.teachers == "zoo" else Path(stage.teachers)
 
     def run(method: Any, teachers: Path, to: Path) -> dict[str, Any]:
         return distill(DistillConfig(suite=stage.suite, teachers=str(teachers), out=str(to), seed=cfg.seed,
@@ -134,8 +169,19 @@ def stage_diffusion(cfg: Any, suite: Suite, out: Path, report: Report) -> None:
                                      final_episodes=0),  # compare() evaluates every policy side by side
                        dsuite, policies_for_suite(teachers, dsuite, device=cfg.device))
 
-    run(stage.teacher, teachers_spec, root / "teacher")
-    bundle = root / "teacher" / "student"
+    if stage.teacher_from == "train":
+        run(stage.teacher, zoo_dir(dsuite.name) if stage.teachers == "zoo" else Path(stage.teachers),
+            root / "teacher")
+        bundle = root / "teacher" / "student"
+        made = f"trained here from the expert zoo ({stage.teacher.train_steps} updates)"
+    else:
+        bundle = stage.teacher_bundle()
+        made = f"`{stage.teacher_from}`"
+        if stage.teacher_from == "zoo":
+            info = read_json(bundle / "zoo.json")
+            made = (f"the committed one of the zoo (`envs/zoo/diffusion/{dsuite.name}`: {info['updates']} updates "
+                    f"on {info['recipe']['episodes_per_task']} demonstrations per task, {info['wall_time_s']:.0f} s "
+                    "on one core; `scripts/train_zoo.py --diffusion` retrains it)")
     runs = {algo: run(stage.onestep.for_algo(algo), bundle, root / algo) for algo in stage.algos}
     policies: dict[str, Any] = {}
     for k in TEACHER_STEPS:
@@ -144,14 +190,14 @@ def stage_diffusion(cfg: Any, suite: Suite, out: Path, report: Report) -> None:
         policies[f"one-step {algo}"] = load_bundle(root / algo / "student", device=cfg.device)
     results = compare(dsuite, policies, f"teacher ddim {TEACHER_STEPS[0]}", stage.eval_episodes, cfg.eval_seed,
                       stage.latency_calls)
-    atomic_write_json(root / "onestep.json", {"suite": dsuite.name, "teacher_train_steps": stage.teacher.train_steps,
+    atomic_write_json(root / "onestep.json", {"suite": dsuite.name, "teacher": str(bundle),
                                               "onestep_steps": stage.onestep.steps, "results": results,
                                               "runs": {a: r["rounds"][-1] for a, r in runs.items()}})
     plot_onestep(root / "onestep.png", results)
     rows = []
     for name, r in results.items():
         algo = name.removeprefix("one-step ")
-        upd = runs[algo]["rounds"][-1]["updates"] if algo in runs else stage.teacher.train_steps
+        upd = runs[algo]["rounds"][-1]["updates"] if algo in runs else ""
         lat = r["latency"]
         rows.append([name, r["mean_score"], r["min_score"], r["mean_success"], lat["p50_ms"], lat["p99_ms"],
                      lat["cpu_p99_ms"], f"{r['speedup_p50']:.0f}x", upd])
@@ -160,8 +206,8 @@ def stage_diffusion(cfg: Any, suite: Suite, out: Path, report: Report) -> None:
          "updates"], rows)
         + f"\n\nSuite `{dsuite.name}` (the default tasks with a pit halfway to the goal; demonstrations: each "
           f"task's zoo expert or its mirror image, per episode, so every task is shown passing left and right). "
-          f"Teacher: a diffusion policy ({stage.teacher.train_steps} updates); students: {stage.onestep.steps} updates "
-          f"each, initialised from the teacher. Score: (return - random) / (the 100-step teacher's return - random) "
+          f"Teacher: a diffusion policy, {made}; students: {stage.onestep.steps} updates each, initialised from "
+          "the teacher. Score: (return - random) / (the 100-step teacher's return - random) "
           f"on the same {stage.eval_episodes} seeded episodes per task, random being a uniform random policy. "
           f"Latency: one `predict_chunk` at batch 1 on one "
           f"thread (torch eager), {stage.latency_calls} calls; wall-clock, and the thread's CPU time (the latency on "

@@ -198,6 +198,11 @@ def zoo_dir(suite: str) -> Path:
     return Path(str(resources.files("policydistill_envs"))) / "zoo" / suite
 
 
+def diffusion_zoo_dir(suite: str) -> Path:
+    """The committed diffusion teacher of a bundled suite: ``envs/zoo/diffusion/<suite>`` (one bundle)."""
+    return Path(str(resources.files("policydistill_envs"))) / "zoo" / "diffusion" / suite
+
+
 def builtin_suites() -> list[str]:
     return sorted(p.stem for p in _suite_dir().glob("*.yaml"))
 
