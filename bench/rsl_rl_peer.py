@@ -56,7 +56,7 @@ except ImportError as e:  # pragma: no cover - a benchmark-only dependency
     raise SystemExit(f"this benchmark needs rsl-rl-lib: .venv/bin/pip install -e '.[rslrl]' ({e})") from e
 
 EVAL_SEED = DistillConfig.eval_seed  # the seeds distill evaluates its students on
-SMOKE = {"seeds": [0], "rounds": 2, "episodes_per_task": 1, "updates": 10, "eval_episodes": 2}
+SMOKE = {"seeds": [0], "rounds": 2, "episodes_per_task": 1, "eval_episodes": 2}
 THRESHOLDS = (0.9, 0.95)
 
 
@@ -173,7 +173,7 @@ def run_rsl_rl(suite: Suite, teachers: dict, groups: list[str], hidden: list[int
 
 
 def run_dagger(suite: Suite, teachers: dict, groups: list[str], hidden: list[int], seed: int, rounds: int,
-               episodes_per_task: int, eval_episodes: int, updates: int) -> dict:
+               episodes_per_task: int, eval_episodes: int, updates: int | None) -> dict:
     method = DAggerConfig(rounds=rounds, episodes_per_task=episodes_per_task, updates_per_round=updates,
                           beta_rounds=max(1, rounds - 2))
     summary = run_distill(suite, teachers, seed, method, StudentConfig(groups=list(groups), hidden=list(hidden)),
@@ -201,7 +201,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
     p.add_argument("--rounds", type=int, default=12)
     p.add_argument("--episodes-per-task", type=int, default=2)
-    p.add_argument("--updates", type=int, default=1000)
+    p.add_argument("--updates", type=int, default=None,
+                   help="our updates per round (default: policydistill's, scaled to the round's data)")
     p.add_argument("--eval-episodes", type=int, default=20)
     p.add_argument("--rsl-epochs", type=int, default=2, help="rsl_rl num_learning_epochs (IsaacLab uses 2)")
     p.add_argument("--tag", default="", help="suffix of the result file name")

@@ -72,6 +72,16 @@ def test_rounds_follow_the_schedule_and_count_labels(default_suite, tmp_path):
     assert data["actor"].all()  # beta 0: the student acted on every step
 
 
+def test_updates_per_round_by_default_scale_with_the_round_data(default_suite, tmp_path):
+    """Unset, a round takes 10 passes over its training rows at the batch size, between 50 and 500 updates."""
+    summary = distill(quick(tmp_path, rounds=3, beta_rounds=2, updates_per_round=None), default_suite,
+                      scripted_teachers(default_suite))
+    rounds = summary["rounds"]
+    assert [r["dataset_steps"] for r in rounds] == [800, 1600, 2400]
+    assert [r["updates"] for r in rounds] == [50, 63, 94]  # ceil(10 * rows / 256), at least 50
+    assert DAggerConfig().round_updates(100_000) == 500 and DAggerConfig(updates_per_round=7).round_updates(10) == 7
+
+
 def test_teacher_weights_never_change_and_labels_match_the_teacher(default_suite, tmp_path):
     teachers = {n: load_bundle(ZOO / n, device="cpu") for n in default_suite.task_names}
     before = {n: {k: v.clone() for k, v in t.state_dict().items()} for n, t in teachers.items()}

@@ -23,6 +23,7 @@ episodes, latent students on the teachers' privileged latent (then, in their las
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,10 +50,18 @@ from policydistill.types import POLICY, PRIVILEGED, TASK
 log = logging.getLogger(__name__)
 
 
+AUTO_EPOCHS = 10
+"""Passes over a round's training rows when ``updates_per_round`` is None."""
+AUTO_UPDATES = (50, 500)
+"""The fewest and most updates per round then."""
+
+
 @dataclass
 class FitFields:
     """How the student is fitted every round: ``updates_per_round`` steps on minibatches of ``batch_size``
-    (``balance_tasks``: every task the same share) of ``loss`` (with ``loss_params``) at learning rate ``lr``;
+    (None: as many as :data:`AUTO_EPOCHS` passes over the round's training rows take, between
+    :data:`AUTO_UPDATES` (50, 500), so that small datasets are not fitted 500 times a round) (``balance_tasks``:
+    every task the same share) of ``loss`` (with ``loss_params``) at learning rate ``lr``;
     ``lr_decay`` anneals it to ``lr / 100`` within each round (a cosine). ``confidence``: per-step loss weights,
     ``none`` or ``teacher_std`` (each label's precision, capped at ``confidence_cap`` times the mean; see
     :mod:`policydistill.distill.confidence`)."""
@@ -61,7 +70,7 @@ class FitFields:
     confidence: str = "none"
     confidence_cap: float = 10.0
     loss_params: dict[str, Any] = field(default_factory=dict)
-    updates_per_round: int = 500
+    updates_per_round: int | None = None
     batch_size: int = 256
     lr: float = 1e-3
     lr_decay: bool = False
@@ -74,12 +83,21 @@ class FitFields:
         require_number("confidence_cap", self.confidence_cap, 1.0)
         if self.confidence == "none" and self.confidence_cap != 10.0:
             raise ValueError("method.confidence_cap is read only with method.confidence=teacher_std")
-        require_int("updates_per_round", self.updates_per_round)
+        if self.updates_per_round is not None:
+            require_int("updates_per_round", self.updates_per_round)
         require_int("batch_size", self.batch_size)
         require_lr("lr", self.lr)
 
-    def fit_config(self, steps: int | None = None, lr: float | None = None) -> FitConfig:
-        return FitConfig(steps=steps or self.updates_per_round, lr=lr or self.lr,
+    def round_updates(self, rows: int) -> int:
+        """The updates of a round that trains on ``rows`` rows (see ``updates_per_round``)."""
+        if self.updates_per_round is not None:
+            return self.updates_per_round
+        low, high = AUTO_UPDATES
+        return min(high, max(low, math.ceil(AUTO_EPOCHS * rows / self.batch_size)))
+
+    def fit_config(self, rows: int, steps: int | None = None, lr: float | None = None) -> FitConfig:
+        """The fit of a round on ``rows`` training rows (``steps``, ``lr``: overrides)."""
+        return FitConfig(steps=steps or self.round_updates(rows), lr=lr or self.lr,
                          lr_schedule="cosine" if self.lr_decay else "constant", final_lr=0.01)
 
 
@@ -288,7 +306,7 @@ class OnPolicy(Algorithm):
         batches = self.student.batches(data, lengths, batch_size or cfg.batch_size,
                                        task if cfg.balance_tasks else None, self.ctx.student.tbptt)
         return FitJob(self.student, lambda model, batch: model.compute_loss(batch, loss_fn), batches,
-                      cfg.fit_config(steps, lr), self.optimizer)
+                      cfg.fit_config(len(data["x"]), steps, lr), self.optimizer)
 
     def update(self, store: EpisodeStore | None, round: int, fit_with: FitWith) -> dict[str, Any]:
         assert store is not None or self.offline

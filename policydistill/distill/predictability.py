@@ -80,7 +80,8 @@ def check_predictable(ctx: Context, cfg: Any, loss_fn: LossFn, raw: dict[str, np
     train, train_len = _split(raw, lengths, np.sort(order[n_test:]))
     test, test_len = _split(raw, lengths, np.sort(order[:n_test]))
     out: dict[str, Any] = {"held_out_episodes": int(n_test), "train_episodes": int(len(lengths) - n_test),
-                           "updates": cfg.updates_per_round, "label_variance": float(test["label_mean"].var(0).mean())}
+                           "updates": cfg.round_updates(int(train_len.sum())),
+                           "label_variance": float(test["label_mean"].var(0).mean())}
     teachers = [ctx.teachers[n] for n in ctx.suite.task_names]
     task = train[f"obs/{TASK}"].argmax(1)
     for name, gs in (("student", groups), ("with_privileged", [*groups, PRIVILEGED])):
@@ -91,7 +92,8 @@ def check_predictable(ctx: Context, cfg: Any, loss_fn: LossFn, raw: dict[str, np
         probe.fit_normalizer(data["x"])
         batches = probe.batches(data, train_len, cfg.batch_size, task if cfg.balance_tasks else None,
                                 ctx.student.tbptt)
-        fit(FitJob(probe, lambda model, batch: model.compute_loss(batch, loss_fn), batches, cfg.fit_config(),
+        fit(FitJob(probe, lambda model, batch: model.compute_loss(batch, loss_fn), batches,
+                   cfg.fit_config(len(data["x"])),
                    adam(probe, cfg.lr)), np.random.default_rng(ctx.seed), progress=False)
         out[f"{name}_mse"] = replay_mse(probe, test, test_len)
     out["ratio"] = out["student_mse"] / max(out["with_privileged_mse"], 1e-12)
