@@ -1,7 +1,10 @@
+import json
+
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
+from policydistill.cli import main
 from policydistill.suites import builtin_suites, load_suite, suite_from_dict
 from policydistill.types import POLICY, PRIVILEGED, TASK
 
@@ -86,3 +89,24 @@ def test_suite_envs_are_deterministic_under_seed(default_suite):
         return np.concatenate(out)
 
     assert np.array_equal(run(3), run(3)) and not np.array_equal(run(3), run(4))
+
+
+def test_a_module_env_id_imports_the_module_then_makes_the_id(tmp_path):
+    """gymnasium's ``module:env-id`` form, as a suite name and as a task's env: the module registers the id on
+    import; the task is named by the id. A module without that id or factory, or one that cannot be imported, is
+    a one-line error naming it."""
+    suite = load_suite("plugin_envs:plugin/Pendulum-v0")
+    assert suite.task_names == ["plugin/Pendulum-v0"]
+    obs, _ = suite.make_env(0).reset(seed=0)
+    assert obs["policy"].shape == (3,) and "task" in obs
+    listed = suite_from_dict({"name": "two", "tasks": ["plugin_envs:plugin/Pendulum-v0", "Pendulum-v1"]}, "two")
+    assert listed.task_names == ["plugin/Pendulum-v0", "Pendulum-v1"]
+    with pytest.raises(ValueError, match="module 'plugin_envs' has no factory 'plugin/Nope-v0' and registers no "
+                                         "gymnasium id 'plugin/Nope-v0'"):
+        load_suite("plugin_envs:plugin/Nope-v0")
+    with pytest.raises(ValueError, match="module 'no_such_plugin' cannot be imported"):
+        load_suite("no_such_plugin:plugin/Pendulum-v0")
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "suite=plugin_envs:plugin/Pendulum-v0", "policy=plugin_envs:damper", "episodes=2",
+                 "video=false", f"out={out}"]) == 0
+    assert json.loads(out.read_text())["tasks"]["plugin/Pendulum-v0"]["episodes"] == 2

@@ -36,7 +36,8 @@ from policydistill.suites.wrappers import BoxToGroups, SafeEpisodes, Success, Ta
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One task: ``env`` is a gymnasium id or ``"module:factory"``; ``kwargs`` go to it.
+    """One task: ``env`` is a gymnasium id, ``"module:env-id"`` (importing the module registers the id) or
+    ``"module:factory"``; ``kwargs`` go to it.
 
     ``success_threshold``: the success rate an expert must reach; ``train_steps``: default expert
     budget; ``teacher``: optional policy spec (bundle dir or ``module:callable``); ``success``: when an episode
@@ -166,17 +167,39 @@ def success_test(spec: dict[str, Any] | str, task: str) -> Callable[[dict[str, A
                      "<number>}} or 'module:callable'")
 
 
+def _module_attr(env: str) -> tuple[str, str] | None:
+    """``(module, attr)`` of a ``"module:attr"`` env (a factory or an id the module registers), else None."""
+    module, sep, attr = env.partition(":")
+    return (module, attr) if sep and "/" not in module else None
+
+
+def task_name_of(env: str) -> str:
+    """The default task name of an env: the part after ``module:``, else the env itself."""
+    split = _module_attr(env)
+    return split[1] if split else env
+
+
 def _env_factory(env: str) -> Callable[..., gym.Env]:
-    if ":" in env and "/" not in env.split(":")[0]:
-        module, _, attr = env.partition(":")
+    """A callable making ``env``: a registered id, ``"module:factory"``, or ``"module:env-id"`` (gymnasium's
+    form: importing the module registers the id, as plugins such as shimmy do)."""
+    split = _module_attr(env)
+    if split:
+        module, attr = split
         try:
-            return getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(f"env factory '{env}' cannot be imported: {e}") from e
+            imported = importlib.import_module(module)
+        except ImportError as e:
+            raise ValueError(f"env '{env}': module '{module}' cannot be imported: {e}") from e
+        if hasattr(imported, attr):
+            return getattr(imported, attr)
+        if attr not in gym.registry:
+            raise ValueError(f"env '{env}': module '{module}' has no factory '{attr}' and registers no gymnasium "
+                             f"id '{attr}'")
+        env = attr
     _register_builtin_envs()
     if env not in gym.registry:
         raise ValueError(f"unknown env id '{env}'. Registered policydistill envs: {builtin_env_ids()}; "
-                         "any other registered gymnasium id (e.g. Hopper-v5) or 'module:factory' works too")
+                         "any other registered gymnasium id (e.g. Hopper-v5), 'module:env-id' (the module "
+                         "registers it) or 'module:factory' works too")
     return lambda **kw: gym.make(env, **kw)
 
 
@@ -219,12 +242,12 @@ def suite_from_dict(data: dict[str, Any], where: str) -> Suite:
     tasks = []
     for i, t in enumerate(data["tasks"]):
         if isinstance(t, str):
-            t = {"name": t, "env": t}
+            t = {"name": task_name_of(t), "env": t}
         unknown = set(t) - valid_task
         if unknown or "env" not in t:
             raise ValueError(f"{where}: task {i} has unknown keys {sorted(unknown)} or no 'env'; "
                              f"valid keys are {sorted(valid_task)}")
-        tasks.append(TaskSpec(**{"name": t["env"], **t}))
+        tasks.append(TaskSpec(**{"name": task_name_of(str(t["env"])), **t}))
     names = [t.name for t in tasks]
     if not tasks or len(set(names)) != len(names):
         raise ValueError(f"{where}: a suite needs at least one task and unique task names, got {names}")
@@ -244,9 +267,12 @@ def load_suite(name: str) -> Suite:
     _register_builtin_envs()
     if name in gym.registry:
         return Suite(name=name, tasks=(TaskSpec(name=name, env=name),))
+    if _module_attr(name) and not re.search(r"[+,]", name):  # module:env-id or module:factory, one task
+        _env_factory(name)
+        return Suite(name=name, tasks=(TaskSpec(name=task_name_of(name), env=name),))
     ids = [t.strip() for t in re.split(r"[+,]", name)]
     if len(ids) > 1:
         return suite_from_dict({"name": name, "tasks": ids}, name)
     raise ValueError(f"unknown suite '{name}': expected one of {builtin_suites()}, a suite .yaml file, "
-                     "a registered gymnasium env id (e.g. Hopper-v5) or env ids joined by '+' "
-                     "(suite=Hopper-v5+Walker2d-v5)")
+                     "a registered gymnasium env id (e.g. Hopper-v5), 'module:env-id' (importing the module "
+                     "registers it) or env ids joined by '+' (suite=Hopper-v5+Walker2d-v5)")
