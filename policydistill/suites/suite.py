@@ -31,7 +31,14 @@ import gymnasium as gym
 import yaml
 from gymnasium import spaces
 
-from policydistill.suites.wrappers import BoxToGroups, SafeEpisodes, Success, TaskGroup
+from policydistill.suites.wrappers import (
+    BoxToGroups,
+    DictToGroups,
+    SafeEpisodes,
+    Success,
+    TaskGroup,
+    reads_groups_as_is,
+)
 
 
 @dataclass(frozen=True)
@@ -41,7 +48,9 @@ class TaskSpec:
 
     ``success_threshold``: the success rate an expert must reach; ``train_steps``: default expert
     budget; ``teacher``: optional policy spec (bundle dir or ``module:callable``); ``success``: when an episode
-    succeeded (see the module doc).
+    succeeded (see the module doc); ``groups``: for an env observing a Dict whose keys are not group names,
+    which keys go to which group (``{policy: [...], privileged: [...]}``; unassigned keys go to ``policy``,
+    sorted; see :class:`~policydistill.suites.wrappers.DictToGroups`).
     """
 
     name: str
@@ -52,6 +61,7 @@ class TaskSpec:
     max_episode_steps: int | None = None
     teacher: str | None = None
     success: dict[str, Any] | str | None = None
+    groups: dict[str, list[str]] | None = None
 
     def __post_init__(self) -> None:
         if self.success is not None:
@@ -135,7 +145,10 @@ class Suite:
         env = _env_factory(spec.env)(**kwargs)
         if spec.success is not None:
             env = Success(env, success_test(spec.success, spec.name))
-        if isinstance(env.observation_space, spaces.Box):
+        if spec.groups is not None or not (isinstance(env.observation_space, spaces.Box)
+                                           or reads_groups_as_is(env.observation_space)):
+            env = DictToGroups(env, spec.groups, f"task '{spec.name}' (env {spec.env})")
+        elif isinstance(env.observation_space, spaces.Box):
             env = BoxToGroups(env)
         return SafeEpisodes(TaskGroup(env, i, len(self.tasks)))
 

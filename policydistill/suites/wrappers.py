@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from policydistill.types import POLICY, PRIVILEGED, TASK, check_groups
+from policydistill.types import LAST_ACTION, POLICY, PRIVILEGED, TASK, check_groups
 
 
 def _box(dim: int) -> spaces.Box:
@@ -40,6 +40,62 @@ class BoxToGroups(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
         if self._data is not None:
             out[PRIVILEGED] = np.concatenate([self._data.qpos, self._data.qvel]).astype(np.float32)
         return out
+
+
+ENV_GROUPS = (POLICY, PRIVILEGED, LAST_ACTION)
+"""The groups an env may yield itself (``task`` is added by :class:`TaskGroup`)."""
+
+
+def reads_groups_as_is(space: spaces.Space) -> bool:
+    """Whether a Dict observation space already holds only observation groups (then no mapping applies)."""
+    return isinstance(space, spaces.Dict) and set(space.spaces) <= set(ENV_GROUPS)
+
+
+class DictToGroups(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
+    """Map a Dict observation whose keys are not group names to observation groups.
+
+    ``assign`` ({group: [key, ...]}) puts those keys into those groups, in the order given; every key
+    not assigned goes into ``policy``, in sorted key order. Each key's value is flattened (a Box of any
+    shape); a nested Dict or a non-Box key is an error naming the key. :attr:`group_keys` records the
+    mapping (group -> keys in concatenation order).
+    """
+
+    def __init__(self, env: gym.Env, assign: dict[str, list[str]] | None = None, where: str = "env") -> None:
+        gym.utils.RecordConstructorArgs.__init__(self, assign=assign, where=where)
+        gym.ObservationWrapper.__init__(self, env)
+        space = env.observation_space
+        if not isinstance(space, spaces.Dict):
+            raise ValueError(f"{where}: 'groups' assigns keys of a Dict observation, but the env observes a "
+                             f"{type(space).__name__}")
+        for key, sub in space.spaces.items():
+            if isinstance(sub, spaces.Dict):
+                raise ValueError(f"{where}: observation key '{key}' is a nested Dict; only one level of keys maps "
+                                 "to groups")
+            if not isinstance(sub, spaces.Box):
+                raise ValueError(f"{where}: observation key '{key}' is a {type(sub).__name__}; groups hold Box "
+                                 "values")
+        assign = {g: list(keys) for g, keys in (assign or {}).items()}
+        bad = sorted(set(assign) - set(ENV_GROUPS))
+        if bad:
+            raise ValueError(f"{where}: 'groups' names {bad}; an env's keys go to {list(ENV_GROUPS)}")
+        listed = [k for keys in assign.values() for k in keys]
+        unknown = sorted(set(listed) - set(space.spaces))
+        if unknown or len(set(listed)) != len(listed):
+            raise ValueError(f"{where}: 'groups' lists {unknown or 'a key twice'}; the observation's keys are "
+                             f"{sorted(space.spaces)}, each in one group")
+        rest = sorted(set(space.spaces) - set(listed))
+        assign[POLICY] = [*assign.get(POLICY, []), *rest]
+        self.group_keys = {g: keys for g, keys in assign.items() if keys}
+        boxes = {}
+        for group, keys in self.group_keys.items():
+            low = np.concatenate([np.asarray(space[k].low, np.float32).reshape(-1) for k in keys])
+            high = np.concatenate([np.asarray(space[k].high, np.float32).reshape(-1) for k in keys])
+            boxes[group] = spaces.Box(low, high, dtype=np.float32)
+        self.observation_space = spaces.Dict(boxes)
+
+    def observation(self, observation: dict[str, Any]) -> dict[str, np.ndarray]:
+        return {group: np.concatenate([np.asarray(observation[k], np.float32).reshape(-1) for k in keys])
+                for group, keys in self.group_keys.items()}
 
 
 class Success(gym.Wrapper):

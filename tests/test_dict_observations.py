@@ -1,0 +1,76 @@
+"""Envs observing a Dict whose keys are not group names (as dm_control through shimmy): the keys map to
+observation groups, by default all into ``policy``, or as the suite file assigns them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from policydistill.bundle import load_bundle
+from policydistill.cli import main
+from policydistill.distill.dagger import DAggerConfig
+from policydistill.distill.runner import DistillConfig, distill
+from policydistill.models.students import StudentConfig
+from policydistill.suites import load_suite, suite_from_dict
+
+ASSIGNED = {"policy": ["position", "velocity"], "privileged": ["goal"]}
+
+
+def task(**kw) -> dict:
+    return {"name": "point", "env": "dict_envs:DictPointEnv", **kw}
+
+
+def test_unassigned_keys_go_to_policy_in_sorted_order():
+    env = suite_from_dict({"tasks": [task()]}, "t").make_env(0)
+    assert env.observation_space["policy"].shape == (7,) and "privileged" not in env.observation_space.spaces
+    obs, _ = env.reset(seed=3)
+    raw = env.unwrapped._obs()
+    want = np.concatenate([np.ravel(raw[k]) for k in ("goal", "height", "position", "velocity")])
+    assert np.allclose(obs["policy"], want) and obs["policy"].dtype == np.float32
+
+
+def test_the_suite_file_assigns_keys_to_groups_the_rest_going_to_policy():
+    env = suite_from_dict({"tasks": [task(groups=ASSIGNED)]}, "t").make_env(0)
+    obs, _ = env.reset(seed=3)
+    raw = env.unwrapped._obs()
+    assert np.allclose(obs["policy"], np.concatenate([raw["position"], raw["velocity"], [raw["height"]]]))
+    assert np.allclose(obs["privileged"], raw["goal"]) and env.observation_space["privileged"].shape == (2,)
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    (task(kwargs={"extra": "nested"}), "observation key 'sensors' is a nested Dict; only one level of keys"),
+    (task(kwargs={"extra": "discrete"}), "observation key 'mode' is a Discrete; groups hold Box values"),
+    (task(groups={"policy": ["nope"]}), "'groups' lists ['nope']; the observation's keys are ['goal', 'height', "),
+    (task(groups={"policy": ["goal"], "privileged": ["goal"]}), "'groups' lists a key twice"),
+    (task(groups={"task": ["goal"]}), "'groups' names ['task']; an env's keys go to ['policy', 'privileged', "),
+    ({"name": "p", "env": "Pendulum-v1", "groups": {"policy": ["x"]}}, "but the env observes a Box"),
+])
+def test_dicts_that_cannot_map_are_refused_naming_the_key(spec, message):
+    suite = suite_from_dict({"tasks": [spec]}, "t")
+    with pytest.raises(ValueError, match=None) as e:
+        suite.make_env(0)
+    assert message in str(e.value) and f"task '{spec['name']}'" in str(e.value)
+
+
+def test_a_dict_env_suite_evaluates_and_distils(tmp_path):
+    """A suite file with the mapping: the scripted teacher (reading the goal in ``privileged``) evaluated by the
+    CLI, and a DAgger student reading both groups distilled from it; the bundle keeps the groups' sizes."""
+    path = tmp_path / "dict_suite.yaml"
+    path.write_text(yaml.safe_dump({"name": "dict_suite", "tasks": [task(groups=ASSIGNED)]}))
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", f"suite={path}", "policy=dict_envs:seeker", "episodes=5", "video=false",
+                 f"out={out}"]) == 0
+    assert json.loads(out.read_text())["tasks"]["point"]["success_rate"] == 1.0
+    suite = load_suite(str(path))
+    from dict_envs import seeker
+
+    cfg = DistillConfig(suite=str(path), teachers="-", out=str(tmp_path / "run"), device="cpu", eval_episodes=2,
+                        final_episodes=0, method=DAggerConfig(rounds=2, episodes_per_task=4, beta_rounds=1),
+                        student=StudentConfig(groups=["policy", "privileged", "task"]))
+    summary = distill(cfg, suite, {"point": seeker()})
+    assert summary["rounds"][-1]["labels_used"] == 2 * 4 * 50
+    student = load_bundle(tmp_path / "run" / "student", device="cpu")
+    assert student.observation_space["policy"].shape == (5,) and student.observation_space["privileged"].shape == (2,)
