@@ -213,3 +213,22 @@ def test_diffusion_trains_on_given_episode_stores_too(tmp_path, teacher_run, def
     assert summary["rounds"][0]["info"]["windows"] == own + given and summary["rounds"][0]["dataset_steps"] == own
     with pytest.raises(ValueError, match="lack fields"):
         chunk_windows([teacher_run / "episodes"], ("policy", "privileged", "task", "missing"), 1, 4)
+
+
+def test_the_pipeline_stage_trains_its_teacher_when_told(tmp_path) -> None:
+    """``diffusion.teacher_from=train``: the stage trains a diffusion teacher from the expert zoo in the run (with
+    ``diffusion.teacher.*``) and distils from it; the report says so."""
+    from policydistill.eval.report import Report
+    from policydistill.pipeline.diffusion import stage_diffusion
+
+    keys = ["diffusion.teacher_from=train", "diffusion.teacher.train_steps=5", "diffusion.teacher.episodes_per_task=1",
+            "diffusion.teacher.hidden=[32]", "diffusion.algos=[dmd_det]", "diffusion.eval_episodes=1",
+            "diffusion.latency_calls=5", "diffusion.onestep.steps=3", "diffusion.onestep.pairs=16",
+            "diffusion.onestep.episodes_per_task=1"]
+    cfg = compose_config("pipeline", [f"out={tmp_path}", *keys])
+    report = Report("stage")
+    stage_diffusion(cfg, load_suite(cfg.diffusion.suite), tmp_path, report)
+    assert read_json(tmp_path / "diffusion" / "teacher" / "distill.json")["rounds"][-1]["updates"] == 5
+    text = report.write(tmp_path / "report.md").read_text()
+    assert "Teacher: a diffusion policy, trained in this run from the expert zoo (5 updates)" in text
+    assert read_json(tmp_path / "diffusion" / "onestep.json")["teacher"] == str(tmp_path / "diffusion/teacher/student")

@@ -173,7 +173,8 @@ def stage_diffusion(cfg: Any, suite: Suite, out: Path, report: Report) -> None:
         run(stage.teacher, zoo_dir(dsuite.name) if stage.teachers == "zoo" else Path(stage.teachers),
             root / "teacher")
         bundle = root / "teacher" / "student"
-        made = f"trained here from the expert zoo ({stage.teacher.train_steps} updates)"
+        source = "the expert zoo" if stage.teachers == "zoo" else f"`{stage.teachers}`"
+        made = f"trained in this run from {source} ({stage.teacher.train_steps} updates)"
     else:
         bundle = stage.teacher_bundle()
         made = f"`{stage.teacher_from}`"
