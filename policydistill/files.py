@@ -120,9 +120,15 @@ class RunLock:
         try:
             fcntl.flock(f, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
-            f.seek(0)
-            owner = " ".join(f.read().split()) or "another process"
+            owner = ""
+            for _ in range(50):  # the owner writes its name right after it locks: give it that moment
+                f.seek(0)
+                owner = " ".join(f.read().split())
+                if owner:
+                    break
+                time.sleep(0.01)
             f.close()
+            owner = owner or "another process"
             raise ValueError(f"{self.folder} is in use by another run ({owner}); wait for it to end or choose "
                              "another out") from None
         if not self.shared:
