@@ -40,6 +40,7 @@ from policydistill import DAggerConfig, DistillConfig, load_bundle, load_suite
 from policydistill.cli import main as cli
 from policydistill.distill.runner import distill
 from policydistill.eval.evaluate import evaluate
+from policydistill.files import atomic_write_json, read_json
 
 ENV = "InvertedDoublePendulum-v4"
 PEER = ROOT / "bench/peers/imitation_dagger.py"
@@ -58,14 +59,14 @@ def expert(venv: Path, root: Path, steps: int) -> tuple[Path, dict[str, Any]]:
     zip_path, info_path, teachers = root / "expert.zip", root / "expert.json", root / "teachers"
     if not info_path.is_file():
         info = peer(venv, "expert", "--out", str(zip_path), "--steps", str(steps))
-        info_path.write_text(json.dumps(info))
+        atomic_write_json(info_path, info)
     if not (teachers / ENV / "policy.json").is_file():
         shutil.rmtree(teachers, ignore_errors=True)
         code = cli(["import-sb3", f"model={zip_path}", f"out={teachers / ENV}", f"suite={ENV}", f"task={ENV}",
                     "vecnormalize=none"])
         if code:
             raise SystemExit(f"import-sb3 of {zip_path} failed")
-    return zip_path, json.loads(info_path.read_text())
+    return zip_path, read_json(info_path)
 
 
 def ours(teachers: Path, labels: int, seed: int, out: Path, episodes: int) -> dict[str, Any]:

@@ -21,7 +21,9 @@ stage distils it): ``policydistill distill`` with ``method=diffusion`` and the r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -74,11 +76,21 @@ def main() -> None:
                                              **({"overrides": args.overrides} if args.overrides else {})})
 
 
+def repo_relative(path: Path) -> str:
+    """``path`` relative to the repository when inside it: the bundle records its training paths, and a
+    committed bundle must not name this machine's folders."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def train_diffusion_teacher(name: str, runs: Path, episodes: int) -> None:
-    """The committed diffusion teacher of suite ``name``, trained in ``runs`` from the suite's expert zoo."""
+    """The committed diffusion teacher of suite ``name``, trained in ``runs`` from the suite's expert zoo (run
+    from the repository's root, so that the recorded paths are relative to it)."""
     suite = load_suite(name)
-    summary = distill(DistillConfig(suite=name, teachers=str(zoo_dir(name)), out=str(runs), seed=0, device="cpu",
-                                    method=ZOO_RECIPE(), eval_episodes=episodes, final_episodes=0), suite)
+    os.chdir(ROOT)
+    cfg = DistillConfig(suite=name, teachers=repo_relative(zoo_dir(name)), out=repo_relative(runs), seed=0,
+                        device="cpu", method=ZOO_RECIPE(), eval_episodes=episodes, final_episodes=0)
+    summary = distill(cfg, suite)
     zoo = diffusion_zoo_dir(name)
     shutil.rmtree(zoo, ignore_errors=True)
     shutil.copytree(runs / "student", zoo)
@@ -86,7 +98,7 @@ def train_diffusion_teacher(name: str, runs: Path, episodes: int) -> None:
     result = evaluate(suite, dict.fromkeys(suite.task_names, policy), episodes=episodes, seed=1000)
     print(format_table(result))
     round_ = summary["rounds"][-1]
-    atomic_write_json(zoo / "zoo.json", {"suite": name, "recipe": {k: v for k, v in vars(ZOO_RECIPE()).items()},
+    atomic_write_json(zoo / "zoo.json", {"suite": name, "recipe": dataclasses.asdict(ZOO_RECIPE()),
                                          "seed": 0, "updates": round_["updates"], "wall_time_s": round_["wall_time_s"],
                                          "evaluation": result})
 

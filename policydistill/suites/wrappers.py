@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from policydistill.types import LAST_ACTION, POLICY, PRIVILEGED, TASK, check_groups
+from policydistill.types import GROUPS, POLICY, PRIVILEGED, TASK, check_groups
 
 
 def _box(dim: int) -> spaces.Box:
@@ -42,7 +42,7 @@ class BoxToGroups(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
         return out
 
 
-ENV_GROUPS = (POLICY, PRIVILEGED, LAST_ACTION)
+ENV_GROUPS = tuple(g for g in GROUPS if g != TASK)
 """The groups an env may yield itself (``task`` is added by :class:`TaskGroup`)."""
 
 
