@@ -155,11 +155,12 @@ class RunLock:
 
 def foreign_entries(folder: str | Path, marker: str) -> list[str]:
     """Entries of an existing ``folder`` when it is not empty and holds no ``marker`` (a file a run of the
-    command writes first), so it is not that command's run folder; else []. The lock file does not count."""
+    command writes first), so it is not that command's run folder; else []. The lock file does not count, nor do
+    atomic-write temp files (a run writing its marker at this moment leaves one)."""
     folder = Path(folder)
     if not folder.is_dir() or (folder / marker).exists():
         return []
-    return sorted(p.name for p in folder.iterdir() if p.name != LOCK)
+    return sorted(p.name for p in folder.iterdir() if p.name != LOCK and not is_temp(p.name))
 
 
 def refuse_foreign(folder: str | Path, marker: str, command: str) -> None:
