@@ -6,6 +6,7 @@ action post-processing), the control period, the caller's meta (training config,
 versions, the sha256 of ``model.safetensors`` and ``bundle_sha256``: the sha256 of the rest of
 ``policy.json`` as canonical JSON (sorted keys, no spaces, ASCII), which holds the weights' hash, so
 one hash covers the whole bundle. Schema 1 bundles (no ``bundle_sha256``) still load, with a warning.
+A policy acting on an env's own Dict records its key map (``obs_keys``, see :mod:`policydistill.keymap`).
 A bundle may also hold the policy's failure monitor (``monitor.npz``, ``monitor.json``; their sha256 under
 ``monitor`` in ``policy.json``, see :mod:`policydistill.runtime.monitor`).
 
@@ -41,6 +42,7 @@ from torch.overrides import TorchFunctionMode
 
 import policydistill
 from policydistill.files import file_mode, file_sha256
+from policydistill.keymap import KeyMap
 from policydistill.runtime.monitor import FILES as MONITOR_FILES
 from policydistill.runtime.monitor import FailureMonitor, file_hashes
 
@@ -178,13 +180,14 @@ def is_bundle(path: str | Path) -> bool:
 
 
 def save_bundle(policy: Any, path: str | Path, meta: dict[str, Any] | None = None,
-                monitor: FailureMonitor | None = None) -> Path:
+                monitor: FailureMonitor | None = None, obs_keys: KeyMap | None = None) -> Path:
     """Write ``policy`` as a bundle at ``path`` atomically, replacing an existing bundle there (and the
     monitor it held: a monitor belongs to the policy it was calibrated on).
 
     ``meta["control_period"]`` (seconds) is stored at the top level; the rest of ``meta`` (training
     config, task, ...) under ``"meta"``. Non-finite weights or non-JSON meta are refused. ``monitor``: the
-    policy's failure monitor, stored with it.
+    policy's failure monitor, stored with it. ``obs_keys``: the key map of the env whose own Dict the policy
+    acts on (see :mod:`policydistill.keymap`; default: the policy's ``obs_keys``, which a load sets).
     """
     path = Path(path)
     name = _class_name(policy)
@@ -199,6 +202,9 @@ def save_bundle(policy: Any, path: str | Path, meta: dict[str, Any] | None = Non
         "config": policy.config(), "control_period": control_period, "meta": meta,
         "versions": library_versions(), "weights": {"file": WEIGHTS, "sha256": ""},
     }
+    obs_keys = obs_keys if obs_keys is not None else getattr(policy, "obs_keys", None)
+    if obs_keys is not None:
+        doc["obs_keys"] = obs_keys
     try:
         json.dumps(doc, allow_nan=False)
     except (TypeError, ValueError) as e:
@@ -402,6 +408,7 @@ def load_bundle(path: str | Path, device: str | torch.device = "auto", frozen: b
     if bad:
         raise BundleError(f"{weights}: non-finite values in tensors {bad}")
     policy.load_state_dict(tensors)
+    policy.obs_keys = doc.get("obs_keys")
     if isinstance(policy, torch.nn.Module):
         policy.eval()
         if frozen:

@@ -2,7 +2,8 @@
 
 An observation is a dict of named groups, each batched: ``{group: array (n_envs, dim)}``.
 ``policy`` is what a deployed robot senses, ``privileged`` is simulator-only state, ``task`` is the
-task id (one-hot over the suite's tasks).
+task id (one-hot over the suite's tasks), ``goal`` the goal a goal-conditioned env asks for (its
+``desired_goal``), which a student reads like ``task``.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import numpy as np
 POLICY = "policy"
 PRIVILEGED = "privileged"
 TASK = "task"
+GOAL = "goal"
 LAST_ACTION = "last_action"
 """The action of the step before, where an env observes it (a history student can read it; see RMA)."""
-GROUPS: tuple[str, ...] = (POLICY, PRIVILEGED, TASK, LAST_ACTION)
+GROUPS: tuple[str, ...] = (POLICY, PRIVILEGED, TASK, LAST_ACTION, GOAL)
 
 ObsGroups = Mapping[str, np.ndarray]
 

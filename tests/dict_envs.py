@@ -58,3 +58,28 @@ def seeker() -> CallablePolicy:
         return np.clip(4.0 * (goal - pos) - 3.0 * vel, -1, 1)
 
     return CallablePolicy(act, groups=("policy", "privileged"), batched=True)
+
+
+class GoalPointEnv(DictPointEnv):
+    """The point mass in gymnasium-robotics' goal-env layout: ``{"observation": [position, velocity] (4,),
+    "achieved_goal": position (2,), "desired_goal": goal (2,)}``, success in ``info["is_success"]``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        box = spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float64)
+        self.observation_space = spaces.Dict({"observation": spaces.Box(-np.inf, np.inf, shape=(4,), dtype=np.float64),
+                                              "achieved_goal": box, "desired_goal": box})
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        return {"observation": np.concatenate([self.pos, self.vel]), "achieved_goal": self.pos.copy(),
+                "desired_goal": self.goal.copy()}
+
+
+def goal_seeker() -> CallablePolicy:
+    """PD toward the goal, reading ``policy`` = [position, velocity] and ``goal`` (the default mapping)."""
+
+    def act(x: np.ndarray) -> np.ndarray:
+        pos, vel, goal = x[:, 0:2], x[:, 2:4], x[:, 4:6]
+        return np.clip(4.0 * (goal - pos) - 3.0 * vel, -1, 1)
+
+    return CallablePolicy(act, groups=("policy", "goal"), batched=True)

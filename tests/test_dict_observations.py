@@ -13,8 +13,10 @@ from policydistill.bundle import load_bundle
 from policydistill.cli import main
 from policydistill.distill.dagger import DAggerConfig
 from policydistill.distill.runner import DistillConfig, distill
-from policydistill.models.students import StudentConfig
+from policydistill.models.students import StudentConfig, build_student
+from policydistill.runtime import Controller, OnnxPolicy, make_source
 from policydistill.suites import load_suite, suite_from_dict
+from policydistill.types import stack_obs
 
 ASSIGNED = {"policy": ["position", "velocity"], "privileged": ["goal"]}
 
@@ -74,3 +76,68 @@ def test_a_dict_env_suite_evaluates_and_distils(tmp_path):
     assert summary["rounds"][-1]["labels_used"] == 2 * 4 * 50
     student = load_bundle(tmp_path / "run" / "student", device="cpu")
     assert student.observation_space["policy"].shape == (5,) and student.observation_space["privileged"].shape == (2,)
+
+
+GOAL_TASK = {"name": "reach", "env": "dict_envs:GoalPointEnv"}
+
+
+def test_a_goal_env_sends_desired_goal_to_goal_and_achieved_goal_to_privileged():
+    env = suite_from_dict({"tasks": [GOAL_TASK]}, "g").make_env(0)
+    obs, _ = env.reset(seed=1)
+    raw = env.unwrapped._obs()
+    assert sorted(obs) == ["goal", "policy", "privileged", "task"]
+    assert np.allclose(obs["policy"], raw["observation"]) and np.allclose(obs["goal"], raw["desired_goal"])
+    assert np.allclose(obs["privileged"], raw["achieved_goal"])
+
+
+def test_a_goal_key_the_suite_assigns_goes_where_it_says():
+    env = suite_from_dict({"tasks": [{**GOAL_TASK, "groups": {"policy": ["observation", "achieved_goal"]}}]},
+                          "g").make_env(0)
+    assert {g: s.shape for g, s in env.observation_space.spaces.items()} == {"policy": (6,), "goal": (2,),
+                                                                            "task": (1,)}
+
+
+def test_a_student_of_a_goal_suite_reads_its_goal_as_it_reads_its_task():
+    goal = suite_from_dict({"tasks": [GOAL_TASK]}, "g")
+    assert build_student(goal, StudentConfig(), device="cpu").groups == ("policy", "goal", "task")
+    plain = suite_from_dict({"tasks": [task()]}, "t")
+    assert build_student(plain, StudentConfig(), device="cpu").groups == ("policy", "task")
+
+
+def test_a_goal_student_deployed_takes_the_envs_own_dict(tmp_path):
+    """DAgger from a scripted goal seeker; the bundle and its ONNX export record the key map, and both act on the
+    env's own Dict (no suite wrappers) exactly as on the suite's groups."""
+    suite = suite_from_dict({"tasks": [GOAL_TASK]}, "goal_point")
+    from dict_envs import GoalPointEnv, goal_seeker
+
+    cfg = DistillConfig(suite="goal_point", teachers="-", out=str(tmp_path / "run"), device="cpu", eval_episodes=10,
+                        final_episodes=0, method=DAggerConfig(rounds=3, episodes_per_task=8, beta_rounds=1))
+    summary = distill(cfg, suite, {"reach": goal_seeker()})
+    student = load_bundle(tmp_path / "run" / "student", device="cpu")
+    assert student.groups == ("policy", "goal", "task")
+    assert student.obs_keys == {"policy": [{"key": "observation", "shape": [4]}],
+                                "goal": [{"key": "desired_goal", "shape": [2]}],
+                                "privileged": [{"key": "achieved_goal", "shape": [2]}]}
+    assert main(["export", f"policy={tmp_path / 'run' / 'student'}", "format=onnx",
+                 f"out={tmp_path / 'student.onnx'}"]) == 0
+    onnx = OnnxPolicy(tmp_path / "student.onnx")
+    controller = Controller(make_source(tmp_path / "run" / "student"), period_s=0.05)
+    wrapped, raw = suite.make_env(0), GoalPointEnv()
+    successes = 0
+    for seed in range(10):
+        groups, _ = wrapped.reset(seed=seed)
+        own, _ = raw.reset(seed=seed)
+        controller.reset()
+        for _ in range(50):
+            action = onnx.act(own)  # one env's Dict, in its own shapes
+            assert action.shape == (1, 2)
+            assert np.allclose(action, student.act(stack_obs([groups])), atol=1e-5)
+            assert np.allclose(controller.step(stack_obs([own])), action, atol=1e-5)  # batched keys
+            groups, *_ = wrapped.step(action[0])
+            own, _, _, truncated, info = raw.step(action[0])
+            if truncated:
+                break
+        successes += info["is_success"]
+    assert successes >= 7, (successes, summary["rounds"])
+    with pytest.raises(KeyError, match="lacks the env key 'desired_goal' \\(group 'goal'\\)"):
+        onnx.act({"observation": own["observation"][None]})

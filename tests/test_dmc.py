@@ -1,6 +1,6 @@
 """dm_control through shimmy as a suite (the `dmc` extra, in `.venv-dmc`): gymnasium's `module:env-id` form and
 its Dict observations mapped to groups, through expert training, evaluation, DAgger distillation and an ONNX
-export acting on the env's groups."""
+export acting on the env's own Dict."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ os.environ.setdefault("MUJOCO_GL", "osmesa")  # headless; nothing here renders
 pytest.importorskip("shimmy", reason="dm_control through shimmy lives in its own venv (bash scripts/setup_dmc.sh; "
                                       ".venv-dmc/bin/python -m pytest tests/test_dmc.py)")
 
+import gymnasium as gym  # noqa: E402
+
+from policydistill.bundle import load_bundle  # noqa: E402
 from policydistill.cli import main  # noqa: E402
 from policydistill.runtime import OnnxPolicy  # noqa: E402
 from policydistill.suites import load_suite  # noqa: E402
@@ -53,9 +56,13 @@ def test_walker_trains_evaluates_distils_and_exports(tmp_path, monkeypatch):
                  "student.groups=[policy,task]", "out=student"]) == 0
     assert main(["export", "policy=student/student", "format=onnx", "out=student.onnx"]) == 0
     policy = OnnxPolicy(tmp_path / "student.onnx")
-    env = suite.make_env(0)
+    student = load_bundle(tmp_path / "student" / "student", device="cpu")
+    env, raw = suite.make_env(0), gym.make(WALKER.split(":")[1])
     obs, _ = env.reset(seed=0)
+    own, _ = raw.reset(seed=0)
     for _ in range(5):
-        action = policy.act(stack_obs([obs]))
+        action = policy.act(own)  # the env's own Dict (height, orientations, velocity), as shimmy returns it
         assert action.shape == (1, 6) and np.isfinite(action).all()
+        assert np.allclose(action, student.act(stack_obs([obs])), atol=1e-5)
         obs, *_ = env.step(action[0])
+        own, *_ = raw.step(action[0])

@@ -8,7 +8,9 @@ A ``yaml`` block whose first line is ``# <name>.yaml`` is written to that file f
 pages show). Commands run on a tiny budget: ``policydistill`` commands in this process through
 ``policydistill.cli.main`` with overrides appended (Hydra lets a later override win), benchmarks with
 ``--smoke --results-dir <tmp>``, torchrun in a subprocess with few updates. A command already run with
-the same arguments in the working folder is not run again. The Ray commands share one local Ray instance,
+the same arguments in the working folder is not run again. A command of an extra's venv
+(``.venv-dmc/bin/policydistill``) runs in a subprocess of that venv, which ``.ci/run`` makes first (on a
+machine without it, it is logged as not run). The Ray commands share one local Ray instance,
 the session's (tests/conftest.py), started before the first of them. A command that
 cannot run here is listed in ``NOT_RUN`` with the reason, and an unknown kind of command fails the test.
 Besides the budget, two things differ from the pages: videos are off (``video=false``: software rendering
@@ -51,6 +53,7 @@ def site_pages() -> list[str]:
 NOT_RUN: list[tuple[str, str]] = [
     (r"^bash scripts/setup\.sh$", "installs the environment these tests run in (OSMesa with apt, pip installs)"),
     (r"^\.venv/bin/python -m pytest", "the test suite this test is part of"),
+    (r"^bash scripts/setup_(dmc|robotics)\.sh$", "makes an extra's venv (.ci/run makes them before these tests)"),
     (r"^\.venv/bin/ray start", "starts a node of a multi-machine Ray cluster"),
     (r"ray\.address=auto", "joins an existing Ray cluster, with its run folder on a shared filesystem (/shared)"),
     (r"--nnodes=2", "torchrun across 2 machines (placeholder host <host0>, 4 GPUs each)"),
@@ -202,6 +205,13 @@ class Runner:
             self.subprocess([sys.executable, *args, *smoke])
         elif prog in (".venv/bin/python", "python") and args and args[0].startswith("scripts/"):
             self.subprocess([sys.executable, str(REPO / args[0]), *args[1:]])
+        elif re.fullmatch(r"\.venv-\w+/bin/policydistill", prog):
+            venv = REPO / prog.split("/")[0]
+            if not venv.is_dir():
+                assert not os.environ.get("CI"), f"'{line}' needs {venv.name}, which CI makes first"
+                self.log.append((page, line, f"not run: {venv.name} is not set up"))
+                return
+            self.subprocess([str(REPO / prog), *args, *(tiny(args[0], args[1:]) if args else [])])
         elif prog == ".venv/bin/torchrun":
             cut = args.index("policydistill") + 1
             command = args[cut]

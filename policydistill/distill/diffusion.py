@@ -122,7 +122,7 @@ def shared_spaces(suite: Suite, groups: tuple[str, ...]) -> tuple[Any, Any]:
 
 def build_diffusion_policy(suite: Suite, cfg: DiffusionConfig, seed: int = 0) -> DiffusionPolicy:
     """An untrained diffusion policy reading ``cfg.groups`` with the suite's (shared) spaces."""
-    groups = check_groups(cfg.groups)
+    groups = check_groups(suite.with_goal(cfg.groups))
     obs_space, act_space = shared_spaces(suite, groups)
     params: dict[str, Any] = {"time_dim": cfg.time_dim}
     params.update({"hidden": list(cfg.hidden)} if cfg.denoiser == "mlp" else

@@ -153,7 +153,7 @@ def _train(cfg: TrainStudentConfig) -> dict[str, Any]:
                "wall_time_s": round(time.perf_counter() - t0, 2), "config": dataclasses.asdict(cfg)}
     if rank == 0:
         save_bundle(algo.policy().eval(), out / "bundle", meta={"train_student": dataclasses.asdict(cfg),
-                                                               "world_size": size})
+                                                               "world_size": size}, obs_keys=algo.ctx.suite.keymap)
         atomic_write_json(out / "train_student.json", summary)
         tb.close()
         log.info("trained %d updates on %d process(es): loss %.5f; bundle %s", cfg.updates, size,

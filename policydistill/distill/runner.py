@@ -474,16 +474,16 @@ class Runner:
         student, then drop what the previous round and this one's attempt left."""
         student = self.algo.policy()
         here = self.ckpt / f"round-{r}"
-        save_bundle(student, here / "student", meta=self._meta(r))
+        save_bundle(student, here / "student", meta=self._meta(r), obs_keys=self.suite.keymap)
         save_torch(here / "state.pt", self.algo.state_dict())
         rows = self.summary["rounds"]
         rows.append(row)
         best = max(rows, key=_rank)
         self.summary["best_round"], self.summary["best"] = best["round"], _why(best, self.cfg.eval_seed)
         atomic_write_json(self.summary_path, self.summary)
-        save_bundle(student, self.out / "student", meta=self._meta(r))
+        save_bundle(student, self.out / "student", meta=self._meta(r), obs_keys=self.suite.keymap)
         if best["round"] == r:
-            save_bundle(student, self.out / "best", meta=self._meta(r))
+            save_bundle(student, self.out / "best", meta=self._meta(r), obs_keys=self.suite.keymap)
         self._clean(r)
 
     def _clean(self, r: int) -> None:
@@ -503,9 +503,9 @@ class Runner:
             return
         r = rows[-1]["round"]
         student = load_round(self.algo, self.ckpt, r)
-        save_bundle(student, self.out / "student", meta=self._meta(r))
+        save_bundle(student, self.out / "student", meta=self._meta(r), obs_keys=self.suite.keymap)
         if self.summary["best_round"] == r:  # a kill may have come between the commit and best/
-            save_bundle(student, self.out / "best", meta=self._meta(r))
+            save_bundle(student, self.out / "best", meta=self._meta(r), obs_keys=self.suite.keymap)
         self._clean(r)
         log.info("resuming after round %d", r)
 

@@ -284,7 +284,7 @@ class _TaskRun:
                 "env_steps": model.num_timesteps, "expert": {**asdict(self.cfg), "groups": self.groups},
                 "seed": self.seed,
                 "control_period": float(getattr(self.suite.make_env(self.task).unwrapped, "dt", 0.0))}
-        save_bundle(policy, self.dir / "bundle", meta=meta)
+        save_bundle(policy, self.dir / "bundle", meta=meta, obs_keys=self.suite.keymaps[self.task])
         result = {
             "algo": self.cfg.algo, "env_steps": model.num_timesteps, "wall_time_s": round(self.elapsed(), 2),
             "return_mean": stats["return_mean"], "return_std": stats["return_std"],

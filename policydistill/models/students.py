@@ -117,9 +117,10 @@ def _latent_heads(teachers: Sequence[Policy]) -> tuple[dict[str, Any], list[Any]
 
 def build_student(suite: Suite, cfg: StudentConfig, device: str | torch.device = "auto",
                   teachers: Sequence[Policy] | None = None) -> TorchPolicy:
-    """The untrained student of ``cfg.kind`` reading ``cfg.groups``, in the suite's spaces. ``teachers`` (one
-    per task, in order) are needed for ``latent`` only."""
-    groups = check_groups(cfg.groups)
+    """The untrained student of ``cfg.kind`` reading ``cfg.groups`` (and ``goal`` where the suite observes one,
+    see :meth:`Suite.with_goal`), in the suite's spaces. ``teachers`` (one per task, in order) are needed for
+    ``latent`` only."""
+    groups = check_groups(suite.with_goal(cfg.groups))
     missing = sorted({g for obs, _ in suite.spaces for g in groups if g not in obs.spaces})
     if missing:
         raise ValueError(f"student groups {missing} are not observed by every task of suite '{suite.name}'; "

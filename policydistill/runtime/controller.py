@@ -57,6 +57,7 @@ from typing import Any
 
 import numpy as np
 
+from policydistill.keymap import KeyMap, groups_from_keys, is_keyed
 from policydistill.runtime.action_queue import MODES, ActionQueue
 from policydistill.runtime.exported import ExportedPolicy, ObsWindow, all_finite, reset_mask
 from policydistill.runtime.latency import LatencyRecorder
@@ -87,12 +88,16 @@ class PolicySource:
         self.horizon = int(getattr(policy, "horizon", 1))
         self.n_action_steps = int(getattr(policy, "n_action_steps", None) or self.horizon)
         self.n_obs_steps = 1
-        self.observation_space = getattr(policy, "observation_space", None)
+        self.observation_space = space = getattr(policy, "observation_space", None)
+        self.obs_keys: KeyMap | None = getattr(policy, "obs_keys", None)
+        self.group_dims = {g: int(np.prod(s.shape)) for g, s in getattr(space, "spaces", {}).items()}
         self.action_space = space = getattr(policy, "action_space", None)
         self.action_low = None if space is None else np.asarray(space.low, np.float32)
         self.action_high = None if space is None else np.asarray(space.high, np.float32)
 
     def prepare(self, obs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if is_keyed(obs, self.obs_keys, self.groups):
+            obs = groups_from_keys(obs, self.obs_keys, self.groups, self.group_dims)
         return select_groups(obs, self.groups)
 
     def predict(self, obs: dict[str, np.ndarray]) -> np.ndarray:
@@ -214,6 +219,10 @@ class Controller:
         if queue not in MODES:
             raise ValueError(f"unknown action queue mode '{queue}'; expected one of {list(MODES)}")
         self.source, self.period = source, float(period_s)
+        self._keymap: KeyMap | None = getattr(source, "obs_keys", None)  # then it takes the env's own Dict too
+        self._reads = tuple(dict.fromkeys([*source.groups, *(monitor.groups if monitor else ()),
+                                           *(teacher.groups if teacher is not None else ())]))
+        self._dims = dict(getattr(source, "group_dims", {}))
         self.kind = source.kind
         if async_inference and self.kind != "chunk":
             raise ValueError("async inference needs a chunk policy (one that returns action chunks); "
@@ -315,6 +324,8 @@ class Controller:
         stop, the safe action is sent and the policy is not called.
         """
         t0 = perf_counter()
+        if self._keymap is not None and is_keyed(obs, self._keymap, self._reads):
+            obs = groups_from_keys(obs, self._keymap, self._reads, self._dims)
         tick = self._tick if tick is None else int(tick)
         self._tick, self.taught = tick + 1, None
         if self._n is None and self.act_dim is not None:

@@ -216,8 +216,9 @@ def describe_graph(policy: Any, graph: ExportGraph) -> dict[str, Any]:
         except (TypeError, ValueError) as e:
             raise ExportError(f"the denoiser graph's sampler is invalid: {e}") from e
     specs = {s.name: s for s in graph.inputs}
+    keyed = {"obs_keys": policy.obs_keys} if getattr(policy, "obs_keys", None) is not None else {}
     return {
-        "schema_version": SCHEMA_VERSION, "groups": groups, "obs_dim": graph.inputs[0].shape[0],
+        **keyed, "schema_version": SCHEMA_VERSION, "groups": groups, "obs_dim": graph.inputs[0].shape[0],
         "act_dim": first.shape[-1],
         "observation_space": space_to_json(policy.observation_space),
         "action_space": space_to_json(policy.action_space),

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from policydistill.files import file_sha256
+from policydistill.keymap import KeyMap, groups_from_keys, is_keyed
 from policydistill.runtime.action_queue import ActionQueue
 from policydistill.runtime.sampler import SamplerSpec
 from policydistill.types import check_obs
@@ -157,6 +158,7 @@ class ExportedPolicy:
                                      f"first, got {[s.get('name') for s in ins]} -> {[s.get('name') for s in outs]}")
         self.groups: tuple[str, ...] = tuple(g["name"] for g in info["groups"])
         self.group_dims: dict[str, int] = {g["name"]: int(g["dim"]) for g in info["groups"]}
+        self.obs_keys: KeyMap | None = info.get("obs_keys")
         self.obs_dim, self.act_dim = sum(self.group_dims.values()), int(info["act_dim"])
         chunk = info.get("chunk") or {}
         self.kind = "action" if outs[0]["role"] == "action" else "chunk"
@@ -267,14 +269,17 @@ class ExportedPolicy:
     def prepare(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
         """The groups of ``obs`` in reading order: float32 (n, obs_dim); extra groups are ignored.
 
-        A missing group is a KeyError; None, a wrong shape or a non-finite value a ValueError naming
-        the group (:func:`check_obs`). The result is written into a buffer that the next call
-        overwrites (copy it to keep it).
+        A policy that records its env's key map (``obs_keys``) also takes the env's own Dict {key: (n, *shape)}
+        (see :func:`~policydistill.keymap.groups_from_keys`). A missing group is a KeyError; None, a wrong
+        shape or a non-finite value a ValueError naming the group (:func:`check_obs`). The result is written
+        into a buffer that the next call overwrites (copy it to keep it).
         """
         try:
             parts = [obs[g] for g in self.groups]
             shapes = [a.shape for a in parts]
         except (KeyError, TypeError, AttributeError, IndexError):
+            if is_keyed(obs, self.obs_keys, self.groups):
+                return self.prepare(groups_from_keys(obs, self.obs_keys, self.groups, self.group_dims))
             check_obs(obs, self.groups, self.group_dims)  # raises the error naming the group
             raise
         if shapes != self._shapes:  # checked once per batch shape

@@ -31,6 +31,7 @@ import gymnasium as gym
 import yaml
 from gymnasium import spaces
 
+from policydistill.keymap import KeyMap
 from policydistill.suites.wrappers import (
     BoxToGroups,
     DictToGroups,
@@ -39,6 +40,7 @@ from policydistill.suites.wrappers import (
     TaskGroup,
     reads_groups_as_is,
 )
+from policydistill.types import GOAL, TASK
 
 
 @dataclass(frozen=True)
@@ -87,20 +89,46 @@ class Suite:
         return [t.name for t in self.tasks]
 
     @functools.cached_property
-    def spaces(self) -> tuple[tuple[spaces.Dict, spaces.Box], ...]:
-        """(observation space, action space) of every task, in task order (built once per suite object)."""
+    def _probed(self) -> tuple[tuple[spaces.Dict, spaces.Box, KeyMap | None], ...]:
+        """(observation space, action space, key map) of every task, from one env each."""
         out = []
         for i in range(len(self.tasks)):
             env = self.make_env(i)
-            out.append((env.observation_space, env.action_space))
+            out.append((env.observation_space, env.action_space, _keymap_of(env)))
             env.close()
         return tuple(out)
+
+    @functools.cached_property
+    def spaces(self) -> tuple[tuple[spaces.Dict, spaces.Box], ...]:
+        """(observation space, action space) of every task, in task order (built once per suite object)."""
+        return tuple((obs, act) for obs, act, _ in self._probed)
+
+    @functools.cached_property
+    def keymaps(self) -> tuple[KeyMap | None, ...]:
+        """Each task's key map, for an env observing a Dict of its own keys (None: its groups as they are)."""
+        return tuple(keymap for _, _, keymap in self._probed)
+
+    @property
+    def keymap(self) -> KeyMap | None:
+        """The key map every task shares (what a policy of the whole suite records; None when the tasks map
+        their keys differently or observe groups as they are)."""
+        first = self.keymaps[0]
+        return first if all(k == first for k in self.keymaps) else None
 
     @functools.cached_property
     def has_success(self) -> tuple[bool, ...]:
         """Whether each task defines success: a ``success`` spec, or an env that reports ``info["is_success"]``
         (probed on a reset, once per suite object)."""
         return tuple(t.success is not None or _reports_success(self.make_env(i)) for i, t in enumerate(self.tasks))
+
+    def with_goal(self, groups: Sequence[str]) -> tuple[str, ...]:
+        """``groups`` with ``goal`` added (before ``task``) when every task observes one: a goal-conditioned
+        student acts on its goal as it acts on its task."""
+        groups = tuple(groups)
+        if GOAL in groups or not all(GOAL in obs.spaces for obs, _ in self.spaces):
+            return groups
+        at = groups.index(TASK) if TASK in groups else len(groups)
+        return (*groups[:at], GOAL, *groups[at:])
 
     def space_groups(self, tasks: Sequence[int]) -> list[list[int]]:
         """``tasks`` grouped by their observation group shapes and action shape (first-seen order): the tasks
@@ -151,6 +179,15 @@ class Suite:
         elif isinstance(env.observation_space, spaces.Box):
             env = BoxToGroups(env)
         return SafeEpisodes(TaskGroup(env, i, len(self.tasks)))
+
+
+def _keymap_of(env: gym.Env) -> KeyMap | None:
+    """The key map of the :class:`DictToGroups` in ``env``'s wrappers, None without one."""
+    while isinstance(env, gym.Wrapper):
+        if isinstance(env, DictToGroups):
+            return env.keymap
+        env = env.env
+    return None
 
 
 def _reports_success(env: gym.Env) -> bool:

@@ -9,7 +9,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from policydistill.types import GROUPS, POLICY, PRIVILEGED, TASK, check_groups
+from policydistill.keymap import make_keymap
+from policydistill.types import GOAL, GROUPS, POLICY, PRIVILEGED, TASK, check_groups
 
 
 def _box(dim: int) -> spaces.Box:
@@ -51,13 +52,19 @@ def reads_groups_as_is(space: spaces.Space) -> bool:
     return isinstance(space, spaces.Dict) and set(space.spaces) <= set(ENV_GROUPS)
 
 
+GOAL_KEYS = {"desired_goal": GOAL, "achieved_goal": PRIVILEGED}
+"""Where a goal env's keys go unless a suite assigns them (gymnasium-robotics' GoalEnv layout)."""
+
+
 class DictToGroups(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     """Map a Dict observation whose keys are not group names to observation groups.
 
-    ``assign`` ({group: [key, ...]}) puts those keys into those groups, in the order given; every key
-    not assigned goes into ``policy``, in sorted key order. Each key's value is flattened (a Box of any
-    shape); a nested Dict or a non-Box key is an error naming the key. :attr:`group_keys` records the
-    mapping (group -> keys in concatenation order).
+    ``assign`` ({group: [key, ...]}) puts those keys into those groups, in the order given. A goal env's
+    keys not assigned go as gymnasium-robotics lays them out: ``desired_goal`` into ``goal`` (what the
+    student reads like ``task``), ``achieved_goal`` into ``privileged``; every other key not assigned goes
+    into ``policy``, in sorted key order. Each key's value is flattened (a Box of any shape); a nested Dict
+    or a non-Box key is an error naming the key. :attr:`group_keys` records the mapping (group -> keys in
+    concatenation order), :attr:`keymap` the same with each key's shape (see :mod:`policydistill.keymap`).
     """
 
     def __init__(self, env: gym.Env, assign: dict[str, list[str]] | None = None, where: str = "env") -> None:
@@ -83,9 +90,14 @@ class DictToGroups(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
         if unknown or len(set(listed)) != len(listed):
             raise ValueError(f"{where}: 'groups' lists {unknown or 'a key twice'}; the observation's keys are "
                              f"{sorted(space.spaces)}, each in one group")
+        for key, group in GOAL_KEYS.items():
+            if key in space.spaces and key not in listed:
+                assign[group] = [*assign.get(group, []), key]
+                listed.append(key)
         rest = sorted(set(space.spaces) - set(listed))
         assign[POLICY] = [*assign.get(POLICY, []), *rest]
         self.group_keys = {g: keys for g, keys in assign.items() if keys}
+        self.keymap = make_keymap({k: space[k].shape for k in space.spaces}, self.group_keys)
         boxes = {}
         for group, keys in self.group_keys.items():
             low = np.concatenate([np.asarray(space[k].low, np.float32).reshape(-1) for k in keys])
