@@ -25,8 +25,8 @@ from policydistill.suites import load_suite  # noqa: E402
 from policydistill.types import stack_obs  # noqa: E402
 
 WALKER = "shimmy:dm_control/walker-walk-v0"
-TINY_PPO = ["expert.total_steps=1024", "expert.n_envs=2", "expert.eval_every=1024", "expert.eval_episodes=1",
-            "expert.final_episodes=1", "expert.checkpoint_every=1024", "expert.hyperparams.n_steps=512",
+TINY_PPO = ["expert.total_steps=2048", "expert.n_envs=2", "expert.eval_every=2048", "expert.eval_episodes=1",
+            "expert.final_episodes=1", "expert.checkpoint_every=2048", "expert.hyperparams.n_steps=512",
             "expert.hyperparams.batch_size=256", "expert.hyperparams.n_epochs=1"]
 
 

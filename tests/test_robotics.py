@@ -27,8 +27,8 @@ from policydistill.types import stack_obs  # noqa: E402
 
 MAZE = "gymnasium_robotics:PointMaze_UMazeDense-v3"
 TASK = {"name": "umaze", "env": MAZE, "kwargs": {"continuing_task": False}, "success": {"info_key": "success"}}
-TINY_PPO = ["expert.total_steps=1024", "expert.n_envs=2", "expert.eval_every=1024", "expert.eval_episodes=1",
-            "expert.final_episodes=1", "expert.checkpoint_every=1024", "expert.hyperparams.n_steps=512",
+TINY_PPO = ["expert.total_steps=2048", "expert.n_envs=2", "expert.eval_every=2048", "expert.eval_episodes=1",
+            "expert.final_episodes=1", "expert.checkpoint_every=2048", "expert.hyperparams.n_steps=512",
             "expert.hyperparams.batch_size=256", "expert.hyperparams.n_epochs=1"]
 
 
