@@ -73,7 +73,7 @@ class GateModel(nn.Module):
         self.predictor = Heads(1, d_in, 16, hidden)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        return ((x - self.x_mean) / self.x_std).clamp(-10.0, 10.0)
+        return (x - self.x_mean) / self.x_std
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``x`` (B, d_in), ``y`` (B, d_out) labels, ``boot`` (B, k) each head's bootstrap counts: the heads'

@@ -38,6 +38,8 @@ ON_ALARM = ("log", "fallback", "stop", "teacher")
 ARRAYS = "monitor.npz"
 SETTINGS = "monitor.json"
 FILES = (ARRAYS, SETTINGS)
+_SATURATE = 20.0
+"""The pre-activation of the constant units: its float32 tanh is 1.0 exactly."""
 EXPORTED = ".monitor"
 """An exported model ``<model>`` has its monitor in the folder ``<model>.monitor``."""
 
@@ -74,10 +76,11 @@ class ScoreNetworks:
     heads), ``target`` and ``predictor`` (one each), as :meth:`policydistill.distill.gates.GateModel.arrays`
     gives them.
 
-    Every network side by side as one: the first layers concatenated (the input normalisation folded in),
-    the second a batch of m = k + 2 square matrices (one batched product, not an m-times larger
-    block-diagonal one), the last giving the heads' centred outputs and the predictor's error (predictor
-    minus target) directly, so an input is three matrix products."""
+    Every network side by side as one: the first layers concatenated (the input normalisation folded in), the
+    second a batch of m = k + 2 square matrices (one batched product, not an m-times larger block-diagonal one),
+    the last giving the heads' centred outputs and the predictor's error (predictor minus target) directly, every
+    bias the weight of a constant unit, so an input is three matrix products and two tanh. Inputs are normalised,
+    not clipped: an input far from the training data scores high."""
 
     def __init__(self, arrays: Mapping[str, np.ndarray]) -> None:
         a = arrays
@@ -95,32 +98,49 @@ class ScoreNetworks:
                              np.concatenate([np.zeros((len(rnd), heads.shape[1]), np.float32), rnd], axis=1)])
         b3 = np.concatenate([a["heads.2.b"].reshape(-1) @ centre, a["predictor.2.b"][0, 0] - a["target.2.b"][0, 0]])
         mean, inv_std = a["x_mean"].astype(np.float32), (1.0 / a["x_std"]).astype(np.float32)
-        # clip((x - mean) / std, -10, 10) @ w1 equals (clip(x, mean - 10 std, mean + 10 std) - mean) / std @ w1
-        self._lo, self._hi = mean - 10.0 / inv_std, mean + 10.0 / inv_std
-        w1, b1 = inv_std[:, None] * w1, b1 - (mean * inv_std) @ w1
-        self._layers = [(w.astype(np.float32), b.astype(np.float32)) for w, b in ((w1, b1), (w2, b2), (w3, b3))]
+        (d, _), (m, hidden, _), out = w1.shape, w2.shape, w3.shape[1]
+        # Every bias is the weight of a constant unit: the input ends with a 1 (see inputs) and each network's
+        # hidden layers have one more unit whose pre-activation is _SATURATE, which tanh maps to 1.0 exactly.
+        # ((x - mean) / std) @ w1 + b1 equals [x, 1] @ [w1 / std; b1 - (mean / std) @ w1].
+        first = np.zeros((d + 1, m, hidden + 1), np.float32)
+        first[:d, :, :hidden] = (inv_std[:, None] * w1).reshape(d, m, hidden)
+        first[d, :, :hidden] = (b1 - (mean * inv_std) @ w1).reshape(m, hidden)
+        first[d, :, hidden] = _SATURATE
+        second = np.zeros((m, hidden + 1, hidden + 1), np.float32)
+        second[:, :hidden, :hidden], second[:, hidden, :hidden], second[:, hidden, hidden] = w2, b2[:, 0], _SATURATE
+        third = np.zeros((m, hidden + 1, out), np.float32)
+        third[:, :hidden], third[0, hidden] = w3.reshape(m, hidden, out), b3
+        self._weights = (first.reshape(d + 1, -1), second, third.reshape(-1, out))
+        self._ones: dict[int, np.ndarray] = {}
         self.mean = np.zeros((k * act + 16, 2), dtype=np.float32)  # squared outputs -> the two scores
         self.mean[:k * act, 0] = 1.0 / ((k - 1) * act)  # the heads' variance (unbiased) averaged over dims
         self.mean[k * act:, 1] = 1.0 / 16  # the predictor's squared error averaged over its outputs
 
-    def squared_outputs(self, x: np.ndarray) -> np.ndarray:
-        """x (n, d) -> the squared centred head outputs and predictor errors (n, k * act + 16)."""
-        (w1, b1), (w2, b2), (w3, b3) = self._layers
-        x = np.minimum(np.maximum(np.asarray(x, dtype=np.float32), self._lo), self._hi)
-        n, (m, hidden, _) = len(x), w2.shape
-        h = x @ w1
-        h += b1
-        h = np.tanh(h, out=h).reshape(n, m, hidden).transpose(1, 0, 2)  # (m, n, hidden)
+    def inputs(self, parts: Sequence[np.ndarray]) -> np.ndarray:
+        """The input (n, d + 1) of :meth:`squared_outputs`: ``parts`` (n, d_i) side by side, then a column of ones."""
+        n = len(parts[0])
+        ones = self._ones.get(n)
+        if ones is None:
+            ones = np.ones((n, 1), np.float32)
+            if n <= 64:  # the batch sizes of a control loop, kept
+                self._ones[n] = ones
+        return np.concatenate([*parts, ones], axis=-1, dtype=np.float32)
+
+    def squared_outputs(self, x1: np.ndarray) -> np.ndarray:
+        """x1 (n, d + 1) from :meth:`inputs` -> the squared centred head outputs and predictor errors
+        (n, k * act + 16)."""
+        w1, w2, w3 = self._weights
+        n, (m, width, _) = len(x1), w2.shape
+        h = x1 @ w1
+        h = np.tanh(h, out=h).reshape(n, m, width).transpose(1, 0, 2)  # (m, n, hidden + 1)
         g = np.matmul(h, w2)
-        g += b2
-        out = np.tanh(g, out=g).transpose(1, 0, 2).reshape(n, m * hidden) @ w3
-        out += b3
+        out = np.tanh(g, out=g).transpose(1, 0, 2).reshape(n, m * width) @ w3
         return np.square(out, out=out)
 
     def raw_scores(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """x (n, d) -> ``disagreement`` (n,) the heads' variance averaged over label dims and ``novelty`` (n,)
         the predictor's squared error averaged over its outputs."""
-        both = self.squared_outputs(x) @ self.mean
+        both = self.squared_outputs(self.inputs([np.asarray(x, dtype=np.float32)])) @ self.mean
         return {"disagreement": both[:, 0], "novelty": both[:, 1]}
 
 
@@ -149,10 +169,10 @@ class FailureMonitor:
     def score(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
         """Observation groups (n, ...) -> each env's score (n,): the larger score-over-median ratio."""
         try:  # the per-tick path: no group checks unless a group is missing
-            x = np.concatenate([obs[g] for g in self.groups], axis=-1, dtype=np.float32)
+            parts = [obs[g] for g in self.groups]
         except KeyError:
-            x = concat_groups(obs, self.groups)
-        return (self.networks.squared_outputs(x) @ self._over_medians).max(1)
+            parts = [concat_groups(obs, self.groups)]
+        return (self.networks.squared_outputs(self.networks.inputs(parts)) @ self._over_medians).max(1)
 
     def save(self, folder: str | Path) -> Path:
         """Write ``monitor.npz`` and ``monitor.json`` into ``folder`` (each atomically)."""
