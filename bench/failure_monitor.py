@@ -8,14 +8,17 @@ it raise a false alarm in distribution, and what does it cost per tick?
 
 Per seed: a DAgger student is distilled from the suite's zoo (``--rounds`` rounds, linear beta 1 -> 0 over
 half of them), its monitor fitted on the run's episodes and calibrated (``--calibration-episodes`` per task,
-``--alpha``). Then the student runs ``--episodes`` held-out episodes per task in distribution and as many
-under the shift (``--shift``: env keyword arguments set on every task; ``--shift-suite``: another suite with
+``--alpha``, ``--delta``: the false-alarm rate holds for each calibration with probability 1 - delta, not only
+on average over calibrations). Then the student runs ``--episodes`` held-out episodes per task in distribution
+and as many under the shift (``--shift``: env keyword arguments set on every task; ``--shift-suite``: another suite with
 the same spaces, e.g. the pit of ``default_hazard`` that the ``default`` student never saw). An episode fails
 when it does not succeed. Its score for predicting that is the monitor's largest score before its last
 ``--ahead`` steps (an alarm that would have come at least that many control steps before the end). Reported:
 AUROC of that score for failure over all episodes (and over the shifted ones alone: failure told apart from
-the shift itself), the alarm rate on failing and on succeeding shifted episodes, the false-alarm rate on
-in-distribution episodes (an alarm anywhere), and the monitor's cost per tick over the student's (one env,
+the shift itself), the alarm rate on failing and on succeeding shifted episodes, the alarm rate on
+in-distribution episodes (an alarm anywhere: what the threshold is calibrated on) and the false-alarm rate
+among them (an alarm on an episode that then succeeds, over all in-distribution episodes; the same where no
+in-distribution episode fails), and the monitor's cost per tick over the student's (one env,
 measured alternately in one loop). Targets: AUROC >= 0.9, false alarms <= 5%, cost <= 20% of the policy's
 tick.
 """
@@ -45,7 +48,7 @@ from policydistill.types import select_groups  # noqa: E402
 AUROC_TARGET, FALSE_ALARM_TARGET, COST_TARGET = 0.9, 0.05, 0.2
 TEST_SEED = 30_000
 SMOKE = {"seeds": [0], "rounds": 1, "episodes_per_task": 1, "updates": 10, "calibration_episodes": 19,
-         "episodes": 2, "ticks": 50}
+         "episodes": 2, "ticks": 50, "delta": None}
 
 
 def shifted(suite: Suite, shift: dict[str, Any]) -> Suite:
@@ -89,7 +92,7 @@ def run_seed(seed: int, args: Any, suite: Suite, teachers: dict, shift_suite: Su
     with distill_run(suite, teachers, seed, method, student_cfg, 5) as (summary, out):
         student = load_bundle(out / "student", device="cpu")
         monitor = fit_monitor(suite, student, EpisodeStore(out / "episodes"), args.alpha, args.calibration_episodes,
-                              seed=seed)
+                              seed=seed, delta=args.delta or None)
     inside = [r for r in student_episodes(suite, student, args.episodes, TEST_SEED + seed) if not r.episode.error]
     shift = [r for r in student_episodes(shift_suite, student, args.episodes, TEST_SEED + seed)
              if not r.episode.error]
@@ -98,11 +101,13 @@ def run_seed(seed: int, args: Any, suite: Suite, teachers: dict, shift_suite: Su
     failed = [np.asarray([not r.episode.success for r in recs]) for recs in (inside, shift)]
     scores, fails = np.concatenate(ahead), np.concatenate(failed)
     shift_alarm = ahead[1] > monitor.threshold
+    inside_alarm = whole[0] > monitor.threshold  # an alarm anywhere: what the threshold is calibrated on
     cost = tick_cost(monitor, student, suite, args.ticks)
     out_row = {"seed": seed, "threshold": monitor.threshold, "calibration_episodes": monitor.episodes,
                "student_score": summary["rounds"][-1]["mean_score"],
                "in_distribution": {"episodes": len(inside), "failed": int(failed[0].sum()),
-                                   "false_alarm_rate": float((whole[0] > monitor.threshold).mean())},
+                                   "alarm_rate": float(inside_alarm.mean()),
+                                   "false_alarm_rate": float((inside_alarm & ~failed[0]).mean())},
                "shifted": {"episodes": len(shift), "failed": int(failed[1].sum()),
                            "alarm_rate_failing": float(shift_alarm[failed[1]].mean()) if failed[1].any() else None,
                            "alarm_rate_succeeding": float(shift_alarm[~failed[1]].mean())
@@ -112,7 +117,8 @@ def run_seed(seed: int, args: Any, suite: Suite, teachers: dict, shift_suite: Su
                "cost_ratio": cost["monitor_us"] / cost["policy_us"]}
     auc = "n/a" if out_row["auroc"] is None else f"{out_row['auroc']:.3f}"
     print(f"seed {seed}: student score {out_row['student_score']:.3f}; shifted: {int(failed[1].sum())}/{len(shift)} "
-          f"failed; AUROC {auc}; false alarms in distribution "
+          f"failed; AUROC {auc}; in distribution: {int(failed[0].sum())}/{len(inside)} failed, alarms "
+          f"{out_row['in_distribution']['alarm_rate']:.3f}, false alarms (on episodes that succeed) "
           f"{out_row['in_distribution']['false_alarm_rate']:.3f}; monitor {cost['monitor_us']:.0f} us per tick over "
           f"the policy's {cost['policy_us']:.0f} us", flush=True)
     return out_row
@@ -129,6 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--episodes-per-task", type=int, default=8)
     p.add_argument("--updates", type=int, default=1000)
     p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--delta", type=float, default=0.1,
+                   help="the false-alarm rate holds with probability 1 - delta per calibration (0: on average)")
     p.add_argument("--calibration-episodes", type=int, default=20, help="per task")
     p.add_argument("--episodes", type=int, default=20, help="held-out and shifted episodes per task")
     p.add_argument("--ahead", type=int, default=10, help="an alarm must come this many steps before the end")
@@ -151,6 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     medians = {"auroc": med(lambda r: r["auroc"]), "auroc_within_shifted": med(lambda r: r["auroc_within_shifted"]),
                "false_alarm_rate": med(lambda r: r["in_distribution"]["false_alarm_rate"]),
+               "alarm_rate_in_distribution": med(lambda r: r["in_distribution"]["alarm_rate"]),
                "cost_ratio": med(lambda r: r["cost_ratio"]),
                "shifted_failure_rate": med(lambda r: r["shifted"]["failed"] / max(1, r["shifted"]["episodes"])),
                "alarm_rate_failing": med(lambda r: r["shifted"]["alarm_rate_failing"])}

@@ -40,6 +40,19 @@ def test_conformal_threshold_takes_the_right_rank():
         conformal_threshold(scores[:18], 0.05)
 
 
+def test_a_confident_threshold_holds_its_rate_on_all_but_delta_of_calibration_sets():
+    """Uniform scores: a threshold's false-alarm rate is 1 - threshold. Over 4,000 calibration sets of 60 episodes
+    the average rate stays within alpha, but single sets exceed it often; with delta 0.1, at most 10% do."""
+    rng = np.random.default_rng(0)
+    sets = rng.uniform(size=(4000, 60))
+    plain = 1 - np.array([conformal_threshold(s, 0.05) for s in sets])
+    confident = 1 - np.array([conformal_threshold(s, 0.05, delta=0.1) for s in sets])
+    assert plain.mean() <= 0.05 + 0.002 and (plain > 0.05).mean() > 0.3
+    assert (confident > 0.05).mean() <= 0.1 + 3 * np.sqrt(0.1 * 0.9 / 4000)
+    with pytest.raises(ValueError, match="at confidence 0.9 needs at least 45 calibration episodes, got 44"):
+        conformal_threshold(sets[0, :44], 0.05, delta=0.1)
+
+
 def test_numpy_monitor_equals_the_torch_networks():
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(500, 7)).astype(np.float32), rng.normal(size=(500, 3)).astype(np.float32)
@@ -122,6 +135,10 @@ def test_fit_monitor_stores_it_in_the_bundle_and_run_reads_it(run, tmp_path, cap
     assert "is not a finished distillation run" in caplog.text
     assert main(["fit-monitor", f"run={run}", "alpha=0.01", "episodes=5"]) == 2
     assert "alpha=0.01 needs at least 99 calibration episodes, got 20" in caplog.text
+    assert main(["fit-monitor", f"run={run}", "delta=0.1", "episodes=5"]) == 2
+    assert "alpha=0.05 delta=0.1 needs at least 45 calibration episodes, got 20 (5 per task)" in caplog.text
+    assert main(["fit-monitor", f"run={run}", "policy=student", "delta=0.1", "episodes=12", "updates=100"]) == 0
+    assert load_monitor(run / "student").delta == 0.1
     assert main(["run", f"policy={run}/student", "suite=default", "runtime.on_alarm=stop"]) == 2
     assert "runtime.on_alarm is read only with a runtime.monitor" in caplog.text
     assert main(["run", f"policy={run}/best", "suite=default", "runtime.monitor=policy"]) == 2

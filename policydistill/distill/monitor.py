@@ -10,7 +10,6 @@ episodes' largest scores at the false-alarm rate ``alpha``.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,13 @@ from policydistill.data.shards import EpisodeStore
 from policydistill.distill.gates import fit_gate_model
 from policydistill.eval.rollout import EpisodeRecord, rollout
 from policydistill.files import read_json
-from policydistill.runtime.monitor import KINDS, FailureMonitor, conformal_rank, conformal_threshold
+from policydistill.runtime.monitor import (
+    KINDS,
+    FailureMonitor,
+    conformal_rank,
+    conformal_threshold,
+    episodes_needed,
+)
 from policydistill.suites import Suite
 from policydistill.types import concat_groups, select_groups
 
@@ -58,10 +63,12 @@ def episode_scores(monitor: FailureMonitor, records: list[EpisodeRecord], until:
 
 
 def fit_monitor(suite: Suite, student: Any, store: EpisodeStore, alpha: float = 0.05, episodes: int = 20,
-                ensemble_size: int = 5, updates: int = 2000, seed: int = 0, hidden: int = 32) -> FailureMonitor:
+                ensemble_size: int = 5, updates: int = 2000, seed: int = 0, hidden: int = 32,
+                delta: float | None = None) -> FailureMonitor:
     """A monitor for ``student`` fitted on ``store``'s labelled steps and calibrated to false-alarm rate
-    ``alpha`` on ``episodes`` fresh in-distribution episodes per task (see the module doc); its networks are
-    ``hidden`` wide (small: it runs every tick)."""
+    ``alpha`` (with probability 1 - ``delta`` over the calibration, if given) on ``episodes`` fresh
+    in-distribution episodes per task (see the module doc); its networks are ``hidden`` wide (small: it runs
+    every tick)."""
     groups = tuple(student.groups)
     fields = [f"obs/{g}" for g in groups] + ["label_mean"] + (["query"] if "query" in store.fields else [])
     raw = store.load(fields)
@@ -77,9 +84,10 @@ def fit_monitor(suite: Suite, student: Any, store: EpisodeStore, alpha: float = 
     score = np.max([raw_scores[k] / medians[k] for k in KINDS], axis=0)  # (steps,) of every episode in a row
     ends = np.cumsum([len(r.steps["reward"]) for r in records])
     per_episode = [float(part.max()) for part in np.split(score, ends[:-1])]
-    monitor = FailureMonitor(groups, arrays, medians, conformal_threshold(per_episode, alpha), alpha, len(records))
-    log.info("failure monitor: threshold %.3g at a false-alarm rate of %g per episode, on %d calibration episodes",
-             monitor.threshold, alpha, len(records))
+    monitor = FailureMonitor(groups, arrays, medians, conformal_threshold(per_episode, alpha, delta), alpha,
+                             len(records), delta)
+    log.info("failure monitor: threshold %.3g at a false-alarm rate of %g per episode%s, on %d calibration episodes",
+             monitor.threshold, alpha, "" if delta is None else f" with probability {1 - delta:g}", len(records))
     return monitor
 
 
@@ -87,11 +95,14 @@ def fit_monitor(suite: Suite, student: Any, store: EpisodeStore, alpha: float = 
 class FitMonitorConfig:
     """``policydistill fit-monitor``: the failure monitor of the finished distillation run ``run`` (its
     ``policy`` bundle, ``best`` or ``student``), calibrated to the false-alarm rate ``alpha`` per episode on
-    ``episodes`` in-distribution episodes per task, stored in that bundle."""
+    ``episodes`` in-distribution episodes per task, stored in that bundle. ``delta``: the rate holds for this
+    calibration with probability 1 - delta (null: on average over calibrations; see
+    :func:`~policydistill.runtime.monitor.conformal_rank`)."""
 
     run: str = "???"
     policy: str = "best"
     alpha: float = 0.05
+    delta: float | None = None
     episodes: int = 20
     updates: int = 2000
     seed: int = 0
@@ -99,6 +110,8 @@ class FitMonitorConfig:
     def __post_init__(self) -> None:
         require_choice("policy", self.policy, ("best", "student"))
         require_number("alpha", self.alpha, 0.0, 1.0, low_open=True)
+        if self.delta is not None:
+            require_number("delta", self.delta, 0.0, 1.0, low_open=True)
         require_int("episodes", self.episodes)
         require_int("updates", self.updates)
         require_int("seed", self.seed, 0)
@@ -117,9 +130,10 @@ def fit_run_monitor(cfg: FitMonitorConfig) -> Path:
     suite = load_suite(read_json(run / "distill.json")["config"]["suite"])
     student = load_bundle(run / cfg.policy, device="cpu")
     per_task = len(suite.tasks) * cfg.episodes
-    if conformal_rank(per_task, cfg.alpha) > per_task:
-        raise ValueError(f"alpha={cfg.alpha} needs at least {math.ceil(1 / cfg.alpha - 1)} calibration episodes, "
-                         f"got {per_task} ({cfg.episodes} per task): raise episodes")
+    if conformal_rank(per_task, cfg.alpha, cfg.delta) > per_task:
+        raise ValueError(f"alpha={cfg.alpha}{'' if cfg.delta is None else f' delta={cfg.delta}'} needs at least "
+                         f"{episodes_needed(cfg.alpha, cfg.delta)} calibration episodes, got {per_task} "
+                         f"({cfg.episodes} per task): raise episodes")
     monitor = fit_monitor(suite, student, EpisodeStore(run / "episodes"), cfg.alpha, cfg.episodes,
-                          updates=cfg.updates, seed=cfg.seed)
+                          updates=cfg.updates, seed=cfg.seed, delta=cfg.delta)
     return attach_monitor(run / cfg.policy, monitor)

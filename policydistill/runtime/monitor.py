@@ -11,7 +11,8 @@ A :class:`FailureMonitor` scores each env's observation with two numbers, as the
 The score is the larger ratio; the monitor raises an alarm on an env once its score exceeds ``threshold``.
 The threshold is calibrated by split conformal prediction (:func:`conformal_threshold`) on the largest
 score of each of n in-distribution calibration episodes, so that a new in-distribution episode raises an
-alarm with probability at most ``alpha`` (for exchangeable episodes).
+alarm with probability at most ``alpha`` (for exchangeable episodes): on average over calibration sets, or,
+given ``delta``, for this calibration with probability 1 - ``delta``.
 
 The monitor is plain numpy (no torch at run time): its arrays are saved as ``monitor.npz`` and its
 settings as ``monitor.json``, stored in the policy's bundle (``policydistill fit-monitor``; ``policy.json``
@@ -44,20 +45,50 @@ EXPORTED = ".monitor"
 """An exported model ``<model>`` has its monitor in the folder ``<model>.monitor``."""
 
 
-def conformal_rank(n: int, alpha: float) -> int:
-    """The rank ``ceil((n + 1)(1 - alpha))`` of the conformal threshold among n calibration scores."""
-    return math.ceil((n + 1) * (1.0 - alpha) - 1e-9)
+def _binomial_tail(n: int, p: float) -> list[float]:
+    """``P(Binomial(n, p) >= k)`` for k = 0..n+1 (computed in log space: n may be thousands)."""
+    logs = [math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1) + j * math.log(p)
+            + (n - j) * math.log1p(-p) for j in range(n + 1)]
+    tail = [0.0] * (n + 2)
+    for j in range(n, -1, -1):
+        tail[j] = tail[j + 1] + math.exp(logs[j])
+    return tail
 
 
-def conformal_threshold(episode_scores: Sequence[float], alpha: float) -> float:
+def conformal_rank(n: int, alpha: float, delta: float | None = None) -> int:
+    """The rank of the conformal threshold among n calibration scores (n + 1 when n are too few).
+
+    ``delta`` None: ``ceil((n + 1)(1 - alpha))``, so that a new episode's score exceeds the threshold with
+    probability at most ``alpha`` averaged over calibration sets. ``delta``: the smallest k with
+    ``P(Binomial(n, 1 - alpha) >= k) <= delta``, so that the false-alarm rate of this one calibrated threshold is
+    at most ``alpha`` with probability 1 - ``delta`` over the calibration draw (training-conditional conformal
+    prediction: the coverage of the k-th smallest score is Beta(k, n + 1 - k)).
+    """
+    if delta is None:
+        return math.ceil((n + 1) * (1.0 - alpha) - 1e-9)
+    tail = _binomial_tail(n, 1.0 - alpha)
+    return next((k for k in range(1, n + 1) if tail[k] <= delta), n + 1)
+
+
+def episodes_needed(alpha: float, delta: float | None = None) -> int:
+    """The fewest calibration episodes :func:`conformal_rank` can place a threshold among."""
+    if delta is None:
+        return math.ceil(1 / alpha - 1 - 1e-9)
+    return math.ceil(math.log(delta) / math.log1p(-alpha) - 1e-9)  # (1 - alpha)^n <= delta
+
+
+def conformal_threshold(episode_scores: Sequence[float], alpha: float, delta: float | None = None) -> float:
     """The :func:`conformal_rank`-th smallest of n calibration episodes' scores: a new exchangeable episode's
-    score exceeds it with probability at most ``alpha``. Needs n >= 1 / alpha - 1 episodes."""
+    score exceeds it with probability at most ``alpha`` (with probability 1 - ``delta`` over the calibration
+    episodes, if given). Needs :func:`episodes_needed` episodes."""
     scores = np.sort(np.asarray(episode_scores, dtype=np.float64))
     n = len(scores)
-    k = conformal_rank(n, alpha)
-    if not 0.0 < alpha < 1.0 or k > n:
-        raise ValueError(f"a false-alarm rate of {alpha} needs at least {math.ceil(1 / alpha - 1)} calibration "
-                         f"episodes, got {n}")
+    if not 0.0 < alpha < 1.0 or (delta is not None and not 0.0 < delta < 1.0):
+        raise ValueError(f"alpha and delta must lie in (0, 1), got {alpha} and {delta}")
+    k = conformal_rank(n, alpha, delta)
+    if k > n:
+        raise ValueError(f"a false-alarm rate of {alpha}{'' if delta is None else f' at confidence {1 - delta:g}'} "
+                         f"needs at least {episodes_needed(alpha, delta)} calibration episodes, got {n}")
     return float(scores[k - 1])
 
 
@@ -148,7 +179,8 @@ class ScoreNetworks:
 class FailureMonitor:
     """See the module doc. ``arrays``: the networks' (see :class:`ScoreNetworks`); ``medians``: each score's
     median in distribution; ``alpha``: the false-alarm rate ``threshold`` was calibrated to on ``episodes``
-    episodes. ``arrays`` and ``medians`` are read once, when the monitor is built."""
+    episodes (``delta``: with probability 1 - delta over them; None: on average, see :func:`conformal_rank`).
+    ``arrays`` and ``medians`` are read once, when the monitor is built."""
 
     groups: tuple[str, ...]
     arrays: dict[str, np.ndarray]
@@ -156,6 +188,7 @@ class FailureMonitor:
     threshold: float
     alpha: float
     episodes: int
+    delta: float | None = None
 
     def __post_init__(self) -> None:
         self.networks = ScoreNetworks(self.arrays)
@@ -183,7 +216,7 @@ class FailureMonitor:
         atomic_write_bytes(folder / ARRAYS, buf.getvalue())
         atomic_write_json(folder / SETTINGS, {"groups": list(self.groups), "medians": self.medians,
                                               "threshold": self.threshold, "alpha": self.alpha,
-                                              "episodes": self.episodes})
+                                              "episodes": self.episodes, "delta": self.delta})
         return folder
 
     @classmethod
@@ -195,7 +228,8 @@ class FailureMonitor:
         with np.load(folder / ARRAYS, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
         return cls(tuple(settings["groups"]), arrays, {k: float(v) for k, v in settings["medians"].items()},
-                   float(settings["threshold"]), float(settings["alpha"]), int(settings["episodes"]))
+                   float(settings["threshold"]), float(settings["alpha"]), int(settings["episodes"]),
+                   settings.get("delta"))
 
 
 def file_hashes(folder: str | Path) -> dict[str, str]:
