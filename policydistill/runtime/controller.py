@@ -59,11 +59,11 @@ import numpy as np
 
 from policydistill.keymap import KeyMap, groups_from_keys, is_keyed
 from policydistill.runtime.action_queue import MODES, ActionQueue
-from policydistill.runtime.exported import ExportedPolicy, ObsWindow, all_finite, reset_mask
+from policydistill.runtime.exported import ExportedPolicy, ObsWindow, reset_mask
 from policydistill.runtime.latency import LatencyRecorder
 from policydistill.runtime.monitor import ON_ALARM, FailureMonitor
 from policydistill.runtime.safety import COUNTERS, OUT_OF_BOUNDS, ActionGuard, check_limit
-from policydistill.types import check_obs, select_groups
+from policydistill.types import all_finite, check_obs, select_groups
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,6 @@ onnxruntime, :class:`policydistill.runtime.torch_policy.GraphPolicy` adds torch.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from policydistill.files import file_sha256
 from policydistill.keymap import KeyMap, groups_from_keys, is_keyed
 from policydistill.runtime.action_queue import ActionQueue
 from policydistill.runtime.sampler import SamplerSpec
-from policydistill.types import check_obs
+from policydistill.types import all_finite, check_obs
 
 SCHEMA_VERSION = 2
 Call = Callable[[dict[str, np.ndarray]], Sequence[np.ndarray]]
@@ -37,13 +36,6 @@ Call = Callable[[dict[str, np.ndarray]], Sequence[np.ndarray]]
 
 class ExportedModelError(ValueError):
     """An exported model or its description that cannot be run; the message names the file."""
-
-
-def all_finite(a: np.ndarray) -> bool:
-    """Whether every value of ``a`` is finite (may say False for huge finite values: callers check rows then).
-
-    A Python sum for small arrays: far cheaper per tick than a numpy ufunc and reduction."""
-    return math.isfinite(sum(a.ravel().tolist()) if a.size <= 64 else float(a.sum(dtype=np.float64)))
 
 
 def description_path(path: str | Path) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -10,7 +11,7 @@ import numpy as np
 from gymnasium import spaces
 
 from policydistill.keymap import make_keymap
-from policydistill.types import GOAL, GROUPS, POLICY, PRIVILEGED, TASK, check_groups
+from policydistill.types import GOAL, GROUPS, POLICY, PRIVILEGED, TASK, all_finite, check_groups
 
 
 def _box(dim: int) -> spaces.Box:
@@ -39,7 +40,7 @@ class BoxToGroups(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     def observation(self, observation: np.ndarray) -> dict[str, np.ndarray]:
         out = {POLICY: np.asarray(observation, dtype=np.float32).reshape(-1)}
         if self._data is not None:
-            out[PRIVILEGED] = np.concatenate([self._data.qpos, self._data.qvel]).astype(np.float32)
+            out[PRIVILEGED] = np.concatenate([self._data.qpos, self._data.qvel], dtype=np.float32)
         return out
 
 
@@ -187,6 +188,8 @@ def nonfinite_reason(obs, reward: float = 0.0, on_reset: bool = False) -> str | 
     """Why an observation (an array or ``{group: array}``) and reward cannot be used, None when all are
     finite; a non-finite observation is named before a non-finite reward."""
     groups = obs if isinstance(obs, dict) else {"": obs}
+    if all(all_finite(np.asarray(v)) for v in groups.values()) and math.isfinite(reward):
+        return None  # the per-step path: a Python sum per group, the exact checks below only when it fails
     bad = [g for g, v in groups.items() if not np.all(np.isfinite(v))]
     if bad:
         where = f" in groups {bad}" if isinstance(obs, dict) else ""
@@ -214,9 +217,12 @@ class SafeEpisodes(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self.dropped = 0
         self.pending: str | None = None  # a reset fault, reported by the next step
         self._sim_warnings = _mujoco_instability(env.unwrapped)
+        self._warned: tuple[int, ...] | None = None  # the instability warnings counted so far, per kind
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
+        if self._sim_warnings is not None:
+            self._warned = self._sim_warnings()
         self.pending = nonfinite_reason(obs, on_reset=True)
         if self.pending is not None:
             obs = _zero_nonfinite(obs)
@@ -227,16 +233,18 @@ class SafeEpisodes(gym.Wrapper, gym.utils.RecordConstructorArgs):
         if self.pending is not None:
             reason, self.pending = self.pending, None
             return self._drop(reason)
-        if not np.all(np.isfinite(action)):
+        if not all_finite(np.asarray(action)) and not np.all(np.isfinite(action)):
             return self._drop(NAN_ACTION)
-        before = self._sim_warnings() if self._sim_warnings else None
+        before = self._warned
         try:
             obs, reward, terminated, truncated, info = self.env.step(action)
         except Exception as e:  # an env crash costs one episode, not the run
             return self._drop(f"env raised {type(e).__name__}: {e}")
         reason = nonfinite_reason(obs, reward)
-        if reason is None and before is not None:
-            reason = _unstable_reason(before, self._sim_warnings())
+        if self._sim_warnings is not None:
+            self._warned = self._sim_warnings()
+            if reason is None and before is not None and self._warned != before:
+                reason = _unstable_reason(before, self._warned)
         if reason is not None:
             return self._drop(reason)
         self.last_obs = obs
@@ -251,20 +259,19 @@ _UNSTABLE = ("QPOS", "QVEL", "QACC")  # MuJoCo's "Nan, Inf or huge value in ..."
 
 
 def _mujoco_instability(env: gym.Env):
-    """For a MuJoCo env, a function giving its counts of the ``_UNSTABLE`` warnings (3,); else None."""
+    """For a MuJoCo env, a function giving its counts of the ``_UNSTABLE`` warnings (a tuple); else None."""
     if not hasattr(getattr(env, "data", None), "warning"):
         return None
     import mujoco
 
     ids = [int(getattr(mujoco.mjtWarning, f"mjWARN_BAD{name}")) for name in _UNSTABLE]
-    return lambda: np.array([env.data.warning[i].number for i in ids])
+    warning = env.data.warning
+    return lambda: tuple(warning[i].number for i in ids)
 
 
-def _unstable_reason(before: np.ndarray, after: np.ndarray) -> str | None:
-    """The reason for MuJoCo warnings raised during a step (counts (3,) before and after), None if none."""
+def _unstable_reason(before: tuple[int, ...], after: tuple[int, ...]) -> str:
+    """The reason for the MuJoCo warnings raised during a step (counts before and after it)."""
     names = [name for name, b, a in zip(_UNSTABLE, before, after, strict=True) if a > b]
-    if not names:
-        return None
     return (f"simulator state became non-finite (MuJoCo: Nan, Inf or huge value in {', '.join(names)}; "
             "it reset the state)")
 
