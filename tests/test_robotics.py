@@ -1,7 +1,7 @@
-"""gymnasium-robotics' goal envs as a suite (the `robotics` extra, in `.venv-robotics`): the point maze's
-``observation`` / ``achieved_goal`` / ``desired_goal`` mapped to ``policy`` / ``privileged`` / ``goal``, through
-expert training, evaluation, DAgger distillation of a goal-conditioned student and an ONNX export acting on the
-env's own Dict."""
+"""gymnasium-robotics' goal envs as suites (the `robotics` extra, in `.venv-robotics`): Fetch's and the point
+maze's ``observation`` / ``achieved_goal`` / ``desired_goal`` mapped to ``policy`` / ``privileged`` / ``goal``,
+through expert training, evaluation, DAgger distillation of a goal-conditioned student and an ONNX export acting
+on the env's own Dict."""
 
 from __future__ import annotations
 
@@ -25,33 +25,37 @@ from policydistill.runtime import OnnxPolicy  # noqa: E402
 from policydistill.suites import load_suite  # noqa: E402
 from policydistill.types import stack_obs  # noqa: E402
 
-MAZE = "gymnasium_robotics:PointMaze_UMazeDense-v3"
-TASK = {"name": "umaze", "env": MAZE, "kwargs": {"continuing_task": False}, "success": {"info_key": "success"}}
+FETCH = {"name": "reach", "env": "gymnasium_robotics:FetchReach-v4", "success": {"info_key": "is_success"}}
+MAZE = {"name": "umaze", "env": "gymnasium_robotics:PointMaze_UMazeDense-v3", "kwargs": {"continuing_task": False},
+        "success": {"info_key": "success"}}
 TINY_PPO = ["expert.total_steps=2048", "expert.n_envs=2", "expert.eval_every=2048", "expert.eval_episodes=1",
             "expert.final_episodes=1", "expert.checkpoint_every=2048", "expert.hyperparams.n_steps=512",
             "expert.hyperparams.batch_size=256", "expert.hyperparams.n_epochs=1"]
 
 
-def test_the_maze_keys_go_to_policy_goal_and_privileged():
-    suite = load_suite(MAZE)
+def test_fetch_keys_go_to_policy_goal_and_privileged():
+    suite = load_suite(FETCH["env"])
     space = suite.make_env(0).observation_space
-    assert {g: s.shape for g, s in space.spaces.items()} == {"privileged": (2,), "goal": (2,), "policy": (4,),
+    assert {g: s.shape for g, s in space.spaces.items()} == {"privileged": (3,), "goal": (3,), "policy": (10,),
                                                              "task": (1,)}
-    assert suite.keymap == {"goal": [{"key": "desired_goal", "shape": [2]}],
-                            "privileged": [{"key": "achieved_goal", "shape": [2]}],
-                            "policy": [{"key": "observation", "shape": [4]}]}
+    assert suite.keymap == {"goal": [{"key": "desired_goal", "shape": [3]}],
+                            "privileged": [{"key": "achieved_goal", "shape": [3]}],
+                            "policy": [{"key": "observation", "shape": [10]}]}
 
 
-def test_the_maze_trains_evaluates_distils_and_exports_acting_on_its_own_dict(tmp_path, monkeypatch):
+@pytest.mark.parametrize("task", [FETCH, MAZE], ids=["fetch_reach", "point_maze"])
+def test_a_goal_env_trains_evaluates_distils_and_exports_acting_on_its_own_dict(task, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    suite_file = tmp_path / "pointmaze.yaml"
-    suite_file.write_text(yaml.safe_dump({"name": "pointmaze", "tasks": [TASK]}))
+    suite_file = tmp_path / "goal.yaml"
+    suite_file.write_text(yaml.safe_dump({"name": "goal", "tasks": [task]}))
+    name = task["name"]
     assert main(["train-experts", f"suite={suite_file}", "out=experts", *TINY_PPO]) == 0
-    expert = load_bundle(tmp_path / "experts" / "umaze" / "bundle", device="cpu")
-    assert set(expert.groups) == {"policy", "privileged", "goal"} and expert.obs_keys == load_suite(MAZE).keymap
-    assert main(["evaluate", f"suite={suite_file}", "policy=experts/umaze/bundle", "episodes=1", "video=false",
+    expert = load_bundle(tmp_path / "experts" / name / "bundle", device="cpu")
+    assert set(expert.groups) == {"policy", "privileged", "goal"} and expert.obs_keys == load_suite(task["env"]).keymap
+    assert main(["evaluate", f"suite={suite_file}", f"policy=experts/{name}/bundle", "episodes=2", "video=false",
                  "out=eval.json"]) == 0
-    assert json.loads((tmp_path / "eval.json").read_text())["tasks"]["umaze"]["episodes"] == 1
+    result = json.loads((tmp_path / "eval.json").read_text())["tasks"][name]
+    assert result["episodes"] == 2 and result["success_rate"] is not None  # the suite's success, not "n/a"
     assert main(["distill", f"suite={suite_file}", "teachers=experts", "method=dagger", "method.rounds=1",
                  "method.episodes_per_task=1", "eval_episodes=1", "final_episodes=0", "out=student"]) == 0
     student = load_bundle(tmp_path / "student" / "student", device="cpu")
@@ -59,12 +63,12 @@ def test_the_maze_trains_evaluates_distils_and_exports_acting_on_its_own_dict(tm
     assert main(["export", "policy=student/student", "format=onnx", "out=student.onnx"]) == 0
     policy = OnnxPolicy(tmp_path / "student.onnx")
     wrapped = load_suite(str(suite_file)).make_env(0)
-    raw = gym.make(MAZE.split(":")[1], continuing_task=False)
+    raw = gym.make(task["env"].split(":")[1], **task.get("kwargs", {}))
     groups, _ = wrapped.reset(seed=0)
     own, _ = raw.reset(seed=0)
     for _ in range(5):
         action = policy.act(own)  # the env's own Dict, as gymnasium-robotics returns it
-        assert action.shape == (1, 2) and np.isfinite(action).all()
+        assert action.shape == (1, raw.action_space.shape[0]) and np.isfinite(action).all()
         assert np.allclose(action, student.act(stack_obs([groups])), atol=1e-5)
         groups, *_ = wrapped.step(action[0])
         own, *_ = raw.step(action[0])
