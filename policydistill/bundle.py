@@ -6,7 +6,8 @@ action post-processing), the control period, the caller's meta (training config,
 versions, the sha256 of ``model.safetensors`` and ``bundle_sha256``: the sha256 of the rest of
 ``policy.json`` as canonical JSON (sorted keys, no spaces, ASCII), which holds the weights' hash, so
 one hash covers the whole bundle. Schema 1 bundles (no ``bundle_sha256``) still load, with a warning.
-A policy acting on an env's own Dict records its key map (``obs_keys``, see :mod:`policydistill.keymap`).
+A policy acting on an env's own Dict records its key map, or one per task (``obs_keys``, see
+:mod:`policydistill.keymap`).
 A bundle may also hold the policy's failure monitor (``monitor.npz``, ``monitor.json``; their sha256 under
 ``monitor`` in ``policy.json``, see :mod:`policydistill.runtime.monitor`).
 
@@ -42,7 +43,7 @@ from torch.overrides import TorchFunctionMode
 
 import policydistill
 from policydistill.files import file_mode, file_sha256
-from policydistill.keymap import KeyMap
+from policydistill.keymap import KeyMaps
 from policydistill.runtime.monitor import FILES as MONITOR_FILES
 from policydistill.runtime.monitor import FailureMonitor, file_hashes
 
@@ -180,7 +181,7 @@ def is_bundle(path: str | Path) -> bool:
 
 
 def save_bundle(policy: Any, path: str | Path, meta: dict[str, Any] | None = None,
-                monitor: FailureMonitor | None = None, obs_keys: KeyMap | None = None) -> Path:
+                monitor: FailureMonitor | None = None, obs_keys: KeyMaps | None = None) -> Path:
     """Write ``policy`` as a bundle at ``path`` atomically, replacing an existing bundle there (and the
     monitor it held: a monitor belongs to the policy it was calibrated on).
 

@@ -61,17 +61,19 @@ def seeker() -> CallablePolicy:
 
 
 class GoalPointEnv(DictPointEnv):
-    """The point mass in gymnasium-robotics' goal-env layout: ``{"observation": [position, velocity] (4,),
-    "achieved_goal": position (2,), "desired_goal": goal (2,)}``, success in ``info["is_success"]``."""
+    """The point mass in gymnasium-robotics' goal-env layout: ``{"observation": [position, velocity, 0 x extra]
+    (4 + extra,), "achieved_goal": position (2,), "desired_goal": goal (2,)}``, success in ``info["is_success"]``."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra: int = 0) -> None:
         super().__init__()
         box = spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float64)
-        self.observation_space = spaces.Dict({"observation": spaces.Box(-np.inf, np.inf, shape=(4,), dtype=np.float64),
-                                              "achieved_goal": box, "desired_goal": box})
+        self.extra = np.zeros(extra)
+        self.observation_space = spaces.Dict({
+            "observation": spaces.Box(-np.inf, np.inf, shape=(4 + extra,), dtype=np.float64),
+            "achieved_goal": box, "desired_goal": box})
 
     def _obs(self) -> dict[str, np.ndarray]:
-        return {"observation": np.concatenate([self.pos, self.vel]), "achieved_goal": self.pos.copy(),
+        return {"observation": np.concatenate([self.pos, self.vel, self.extra]), "achieved_goal": self.pos.copy(),
                 "desired_goal": self.goal.copy()}
 
 
@@ -79,7 +81,7 @@ def goal_seeker() -> CallablePolicy:
     """PD toward the goal, reading ``policy`` = [position, velocity] and ``goal`` (the default mapping)."""
 
     def act(x: np.ndarray) -> np.ndarray:
-        pos, vel, goal = x[:, 0:2], x[:, 2:4], x[:, 4:6]
+        pos, vel, goal = x[:, 0:2], x[:, 2:4], x[:, -2:]
         return np.clip(4.0 * (goal - pos) - 3.0 * vel, -1, 1)
 
     return CallablePolicy(act, groups=("policy", "goal"), batched=True)

@@ -141,3 +141,34 @@ def test_a_goal_student_deployed_takes_the_envs_own_dict(tmp_path):
     assert successes >= 7, (successes, summary["rounds"])
     with pytest.raises(KeyError, match="lacks the env key 'desired_goal' \\(group 'goal'\\)"):
         onnx.act({"observation": own["observation"][None]})
+
+
+def test_a_padded_goal_student_takes_each_tasks_own_dict(tmp_path):
+    """Two goal envs observing 4 and 6 values: one key map per task in the bundle and the export, and the padded
+    student's ONNX export acts on either env's own Dict given its task, as the torch student on its groups."""
+    tasks = [{"name": "near", "env": "dict_envs:GoalPointEnv"},
+             {"name": "wide", "env": "dict_envs:GoalPointEnv", "kwargs": {"extra": 2}}]
+    suite = suite_from_dict({"tasks": tasks}, "goal_two")
+    assert [m["policy"][0]["shape"] for m in suite.keymap] == [[4], [6]]
+    from dict_envs import GoalPointEnv, goal_seeker
+
+    cfg = DistillConfig(suite="goal_two", teachers="-", out=str(tmp_path / "run"), device="cpu", eval_episodes=2,
+                        final_episodes=0, method=DAggerConfig(rounds=2, episodes_per_task=4, beta_rounds=1))
+    distill(cfg, suite, {"near": goal_seeker(), "wide": goal_seeker()})
+    student = load_bundle(tmp_path / "run" / "student", device="cpu")
+    assert student.obs_keys == suite.keymap
+    assert main(["export", f"policy={tmp_path / 'run' / 'student'}", "format=onnx",
+                 f"out={tmp_path / 'student.onnx'}"]) == 0
+    onnx = OnnxPolicy(tmp_path / "student.onnx")
+    assert onnx.groups == ("task", "observation")  # the padded export
+    for t, raw in enumerate([GoalPointEnv(), GoalPointEnv(extra=2)]):
+        wrapped = suite.make_env(t)
+        groups, _ = wrapped.reset(seed=t)
+        own, _ = raw.reset(seed=t)
+        for _ in range(3):
+            action = onnx.act({**own, "task": np.eye(2, dtype=np.float32)[t]})
+            assert np.allclose(action, student.act(stack_obs([groups])), atol=1e-5)
+            groups, *_ = wrapped.step(action[0])
+            own, *_ = raw.step(action[0])
+    with pytest.raises(KeyError, match="lacks 'task': a policy of 2 tasks whose spaces or keys differ"):
+        onnx.act(own)

@@ -72,3 +72,22 @@ def test_a_goal_env_trains_evaluates_distils_and_exports_acting_on_its_own_dict(
         assert np.allclose(action, student.act(stack_obs([groups])), atol=1e-5)
         groups, *_ = wrapped.step(action[0])
         own, *_ = raw.step(action[0])
+
+
+def test_a_fetch_generalist_acts_on_either_envs_own_dict_given_its_task(tmp_path, monkeypatch):
+    """Reach and push observe 10 and 25 values: one key map per task, a padded student, and its ONNX export acting
+    on either env's own Dict beside the task's one-hot (as docs/suites.md shows)."""
+    monkeypatch.chdir(tmp_path)
+    push = {**FETCH, "name": "push", "env": "gymnasium_robotics:FetchPush-v4"}
+    (tmp_path / "fetch.yaml").write_text(yaml.safe_dump({"name": "fetch", "tasks": [FETCH, push]}))
+    assert main(["train-experts", "suite=fetch.yaml", "out=experts", *TINY_PPO]) == 0
+    assert main(["distill", "suite=fetch.yaml", "teachers=experts", "method=dagger", "method.rounds=1",
+                 "method.episodes_per_task=1", "eval_episodes=1", "final_episodes=0", "out=student"]) == 0
+    assert main(["export", "policy=student/student", "format=onnx", "out=fetch.onnx"]) == 0
+    policy, student = OnnxPolicy(tmp_path / "fetch.onnx"), load_bundle(tmp_path / "student" / "student", device="cpu")
+    suite = load_suite(str(tmp_path / "fetch.yaml"))
+    for t, task in enumerate((FETCH, push)):
+        groups, _ = suite.make_env(t).reset(seed=0)
+        own, _ = gym.make(task["env"].split(":")[1]).reset(seed=0)
+        action = policy.act({**own, "task": np.eye(2, dtype=np.float32)[t]})
+        assert np.allclose(action, student.act(stack_obs([groups])), atol=1e-5)

@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from policydistill.keymap import KeyMap, groups_from_keys, is_keyed
+from policydistill.keymap import KeyMap, KeyMaps, groups_from_keys, is_keyed, task_keymap
 from policydistill.runtime.action_queue import MODES, ActionQueue
 from policydistill.runtime.exported import ExportedPolicy, ObsWindow, reset_mask
 from policydistill.runtime.latency import LatencyRecorder
@@ -89,7 +89,7 @@ class PolicySource:
         self.n_action_steps = int(getattr(policy, "n_action_steps", None) or self.horizon)
         self.n_obs_steps = 1
         self.observation_space = space = getattr(policy, "observation_space", None)
-        self.obs_keys: KeyMap | None = getattr(policy, "obs_keys", None)
+        self.obs_keys: KeyMaps | None = getattr(policy, "obs_keys", None)
         self.group_dims = {g: int(np.prod(s.shape)) for g, s in getattr(space, "spaces", {}).items()}
         self.action_space = space = getattr(policy, "action_space", None)
         self.action_low = None if space is None else np.asarray(space.low, np.float32)
@@ -97,7 +97,7 @@ class PolicySource:
 
     def prepare(self, obs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if is_keyed(obs, self.obs_keys, self.groups):
-            obs = groups_from_keys(obs, self.obs_keys, self.groups, self.group_dims)
+            obs = groups_from_keys(obs, task_keymap(obs, self.obs_keys)[0], self.groups, self.group_dims)
         return select_groups(obs, self.groups)
 
     def predict(self, obs: dict[str, np.ndarray]) -> np.ndarray:
@@ -219,7 +219,8 @@ class Controller:
         if queue not in MODES:
             raise ValueError(f"unknown action queue mode '{queue}'; expected one of {list(MODES)}")
         self.source, self.period = source, float(period_s)
-        self._keymap: KeyMap | None = getattr(source, "obs_keys", None)  # then it takes the env's own Dict too
+        keymaps = getattr(source, "obs_keys", None)  # then it takes the env's own Dict too: mapped here for every
+        self._keymap: KeyMap | None = keymaps if isinstance(keymaps, dict) else None  # reader, else by the source
         self._reads = tuple(dict.fromkeys([*source.groups, *(monitor.groups if monitor else ()),
                                            *(teacher.groups if teacher is not None else ())]))
         self._dims = dict(getattr(source, "group_dims", {}))

@@ -49,9 +49,10 @@ from policydistill.bundle import POLICY_CLASSES, library_versions, load_bundle, 
 from policydistill.configs import require_choice, require_int
 from policydistill.files import atomic_write_json, atomic_write_with, file_sha256
 from policydistill.graph import ExportGraph
-from policydistill.runtime.exported import SCHEMA_VERSION
+from policydistill.runtime.exported import OBSERVATION, SCHEMA_VERSION
 from policydistill.runtime.monitor import EXPORTED, SETTINGS, file_hashes, load_monitor
 from policydistill.spaces import space_to_json
+from policydistill.types import TASK
 
 log = logging.getLogger(__name__)
 
@@ -238,16 +239,17 @@ def _describe_padded(policy: Any, graph: ExportGraph, layout: list[dict[str, Any
     from gymnasium import spaces
 
     n_tasks, obs_dim, act_dim = len(layout), graph.inputs[0].shape[0], graph.outputs[0].shape[0]
-    groups = [{"name": "task", "dim": n_tasks, "start": 0},
-              {"name": "observation", "dim": obs_dim - n_tasks, "start": n_tasks}]
+    groups = [{"name": TASK, "dim": n_tasks, "start": 0},
+              {"name": OBSERVATION, "dim": obs_dim - n_tasks, "start": n_tasks}]
     low, high = np.zeros(act_dim, np.float32), np.zeros(act_dim, np.float32)
     for t in layout:
         low[:t["act_dim"]] = np.minimum(low[:t["act_dim"]], t["action_low"])
         high[:t["act_dim"]] = np.maximum(high[:t["act_dim"]], t["action_high"])
-    observation = spaces.Dict({"task": spaces.Box(0.0, 1.0, (n_tasks,), np.float32),
-                               "observation": spaces.Box(-np.inf, np.inf, (obs_dim - n_tasks,), np.float32)})
+    observation = spaces.Dict({TASK: spaces.Box(0.0, 1.0, (n_tasks,), np.float32),
+                               OBSERVATION: spaces.Box(-np.inf, np.inf, (obs_dim - n_tasks,), np.float32)})
+    keyed = {"obs_keys": policy.obs_keys} if getattr(policy, "obs_keys", None) is not None else {}
     return {
-        "schema_version": SCHEMA_VERSION, "groups": groups, "obs_dim": obs_dim, "act_dim": act_dim,
+        **keyed, "schema_version": SCHEMA_VERSION, "groups": groups, "obs_dim": obs_dim, "act_dim": act_dim,
         "observation_space": space_to_json(observation), "action_space": space_to_json(spaces.Box(low, high)),
         "inputs": [s.to_json() for s in graph.inputs], "outputs": [s.to_json() for s in graph.outputs],
         "stateful": False, "state": [], "deterministic": True, "chunk": None, "sampler": None,

@@ -25,12 +25,14 @@ from typing import Any
 import numpy as np
 
 from policydistill.files import file_sha256
-from policydistill.keymap import KeyMap, groups_from_keys, is_keyed
+from policydistill.keymap import KeyMaps, call_task, groups_from_keys, is_keyed, task_keymap
 from policydistill.runtime.action_queue import ActionQueue
 from policydistill.runtime.sampler import SamplerSpec
-from policydistill.types import all_finite, check_obs
+from policydistill.types import TASK, all_finite, check_obs
 
 SCHEMA_VERSION = 2
+OBSERVATION = "observation"
+"""The input group of a padded multi-task policy's export: a task's own groups at their columns."""
 Call = Callable[[dict[str, np.ndarray]], Sequence[np.ndarray]]
 
 
@@ -150,7 +152,7 @@ class ExportedPolicy:
                                      f"first, got {[s.get('name') for s in ins]} -> {[s.get('name') for s in outs]}")
         self.groups: tuple[str, ...] = tuple(g["name"] for g in info["groups"])
         self.group_dims: dict[str, int] = {g["name"]: int(g["dim"]) for g in info["groups"]}
-        self.obs_keys: KeyMap | None = info.get("obs_keys")
+        self.obs_keys: KeyMaps | None = info.get("obs_keys")
         self.obs_dim, self.act_dim = sum(self.group_dims.values()), int(info["act_dim"])
         chunk = info.get("chunk") or {}
         self.kind = "action" if outs[0]["role"] == "action" else "chunk"
@@ -271,10 +273,12 @@ class ExportedPolicy:
             shapes = [a.shape for a in parts]
         except (KeyError, TypeError, AttributeError, IndexError):
             if is_keyed(obs, self.obs_keys, self.groups):
-                return self.prepare(groups_from_keys(obs, self.obs_keys, self.groups, self.group_dims))
+                return self.prepare(self._from_keys(obs))
             check_obs(obs, self.groups, self.group_dims)  # raises the error naming the group
             raise
         if shapes != self._shapes:  # checked once per batch shape
+            if is_keyed(obs, self.obs_keys, self.groups):  # an env key named like a group
+                return self.prepare(self._from_keys(obs))
             check_obs(obs, self.groups, self.group_dims)
             n = len(parts[0])
             for g, shape in zip(self.groups, shapes, strict=True):
@@ -290,6 +294,24 @@ class ExportedPolicy:
         if not all_finite(x):
             check_obs(obs, self.groups, self.group_dims)
         return x
+
+    def _from_keys(self, obs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The groups of the env's own Dict ``obs`` (see :mod:`policydistill.keymap`). A padded multi-task policy
+        (``tasks`` in its description) reads ``task`` and ``observation``: the task's groups at their columns,
+        zeros elsewhere."""
+        keymap, task = task_keymap(obs, self.obs_keys)
+        layout = self.info.get("tasks")
+        if layout is None:
+            return groups_from_keys(obs, keymap, self.groups, self.group_dims)
+        n_tasks = self.group_dims[TASK]
+        columns = layout[call_task(obs, n_tasks) if task is None else task]["columns"]
+        own = tuple(g for g in columns if g != TASK)
+        groups = groups_from_keys(obs, keymap, (*own, TASK), {**{g: columns[g][1] for g in own}, TASK: n_tasks})
+        x = np.zeros((len(groups[TASK]), self.group_dims[OBSERVATION]), np.float32)
+        for g in own:
+            start, dim = columns[g][0] - n_tasks, columns[g][1]
+            x[:, start:start + dim] = groups[g]
+        return {TASK: groups[TASK], OBSERVATION: x}
 
     def act(self, obs: Mapping[str, np.ndarray], deterministic: bool = True) -> np.ndarray:
         """obs {group: (n, dim)} -> actions float32 (n, act_dim).

@@ -31,7 +31,7 @@ import gymnasium as gym
 import yaml
 from gymnasium import spaces
 
-from policydistill.keymap import KeyMap
+from policydistill.keymap import KeyMap, KeyMaps
 from policydistill.suites.wrappers import (
     BoxToGroups,
     DictToGroups,
@@ -109,11 +109,13 @@ class Suite:
         return tuple(keymap for _, _, keymap in self._probed)
 
     @property
-    def keymap(self) -> KeyMap | None:
-        """The key map every task shares (what a policy of the whole suite records; None when the tasks map
-        their keys differently or observe groups as they are)."""
+    def keymap(self) -> KeyMaps | None:
+        """The key map a policy of the whole suite records: the one every task shares, else one per task (None for
+        a task observing groups as they are); None when no task's env observes keys of its own."""
         first = self.keymaps[0]
-        return first if all(k == first for k in self.keymaps) else None
+        if all(k == first for k in self.keymaps):
+            return first
+        return list(self.keymaps)
 
     @functools.cached_property
     def has_success(self) -> tuple[bool, ...]:
