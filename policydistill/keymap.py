@@ -28,11 +28,6 @@ def make_keymap(shapes: Mapping[str, tuple[int, ...]], group_keys: Mapping[str, 
     return {g: [{"key": k, "shape": [int(s) for s in shapes[k]]} for k in keys] for g, keys in group_keys.items()}
 
 
-def keymap_dims(keymap: KeyMap) -> dict[str, int]:
-    """{group: flat width} of a key map."""
-    return {g: sum(int(np.prod(e["shape"], dtype=np.int64)) for e in entries) for g, entries in keymap.items()}
-
-
 def task_keymap(obs: Mapping[str, Any], keymaps: KeyMaps) -> tuple[KeyMap, int | None]:
     """The key map of the task ``obs`` comes from and that task's index (None: one map for every task).
 

@@ -466,24 +466,26 @@ class Runner:
 
     # ---- checkpoints -------------------------------------------------------------------------
 
-    def _meta(self, r: int) -> dict[str, Any]:
-        return {"distill": self.cfg.to_dict(), "round": r, "suite": self.suite.name}
+    def _save(self, student: Any, path: Path, r: int) -> None:
+        """Save round ``r``'s student as a bundle at ``path``, with the run's meta and the suite's key map."""
+        save_bundle(student, path, meta={"distill": self.cfg.to_dict(), "round": r, "suite": self.suite.name},
+                    obs_keys=self.suite.keymap)
 
     def _commit(self, r: int, row: dict[str, Any]) -> None:
         """Checkpoint round ``r`` (student and method state), append its row (the commit), publish the
         student, then drop what the previous round and this one's attempt left."""
         student = self.algo.policy()
         here = self.ckpt / f"round-{r}"
-        save_bundle(student, here / "student", meta=self._meta(r), obs_keys=self.suite.keymap)
+        self._save(student, here / "student", r)
         save_torch(here / "state.pt", self.algo.state_dict())
         rows = self.summary["rounds"]
         rows.append(row)
         best = max(rows, key=_rank)
         self.summary["best_round"], self.summary["best"] = best["round"], _why(best, self.cfg.eval_seed)
         atomic_write_json(self.summary_path, self.summary)
-        save_bundle(student, self.out / "student", meta=self._meta(r), obs_keys=self.suite.keymap)
+        self._save(student, self.out / "student", r)
         if best["round"] == r:
-            save_bundle(student, self.out / "best", meta=self._meta(r), obs_keys=self.suite.keymap)
+            self._save(student, self.out / "best", r)
         self._clean(r)
 
     def _clean(self, r: int) -> None:
@@ -503,9 +505,9 @@ class Runner:
             return
         r = rows[-1]["round"]
         student = load_round(self.algo, self.ckpt, r)
-        save_bundle(student, self.out / "student", meta=self._meta(r), obs_keys=self.suite.keymap)
+        self._save(student, self.out / "student", r)
         if self.summary["best_round"] == r:  # a kill may have come between the commit and best/
-            save_bundle(student, self.out / "best", meta=self._meta(r), obs_keys=self.suite.keymap)
+            self._save(student, self.out / "best", r)
         self._clean(r)
         log.info("resuming after round %d", r)
 

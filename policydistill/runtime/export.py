@@ -186,9 +186,10 @@ def describe_graph(policy: Any, graph: ExportGraph) -> dict[str, Any]:
 
     Also what :class:`policydistill.runtime.torch_policy.GraphPolicy` runs an in-memory graph from.
     """
+    keyed = {"obs_keys": policy.obs_keys} if getattr(policy, "obs_keys", None) is not None else {}
     layout = policy.export_layout() if hasattr(policy, "export_layout") else None
     if layout is not None:
-        return _describe_padded(policy, graph, layout)
+        return {**keyed, **_describe_padded(policy, graph, layout)}
     groups, start = [], 0
     for name in policy.groups:
         dim = int(policy.observation_space[name].shape[0])
@@ -217,7 +218,6 @@ def describe_graph(policy: Any, graph: ExportGraph) -> dict[str, Any]:
         except (TypeError, ValueError) as e:
             raise ExportError(f"the denoiser graph's sampler is invalid: {e}") from e
     specs = {s.name: s for s in graph.inputs}
-    keyed = {"obs_keys": policy.obs_keys} if getattr(policy, "obs_keys", None) is not None else {}
     return {
         **keyed, "schema_version": SCHEMA_VERSION, "groups": groups, "obs_dim": graph.inputs[0].shape[0],
         "act_dim": first.shape[-1],
@@ -247,9 +247,8 @@ def _describe_padded(policy: Any, graph: ExportGraph, layout: list[dict[str, Any
         high[:t["act_dim"]] = np.maximum(high[:t["act_dim"]], t["action_high"])
     observation = spaces.Dict({TASK: spaces.Box(0.0, 1.0, (n_tasks,), np.float32),
                                OBSERVATION: spaces.Box(-np.inf, np.inf, (obs_dim - n_tasks,), np.float32)})
-    keyed = {"obs_keys": policy.obs_keys} if getattr(policy, "obs_keys", None) is not None else {}
     return {
-        **keyed, "schema_version": SCHEMA_VERSION, "groups": groups, "obs_dim": obs_dim, "act_dim": act_dim,
+        "schema_version": SCHEMA_VERSION, "groups": groups, "obs_dim": obs_dim, "act_dim": act_dim,
         "observation_space": space_to_json(observation), "action_space": space_to_json(spaces.Box(low, high)),
         "inputs": [s.to_json() for s in graph.inputs], "outputs": [s.to_json() for s in graph.outputs],
         "stateful": False, "state": [], "deterministic": True, "chunk": None, "sampler": None,
