@@ -14,7 +14,9 @@ Scores here are per task return ratios, return / the 100-step teacher's return (
 :func:`policydistill.pipeline.diffusion.compare`), and success / its success. With
 ``--control`` the same teacher recipe is also run on the plain ``default`` suite with its
 (deterministic, uni-modal) zoo experts, to show what one DDIM step does without multi-modality.
-Reports medians over seeds and the checks of the targets. Runs live under ``--runs`` (default
+Reports medians over seeds, the checks of the targets, and the one-step students in the order of
+:func:`policydistill.eval.metrics.ordering` (over seeds, of the random-normalised score the pipeline's report
+ranks them by). Runs live under ``--runs`` (default
 ``runs/bench/onestep``; seed 0's teacher and ``dmd_det`` student are the chunk policies of
 ``bench chunk_latency`` and ``bench async_inference``) and resume after a kill.
 
@@ -50,6 +52,7 @@ from bench.common import (
 )
 from policydistill import OneStepConfig, load_bundle, load_suite
 from policydistill.distill.onestep import ALGOS, init_level
+from policydistill.eval.metrics import ordering
 from policydistill.files import atomic_write_json, read_json
 from policydistill.models.onestep import OneStepPolicy
 from policydistill.pipeline.diffusion import compare
@@ -195,6 +198,8 @@ def main(argv: list[str] | None = None) -> dict:
     if control:
         print("\ncontrol: plain default suite, uni-modal zoo demonstrations (score vs 100 steps)")
         print_table(control)
+    order = ordering({a: [s["results"][f"one-step {a}"]["mean_score"] for s in per_seed] for a in args.algos})
+    print(f"\none-step students by random-normalised mean score over seeds (as the pipeline's report): {order}")
     print("\nchecks:", json.dumps(checks))
     ratios = {"score (return / 100-step teacher's)": {n: r["mean_score"] for n, r in table.items()},
               "success ratio (success / 100-step teacher's)": {n: r["mean_success_ratio"] for n, r in table.items()},
@@ -202,7 +207,8 @@ def main(argv: list[str] | None = None) -> dict:
     if control:
         ratios["control score (default suite)"] = {n: r["mean_score"] for n, r in control.items()}
     return envelope.write("onestep_fidelity", args, started, runs=len(args.seeds), medians=table, ratios=ratios,
-                          results={"costs": costs, "control": control, "checks": checks, "per_seed": per_seed})
+                          results={"costs": costs, "control": control, "checks": checks, "ordering": order,
+                                   "per_seed": per_seed})
 
 
 if __name__ == "__main__":

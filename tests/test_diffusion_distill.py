@@ -232,3 +232,5 @@ def test_the_pipeline_stage_trains_its_teacher_when_told(tmp_path) -> None:
     text = report.write(tmp_path / "report.md").read_text()
     assert "Teacher: a diffusion policy, trained in this run from the expert zoo (5 updates)" in text
     assert read_json(tmp_path / "diffusion" / "onestep.json")["teacher"] == str(tmp_path / "diffusion/teacher/student")
+    assert "The one-step students by mean score: dmd_det." in text
+    assert read_json(tmp_path / "diffusion" / "onestep.json")["ordering"] == "dmd_det"

@@ -13,7 +13,7 @@ import pytest
 from policydistill.bundle import read_bundle_info
 from policydistill.cli import main
 from policydistill.distill.runner import _regressions
-from policydistill.eval.metrics import headline, summarise, teacher_normalised, wilson_half_width
+from policydistill.eval.metrics import headline, ordering, summarise, teacher_normalised, wilson_half_width
 from policydistill.eval.rollout import run_episodes
 from policydistill.files import read_json
 from policydistill.policy import CallablePolicy
@@ -149,3 +149,11 @@ def test_a_task_whose_success_drops_by_more_than_the_margin_is_flagged():
     now["b"]["score"] = 0.5
     assert [g["task"] for g in _regressions(prev, now, 0.2)] == ["a", "b"]
     assert _regressions(None, now, 0.2) == []
+
+
+def test_methods_are_ordered_by_what_they_win_on_most_seeds():
+    """The order counts the seeds: a method ahead on two of three seeds ranks above one with a higher mean from a
+    single lucky seed, and each step says on how many seeds the upper method was ahead."""
+    scores = {"lucky": [0.1, 0.2, 1.5], "steady": [0.5, 0.6, 0.4], "best": [0.9, 0.9, 0.95]}
+    assert ordering(scores) == "best >(3/3) steady >(2/3) lucky"
+    assert ordering({"a": [0.2], "b": [0.7]}) == "b > a"

@@ -138,3 +138,23 @@ def headline(mean_success_ratio: float | None, mean_score: float | None) -> dict
     if mean_success_ratio is not None:
         return {"metric": "success ratio", "value": mean_success_ratio}
     return {"metric": "score", "value": mean_score}
+
+
+def ordering(scores: dict[str, Sequence[float]]) -> str:
+    """Names best first, by how many others each beats on most replicates (seeds; the mean breaks ties), as
+    ``a > b > c``; with several replicates, each ``>`` carries on how many the upper one scored higher (``a >(3/3)
+    b``). ``scores``: per name one score per replicate, the same replicates for all names."""
+    mean = {n: float(np.mean(v)) for n, v in scores.items()}
+
+    def ahead(a: str, b: str) -> int:
+        return sum(x > y for x, y in zip(scores[a], scores[b], strict=True))
+
+    def wins(a: str) -> int:
+        return sum(2 * ahead(a, b) > len(scores[a]) for b in scores if b != a)
+
+    names = sorted(scores, key=lambda n: (wins(n), mean[n]), reverse=True)
+    n = len(next(iter(scores.values()), []))
+    text = names[0] if names else ""
+    for a, b in zip(names, names[1:], strict=False):
+        text += (f" >({ahead(a, b)}/{n}) " if n > 1 else " > ") + b
+    return text

@@ -23,7 +23,7 @@ from policydistill.distill.onestep import ALGOS, OneStepConfig
 from policydistill.distill.runner import DistillConfig, distill
 from policydistill.eval.evaluate import evaluate, random_baseline
 from policydistill.eval.latency import chunk_latency
-from policydistill.eval.metrics import mean_of, mean_rate, teacher_normalised
+from policydistill.eval.metrics import mean_of, mean_rate, ordering, teacher_normalised
 from policydistill.files import atomic_write_json, read_json
 from policydistill.models.diffusion import DiffusionPolicy
 from policydistill.suites import Suite, diffusion_zoo_dir, load_suite, zoo_dir
@@ -191,9 +191,10 @@ def stage_diffusion(cfg: Any, suite: Suite, out: Path, report: Report) -> None:
         policies[f"one-step {algo}"] = load_bundle(root / algo / "student", device=cfg.device)
     results = compare(dsuite, policies, f"teacher ddim {TEACHER_STEPS[0]}", stage.eval_episodes, cfg.eval_seed,
                       stage.latency_calls)
+    order = ordering({algo: [results[f"one-step {algo}"]["mean_score"]] for algo in stage.algos})
     atomic_write_json(root / "onestep.json", {"suite": dsuite.name, "teacher": str(bundle),
                                               "onestep_steps": stage.onestep.steps, "results": results,
-                                              "runs": {a: r["rounds"][-1] for a, r in runs.items()}})
+                                              "ordering": order, "runs": {a: r["rounds"][-1] for a, r in runs.items()}})
     plot_onestep(root / "onestep.png", results)
     rows = []
     for name, r in results.items():
@@ -205,7 +206,8 @@ def stage_diffusion(cfg: Any, suite: Suite, out: Path, report: Report) -> None:
     report.add("Diffusion policy and one-step students", markdown_table(
         ["policy", "mean score", "worst task score", "success", "p50 ms", "p99 ms", "cpu p99 ms", "speed-up (p50)",
          "updates"], rows)
-        + f"\n\nSuite `{dsuite.name}` (the default tasks with a pit halfway to the goal; demonstrations: each "
+        + f"\n\nThe one-step students by mean score: {order}."
+        + f" Suite `{dsuite.name}` (the default tasks with a pit halfway to the goal; demonstrations: each "
           f"task's zoo expert or its mirror image, per episode, so every task is shown passing left and right). "
           f"Teacher: a diffusion policy, {made}; students: {stage.onestep.steps} updates each, initialised from "
           "the teacher. Score: (return - random) / (the 100-step teacher's return - random) "
