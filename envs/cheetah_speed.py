@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import mujoco
 import numpy as np
 from gymnasium import spaces
 from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
 
 Range = tuple[float, float]
+log = logging.getLogger(__name__)
 
 
 def _check_range(name: str, bounds: Range) -> Range:
@@ -16,6 +21,19 @@ def _check_range(name: str, bounds: Range) -> Range:
     if not 0.0 < low <= high:
         raise ValueError(f"{name} must satisfy 0 < low <= high, got {bounds!r}")
     return low, high
+
+
+@contextmanager
+def mujoco_warnings_to_debug_log() -> Iterator[None]:
+    """MuJoCo's warnings go to this module's debug log while in the block (gymnasium's half_cheetah.xml sets the
+    deprecated ``settotalmass``, and its warning would otherwise be printed for every env); the previous
+    handler is restored after."""
+    previous = mujoco.get_mju_user_warning()
+    mujoco.set_mju_user_warning(lambda message: log.debug("MuJoCo: %s", message))
+    try:
+        yield
+    finally:
+        mujoco.set_mju_user_warning(previous)
 
 
 class CheetahSpeedEnv(HalfCheetahEnv):
@@ -56,13 +74,14 @@ class CheetahSpeedEnv(HalfCheetahEnv):
         self.strength_range = _check_range("strength_range", strength_range)
         self.warmup_steps = int(warmup_steps)
         self.success_tolerance = float(success_tolerance)
-        super().__init__(
-            ctrl_cost_weight=ctrl_cost_weight,
-            reset_noise_scale=reset_noise_scale,
-            render_mode=render_mode,
-            width=width,
-            height=height,
-        )
+        with mujoco_warnings_to_debug_log():
+            super().__init__(
+                ctrl_cost_weight=ctrl_cost_weight,
+                reset_noise_scale=reset_noise_scale,
+                render_mode=render_mode,
+                width=width,
+                height=height,
+            )
         self.observation_space = spaces.Dict(
             {
                 "policy": spaces.Box(-np.inf, np.inf, shape=(self.model.nq - 1 + 1,), dtype=np.float32),

@@ -241,3 +241,19 @@ def test_cheetah_success_and_reward() -> None:
     assert flags[-1]
     flags, _, rewards = run(3.0)
     assert not any(flags) and np.mean(rewards) < 0.1
+
+
+def test_cheetah_prints_no_mujoco_warning_and_restores_the_handler(capfd, caplog) -> None:
+    """gymnasium's half_cheetah.xml uses MuJoCo's deprecated ``settotalmass``: building the env logs MuJoCo's
+    warning at debug level instead of printing it for every env, and leaves MuJoCo's warning handler as it was."""
+    import logging
+
+    import mujoco
+
+    before = mujoco.get_mju_user_warning()
+    with caplog.at_level(logging.DEBUG, logger="policydistill_envs.cheetah_speed"):
+        CheetahSpeedEnv().close()
+    out, err = capfd.readouterr()
+    assert "settotalmass" not in out + err
+    assert any("settotalmass" in r.getMessage() and r.levelno == logging.DEBUG for r in caplog.records)
+    assert mujoco.get_mju_user_warning() is before
