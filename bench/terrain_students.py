@@ -3,11 +3,13 @@
     .venv/bin/python -m bench terrain_students --seeds 0 1 2
     .venv/bin/python -m bench terrain_students --kinds gru mlp --seeds 1     # one piece (pieces are cached)
     .venv/bin/python -m bench terrain_students --suite terrain_offsets        # servo calibration offsets
+    .venv/bin/python -m bench terrain_students --suite terrain_encoders --kinds mlp gru mlp_privileged
 
 The zoo teacher reads ``[policy, privileged]`` (terrain heights around the feet, mass, friction and motor-strength
-scales, true base velocity and height); every student reads ``[policy, task]`` (joint encoders and an IMU) only,
-except the reference ``mlp_privileged``. Each (kind, seed) is one DAgger run (linear beta 1 -> 0); its final
-student and the teacher are evaluated on the same seeded episodes (score = student return / teacher return). Then
+scales, true base velocity and height); every student reads ``[policy, task]`` (joint encoders and an IMU; on
+``terrain_encoders`` the encoders give angles only) only, except the reference ``mlp_privileged``. Each (kind,
+seed) is one DAgger run (linear beta 1 -> 0); its final student and the teacher are evaluated on the same seeded
+episodes (score = student return / teacher return). Then
 the terrain roughness (the suite's, 0.08 m in ``terrain``) and the mass scale (drawn from [0.7, 1.3] in
 ``terrain``) are swept, one at a time and fixed per point, for the teacher, the best history student and the
 proprio-only MLP: medians over seeds, plotted beside the result (``terrain_students_sweep.png``; another

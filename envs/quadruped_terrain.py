@@ -84,7 +84,9 @@ class QuadrupedTerrainEnv(MujocoEnv):
     uniformly whose two servos' strength is scaled by a factor in that range (a failing motor).
 
     Observation groups: ``policy`` (22,) = joint angles (8), joint velocities (8), gravity in the base frame (3)
-    and base angular velocity (3): encoders and an IMU, no base position or linear velocity, no terrain.
+    and base angular velocity (3): encoders and an IMU, no base position or linear velocity, no terrain. With
+    ``joint_velocities`` false, ``policy`` (14,) has no joint velocities (servos that report their position
+    only) and they end the ``privileged`` group instead (8).
     ``privileged`` (43,) = [mass, friction, strength scales] (3), base linear velocity in the base frame (3), base
     height above the ground under it (1), and terrain height minus base height on a 3x3 grid (0.15 m apart)
     around each foot (36); then, in action order, the servos' zero offsets (8) with ``offset_range`` > 0 and their
@@ -113,6 +115,7 @@ class QuadrupedTerrainEnv(MujocoEnv):
         offset_range: float = 0.0,
         weak_leg: Range | None = None,
         last_action: bool = False,
+        joint_velocities: bool = True,
         tracking_sigma: float = 0.35,
         action_scale: float = 0.5,
         kp: float = KP,
@@ -135,6 +138,7 @@ class QuadrupedTerrainEnv(MujocoEnv):
             raise ValueError(f"offset_range must be in [0, 1] radians, got {offset_range!r}")
         self.offset_range = float(offset_range)
         self.last_action = np.zeros(8) if last_action else None
+        self.joint_velocities = bool(joint_velocities)
         self.weak_leg = None if weak_leg is None else _check_range("weak_leg", weak_leg)
         if not 0.0 < float(max_tilt) < np.pi:
             raise ValueError(f"max_tilt must be in (0, pi) radians, got {max_tilt!r}")
@@ -165,9 +169,10 @@ class QuadrupedTerrainEnv(MujocoEnv):
                          default_camera_config={"distance": 4.0, "trackbodyid": 1, "elevation": -20.0})
         self.fault_fields = [name for name, on in (("offsets", self.offset_range), ("servo_strength", self.weak_leg))
                              if on]  # the attributes that end the privileged group, (8,) each
-        privileged = 7 + 9 * len(FEET) + self.model.nu * len(self.fault_fields)
+        hidden = 0 if self.joint_velocities else self.model.nu  # joint velocities moved to privileged
+        privileged = 7 + 9 * len(FEET) + self.model.nu * len(self.fault_fields) + hidden
         self.observation_space = spaces.Dict({
-            "policy": spaces.Box(-np.inf, np.inf, shape=(22,), dtype=np.float32),
+            "policy": spaces.Box(-np.inf, np.inf, shape=(22 - hidden,), dtype=np.float32),
             "privileged": spaces.Box(-np.inf, np.inf, shape=(privileged,), dtype=np.float32),
             **({"last_action": spaces.Box(-1.0, 1.0, shape=(self.model.nu,), dtype=np.float32)}
                if last_action else {}),
@@ -272,11 +277,12 @@ class QuadrupedTerrainEnv(MujocoEnv):
         base = qpos[0:3]
         scan = self.foot_positions()[:, None, :2] + SCAN[None]  # (4, 9, 2)
         heights = self.ground_height(scan).ravel() - base[2]
+        joints = [qvel[6:]] if self.joint_velocities else []
         return {
-            "policy": np.concatenate([qpos[7:], qvel[6:], gravity, qvel[3:6]]).astype(np.float32),
+            "policy": np.concatenate([qpos[7:], *joints, gravity, qvel[3:6]]).astype(np.float32),
             "privileged": np.concatenate(
                 [self.scales, lin_vel, [base[2] - self.ground_height(base[:2])], heights,
-                 *(getattr(self, f) for f in self.fault_fields)]
+                 *(getattr(self, f) for f in self.fault_fields), *([] if joints else [qvel[6:]])]
             ).astype(np.float32),
             **({"last_action": self.last_action.astype(np.float32)} if self.last_action is not None else {}),
         }

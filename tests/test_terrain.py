@@ -73,6 +73,17 @@ def test_groups_and_policy_reads_no_terrain_or_dynamics() -> None:
     assert np.array_equal(obs_other["privileged"][:3], np.float32([2.0, 0.2, 0.4]))
 
 
+def test_without_joint_velocities_the_policy_group_has_angles_and_the_imu_only() -> None:
+    """``joint_velocities=False`` (position-only servos): the same 22 numbers, the joint velocities moved from
+    ``policy`` to the end of ``privileged``, step after step."""
+    full, encoders = make(), make(joint_velocities=False)
+    assert encoders.observation_space["policy"].shape == (14,)
+    assert encoders.observation_space["privileged"].shape == (51,)
+    for a, b in zip(rollout(full, 5, 20), rollout(encoders, 5, 20), strict=True):
+        assert np.array_equal(b["policy"], np.concatenate([a["policy"][:8], a["policy"][16:]]))
+        assert np.array_equal(b["privileged"], np.concatenate([a["privileged"], a["policy"][8:16]]))
+
+
 def ray_ground(env: gym.Env, x: float, y: float) -> float:
     """The height at which a vertical ray from 2 m hits the static world (what the physics collides with)."""
     u = env.unwrapped
@@ -196,7 +207,7 @@ def test_bad_kwargs_are_refused(kwargs: dict, message: str) -> None:
         make(**kwargs)
 
 
-@pytest.mark.parametrize("suite_name", ["terrain", "terrain_offsets"])
+@pytest.mark.parametrize("suite_name", ["terrain", "terrain_offsets", "terrain_encoders"])
 def test_the_zoo_expert_walks_at_the_commanded_speed(suite_name: str) -> None:
     from policydistill.bundle import load_bundle
 
