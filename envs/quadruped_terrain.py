@@ -138,7 +138,9 @@ class QuadrupedTerrainEnv(MujocoEnv):
             raise ValueError(f"offset_range must be in [0, 1] radians, got {offset_range!r}")
         self.offset_range = float(offset_range)
         self.last_action = np.zeros(8) if last_action else None
-        self.joint_velocities = bool(joint_velocities)
+        if not isinstance(joint_velocities, bool):
+            raise ValueError(f"joint_velocities must be true or false, got {joint_velocities!r}")
+        self.joint_velocities = joint_velocities
         self.weak_leg = None if weak_leg is None else _check_range("weak_leg", weak_leg)
         if not 0.0 < float(max_tilt) < np.pi:
             raise ValueError(f"max_tilt must be in (0, pi) radians, got {max_tilt!r}")
@@ -169,10 +171,10 @@ class QuadrupedTerrainEnv(MujocoEnv):
                          default_camera_config={"distance": 4.0, "trackbodyid": 1, "elevation": -20.0})
         self.fault_fields = [name for name, on in (("offsets", self.offset_range), ("servo_strength", self.weak_leg))
                              if on]  # the attributes that end the privileged group, (8,) each
-        hidden = 0 if self.joint_velocities else self.model.nu  # joint velocities moved to privileged
-        privileged = 7 + 9 * len(FEET) + self.model.nu * len(self.fault_fields) + hidden
+        moved = 0 if self.joint_velocities else self.model.nu  # joint velocities moved to privileged
+        privileged = 7 + 9 * len(FEET) + self.model.nu * len(self.fault_fields) + moved
         self.observation_space = spaces.Dict({
-            "policy": spaces.Box(-np.inf, np.inf, shape=(22 - hidden,), dtype=np.float32),
+            "policy": spaces.Box(-np.inf, np.inf, shape=(22 - moved,), dtype=np.float32),
             "privileged": spaces.Box(-np.inf, np.inf, shape=(privileged,), dtype=np.float32),
             **({"last_action": spaces.Box(-1.0, 1.0, shape=(self.model.nu,), dtype=np.float32)}
                if last_action else {}),

@@ -201,6 +201,7 @@ def test_a_flipped_robot_ends_the_episode() -> None:
     ({"tracking_sigma": -1.0}, "tracking_sigma"),
     ({"offset_range": -0.1}, "offset_range"),
     ({"weak_leg": (0.5, 0.1)}, "weak_leg"),
+    ({"joint_velocities": "no"}, "joint_velocities"),
 ])
 def test_bad_kwargs_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
