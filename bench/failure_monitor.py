@@ -9,7 +9,8 @@ it raise a false alarm in distribution, and what does it cost per tick?
 Per seed: a DAgger student is distilled from the suite's zoo (``--rounds`` rounds, linear beta 1 -> 0 over
 half of them), its monitor fitted on the run's episodes and calibrated (``--calibration-episodes`` per task,
 ``--alpha``, ``--delta``: the false-alarm rate holds for each calibration with probability 1 - delta, not only
-on average over calibrations). Then the student runs ``--episodes`` held-out episodes per task in distribution
+on average over calibrations; ``--start-ticks``: the longest episode start it scores against the calibration
+episodes' starts, 0 for none). Then the student runs ``--episodes`` held-out episodes per task in distribution
 and as many under the shift (``--shift``: env keyword arguments set on every task; ``--shift-suite``: another suite with
 the same spaces, e.g. the pit of ``default_hazard`` that the ``default`` student never saw). An episode fails
 when it does not succeed. Its score for predicting that is the monitor's largest score before its last
@@ -42,7 +43,7 @@ from bench import envelope  # noqa: E402
 from bench.common import distill_run, one_thread, parse, parser, setup_logging, zoo_teachers  # noqa: E402
 from policydistill import DAggerConfig, StudentConfig, Suite, load_bundle, load_suite  # noqa: E402
 from policydistill.data.shards import EpisodeStore  # noqa: E402
-from policydistill.distill.monitor import episode_scores, fit_monitor, student_episodes  # noqa: E402
+from policydistill.distill.monitor import START_TICKS, episode_scores, fit_monitor, student_episodes  # noqa: E402
 from policydistill.types import select_groups  # noqa: E402
 
 AUROC_TARGET, FALSE_ALARM_TARGET, COST_TARGET = 0.9, 0.05, 0.2
@@ -92,7 +93,7 @@ def run_seed(seed: int, args: Any, suite: Suite, teachers: dict, shift_suite: Su
     with distill_run(suite, teachers, seed, method, student_cfg, 5) as (summary, out):
         student = load_bundle(out / "student", device="cpu")
         monitor = fit_monitor(suite, student, EpisodeStore(out / "episodes"), args.alpha, args.calibration_episodes,
-                              seed=seed, delta=args.delta or None)
+                              seed=seed, delta=args.delta or None, start_ticks=args.start_ticks)
     inside = [r for r in student_episodes(suite, student, args.episodes, TEST_SEED + seed) if not r.episode.error]
     shift = [r for r in student_episodes(shift_suite, student, args.episodes, TEST_SEED + seed)
              if not r.episode.error]
@@ -140,6 +141,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--calibration-episodes", type=int, default=20, help="per task")
     p.add_argument("--episodes", type=int, default=20, help="held-out and shifted episodes per task")
     p.add_argument("--ahead", type=int, default=10, help="an alarm must come this many steps before the end")
+    p.add_argument("--start-ticks", type=int, default=START_TICKS,
+                   help="the longest episode start the monitor learns to score (0: none)")
     p.add_argument("--ticks", type=int, default=2000, help="calls timed for the cost")
     p.add_argument("--tag", default="", help="suffix of the result file name")
     args = parse(p, argv, SMOKE)

@@ -1,5 +1,6 @@
 """The failure monitor: fitted to a real distillation run, conformally calibrated, run by the controller."""
 
+import dataclasses
 import json
 import logging
 import subprocess
@@ -16,7 +17,7 @@ from policydistill.cli import main
 from policydistill.data.shards import INTERVENTION, STUDENT, TEACHER, EpisodeStore
 from policydistill.distill.dagger import DAggerConfig
 from policydistill.distill.gates import fit_gate_model
-from policydistill.distill.monitor import episode_scores, fit_monitor, student_episodes
+from policydistill.distill.monitor import START_TICKS, episode_scores, fit_monitor, start_profile, student_episodes
 from policydistill.distill.runner import DistillConfig, distill
 from policydistill.runtime.controller import Controller, PolicySource
 from policydistill.runtime.monitor import KINDS, FailureMonitor, conformal_threshold, load_monitor
@@ -121,6 +122,39 @@ def test_controller_acts_on_alarms(run, default_suite, caplog):
         Controller(PolicySource(student), 0.01, monitor=monitor, on_alarm="panic")
 
 
+def test_an_episode_start_is_scored_against_the_starts_it_was_calibrated_on(run, default_suite):
+    rng = np.random.default_rng(0)
+    episodes = [rng.uniform(0.5, 1.5, size=300) for _ in range(40)]
+    for e in episodes:
+        e[:5] *= 10.0  # a settling transient: five ticks at ten times the steady score
+    profile = start_profile(episodes)
+    assert len(profile) == 5 and all(8.0 < v < 12.0 for v in profile)  # the steady ticks after it are dropped
+    assert start_profile([rng.uniform(0.5, 1.5, size=300) for _ in range(40)]) == ()
+    assert start_profile([np.ones(START_TICKS)]) == ()  # no tick past the start: nothing to compare with
+
+    student = load_bundle(run / "student", device="cpu")
+    monitor = fit_monitor(default_suite, student, EpisodeStore(run / "episodes"), alpha=0.25, episodes=1,
+                          updates=100)
+    env = default_suite.make_env(0)
+    obs, _ = env.reset(seed=0)
+    env.close()
+    strange = {g: np.repeat(np.asarray(v, np.float32)[None], 2, axis=0) for g, v in obs.items()}
+    strange["policy"][:] = 1e3
+    raw = monitor.score(strange)
+    assert (raw > monitor.threshold).all()
+    forgiving = dataclasses.replace(monitor, start_scale=(float(raw.max()) / monitor.threshold * 2,))
+    np.testing.assert_allclose(forgiving.score(strange, np.array([0, 1])), raw / [forgiving.start_scale[0], 1.0],
+                               rtol=1e-6)
+    with Controller(PolicySource(student), 0.01, monitor=forgiving) as ctrl:
+        ctrl.step(strange)  # each env's first tick: divided below the threshold
+        assert not ctrl.alarmed.any()
+        ctrl.step(strange)
+        assert ctrl.alarmed.all()
+        ctrl.reset(np.array([False, True]))
+        ctrl.step(strange)  # env 1 starts again; env 0 goes on
+        assert ctrl.alarmed.tolist() == [True, False]
+
+
 def test_fit_monitor_stores_it_in_the_bundle_and_run_reads_it(run, tmp_path, caplog):
     assert main(["fit-monitor", f"run={run}", "policy=student", "episodes=5", "updates=100"]) == 0
     stored = load_monitor(run / "student")
@@ -139,6 +173,10 @@ def test_fit_monitor_stores_it_in_the_bundle_and_run_reads_it(run, tmp_path, cap
     assert "alpha=0.05 delta=0.1 needs at least 45 calibration episodes, got 20 (5 per task)" in caplog.text
     assert main(["fit-monitor", f"run={run}", "policy=student", "delta=0.1", "episodes=12", "updates=100"]) == 0
     assert load_monitor(run / "student").delta == 0.1
+    assert main(["fit-monitor", f"run={run}", "policy=student", "episodes=5", "updates=100", "start_ticks=0"]) == 0
+    assert load_monitor(run / "student").start_scale == ()
+    assert main(["fit-monitor", f"run={run}", "start_ticks=-1"]) == 2
+    assert "start_ticks" in caplog.text
     assert main(["run", f"policy={run}/student", "suite=default", "runtime.on_alarm=stop"]) == 2
     assert "runtime.on_alarm is read only with a runtime.monitor" in caplog.text
     assert main(["run", f"policy={run}/best", "suite=default", "runtime.monitor=policy"]) == 2

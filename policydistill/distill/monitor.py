@@ -3,7 +3,8 @@
 The monitor's networks (an ensemble of heads and a random-network-distillation pair, as a gate of gated
 DAgger) are fitted on the student's training data: the labelled steps of its run's episode store. Then the
 student runs ``episodes`` episodes per task in distribution (on calibration seeds of their own); each
-score's median over their steps sets its scale, and the threshold is the split-conformal quantile of the
+score's median over their steps sets its scale, the median score at each of the first :data:`START_TICKS`
+ticks sets the start's (:func:`start_profile`), and the threshold is the split-conformal quantile of the
 episodes' largest scores at the false-alarm rate ``alpha``.
 """
 
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 
 CALIBRATION_SEED = 20_000
 """Calibration episodes are seeded from here: apart from the validation (5000) and test (1000) seeds."""
+START_TICKS = 100
+"""The longest episode start whose scores the monitor learns (see :func:`start_profile`)."""
 
 
 def student_episodes(suite: Suite, student: Any, episodes: int, seed: int, n_envs: int = 8) -> list[EpisodeRecord]:
@@ -58,17 +61,35 @@ def episode_scores(monitor: FailureMonitor, records: list[EpisodeRecord], until:
     for rec in records:
         steps = len(rec.steps["reward"]) - until
         obs = {g: rec.steps[f"obs/{g}"][:max(steps, 0)] for g in monitor.groups}
-        out.append(float(monitor.score(obs).max()) if steps > 0 else -np.inf)
+        out.append(float(monitor.score(obs, np.arange(steps)).max()) if steps > 0 else -np.inf)
     return np.asarray(out)
+
+
+def start_profile(scores: list[np.ndarray], ticks: int = START_TICKS) -> tuple[float, ...]:
+    """In-distribution episodes' scores, each (T_i,) from its reset on -> the divisor of the score at each tick
+    of their start: the median over the episodes at that tick over the median of the ticks after the first
+    ``ticks``. The start ends at the first tick whose median is within the later ticks' upper quartile (empty:
+    the start scores like the rest)."""
+    steady = [s[ticks:] for s in scores if len(s) > ticks]
+    if not steady:
+        return ()
+    level, upper = np.quantile(np.concatenate(steady), [0.5, 0.75])
+    profile = []
+    for t in range(ticks):
+        median = float(np.median([s[t] for s in scores if len(s) > t]))
+        if median <= upper:
+            break
+        profile.append(max(1.0, median / float(level)))
+    return tuple(profile)
 
 
 def fit_monitor(suite: Suite, student: Any, store: EpisodeStore, alpha: float = 0.05, episodes: int = 20,
                 ensemble_size: int = 5, updates: int = 2000, seed: int = 0, hidden: int = 32,
-                delta: float | None = None) -> FailureMonitor:
+                delta: float | None = None, start_ticks: int = START_TICKS) -> FailureMonitor:
     """A monitor for ``student`` fitted on ``store``'s labelled steps and calibrated to false-alarm rate
     ``alpha`` (with probability 1 - ``delta`` over the calibration, if given) on ``episodes`` fresh
     in-distribution episodes per task (see the module doc); its networks are ``hidden`` wide (small: it runs
-    every tick)."""
+    every tick); the start it learns is at most ``start_ticks`` long (0: none)."""
     groups = tuple(student.groups)
     fields = [f"obs/{g}" for g in groups] + ["label_mean"] + (["query"] if "query" in store.fields else [])
     raw = store.load(fields)
@@ -83,11 +104,15 @@ def fit_monitor(suite: Suite, student: Any, store: EpisodeStore, alpha: float = 
     medians = {k: max(float(np.median(raw_scores[k])), 1e-12) for k in KINDS}
     score = np.max([raw_scores[k] / medians[k] for k in KINDS], axis=0)  # (steps,) of every episode in a row
     ends = np.cumsum([len(r.steps["reward"]) for r in records])
-    per_episode = [float(part.max()) for part in np.split(score, ends[:-1])]
-    monitor = FailureMonitor(groups, arrays, medians, conformal_threshold(per_episode, alpha, delta), alpha,
-                             len(records), delta)
-    log.info("failure monitor: threshold %.3g at a false-alarm rate of %g per episode%s, on %d calibration episodes",
-             monitor.threshold, alpha, "" if delta is None else f" with probability {1 - delta:g}", len(records))
+    per_episode = np.split(score, ends[:-1])
+    scale = start_profile(per_episode, start_ticks) if start_ticks else ()
+    monitor = FailureMonitor(groups, arrays, medians, np.inf, alpha, len(records), delta, scale)
+    monitor.threshold = conformal_threshold([float(monitor.over_start(part, np.arange(len(part))).max())
+                                             for part in per_episode], alpha, delta)
+    log.info("failure monitor: threshold %.3g at a false-alarm rate of %g per episode%s, on %d calibration episodes "
+             "(their first %d ticks score up to %.3gx their steady median)", monitor.threshold, alpha,
+             "" if delta is None else f" with probability {1 - delta:g}", len(records), len(scale),
+             max(scale, default=1.0))
     return monitor
 
 
@@ -97,7 +122,8 @@ class FitMonitorConfig:
     ``policy`` bundle, ``best`` or ``student``), calibrated to the false-alarm rate ``alpha`` per episode on
     ``episodes`` in-distribution episodes per task, stored in that bundle. ``delta``: the rate holds for this
     calibration with probability 1 - delta (null: on average over calibrations; see
-    :func:`~policydistill.runtime.monitor.conformal_rank`)."""
+    :func:`~policydistill.runtime.monitor.conformal_rank`). ``start_ticks``: the longest episode start whose own
+    scores the monitor learns (0: a start scores like the rest; see :func:`start_profile`)."""
 
     run: str = "???"
     policy: str = "best"
@@ -106,6 +132,7 @@ class FitMonitorConfig:
     episodes: int = 20
     updates: int = 2000
     seed: int = 0
+    start_ticks: int = START_TICKS
 
     def __post_init__(self) -> None:
         require_choice("policy", self.policy, ("best", "student"))
@@ -115,6 +142,7 @@ class FitMonitorConfig:
         require_int("episodes", self.episodes)
         require_int("updates", self.updates)
         require_int("seed", self.seed, 0)
+        require_int("start_ticks", self.start_ticks, 0)
         run = Path(self.run)
         if not (run / "distill.json").is_file() or not (run / "episodes" / "manifest.json").is_file():
             raise ValueError(f"run={self.run} is not a finished distillation run with stored episodes "
@@ -135,5 +163,5 @@ def fit_run_monitor(cfg: FitMonitorConfig) -> Path:
                          f"{episodes_needed(cfg.alpha, cfg.delta)} calibration episodes, got {per_task} "
                          f"({cfg.episodes} per task): raise episodes")
     monitor = fit_monitor(suite, student, EpisodeStore(run / "episodes"), cfg.alpha, cfg.episodes,
-                          updates=cfg.updates, seed=cfg.seed, delta=cfg.delta)
+                          updates=cfg.updates, seed=cfg.seed, delta=cfg.delta, start_ticks=cfg.start_ticks)
     return attach_monitor(run / cfg.policy, monitor)

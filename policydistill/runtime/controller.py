@@ -34,7 +34,8 @@ graph, a :class:`PolicySource` around their ``act`` / ``predict_chunk``. Each ti
   ``max_rate`` / ``max_jerk``, rate- and jerk-limited.
 
 With a ``monitor`` (:class:`~policydistill.runtime.monitor.FailureMonitor`) every tick also scores each
-env's observation; an env whose score passes the monitor's threshold raises an alarm (logged, counted,
+env's observation (at its tick since the env's last reset: the monitor knows how an episode starts); an env
+whose score passes the monitor's threshold raises an alarm (logged, counted,
 latched until the env is reset) and ``on_alarm`` says what else happens: ``log`` nothing more,
 ``fallback`` the env executes the fallback until its reset, ``stop`` the controller stops as after too
 many faults, ``teacher`` the ``teacher`` policy acts for the env until its reset (``teacher_env_ticks``
@@ -211,6 +212,7 @@ class Controller:
         self.monitor, self.on_alarm, self.teacher = monitor, on_alarm, teacher
         self.monitor_time = LatencyRecorder()
         self._alarmed: np.ndarray | None = None  # (n,) envs whose alarm was raised this episode
+        self._episode_ticks: np.ndarray | None = None  # (n,) each env's monitored ticks since its reset
         self.taught: np.ndarray | None = None
         """(n, act_dim) the teacher's actions of this tick where it acted after an alarm, NaN elsewhere (None: it
         did not act)."""
@@ -304,6 +306,7 @@ class Controller:
             return
         if self._alarmed is not None:
             self._alarmed[mask] = False
+            self._episode_ticks[mask] = 0
         if self._queue is not None:
             self._queue.clear(mask)
         self._epoch[mask] += 1
@@ -383,10 +386,11 @@ class Controller:
         """Score this tick's observations with the monitor, raise and act on alarms: the actions to send."""
         assert self.monitor is not None and self._n is not None
         t0 = perf_counter()
-        score = self.monitor.score(obs)
-        self.monitor_time.add(perf_counter() - t0)
         if self._alarmed is None:
-            self._alarmed = np.zeros(self._n, dtype=bool)
+            self._alarmed, self._episode_ticks = np.zeros(self._n, dtype=bool), np.zeros(self._n, dtype=np.int64)
+        score = self.monitor.score(obs, self._episode_ticks)
+        self._episode_ticks += 1
+        self.monitor_time.add(perf_counter() - t0)
         over = score > self.monitor.threshold
         fresh = over & ~self._alarmed
         self._alarmed |= over
@@ -445,6 +449,8 @@ class Controller:
         self._tick = int(tick) + 1
         self.taught = None
         self.counts["missed"] += 1
+        if self._episode_ticks is not None:  # the envs' episodes go on without a score
+            self._episode_ticks += 1
         self._last = actions = self._guard(self._fallback_actions())
         return actions
 

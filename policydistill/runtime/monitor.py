@@ -8,7 +8,11 @@ A :class:`FailureMonitor` scores each env's observation with two numbers, as the
 - ``disagreement``: the variance of an ensemble of small heads fitted to the training labels (an
   uncertainty score on the outputs).
 
-The score is the larger ratio; the monitor raises an alarm on an env once its score exceeds ``threshold``.
+The score is the larger ratio. An episode's first ticks can be unlike its steady state (a robot settling
+after a reset scores several times its median): over the first ticks after each env's reset the score is
+also divided by ``start_scale[t]``, the in-distribution episodes' median score at tick t over their steady
+median (at least 1; see :func:`~policydistill.distill.monitor.start_profile`). The monitor raises an alarm on
+an env once its score exceeds ``threshold``.
 The threshold is calibrated by split conformal prediction (:func:`conformal_threshold`) on the largest
 score of each of n in-distribution calibration episodes, so that a new in-distribution episode raises an
 alarm with probability at most ``alpha`` (for exchangeable episodes): on average over calibration sets, or,
@@ -179,8 +183,9 @@ class ScoreNetworks:
 class FailureMonitor:
     """See the module doc. ``arrays``: the networks' (see :class:`ScoreNetworks`); ``medians``: each score's
     median in distribution; ``alpha``: the false-alarm rate ``threshold`` was calibrated to on ``episodes``
-    episodes (``delta``: with probability 1 - delta over them; None: on average, see :func:`conformal_rank`).
-    ``arrays`` and ``medians`` are read once, when the monitor is built."""
+    episodes (``delta``: with probability 1 - delta over them; None: on average, see :func:`conformal_rank`);
+    ``start_scale``: the divisor of the score at each tick of an episode's start (empty: none).
+    ``arrays``, ``medians`` and ``start_scale`` are read once, when the monitor is built."""
 
     groups: tuple[str, ...]
     arrays: dict[str, np.ndarray]
@@ -189,23 +194,35 @@ class FailureMonitor:
     alpha: float
     episodes: int
     delta: float | None = None
+    start_scale: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         self.networks = ScoreNetworks(self.arrays)
         medians = np.asarray([self.medians[kind] for kind in KINDS], dtype=np.float32)
         self._over_medians = self.networks.mean / medians  # squared outputs -> each score over its median
+        self.start_scale = tuple(float(v) for v in self.start_scale)
+        # tick t since reset -> 1 / divisor; the last entry (1.0) serves every later tick
+        self._start_inverse = 1.0 / np.asarray([*self.start_scale, 1.0], dtype=np.float32)
 
     def raw_scores(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """x (n, d) the student's inputs -> ``disagreement`` and ``novelty`` (n,), not yet over their medians."""
         return self.networks.raw_scores(x)
 
-    def score(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Observation groups (n, ...) -> each env's score (n,): the larger score-over-median ratio."""
+    def score(self, obs: Mapping[str, np.ndarray], ticks: np.ndarray | None = None) -> np.ndarray:
+        """Observation groups (n, ...) and each env's ticks since its reset (n,) int (None: past the start)
+        -> each env's score (n,): the larger score-over-median ratio, over ``start_scale`` at the start."""
         try:  # the per-tick path: no group checks unless a group is missing
             parts = [obs[g] for g in self.groups]
         except KeyError:
             parts = [concat_groups(obs, self.groups)]
-        return (self.networks.squared_outputs(self.networks.inputs(parts)) @ self._over_medians).max(1)
+        return self.over_start((self.networks.squared_outputs(self.networks.inputs(parts)) @ self._over_medians)
+                               .max(1), ticks)
+
+    def over_start(self, score: np.ndarray, ticks: np.ndarray | None) -> np.ndarray:
+        """Scores (n,) at ticks since reset (n,) int -> over ``start_scale`` where a tick is in it."""
+        if ticks is None or not self.start_scale:
+            return score
+        return score * self._start_inverse[np.minimum(ticks, len(self.start_scale))]
 
     def save(self, folder: str | Path) -> Path:
         """Write ``monitor.npz`` and ``monitor.json`` into ``folder`` (each atomically)."""
@@ -216,7 +233,8 @@ class FailureMonitor:
         atomic_write_bytes(folder / ARRAYS, buf.getvalue())
         atomic_write_json(folder / SETTINGS, {"groups": list(self.groups), "medians": self.medians,
                                               "threshold": self.threshold, "alpha": self.alpha,
-                                              "episodes": self.episodes, "delta": self.delta})
+                                              "episodes": self.episodes, "delta": self.delta,
+                                              "start_scale": list(self.start_scale)})
         return folder
 
     @classmethod
@@ -229,7 +247,7 @@ class FailureMonitor:
             arrays = {k: data[k] for k in data.files}
         return cls(tuple(settings["groups"]), arrays, {k: float(v) for k, v in settings["medians"].items()},
                    float(settings["threshold"]), float(settings["alpha"]), int(settings["episodes"]),
-                   settings.get("delta"))
+                   settings.get("delta"), tuple(settings.get("start_scale", ())))
 
 
 def file_hashes(folder: str | Path) -> dict[str, str]:
