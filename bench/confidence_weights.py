@@ -1,20 +1,25 @@
-"""Confidence-weighted distillation: DAgger students weighed by their SAC teachers' state-dependent std, or not.
+"""Confidence-weighted distillation: DAgger students weighed by their SAC teachers' std or critic, or not.
 
     .venv/bin/python -m bench confidence_weights --seeds 0 1 2 3 4
+    .venv/bin/python -m bench confidence_weights --seeds 0 1 2 3 4 --slips 0.3
 
 Teachers: SAC experts (``--teachers``, default the committed ``envs/zoo/default_sac``), whose bundles keep SAC's
-std head, so each label comes with the teacher's std at that state. Per seed, two DAgger runs with the same
-settings and seed, ``method.confidence=none`` and ``method.confidence=teacher_std`` (each labelled step weighed
-by its precision, mean 1, capped at 10x); each ships its ``best/`` student. Both students, the teachers and a
-uniform random policy then play the same seeded test episodes (1000, ...; ``--eval-episodes`` per task).
-Reported per task and as the mean over tasks: success rate and return, medians over seeds, and the seeds where
-the weighted student is ahead. Targets: the weighted student beats the unweighted one on success and on return
+std head and Q networks, so each label comes with the teacher's std at that state and can be judged by its
+critic. Per seed, DAgger runs with the same settings and seed, one per ``method.confidence`` (``--variants``):
+``none``, ``teacher_std`` (each labelled step weighed by its precision) and ``advantage`` (by
+``exp(A / std(A))``, A the critic's Q of the label over that of the teacher's own action); weights have mean 1,
+capped at 10x; each run ships its ``best/`` student. The students, the teachers and a uniform random policy
+then play the same seeded test episodes (1000, ...; ``--eval-episodes`` per task). Reported per task and as
+the mean over tasks: success rate and return, medians over seeds, and the seeds where each weighted student is
+ahead of the unweighted one. Targets: a weighted student beats the unweighted one on success and on return
 (medians over >= 5 seeds), and beats its teacher on at least one task. Pieces (one per variant and seed) are
 cached under ``runs/bench/confidence_weights`` (``--cache``).
 
-``--sampled``: the teachers are stochastic demonstrators: they act and label with samples of their own SAC
-policy (as a human or a noisy planner would), the std of each label being the policy's there; the teachers'
-reference numbers are then those of their sampled actions too.
+The teachers can be made imperfect demonstrators, as a human or a noisy planner would be; they then act and
+label alike, and their reference numbers are those of their own noisy actions:
+
+- ``--sampled``: with samples of their own SAC policy, the std of each label being the policy's there;
+- ``--slips P``: on a fraction P of the steps (drawn per step) with a uniformly random action instead.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 if not __package__:  # python bench/<name>.py: the bench package lives one folder up
@@ -49,21 +55,30 @@ from policydistill.files import atomic_write_json, read_json
 from policydistill.types import ActionLabel
 
 TEST_SEED = 1000
-VARIANTS = ("none", "teacher_std")
+VARIANTS = ("none", "teacher_std", "advantage")
 SMOKE = {"seeds": [0], "rounds": 1, "episodes_per_task": 1, "updates": 10, "eval_episodes": 1}
 
 
-class Sampled:
-    """A Gaussian teacher that acts and labels with samples of its own policy, its label std the policy's."""
+class Demonstrator:
+    """A SAC teacher acting and labelling with its own samples (``sampled``) and/or, on a fraction ``slips`` of
+    the steps, a uniformly random action; its label std and its critic are the policy's."""
 
-    def __init__(self, policy: Any) -> None:
-        self.policy, self.groups = policy, policy.groups
+    def __init__(self, policy: Any, sampled: bool, slips: float, rng: np.random.Generator) -> None:
+        self.policy, self.groups, self.sampled, self.slips, self.rng = policy, policy.groups, sampled, slips, rng
+        self.critic = policy.critic
+        self.low, self.high = policy.action_space.low, policy.action_space.high
 
     def act(self, obs: dict[str, Any], deterministic: bool = True) -> Any:
-        return self.policy.act(obs, deterministic=False)
+        return self.label(obs).mean
 
     def label(self, obs: dict[str, Any]) -> ActionLabel:
-        return ActionLabel(mean=self.act(obs), std=self.policy.label(obs).std)
+        mean = np.asarray(self.policy.act(obs, deterministic=not self.sampled), dtype=np.float32)
+        slipped = self.rng.random(len(mean)) < self.slips
+        noise = self.rng.uniform(self.low, self.high, size=mean.shape).astype(np.float32)
+        return ActionLabel(mean=np.where(slipped[:, None], noise, mean), std=self.policy.label(obs).std)
+
+    def advantage(self, obs: dict[str, Any], actions: Any) -> Any:
+        return self.policy.advantage(obs, actions)
 
     def reset(self, env_mask: Any = None) -> None:
         """Stateless."""
@@ -81,8 +96,10 @@ def piece(cache: Path, variant: str, seed: int, suite: Suite, teachers: dict[str
     """The test results of one DAgger student (``confidence`` = ``variant``) for ``seed``, cached."""
     path = cache / f"{variant}_s{seed}.json"
     method = DAggerConfig(**{**asdict(method), "confidence": variant})
+    first = next(iter(teachers.values()))
     settings = {"method": asdict(method), "student": asdict(student), "eval_episodes": episodes,
-                "teachers": shown(zoo), "sampled": isinstance(next(iter(teachers.values())), Sampled)}
+                "teachers": shown(zoo), "sampled": getattr(first, "sampled", False),
+                "slips": getattr(first, "slips", 0.0)}
     cached = read_json(path) if path.is_file() else None
     if cached is not None and cached["settings"] == settings:
         return cached
@@ -114,6 +131,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--eval-episodes", type=int, default=50)
     p.add_argument("--cache", default=None, help="where pieces are cached (default runs/bench/confidence_weights)")
     p.add_argument("--sampled", action="store_true", help="teachers that act and label with samples of their policy")
+    p.add_argument("--slips", type=float, default=0.0, help="the fraction of steps a teacher acts and labels at random")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--tag", default="", help="suffix of the result file name")
     args = parse(p, argv, SMOKE)
     started = envelope.start()
@@ -121,9 +140,12 @@ def main(argv: list[str] | None = None) -> dict:
     setup_logging()
     suite = load_suite(args.suite)
     teachers = policies_for_suite(args.teachers, suite, device="cpu")
-    if args.sampled:
+    if args.sampled or args.slips:
         torch.manual_seed(0)
-        teachers = {n: Sampled(t) for n, t in teachers.items()}
+        rng = np.random.default_rng(0)
+        teachers = {n: Demonstrator(t, args.sampled, args.slips, rng) for n, t in teachers.items()}
+    variants = ["none", *[v for v in args.variants if v != "none"]]
+    weighted = variants[1:]
     method = DAggerConfig(rounds=args.rounds, episodes_per_task=args.episodes_per_task,
                           updates_per_round=args.updates, beta_rounds=max(1, args.rounds - 1))
     student = StudentConfig(hidden=list(args.hidden))
@@ -131,12 +153,13 @@ def main(argv: list[str] | None = None) -> dict:
                  "random": measured(suite, random_policies(suite, TEST_SEED), args.eval_episodes)}
     print("teacher success / return: " + ", ".join(
         f"{n} {r['success']:.2f} / {r['return']:.2f}" for n, r in reference["teacher"].items()), flush=True)
-    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    noise = ("_sampled" if args.sampled else "") + (f"_slips{args.slips:g}" if args.slips else "")
     with cache_dir(args.cache, args.smoke, "confidence_weights") as root:
-        cache = root / f"{args.suite}{'_sampled' if args.sampled else ''}"
+        cache = root / f"{args.suite}{noise}"
         cache.mkdir(parents=True, exist_ok=True)
         for seed in args.seeds:
-            for variant in VARIANTS:
+            for variant in variants:
                 run = piece(cache, variant, seed, suite, teachers, args.teachers, method, student,
                             args.eval_episodes)
                 runs[variant].append(run)
@@ -144,34 +167,35 @@ def main(argv: list[str] | None = None) -> dict:
                       f"{mean_over_tasks(run['tasks'], 'return'):.2f} (" + ", ".join(
                           f"{n} {t['success']:.2f}/{t['return']:.1f}" for n, t in run["tasks"].items()) + ")",
                       flush=True)
-    medians = {v: {key: statistics.median(mean_over_tasks(r["tasks"], key) for r in runs[v])
-                   for key in ("success", "return")} for v in VARIANTS}
-    per_task = {v: {n: {key: statistics.median(r["tasks"][n][key] for r in runs[v]) for key in ("success", "return")}
-                    for n in suite.task_names} for v in VARIANTS}
-    ahead = {key: sum(mean_over_tasks(w["tasks"], key) > mean_over_tasks(u["tasks"], key)
-                      for w, u in zip(runs["teacher_std"], runs["none"], strict=True)) for key in ("success", "return")}
-    over_teacher = [n for n in suite.task_names
-                    if per_task["teacher_std"][n]["return"] > reference["teacher"][n]["return"]]
-    beats = {key: medians["teacher_std"][key] > medians["none"][key] for key in ("success", "return")}
+    keys = ("success", "return")
+    medians = {v: {key: statistics.median(mean_over_tasks(r["tasks"], key) for r in runs[v]) for key in keys}
+               for v in variants}
+    per_task = {v: {n: {key: statistics.median(r["tasks"][n][key] for r in runs[v]) for key in keys}
+                    for n in suite.task_names} for v in variants}
+    ahead = {v: {key: sum(mean_over_tasks(w["tasks"], key) > mean_over_tasks(u["tasks"], key)
+                          for w, u in zip(runs[v], runs["none"], strict=True)) for key in keys} for v in weighted}
+    over_teacher = {v: [n for n in suite.task_names if per_task[v][n]["return"] > reference["teacher"][n]["return"]]
+                    for v in weighted}
+    beats = {v: {key: medians[v][key] > medians["none"][key] for key in keys} for v in weighted}
     print(f"\nmedians over {len(args.seeds)} seeds (mean over tasks):")
-    for v in VARIANTS:
+    for v in variants:
         print(f"  {v:>11}: success {medians[v]['success']:.3f}, return {medians[v]['return']:.2f}")
-    teacher_mean = {key: mean_over_tasks(reference["teacher"], key) for key in ("success", "return")}
+    teacher_mean = {key: mean_over_tasks(reference["teacher"], key) for key in keys}
     print(f"  {'teacher':>11}: success {teacher_mean['success']:.3f}, return {teacher_mean['return']:.2f}")
-    for key in ("success", "return"):
-        print(f"target: weighted beats unweighted on {key}: {medians['teacher_std'][key]:.3f} vs "
-              f"{medians['none'][key]:.3f} (ahead on {ahead[key]} of {len(args.seeds)} seeds) -> "
-              f"{'met' if beats[key] else 'not met'}")
-    print(f"target: weighted beats its teacher's return on a task: {over_teacher or 'none'} -> "
-          f"{'met' if over_teacher else 'not met'}")
-    ratios = {"weighted_over_unweighted_return": medians["teacher_std"]["return"] / medians["none"]["return"]
-              if medians["none"]["return"] else None,
-              "weighted_minus_unweighted_success": medians["teacher_std"]["success"] - medians["none"]["success"]}
+    for v in weighted:
+        for key in keys:
+            print(f"target: {v} beats unweighted on {key}: {medians[v][key]:.3f} vs {medians['none'][key]:.3f} "
+                  f"(ahead on {ahead[v][key]} of {len(args.seeds)} seeds) -> {'met' if beats[v][key] else 'not met'}")
+        print(f"target: {v} beats its teacher's return on a task: {over_teacher[v] or 'none'} -> "
+              f"{'met' if over_teacher[v] else 'not met'}")
+    ratios = {v: {"weighted_over_unweighted_return": medians[v]["return"] / medians["none"]["return"]
+                  if medians["none"]["return"] else None,
+                  "weighted_minus_unweighted_success": medians[v]["success"] - medians["none"]["success"]}
+              for v in weighted}
     return envelope.write("confidence_weights", args, started, runs=len(args.seeds), medians=medians, ratios=ratios,
                           results={"reference": reference, "per_task": per_task, "ahead": ahead,
                                    "beats": beats, "over_teacher": over_teacher, "runs": runs},
-                          tag=(f"_{args.suite}" if args.suite != "default" else "")
-                          + ("_sampled" if args.sampled else "") + args.tag)
+                          tag=(f"_{args.suite}" if args.suite != "default" else "") + noise + args.tag)
 
 
 if __name__ == "__main__":

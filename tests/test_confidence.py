@@ -1,4 +1,4 @@
-"""Confidence-weighted distillation: a teacher's state-dependent std becomes per-step loss weights."""
+"""Confidence-weighted distillation: a teacher's state-dependent std or its critic becomes per-step loss weights."""
 
 import logging
 
@@ -11,20 +11,21 @@ from gymnasium import spaces
 from policydistill.cli import main
 from policydistill.data.shards import EpisodeStore
 from policydistill.distill.algorithm import Context
-from policydistill.distill.confidence import precision_weights
+from policydistill.distill.confidence import advantage_weights, precision_weights
 from policydistill.distill.dagger import DAgger, DAggerConfig
 from policydistill.distill.runner import DistillConfig, distill
 from policydistill.models.mlp import MLPPolicy
 from policydistill.models.students import StudentConfig
+from policydistill.types import ActionLabel
 
 
 def sure_and_unsure_teacher(suite) -> MLPPolicy:
-    """A SAC-shaped teacher (tanh-squashed, a log-std head): its std depends on the state."""
+    """A SAC-shaped teacher (tanh-squashed, a log-std head, two Q networks): its std depends on the state."""
     torch.manual_seed(0)
     obs_space = suite.spaces[0][0]
     space = spaces.Dict({g: obs_space[g] for g in ("policy", "privileged")})
     teacher = MLPPolicy(("policy", "privileged"), space, suite.spaces[0][1], hidden=(16,), activation="relu",
-                        post="tanh_unscale", std_head=True)
+                        post="tanh_unscale", std_head=True, critic=(16,))
     with torch.no_grad():
         teacher.std_head.weight.mul_(20.0)  # stds spread over orders of magnitude across states
     return teacher.frozen()
@@ -62,6 +63,60 @@ def test_weights_from_the_teachers_std_reach_the_fit_job(default_suite, tmp_path
     assert "weight" not in plain.fit_job(store, 0).batches.draw(np.random.default_rng(0), 0, 1)
 
 
+class Slipping:
+    """A teacher labelling (and acting) with a random action on every other call's rows, as a noisy demonstrator."""
+
+    def __init__(self, policy: MLPPolicy) -> None:
+        self.policy, self.groups, self.critic, self.calls = policy, policy.groups, policy.critic, 0
+
+    def label(self, obs):
+        self.calls += 1
+        mean = self.policy.act(obs)
+        if self.calls % 2:
+            mean = np.random.default_rng(self.calls).uniform(-1, 1, size=mean.shape).astype(np.float32)
+        return ActionLabel(mean=mean)
+
+    def act(self, obs, deterministic=True):
+        return self.label(obs).mean
+
+    def advantage(self, obs, actions):
+        return self.policy.advantage(obs, actions)
+
+    def reset(self, env_mask=None):
+        """Stateless."""
+
+
+def test_advantage_weights_favour_labels_the_critic_prefers():
+    adv = np.array([0.0, -1.0, -2.0, 3.0, -1.5, 7.0])
+    labelled = np.array([True, True, True, True, True, False])
+    w = advantage_weights(adv, labelled, cap=3.0)
+    assert w[5] == 0.0 and np.all(np.diff(w[[2, 4, 1, 0, 3]]) > 0)  # ordered as the advantages
+    raw = np.exp(adv[:5] / adv[:5].std())
+    expected = raw / raw.mean()
+    assert expected.max() > 3.0 and w[3] == 3.0  # capped
+    np.testing.assert_allclose(w[[0, 1, 2, 4]], expected[[0, 1, 2, 4]], rtol=1e-6)
+    assert np.all(advantage_weights(np.zeros(4), np.ones(4, bool), 10.0) == 1.0)  # a teacher's own labels: 1
+
+
+def test_weights_from_the_teachers_critic_reach_the_fit_job(default_suite, tmp_path):
+    """Each stored label carries the critic's advantage; the fit job weighs it by advantage_weights."""
+    policy = sure_and_unsure_teacher(default_suite)
+    teachers = {n: Slipping(policy) for n in default_suite.task_names}
+    method = DAggerConfig(rounds=1, episodes_per_task=2, updates_per_round=5, confidence="advantage")
+    cfg = DistillConfig(teachers="-", out=str(tmp_path / "run"), eval_episodes=1, final_episodes=0, method=method)
+    distill(cfg, default_suite, teachers)
+    store = EpisodeStore(tmp_path / "run" / "episodes")
+    raw = store.load(["label_advantage", "label_mean", "obs/policy", "obs/privileged"])
+    judged = policy.advantage({g: raw[f"obs/{g}"] for g in policy.groups}, raw["label_mean"])
+    np.testing.assert_allclose(raw["label_advantage"], judged, rtol=1e-5, atol=1e-6)
+    own = np.isclose(raw["label_advantage"], 0.0, atol=1e-6)
+    assert own.any() and (~own).any()  # the teacher's own labels and its slips
+    expected = advantage_weights(raw["label_advantage"], np.ones(len(own), bool), method.confidence_cap)
+    algo = DAgger.build(method, Context(default_suite, teachers, StudentConfig(), torch.device("cpu"), 0, "-"))
+    drawn = algo.fit_job(store, 0).batches.draw(np.random.default_rng(0), 0, 1)["weight"].numpy()
+    assert np.isin(np.round(drawn, 5), np.round(expected, 5)).all() and drawn.std() > 0
+
+
 def test_confidence_needs_teachers_with_a_std(tmp_path, caplog):
     caplog.set_level(logging.ERROR)
     base = ["distill", "suite=default", "teachers=conftest:goal_seeker", f"out={tmp_path / 'run'}", "method=dagger"]
@@ -70,6 +125,8 @@ def test_confidence_needs_teachers_with_a_std(tmp_path, caplog):
     assert main([*base, "method.confidence=maybe"]) == 2
     assert main([*base, "method.confidence_cap=3"]) == 2
     assert "method.confidence_cap is read only with method.confidence=teacher_std" in caplog.text
+    assert main([*base, "method.confidence=advantage"]) == 2
+    assert "weighs labels by the teachers' critics as they label: it needs teachers that keep one" in caplog.text
     assert not (tmp_path / "run").exists()
 
 

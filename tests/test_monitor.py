@@ -82,14 +82,18 @@ def test_false_alarms_on_held_out_episodes_stay_within_the_calibration_bound(run
     np.testing.assert_array_equal(saved.score(obs), monitor.score(obs))
 
 
-def test_controller_acts_on_alarms(run, default_suite, caplog):
+def student_monitor_and_two_envs(run, suite):
+    """The run's student, a quickly fitted monitor and one reset observation batched for two envs."""
     student = load_bundle(run / "student", device="cpu")
-    monitor = fit_monitor(default_suite, student, EpisodeStore(run / "episodes"), alpha=0.25, episodes=1,
-                          updates=100)
-    env = default_suite.make_env(0)
+    monitor = fit_monitor(suite, student, EpisodeStore(run / "episodes"), alpha=0.25, episodes=1, updates=100)
+    env = suite.make_env(0)
     obs, _ = env.reset(seed=0)
     env.close()
-    normal = {g: np.repeat(np.asarray(v, np.float32)[None], 2, axis=0) for g, v in obs.items()}
+    return student, monitor, {g: np.repeat(np.asarray(v, np.float32)[None], 2, axis=0) for g, v in obs.items()}
+
+
+def test_controller_acts_on_alarms(run, default_suite, caplog):
+    student, monitor, normal = student_monitor_and_two_envs(run, default_suite)
     strange = {g: v.copy() for g, v in normal.items()}
     strange["policy"][1] = 1e3  # env 1 far outside anything trained on
     assert monitor.score(strange)[1] > monitor.threshold
@@ -132,13 +136,7 @@ def test_an_episode_start_is_scored_against_the_starts_it_was_calibrated_on(run,
     assert start_profile([rng.uniform(0.5, 1.5, size=300) for _ in range(40)]) == ()
     assert start_profile([np.ones(START_TICKS)]) == ()  # no tick past the start: nothing to compare with
 
-    student = load_bundle(run / "student", device="cpu")
-    monitor = fit_monitor(default_suite, student, EpisodeStore(run / "episodes"), alpha=0.25, episodes=1,
-                          updates=100)
-    env = default_suite.make_env(0)
-    obs, _ = env.reset(seed=0)
-    env.close()
-    strange = {g: np.repeat(np.asarray(v, np.float32)[None], 2, axis=0) for g, v in obs.items()}
+    student, monitor, strange = student_monitor_and_two_envs(run, default_suite)
     strange["policy"][:] = 1e3
     raw = monitor.score(strange)
     assert (raw > monitor.threshold).all()

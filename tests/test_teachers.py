@@ -124,14 +124,19 @@ def test_stochastic_ppo_samples_around_the_mean_within_bounds(experts):
         assert abs(np.median(samples) - mean[0]) < 0.1 * std
 
 
+def saved(model: BaseAlgorithm, vn: VecNormalize | None, folder) -> tuple:
+    """``model`` saved as ``folder/model.zip`` and its VecNormalize, if any, as ``folder/vecnormalize.pkl``."""
+    model.save(folder / "model.zip")
+    if vn is None:
+        return folder / "model.zip", None
+    vn.save(str(folder / "vecnormalize.pkl"))
+    return folder / "model.zip", folder / "vecnormalize.pkl"
+
+
 @pytest.mark.parametrize("algo", list(ALGOS))
 def test_import_sb3_zip_round_trip(experts, algo, tmp_path):
     model, vn = experts[algo]
-    model.save(tmp_path / "model.zip")
-    pkl = None
-    if vn is not None:
-        pkl = tmp_path / "vecnormalize.pkl"
-        vn.save(str(pkl))
+    _, pkl = saved(model, vn, tmp_path)
     out = import_sb3_zip(tmp_path / "model.zip", tmp_path / "bundle", OBS_SPACE, ["policy"],
                          vecnormalize_path=pkl)
     policy = load_bundle(out, device="cpu")
@@ -141,6 +146,31 @@ def test_import_sb3_zip_round_trip(experts, algo, tmp_path):
     np.testing.assert_array_equal(policy.act({"policy": obs}), direct.act({"policy": obs}))
     ours, theirs = policy.label({"policy": obs}).std, direct.label({"policy": obs}).std
     assert (ours is None) == (algo == "td3") and (ours is None or np.array_equal(ours, theirs))
+
+
+@pytest.mark.parametrize("algo", ["sac", "td3"])
+def test_sac_and_td3_teachers_keep_their_critic(experts, algo, tmp_path):
+    """Q(s, a) of a converted teacher (converted from the model or imported from its zip) is SB3's: the minimum of
+    its Q networks on the normalised observation and the action scaled to [-1, 1]; the advantage of the
+    teacher's own action is 0. PPO's critic is a state value: none is kept."""
+    model, vn = experts[algo]
+    _, pkl = saved(model, vn, tmp_path)
+    direct = policy_from_sb3(model, OBS_SPACE, ["policy"], vecnormalize=vn)
+    imported = load_bundle(import_sb3_zip(tmp_path / "model.zip", tmp_path / "bundle", OBS_SPACE, ["policy"],
+                                          vecnormalize_path=pkl), device="cpu")
+    obs = recorded_obs(32, seed=2)
+    actions = np.random.default_rng(0).uniform(LOW, HIGH, size=(len(obs), 1)).astype(np.float32)
+    seen = vn.normalize_obs(obs) if vn is not None else obs
+    with torch.no_grad():
+        qs = model.critic(torch.as_tensor(seen), torch.as_tensor(model.policy.scale_action(actions)))
+    expected = torch.min(torch.cat(qs, dim=1), dim=1).values.numpy()
+    for policy in (direct, imported):
+        np.testing.assert_allclose(policy.q_value({"policy": obs}, actions), expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(policy.advantage({"policy": obs}, policy.act({"policy": obs})), 0.0, atol=1e-6)
+    assert np.ptp(direct.advantage({"policy": obs}, actions)) > 0
+    model, vn = experts["ppo"]
+    with pytest.raises(ValueError, match="has no critic"):
+        policy_from_sb3(model, OBS_SPACE, ["policy"], vecnormalize=vn).q_value({"policy": obs}, actions)
 
 
 def test_converted_expert_bundle_round_trip_is_exact(experts, tmp_path):

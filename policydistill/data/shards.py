@@ -5,7 +5,8 @@ An episode is a dict of arrays sharing the leading dim T (its length):
 - ``obs/<group>`` (T, dim) float32, one per recorded observation group (``policy``, ``privileged``, ``task``)
 - ``action`` (T, act_dim) float32, the executed action
 - ``actor`` (T,) uint8, who chose it: 0 = teacher, 1 = student
-- ``label_mean`` (T, act_dim) float32, the teacher's label; optional ``label_std`` (T, act_dim) float32
+- ``label_mean`` (T, act_dim) float32, the teacher's label; optional ``label_std`` (T, act_dim) float32 and
+  ``label_advantage`` (T,) float32, its critic's Q of the label over that of its own action
 - optional ``query`` (T,) uint8, why the teacher was asked for the step's label (:data:`REASONS`: under a
   gate, or taking over at deployment); 0: it was not, the label is zeros and never trained on
 - ``reward`` (T,) float32; ``terminated`` (T,) bool and ``truncated`` (T,) bool, only the last step may be True
@@ -47,7 +48,7 @@ EPISODE_START = "episode_start"
 OBS_PREFIX = "obs/"
 _SHARD_RE = re.compile(r"^shard-(\d{6,})\.npz$")
 
-FLOAT_FIELDS = ("action", "label_mean", "label_std", "reward")
+FLOAT_FIELDS = ("action", "label_mean", "label_std", "label_advantage", "reward")
 BOOL_FIELDS = ("terminated", "truncated")
 TEACHER, STUDENT = 0, 1
 """``actor`` codes: who chose the executed action."""
@@ -56,7 +57,7 @@ REASONS = {TEACHER_ROUND: "teacher_round", DISAGREEMENT: "disagreement", NOVELTY
            INTERVENTION: "intervention", TAKEOVER: "takeover"}
 """``query`` codes: why a step was labelled (0: not asked, no label)."""
 REQUIRED_FIELDS = ("action", "actor", "label_mean", "reward", "terminated", "truncated")
-OPTIONAL_FIELDS = ("label_std", "query")
+OPTIONAL_FIELDS = ("label_std", "label_advantage", "query")
 REQUIRED_META = ("task", "task_index", "seed", "success", "round", "beta")
 RESERVED_META = ("shard", "offset")
 
@@ -150,7 +151,7 @@ def validate_episode(episode: Mapping[str, np.ndarray]) -> EpisodeArrays:
             out[name] = x.astype(np.uint8)
         else:
             out[name] = _as_flag(name, x, np.uint8 if name == "actor" else np.bool_)
-        want_ndim = 1 if name in ("actor", "query", "reward", *BOOL_FIELDS) else 2
+        want_ndim = 1 if name in ("actor", "query", "reward", "label_advantage", *BOOL_FIELDS) else 2
         if x.ndim != want_ndim:
             raise _field_error(name, f"expected {want_ndim} dims, got shape {x.shape}")
     act_shape = out["action"].shape

@@ -6,9 +6,9 @@ loads it with ``MINARI_DATASETS_PATH=<root>`` and ``minari.load_dataset("<id>")`
 - observation groups -> a Dict observation space, one Box per group; Minari keeps T + 1 observations per
   episode and a store keeps the T before each action, so the last one is repeated (the record says so);
 - ``action``, ``reward``, ``terminated``, ``truncated`` -> Minari's own, terminations and truncations apart;
-- ``label_mean`` / ``label_std`` / ``actor`` / ``query`` and the episode's round -> step infos
-  ``teacher_action``, ``teacher_action_std``, ``actor``, ``query``, ``round`` (T + 1 entries aligned with the
-  observations, as Minari's ``DataCollector`` writes them; the last is padding);
+- ``label_mean`` / ``label_std`` / ``label_advantage`` / ``actor`` / ``query`` and the episode's round -> step
+  infos ``teacher_action``, ``teacher_action_std``, ``teacher_advantage``, ``actor``, ``query``, ``round`` (T + 1
+  entries aligned with the observations, as Minari's ``DataCollector`` writes them; the last is padding);
 - each episode's seed -> Minari's episode seed; its task, task index, round and success -> episode metadata;
   the suite, fields and every episode's metadata -> the dataset metadata ``policydistill`` (the record).
 
@@ -43,7 +43,8 @@ from policydistill.datasets.store_io import (
 )
 from policydistill.datasets.suite_check import SuiteCheck
 
-INFO_FIELDS = {"label_mean": "teacher_action", "label_std": "teacher_action_std", "actor": "actor", "query": "query"}
+INFO_FIELDS = {"label_mean": "teacher_action", "label_std": "teacher_action_std",
+               "label_advantage": "teacher_advantage", "actor": "actor", "query": "query"}
 """Store field -> Minari step info."""
 META_KEYS = ("task", "task_index", "round", "success")
 BATCH_EPISODES = 64

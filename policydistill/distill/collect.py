@@ -58,7 +58,8 @@ class CollectPlan:
     many steps. ``success_filter``: drop teacher-only episodes that fail. After storing, the store keeps at
     most ``keep_steps`` steps (oldest shards evicted first; None: all), or only this round's with
     ``only_this_round``. ``gate``: the student acts and the teacher is asked where the gate says so (then acts
-    ``takeover_steps`` steps; ``beta`` is not read) and, without a student, on every step."""
+    ``takeover_steps`` steps; ``beta`` is not read) and, without a student, on every step. ``advantage``: the
+    teacher's critic judges each label (``label_advantage``)."""
 
     beta: float
     episodes_per_task: int
@@ -71,6 +72,7 @@ class CollectPlan:
     only_this_round: bool = False
     gate: Gate | None = None
     takeover_steps: int = 1
+    advantage: bool = False
 
 
 @dataclass
@@ -101,7 +103,7 @@ def teacher_has_std(teacher: Teacher, suite: Suite) -> bool:
 def collect(suite: Suite, tasks: list[int], teacher: Teacher, student: Policy | None, beta: float,
             episodes_per_task: int, n_envs: int, seed: int, rng: np.random.Generator,
             pool: EnvPool | None = None, teacher_noise: float = 0.0, gate: Gate | None = None,
-            takeover_steps: int = 1, has_std: bool = False) -> list[EpisodeRecord]:
+            takeover_steps: int = 1, has_std: bool = False, advantage: bool = False) -> list[EpisodeRecord]:
     """Episodes with per-step ``actor`` (0 teacher, 1 student), ``label_mean`` and, when the teacher has
     one, ``label_std``; ``action`` is what was executed. ``student`` None means the teacher always acts.
     ``pool`` keeps the envs open between calls. ``teacher_noise`` > 0 perturbs the teacher's executed
@@ -109,8 +111,11 @@ def collect(suite: Suite, tasks: list[int], teacher: Teacher, student: Policy | 
     label stays its mean, so the data shows how the teacher recovers from small deviations (as DART).
     With ``gate``, who acts and what is labelled is the gate's (see the module doc; ``beta`` is not read),
     and the steps also get ``query``; ``has_std``: the teacher labels with a std (every step then stores one,
-    zeros where it was not asked)."""
+    zeros where it was not asked). ``advantage``: each step also gets ``label_advantage``, the teacher's critic's
+    Q of its label over that of its own action (see :meth:`~policydistill.models.mlp.MLPPolicy.advantage`)."""
     require_number("teacher_noise", teacher_noise, 0.0)
+    if advantage and gate is not None:
+        raise ValueError("a gated collection does not judge its labels by the teacher's critic")
     bounds: list = []
     stateful = bool(getattr(student, "stateful", False))
     gated = None if gate is None else GatedActor(teacher, student, gate, takeover_steps, bounds, has_std)
@@ -134,6 +139,8 @@ def collect(suite: Suite, tasks: list[int], teacher: Teacher, student: Policy | 
                   "label_mean": label.mean.astype(np.float32)}
         if label.std is not None:
             extras["label_std"] = label.std.astype(np.float32)
+        if advantage:
+            extras["label_advantage"] = np.asarray(teacher.advantage(obs, label.mean), dtype=np.float32)
         return actions, extras
 
     def reset(mask: np.ndarray) -> None:
@@ -264,7 +271,7 @@ class LocalCollector:
         records = collect(suite, list(range(len(suite.tasks))), teacher, plan.student, plan.beta,
                           plan.episodes_per_task, self.n_envs, seed=seed, rng=rng, pool=pool,
                           teacher_noise=plan.teacher_noise, gate=plan.gate, takeover_steps=plan.takeover_steps,
-                          has_std=self.has_std.get(id(teacher), False))
+                          has_std=self.has_std.get(id(teacher), False), advantage=plan.advantage)
         kept = 0
         for arrays, meta in episodes_to_store(records, round_index, plan.beta, plan.success_filter, self.layout):
             self.writer.add(arrays, meta)

@@ -35,7 +35,7 @@ from policydistill.configs import refuse_unread, require_choice, require_int, re
 from policydistill.data.shards import EpisodeStore
 from policydistill.distill.algorithm import Algorithm, Context, FitWith, stream
 from policydistill.distill.collect import CollectPlan, teacher_has_std
-from policydistill.distill.confidence import CONFIDENCE, precision_weights
+from policydistill.distill.confidence import CONFIDENCE, advantage_weights, precision_weights
 from policydistill.distill.fit import FitConfig, FitJob, adam
 from policydistill.distill.losses import LOSSES, make_loss
 from policydistill.distill.offline import load_stores
@@ -63,8 +63,8 @@ class FitFields:
     :data:`AUTO_UPDATES` (50, 500), so that small datasets are not fitted 500 times a round) (``balance_tasks``:
     every task the same share) of ``loss`` (with ``loss_params``) at learning rate ``lr``;
     ``lr_decay`` anneals it to ``lr / 100`` within each round (a cosine). ``confidence``: per-step loss weights,
-    ``none`` or ``teacher_std`` (each label's precision, capped at ``confidence_cap`` times the mean; see
-    :mod:`policydistill.distill.confidence`)."""
+    ``none``, ``teacher_std`` (each label's precision) or ``advantage`` (how the teacher's critic judges each
+    label), capped at ``confidence_cap`` times the mean; see :mod:`policydistill.distill.confidence`."""
 
     loss: str = "mse"
     confidence: str = "none"
@@ -82,7 +82,7 @@ class FitFields:
         require_choice("confidence", self.confidence, CONFIDENCE)
         require_number("confidence_cap", self.confidence_cap, 1.0)
         if self.confidence == "none" and self.confidence_cap != 10.0:
-            raise ValueError("method.confidence_cap is read only with method.confidence=teacher_std")
+            raise ValueError("method.confidence_cap is read only with method.confidence=teacher_std|advantage")
         if self.updates_per_round is not None:
             require_int("updates_per_round", self.updates_per_round)
         require_int("batch_size", self.batch_size)
@@ -202,9 +202,15 @@ class OnPolicy(Algorithm):
             else teacher_has_std(ctx.bank, ctx.suite)
         self.loss_fn = make_loss(cfg.loss, teacher_has_std=has_std, student_has_std=ctx.student.learn_std,
                                  **dict(cfg.loss_params))
-        if cfg.confidence != "none" and not has_std:
+        if cfg.confidence == "teacher_std" and not has_std:
             raise ValueError(f"method.confidence={cfg.confidence} weighs labels by the teachers' std; these teachers "
                              "are deterministic (SB3 PPO and SAC experts label with a std)")
+        if cfg.confidence == "advantage" and (self.offline or self.name == "gated" or any(
+                getattr(t, "critic", None) is None for t in teachers)):
+            why = "" if teachers else "; teachers=none has none"
+            raise ValueError("method.confidence=advantage weighs labels by the teachers' critics as they label: it "
+                             "needs teachers that keep one (SB3 SAC and TD3 experts, as policydistill converts them) "
+                             f"and a method that collects every label (bc, dagger, onpolicy){why}")
         if self.plan_options()["teacher_noise"] > 0 and not has_std:
             raise ValueError("teacher_noise needs teachers with a label std (e.g. SB3/PPO experts); these teachers "
                              "are deterministic")
@@ -215,7 +221,7 @@ class OnPolicy(Algorithm):
         self._extra: tuple[dict[str, np.ndarray], np.ndarray, np.ndarray] | None = None
         first = ctx.suite.spaces[0]
         padded = any(o != first[0] or a != first[1] for o, a in ctx.suite.spaces)
-        if cfg.confidence != "none" and padded:
+        if cfg.confidence == "teacher_std" and padded:
             raise ValueError("method.confidence weighs every step by its label's std over the action dims: it needs "
                              "tasks that share their spaces")
         if cfg.extra_episodes is not None and padded:
@@ -243,7 +249,8 @@ class OnPolicy(Algorithm):
             return None
         beta = self.beta(round, prev, teacher_return)
         return CollectPlan(beta, cfg.episodes_per_task, self.student if beta < 1 else None,
-                           episode_steps=cfg.collect_steps, **self.plan_options())
+                           episode_steps=cfg.collect_steps, advantage=cfg.confidence == "advantage",
+                           **self.plan_options())
 
     def regresses_latent(self, round: int) -> bool:
         """Whether a latent student regresses the teachers' latent in round ``round`` (else the actions)."""
@@ -258,7 +265,7 @@ class OnPolicy(Algorithm):
         fields = set.intersection(*(set(s.fields) for s in stores))
         wanted = [*self.student.groups, TASK, *([PRIVILEGED] if self.encoders is not None else []), *extra]
         names = [f"obs/{g}" for g in dict.fromkeys(wanted)] + ["label_mean"]
-        names += [k for k in ("label_std", "query") if k in fields]
+        names += [k for k in ("label_std", "label_advantage", "query") if k in fields]
         raw, lengths = load_stores(stores, names)
         if len(raw["label_mean"]) == 0:
             raise ValueError(f"round {round}: no episodes to train on (all dropped or filtered out)")
@@ -272,14 +279,22 @@ class OnPolicy(Algorithm):
         data = {"x": np.concatenate([raw[f"obs/{g}"] for g in self.student.groups], axis=1)}
         if "query" in raw:
             data["weight"] = (raw["query"] > 0).astype(np.float32)
-        if self.cfg.confidence == "teacher_std":
+        if self.cfg.confidence != "none":
             labelled = data["weight"] > 0 if "weight" in data else np.ones(len(data["x"]), dtype=bool)
-            data["weight"] = precision_weights(raw["label_std"], labelled, self.cfg.confidence_cap)
+            data["weight"] = self.confidence_weights(raw.get("label_std"), raw.get("label_advantage"), labelled)
         if self.regresses_latent(round):
             data["z"] = self.latent_targets(raw[f"obs/{PRIVILEGED}"], task)
         else:
             data.update({k: raw[k] for k in ("label_mean", "label_std") if k in raw})
         return data
+
+    def confidence_weights(self, std: np.ndarray | None, advantage: np.ndarray | None, labelled: np.ndarray
+                           ) -> np.ndarray:
+        """The ``method.confidence`` weights (N,) of labels with ``std`` (N, act_dim) or ``advantage`` (N,)."""
+        cap = self.cfg.confidence_cap
+        if self.cfg.confidence == "teacher_std":
+            return precision_weights(np.asarray(std), labelled, cap)
+        return advantage_weights(np.asarray(advantage), labelled, cap)
 
     def latent_targets(self, privileged: np.ndarray, task: np.ndarray) -> np.ndarray:
         """The teachers' privileged latent of every step, each by its task's teacher: (N, latent_dim)."""
@@ -360,6 +375,8 @@ class OnPolicy(Algorithm):
             raw["label_mean"] = np.asarray(label.mean, dtype=np.float32)
             if label.std is not None:
                 raw["label_std"] = np.asarray(label.std, dtype=np.float32)
+            if self.cfg.confidence == "advantage":
+                raw["label_advantage"] = self.ctx.bank.advantage({g: raw[f"obs/{g}"] for g in groups}, label.mean)
             task = raw[f"obs/{TASK}"].argmax(1)
             self._extra = self.student_data(raw, task, round), store.lengths(), task
         data, lengths, task = self._extra
@@ -395,7 +412,8 @@ class OnPolicy(Algorithm):
                 labels["label_std"].append(np.asarray(label.std, dtype=np.float32))
             if "weight" in labels:  # method.confidence (a gated run, whose weights say who was asked, has no copies)
                 every = np.ones(len(label.mean), dtype=bool)
-                labels["weight"].append(precision_weights(np.asarray(label.std), every, cfg.confidence_cap))
+                judged = bank.advantage(noisy, label.mean) if cfg.confidence == "advantage" else None
+                labels["weight"].append(self.confidence_weights(label.std, judged, every))
         n = 1 + cfg.relabel_copies
         return ({"x": np.concatenate(xs), **{k: np.concatenate(v) for k, v in labels.items()}},
                 np.tile(lengths, n), np.tile(task, n))

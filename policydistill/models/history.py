@@ -29,7 +29,7 @@ from policydistill.data.sampling import row_weights
 from policydistill.graph import OBS, ExportGraph, TensorSpec
 from policydistill.models.base import Stats, TorchPolicy, check_box_spaces
 from policydistill.models.history_encoders import WINDOW_KINDS, GRUEncoder, WindowEncoder
-from policydistill.models.mlp import ACTIVATIONS, NORMALIZER_KEYS
+from policydistill.models.mlp import ACTIVATIONS, NORMALIZER_KEYS, mlp_stack
 from policydistill.models.normalizer import ObsNormalizer
 from policydistill.models.teacher_split import TeacherHead
 from policydistill.spaces import space_to_json
@@ -49,14 +49,6 @@ def window_index(lengths: Sequence[int], frames: int) -> np.ndarray:
     start = np.repeat(np.cumsum(lengths) - lengths, lengths)
     prev = step[:, None] + np.arange(-frames, 0)[None, :]
     return np.where(prev >= start[:, None], prev, -1)
-
-
-def _mlp(inp: int, hidden: Sequence[int], out: int, activation: str) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for h in hidden:
-        layers += [nn.Linear(inp, h), ACTIVATIONS[activation]()]
-        inp = h
-    return nn.Sequential(*layers, nn.Linear(inp, out))
 
 
 class HistoryPolicy(TorchPolicy):
@@ -99,10 +91,10 @@ class HistoryPolicy(TorchPolicy):
         self.state_shape = tuple(self.encoder.state_shape)
         self.latent_cfg = None if latent is None else self._check_latent(latent)
         if self.latent_cfg is None:
-            self.head = _mlp(self.encoder.feature_dim, self.hidden, self.act_dim, activation)
+            self.head = mlp_stack(self.encoder.feature_dim, self.hidden, self.act_dim, activation)
         else:
             lat = self.latent_cfg
-            self.head = _mlp(self.encoder.feature_dim, self.hidden, lat["hidden"][0], activation)
+            self.head = mlp_stack(self.encoder.feature_dim, self.hidden, lat["hidden"][0], activation)
             visible_dim = sum(int(observation_space[g].shape[0]) for g in lat["visible_groups"])
             self.teacher_heads = nn.ModuleList(
                 TeacherHead(visible_dim, lat["hidden"], lat["activation"], self.act_dim, lat["normalizer"])

@@ -13,6 +13,10 @@ whole deterministic path, so exporting the module exports normalisation and post
 A teacher's label std is its Gaussian's std over ``y`` carried to the action space (times the slope of
 ``post`` at ``y``): ``log_std``, one per action dim (SB3 PPO), or ``std_head``, a Linear from the last hidden
 layer giving a state-dependent log std clamped to [-20, 2] (SB3 SAC's ``actor.log_std``).
+
+A teacher may keep its critic (``critic``: the hidden sizes of its Q networks, as SB3 SAC's and TD3's): ``n_critics``
+MLPs reading the normalised observation and the action scaled to [-1, 1], each giving Q(s, a); :meth:`q_value`
+is their minimum and :meth:`advantage` an action's Q over that of the policy's own deterministic action.
 """
 
 from __future__ import annotations
@@ -39,6 +43,15 @@ LOG_STD_RANGE = (-20.0, 2.0)
 """The clamp of a state-dependent log std (SB3 SAC's)."""
 
 
+def mlp_stack(n_in: int, hidden: Sequence[int], n_out: int, activation: str) -> nn.Sequential:
+    """Linear + ``activation`` per hidden size, then a Linear to ``n_out``."""
+    layers: list[nn.Module] = []
+    for h in hidden:
+        layers += [nn.Linear(n_in, h), ACTIVATIONS[activation]()]
+        n_in = h
+    return nn.Sequential(*layers, nn.Linear(n_in, n_out))
+
+
 def _choice(name: str, value: str, allowed: Sequence[str]) -> str:
     if value not in allowed:
         raise ValueError(f"MLPPolicy {name} '{value}' is not one of {list(allowed)}")
@@ -56,7 +69,8 @@ class MLPPolicy(TorchPolicy):
     def __init__(self, groups: Sequence[str], observation_space: spaces.Dict, action_space: spaces.Box,
                  hidden: Sequence[int] = (64, 64), activation: str = "tanh", post: str = "clip",
                  out_activation: str = "none", normalizer: dict[str, Any] | None = None,
-                 log_std: bool = False, std_head: bool = False) -> None:
+                 log_std: bool = False, std_head: bool = False, critic: Sequence[int] | None = None,
+                 n_critics: int = 2) -> None:
         super().__init__()
         if log_std and std_head:
             raise ValueError("MLPPolicy takes log_std (a std per action dim) or std_head (a std per state), not both")
@@ -88,6 +102,10 @@ class MLPPolicy(TorchPolicy):
         self.head = nn.Linear(last, self.act_dim)
         self.log_std = nn.Parameter(torch.zeros(self.act_dim)) if log_std else None
         self.std_head = nn.Linear(last, self.act_dim) if std_head else None
+        self.critic_hidden = None if critic is None else [int(h) for h in critic]
+        self.critic = None if self.critic_hidden is None else nn.ModuleList(
+            mlp_stack(self.obs_dim + self.act_dim, self.critic_hidden, 1, self.activation)
+            for _ in range(int(n_critics)))
         low = torch.as_tensor(action_space.low, dtype=torch.float32)
         high = torch.as_tensor(action_space.high, dtype=torch.float32)
         self.register_buffer("action_low", low, persistent=False)
@@ -146,6 +164,32 @@ class MLPPolicy(TorchPolicy):
             mean = self.postprocess(y).cpu().numpy().astype(np.float32, copy=False)
             return ActionLabel(mean=mean, std=(std * self._slope(y)).cpu().numpy().astype(np.float32))
 
+    def q_value(self, obs: ObsGroups, actions: np.ndarray) -> np.ndarray:
+        """The critic's value of taking ``actions`` (n, act_dim), in the action space, in ``obs``: (n,), the minimum
+        over its Q networks."""
+        if self.critic is None:
+            raise ValueError("this policy has no critic (an SB3 SAC or TD3 expert converted by policydistill keeps "
+                             "its Q networks)")
+        with torch.inference_mode():
+            x = self.checked_tensor(obs)
+            a = torch.as_tensor(np.asarray(actions, dtype=np.float32), device=x.device)
+            return self._q(x, a).cpu().numpy()
+
+    def _q(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """x (n, obs_dim), a (n, act_dim) in the action space -> min over the Q networks (n,)."""
+        assert self.critic is not None
+        scaled = 2.0 * (a - self.action_low) / (self.action_high - self.action_low) - 1.0
+        xa = torch.cat([self.normalizer(x), scaled.clamp(-1.0, 1.0)], dim=-1)
+        return torch.stack([q(xa)[:, 0] for q in self.critic]).min(0).values
+
+    def advantage(self, obs: ObsGroups, actions: np.ndarray) -> np.ndarray:
+        """Q(s, ``actions``) - Q(s, the policy's deterministic action) (n,): how much better (> 0) or worse an
+        action is than the policy's own, by its critic."""
+        with torch.inference_mode():
+            x = self.checked_tensor(obs)
+            a = torch.as_tensor(np.asarray(actions, dtype=np.float32), device=x.device)
+            return (self._q(x, a) - self._q(x, self.forward(x))).cpu().numpy()
+
     def export_graph(self) -> ExportGraph:
         """``forward`` as an export graph: ``obs`` (n, obs_dim) -> ``action`` (n, act_dim), stateless.
 
@@ -167,7 +211,8 @@ class MLPPolicy(TorchPolicy):
                 "action_space": space_to_json(self.action_space), "hidden": list(self.hidden),
                 "activation": self.activation, "post": self.post, "out_activation": self.out_activation,
                 "normalizer": self.normalizer.config(), "log_std": self.log_std is not None,
-                "std_head": self.std_head is not None}
+                "std_head": self.std_head is not None} | (
+                {} if self.critic is None else {"critic": self.critic_hidden, "n_critics": len(self.critic)})
 
     def extra_repr(self) -> str:
         return (f"groups={list(self.groups)}, post={self.post!r}, obs_dim={self.obs_dim}, "

@@ -61,7 +61,7 @@ class RolloutWorker:
         rng = np.random.default_rng([item["rng"], first])
         records = collect(self.suite, list(range(len(self.suite.tasks))), self.teacher, student, item["beta"], count,
                           self.n_envs, seed=item["seed"] + first, rng=rng, pool=self.pool,
-                          teacher_noise=item["teacher_noise"])
+                          teacher_noise=item["teacher_noise"], advantage=item["advantage"])
         kept = [prepare_episode(steps, meta) for steps, meta in episodes_to_store(
             records, item["round"], item["beta"], item["success_filter"], self.layout)]
         entry = write_shard(self.root, item["shard"], kept) if kept else None
@@ -136,7 +136,7 @@ class RayCollector:
         base = read_manifest(self.root)["next_shard"]
         stream = int(rng.integers(2 ** 63))
         todo = [{"round": round_index, "beta": plan.beta, "seed": seed, "rng": stream, "first": first, "count": count,
-                 "shard": base + j, "index": j, "teacher_noise": plan.teacher_noise,
+                 "shard": base + j, "index": j, "teacher_noise": plan.teacher_noise, "advantage": plan.advantage,
                  "success_filter": plan.success_filter}
                 for j, (first, count) in enumerate(split_episodes(plan.episodes_per_task, len(self.workers)))]
         results: dict[int, dict[str, Any]] = {}

@@ -87,6 +87,15 @@ class TeacherBank:
             raise ValueError("TeacherBank got an empty batch")
         return ActionLabel(mean=means, std=stds if has_std else None)
 
+    def advantage(self, obs: ObsGroups, actions: np.ndarray) -> np.ndarray:
+        """Each row's ``actions`` (n, act_dim) judged by its task's teacher's critic: (n,) (see
+        :meth:`policydistill.models.mlp.MLPPolicy.advantage`)."""
+        out = np.zeros(len(obs[TASK]), dtype=np.float32)
+        for teacher, rows in zip(self.teachers, self.route(obs), strict=True):
+            if len(rows):
+                out[rows] = teacher.advantage(self._rows_of(obs, teacher, rows), actions[rows])
+        return out
+
     def reset(self, env_mask: np.ndarray | None = None) -> None:
         """Reset every teacher; with a mask, each teacher gets the part for its rows of the last batch. A reset
         without a mask also forgets the last batch's routing (a new batch of envs may follow)."""

@@ -115,10 +115,12 @@ Layer = tuple[torch.Tensor, torch.Tensor]
 
 def _mlp_policy(algo: str, layers: list[Layer], activation: str | None, log_std: torch.Tensor | None,
                 observation_space: spaces.Dict, groups: tuple[str, ...], action_space: spaces.Box,
-                vecnormalize: Any, std_head: Layer | None = None) -> MLPPolicy:
+                vecnormalize: Any, std_head: Layer | None = None, critic: list[list[Layer]] | None = None
+                ) -> MLPPolicy:
     """The :class:`MLPPolicy` of an SB3 actor whose Linear layers are ``layers`` (weight, bias; the last one
     the action head) with ``activation`` between them; ``log_std`` PPO's std parameter, ``std_head`` SAC's
-    state-dependent log std layer (reading the last hidden layer)."""
+    state-dependent log std layer (reading the last hidden layer); ``critic`` the Linear layers of each Q
+    network (SAC, TD3)."""
     missing = [g for g in groups if g not in observation_space.spaces]
     if missing:
         raise ValueError(f"observation_space lacks groups {missing}; it has {list(observation_space.spaces)}")
@@ -143,14 +145,25 @@ def _mlp_policy(algo: str, layers: list[Layer], activation: str | None, log_std:
     if std_head is not None and std_head[0].shape != layers[-1][0].shape:
         raise _unsupported(f"the SAC log std layer has shape {tuple(std_head[0].shape)}, the action head "
                            f"{tuple(layers[-1][0].shape)}")
+    critic_hidden = None if not critic else [w.shape[0] for w, _ in critic[0][:-1]]
+    if critic and any([(w.shape[1], w.shape[0]) for w, _ in net] != [(w.shape[1], w.shape[0]) for w, _ in critic[0]]
+                      or net[0][0].shape[1] != obs_dim + action_space.shape[0] or net[-1][0].shape[0] != 1
+                      for net in critic):
+        raise _unsupported(f"the {algo.upper()} Q networks do not read the {obs_dim} observation and "
+                           f"{action_space.shape[0]} action dims into one value alike")
     post, out_act = _POST[algo]
     out = MLPPolicy(groups, obs_space, action_space, hidden=[w.shape[0] for w, _ in layers[:-1]],
                     activation=activation or "tanh", post=post, out_activation=out_act, normalizer=normalizer,
-                    log_std=log_std is not None, std_head=std_head is not None)
+                    log_std=log_std is not None, std_head=std_head is not None, critic=critic_hidden,
+                    n_critics=len(critic or [None]))
     linears = [m for m in out.body if isinstance(m, nn.Linear)] + [out.head]
+    sources = layers + ([std_head] if std_head else [])
+    linears += [out.std_head] if std_head else []
+    for q, net in zip(out.critic or [], critic or [], strict=True):
+        linears += [m for m in q if isinstance(m, nn.Linear)]
+        sources += net
     with torch.no_grad():
-        for dst, (w, b) in zip(linears + ([out.std_head] if std_head else []), layers + ([std_head] if std_head
-                                                                                          else []), strict=True):
+        for dst, (w, b) in zip(linears, sources, strict=True):
             dst.weight.copy_(w)
             dst.bias.copy_(b)
         if log_std is not None:
@@ -200,8 +213,9 @@ def policy_from_sb3(model: Any, observation_space: spaces.Dict, groups: Sequence
     if type(head) is not nn.Linear:
         raise _unsupported(f"the {algo.upper()} action head is a {type(head).__name__}, not a Linear")
     layers = [(lin.weight.detach(), lin.bias.detach()) for lin in [*body, head]]
+    state = {k: v.detach().cpu() for k, v in policy.state_dict().items()}
     out = _mlp_policy(algo, layers, act, log_std, observation_space, groups, model.action_space, vecnormalize,
-                      std_head)
+                      std_head, _critic_layers(state, algo))
     return out.to(head.weight.device)
 
 
@@ -279,7 +293,7 @@ def _state_dict(zip_path: Path) -> dict[str, torch.Tensor]:
                      "(trust_pickle=true unpickles it through SB3, for files you trust)")
 
 
-def _linear(state: dict[str, torch.Tensor], name: str, zip_path: Path) -> Layer:
+def _linear(state: dict[str, torch.Tensor], name: str, zip_path: Path | None) -> Layer:
     w, b = state.get(f"{name}.weight"), state.get(f"{name}.bias")
     if w is None or b is None or w.ndim != 2 or tuple(b.shape) != (w.shape[0],):
         raise _unsupported(f"policy.pth has no Linear layer '{name}'", zip_path)
@@ -306,6 +320,24 @@ def _actor_layers(state: dict[str, torch.Tensor], algo: str, zip_path: Path) -> 
     if other:
         raise _unsupported(f"policy.pth has parameters {other[:3]} of a network this reader does not know", zip_path)
     return layers
+
+
+def _critic_layers(state: dict[str, torch.Tensor], algo: str, zip_path: Path | None = None
+                   ) -> list[list[Layer]] | None:
+    """The Linear layers (weight, bias) of each of SAC's or TD3's Q networks (``critic.qf<i>``) in an SB3 policy's
+    state dict (None for PPO, whose critic is a state value)."""
+    if algo == "ppo":
+        return None
+    nets = sorted({int(k.split(".")[1][2:]) for k in state if k.startswith("critic.qf") and
+                   k.split(".")[1][2:].isdigit()})
+    out = []
+    for i in nets:
+        stack = f"critic.qf{i}."
+        index = sorted({int(k[len(stack):].split(".")[0]) for k in state if k.startswith(stack)})
+        if index != list(range(0, 2 * len(index), 2)):
+            raise _unsupported(f"{stack[:-1]} is not a stack of Linear + activation layers", zip_path)
+        out.append([_linear(state, f"{stack}{j}", zip_path) for j in index])
+    return out or None
 
 
 def _activation(data: dict[str, Any], algo: str, zip_path: Path) -> str:
@@ -379,7 +411,7 @@ def _policy_from_zip(zip_path: Path, data: dict[str, Any], algo: str, observatio
                            "action", zip_path)
     std_head = _linear(state, "actor.log_std", zip_path) if algo == "sac" else None
     return _mlp_policy(algo, layers, activation, log_std, observation_space, groups, actions, vecnormalize,
-                       std_head)
+                       std_head, _critic_layers(state, algo, zip_path))
 
 
 # ---- VecNormalize statistics ---------------------------------------------------------------------
