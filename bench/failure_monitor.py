@@ -10,10 +10,12 @@ Per seed: a DAgger student is distilled from the suite's zoo (``--rounds`` round
 half of them), its monitor fitted on the run's episodes and calibrated (``--calibration-episodes`` per task,
 ``--alpha``, ``--delta``: the false-alarm rate holds for each calibration with probability 1 - delta, not only
 on average over calibrations; ``--start-ticks``: the longest episode start it scores against the calibration
-episodes' starts, 0 for none). Then the student runs ``--episodes`` held-out episodes per task in distribution
-and as many under the shift (``--shift``: env keyword arguments set on every task; ``--shift-suite``: another suite with
-the same spaces, e.g. the pit of ``default_hazard`` that the ``default`` student never saw). An episode fails
-when it does not succeed. Its score for predicting that is the monitor's largest score before its last
+episodes' starts, 0 for none; ``--statistic``: ``tick`` or ``mean``, the score of the tick or its mean since the
+reset, see :class:`~policydistill.runtime.monitor.FailureMonitor`). Then the student runs ``--episodes``
+held-out episodes per task in distribution and as many under the shift (``--shift``: env keyword arguments set
+on every task; ``--shift-suite``: another suite with the same spaces, e.g. the pit of ``default_hazard`` that
+the ``default`` student never saw). An episode fails when it does not succeed. Its score for predicting that
+is the monitor's largest statistic before its last
 ``--ahead`` steps (an alarm that would have come at least that many control steps before the end). Reported:
 AUROC of that score for failure over all episodes (and over the shifted ones alone: failure told apart from
 the shift itself), the alarm rate on failing and on succeeding shifted episodes, the alarm rate on
@@ -44,6 +46,7 @@ from bench.common import distill_run, one_thread, parse, parser, setup_logging, 
 from policydistill import DAggerConfig, StudentConfig, Suite, load_bundle, load_suite  # noqa: E402
 from policydistill.data.shards import EpisodeStore  # noqa: E402
 from policydistill.distill.monitor import START_TICKS, episode_scores, fit_monitor, student_episodes  # noqa: E402
+from policydistill.runtime.monitor import STATISTICS  # noqa: E402
 from policydistill.types import select_groups  # noqa: E402
 
 AUROC_TARGET, FALSE_ALARM_TARGET, COST_TARGET = 0.9, 0.05, 0.2
@@ -93,7 +96,8 @@ def run_seed(seed: int, args: Any, suite: Suite, teachers: dict, shift_suite: Su
     with distill_run(suite, teachers, seed, method, student_cfg, 5) as (summary, out):
         student = load_bundle(out / "student", device="cpu")
         monitor = fit_monitor(suite, student, EpisodeStore(out / "episodes"), args.alpha, args.calibration_episodes,
-                              seed=seed, delta=args.delta or None, start_ticks=args.start_ticks)
+                              seed=seed, delta=args.delta or None, start_ticks=args.start_ticks,
+                              statistic=args.statistic)
     inside = [r for r in student_episodes(suite, student, args.episodes, TEST_SEED + seed) if not r.episode.error]
     shift = [r for r in student_episodes(shift_suite, student, args.episodes, TEST_SEED + seed)
              if not r.episode.error]
@@ -143,6 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--ahead", type=int, default=10, help="an alarm must come this many steps before the end")
     p.add_argument("--start-ticks", type=int, default=START_TICKS,
                    help="the longest episode start the monitor learns to score (0: none)")
+    p.add_argument("--statistic", default="tick", choices=STATISTICS, help="what the alarm compares with the threshold")
     p.add_argument("--ticks", type=int, default=2000, help="calls timed for the cost")
     p.add_argument("--tag", default="", help="suffix of the result file name")
     args = parse(p, argv, SMOKE)

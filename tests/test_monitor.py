@@ -153,6 +153,27 @@ def test_an_episode_start_is_scored_against_the_starts_it_was_calibrated_on(run,
         assert ctrl.alarmed.tolist() == [True, False]
 
 
+@pytest.mark.parametrize("statistic", ["tick", "mean"])
+def test_the_controller_alarms_where_the_episode_trace_first_passes_the_threshold(run, default_suite, statistic):
+    """Online (the controller, tick by tick) and offline (trace over a recorded episode) agree on the first alarm."""
+    student, monitor, _ = student_monitor_and_two_envs(run, default_suite)
+    monitor = dataclasses.replace(monitor, statistic=statistic, start_scale=(4.0, 2.0))
+    episode = student_episodes(default_suite, student, 1, seed=31_000)[0]
+    obs = {g: episode.steps[f"obs/{g}"] for g in monitor.groups}
+    trace = monitor.trace(monitor.score(obs))
+    assert len(trace) > 20 and np.ptp(trace[5:]) > 0
+    monitor = dataclasses.replace(monitor, threshold=float(np.quantile(trace, 0.6)))
+    first = int(np.argmax(trace > monitor.threshold))
+    with Controller(PolicySource(student), 0.01, monitor=monitor) as ctrl:
+        for t in range(len(trace)):
+            ctrl.step({g: v[t:t + 1] for g, v in obs.items()})
+            if ctrl.alarmed[0]:
+                break
+    assert t == first
+    with pytest.raises(ValueError, match="unknown monitor statistic 'median'"):
+        dataclasses.replace(monitor, statistic="median")
+
+
 def test_fit_monitor_stores_it_in_the_bundle_and_run_reads_it(run, tmp_path, caplog):
     assert main(["fit-monitor", f"run={run}", "policy=student", "episodes=5", "updates=100"]) == 0
     stored = load_monitor(run / "student")
@@ -175,6 +196,9 @@ def test_fit_monitor_stores_it_in_the_bundle_and_run_reads_it(run, tmp_path, cap
     assert load_monitor(run / "student").start_scale == ()
     assert main(["fit-monitor", f"run={run}", "start_ticks=-1"]) == 2
     assert "start_ticks" in caplog.text
+    assert main(["fit-monitor", f"run={run}", "policy=student", "episodes=5", "updates=100", "statistic=mean"]) == 0
+    assert load_monitor(run / "student").statistic == "mean"
+    assert main(["fit-monitor", f"run={run}", "statistic=median"]) == 2
     assert main(["run", f"policy={run}/student", "suite=default", "runtime.on_alarm=stop"]) == 2
     assert "runtime.on_alarm is read only with a runtime.monitor" in caplog.text
     assert main(["run", f"policy={run}/best", "suite=default", "runtime.monitor=policy"]) == 2

@@ -24,6 +24,7 @@ from policydistill.eval.rollout import EpisodeRecord, rollout
 from policydistill.files import read_json
 from policydistill.runtime.monitor import (
     KINDS,
+    STATISTICS,
     FailureMonitor,
     conformal_rank,
     conformal_threshold,
@@ -55,13 +56,13 @@ def student_episodes(suite: Suite, student: Any, episodes: int, seed: int, n_env
 
 
 def episode_scores(monitor: FailureMonitor, records: list[EpisodeRecord], until: int = 0) -> np.ndarray:
-    """Each episode's largest score over its steps but the last ``until``: (episodes,) (-inf for an episode
-    of at most ``until`` steps)."""
+    """Each episode's largest statistic (see :meth:`FailureMonitor.trace`) over its steps but the last ``until``:
+    (episodes,) (-inf for an episode of at most ``until`` steps)."""
     out = []
     for rec in records:
         steps = len(rec.steps["reward"]) - until
         obs = {g: rec.steps[f"obs/{g}"][:max(steps, 0)] for g in monitor.groups}
-        out.append(float(monitor.score(obs, np.arange(steps)).max()) if steps > 0 else -np.inf)
+        out.append(float(monitor.trace(monitor.score(obs)).max()) if steps > 0 else -np.inf)
     return np.asarray(out)
 
 
@@ -85,11 +86,13 @@ def start_profile(scores: list[np.ndarray], ticks: int = START_TICKS) -> tuple[f
 
 def fit_monitor(suite: Suite, student: Any, store: EpisodeStore, alpha: float = 0.05, episodes: int = 20,
                 ensemble_size: int = 5, updates: int = 2000, seed: int = 0, hidden: int = 32,
-                delta: float | None = None, start_ticks: int = START_TICKS) -> FailureMonitor:
+                delta: float | None = None, start_ticks: int = START_TICKS, statistic: str = "tick"
+                ) -> FailureMonitor:
     """A monitor for ``student`` fitted on ``store``'s labelled steps and calibrated to false-alarm rate
     ``alpha`` (with probability 1 - ``delta`` over the calibration, if given) on ``episodes`` fresh
     in-distribution episodes per task (see the module doc); its networks are ``hidden`` wide (small: it runs
-    every tick); the start it learns is at most ``start_ticks`` long (0: none)."""
+    every tick); the start it learns is at most ``start_ticks`` long (0: none); ``statistic``: ``tick`` or
+    ``mean``, what its alarm compares with the threshold."""
     groups = tuple(student.groups)
     fields = [f"obs/{g}" for g in groups] + ["label_mean"] + (["query"] if "query" in store.fields else [])
     raw = store.load(fields)
@@ -106,9 +109,8 @@ def fit_monitor(suite: Suite, student: Any, store: EpisodeStore, alpha: float = 
     ends = np.cumsum([len(r.steps["reward"]) for r in records])
     per_episode = np.split(score, ends[:-1])
     scale = start_profile(per_episode, start_ticks) if start_ticks else ()
-    monitor = FailureMonitor(groups, arrays, medians, np.inf, alpha, len(records), delta, scale)
-    monitor.threshold = conformal_threshold([float(monitor.over_start(part, np.arange(len(part))).max())
-                                             for part in per_episode], alpha, delta)
+    monitor = FailureMonitor(groups, arrays, medians, np.inf, alpha, len(records), delta, scale, statistic)
+    monitor.threshold = conformal_threshold([float(monitor.trace(part).max()) for part in per_episode], alpha, delta)
     log.info("failure monitor: threshold %.3g at a false-alarm rate of %g per episode%s, on %d calibration episodes "
              "(their first %d ticks score up to %.3gx their steady median)", monitor.threshold, alpha,
              "" if delta is None else f" with probability {1 - delta:g}", len(records), len(scale),
@@ -123,7 +125,9 @@ class FitMonitorConfig:
     ``episodes`` in-distribution episodes per task, stored in that bundle. ``delta``: the rate holds for this
     calibration with probability 1 - delta (null: on average over calibrations; see
     :func:`~policydistill.runtime.monitor.conformal_rank`). ``start_ticks``: the longest episode start whose own
-    scores the monitor learns (0: a start scores like the rest; see :func:`start_profile`)."""
+    scores the monitor learns (0: a start scores like the rest; see :func:`start_profile`). ``statistic``: what the
+    alarm compares with the threshold, the tick's score (``tick``) or the mean since the env's reset (``mean``; see
+    :class:`~policydistill.runtime.monitor.FailureMonitor`)."""
 
     run: str = "???"
     policy: str = "best"
@@ -133,6 +137,7 @@ class FitMonitorConfig:
     updates: int = 2000
     seed: int = 0
     start_ticks: int = START_TICKS
+    statistic: str = "tick"
 
     def __post_init__(self) -> None:
         require_choice("policy", self.policy, ("best", "student"))
@@ -143,6 +148,7 @@ class FitMonitorConfig:
         require_int("updates", self.updates)
         require_int("seed", self.seed, 0)
         require_int("start_ticks", self.start_ticks, 0)
+        require_choice("statistic", self.statistic, STATISTICS)
         run = Path(self.run)
         if not (run / "distill.json").is_file() or not (run / "episodes" / "manifest.json").is_file():
             raise ValueError(f"run={self.run} is not a finished distillation run with stored episodes "
@@ -163,5 +169,6 @@ def fit_run_monitor(cfg: FitMonitorConfig) -> Path:
                          f"{episodes_needed(cfg.alpha, cfg.delta)} calibration episodes, got {per_task} "
                          f"({cfg.episodes} per task): raise episodes")
     monitor = fit_monitor(suite, student, EpisodeStore(run / "episodes"), cfg.alpha, cfg.episodes,
-                          updates=cfg.updates, seed=cfg.seed, delta=cfg.delta, start_ticks=cfg.start_ticks)
+                          updates=cfg.updates, seed=cfg.seed, delta=cfg.delta, start_ticks=cfg.start_ticks,
+                          statistic=cfg.statistic)
     return attach_monitor(run / cfg.policy, monitor)

@@ -213,6 +213,7 @@ class Controller:
         self.monitor_time = LatencyRecorder()
         self._alarmed: np.ndarray | None = None  # (n,) envs whose alarm was raised this episode
         self._episode_ticks: np.ndarray | None = None  # (n,) each env's monitored ticks since its reset
+        self._score_sums: np.ndarray | None = None  # (n, 2) each env's scores summed, and counted, since its reset
         self.taught: np.ndarray | None = None
         """(n, act_dim) the teacher's actions of this tick where it acted after an alarm, NaN elsewhere (None: it
         did not act)."""
@@ -307,6 +308,7 @@ class Controller:
         if self._alarmed is not None:
             self._alarmed[mask] = False
             self._episode_ticks[mask] = 0
+            self._score_sums[mask] = 0.0
         if self._queue is not None:
             self._queue.clear(mask)
         self._epoch[mask] += 1
@@ -388,8 +390,12 @@ class Controller:
         t0 = perf_counter()
         if self._alarmed is None:
             self._alarmed, self._episode_ticks = np.zeros(self._n, dtype=bool), np.zeros(self._n, dtype=np.int64)
+            self._score_sums = np.zeros((self._n, 2))
         score = self.monitor.score(obs, self._episode_ticks)
         self._episode_ticks += 1
+        if self.monitor.statistic == "mean":
+            self._score_sums += np.stack([score, np.ones_like(score)], axis=1)
+            score = self._score_sums[:, 0] / self._score_sums[:, 1]
         self.monitor_time.add(perf_counter() - t0)
         over = score > self.monitor.threshold
         fresh = over & ~self._alarmed

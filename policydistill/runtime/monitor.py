@@ -12,7 +12,9 @@ The score is the larger ratio. An episode's first ticks can be unlike its steady
 after a reset scores several times its median): over the first ticks after each env's reset the score is
 also divided by ``start_scale[t]``, the in-distribution episodes' median score at tick t over their steady
 median (at least 1; see :func:`~policydistill.distill.monitor.start_profile`). The monitor raises an alarm on
-an env once its score exceeds ``threshold``.
+an env once its ``statistic`` exceeds ``threshold``: the score of the tick (``tick``: a sudden departure, as a
+fall), or the mean of the scores since the env's reset (``mean``: a sustained one, as a gait that drifts off
+over an episode).
 The threshold is calibrated by split conformal prediction (:func:`conformal_threshold`) on the largest
 score of each of n in-distribution calibration episodes, so that a new in-distribution episode raises an
 alarm with probability at most ``alpha`` (for exchangeable episodes): on average over calibration sets, or,
@@ -40,6 +42,7 @@ from policydistill.types import concat_groups
 
 KINDS = ("disagreement", "novelty")
 ON_ALARM = ("log", "fallback", "stop", "teacher")
+STATISTICS = ("tick", "mean")
 ARRAYS = "monitor.npz"
 SETTINGS = "monitor.json"
 FILES = (ARRAYS, SETTINGS)
@@ -184,7 +187,8 @@ class FailureMonitor:
     """See the module doc. ``arrays``: the networks' (see :class:`ScoreNetworks`); ``medians``: each score's
     median in distribution; ``alpha``: the false-alarm rate ``threshold`` was calibrated to on ``episodes``
     episodes (``delta``: with probability 1 - delta over them; None: on average, see :func:`conformal_rank`);
-    ``start_scale``: the divisor of the score at each tick of an episode's start (empty: none).
+    ``start_scale``: the divisor of the score at each tick of an episode's start (empty: none); ``statistic``:
+    what is compared with the threshold, ``tick`` or ``mean`` (see the module doc and :meth:`trace`).
     ``arrays``, ``medians`` and ``start_scale`` are read once, when the monitor is built."""
 
     groups: tuple[str, ...]
@@ -195,8 +199,11 @@ class FailureMonitor:
     episodes: int
     delta: float | None = None
     start_scale: tuple[float, ...] = ()
+    statistic: str = "tick"
 
     def __post_init__(self) -> None:
+        if self.statistic not in STATISTICS:
+            raise ValueError(f"unknown monitor statistic '{self.statistic}'; expected one of {list(STATISTICS)}")
         self.networks = ScoreNetworks(self.arrays)
         medians = np.asarray([self.medians[kind] for kind in KINDS], dtype=np.float32)
         self._over_medians = self.networks.mean / medians  # squared outputs -> each score over its median
@@ -218,6 +225,12 @@ class FailureMonitor:
         return self.over_start((self.networks.squared_outputs(self.networks.inputs(parts)) @ self._over_medians)
                                .max(1), ticks)
 
+    def trace(self, scores: np.ndarray) -> np.ndarray:
+        """One episode's scores (T,) from its reset on -> what is compared with the threshold at each tick (T,):
+        the scores over the start's scale, or (``mean``) their running mean."""
+        scores = self.over_start(np.asarray(scores, dtype=np.float64), np.arange(len(scores)))
+        return scores if self.statistic == "tick" else np.cumsum(scores) / np.arange(1, len(scores) + 1)
+
     def over_start(self, score: np.ndarray, ticks: np.ndarray | None) -> np.ndarray:
         """Scores (n,) at ticks since reset (n,) int -> over ``start_scale`` where a tick is in it."""
         if ticks is None or not self.start_scale:
@@ -234,7 +247,7 @@ class FailureMonitor:
         atomic_write_json(folder / SETTINGS, {"groups": list(self.groups), "medians": self.medians,
                                               "threshold": self.threshold, "alpha": self.alpha,
                                               "episodes": self.episodes, "delta": self.delta,
-                                              "start_scale": list(self.start_scale)})
+                                              "start_scale": list(self.start_scale), "statistic": self.statistic})
         return folder
 
     @classmethod
@@ -247,7 +260,7 @@ class FailureMonitor:
             arrays = {k: data[k] for k in data.files}
         return cls(tuple(settings["groups"]), arrays, {k: float(v) for k, v in settings["medians"].items()},
                    float(settings["threshold"]), float(settings["alpha"]), int(settings["episodes"]),
-                   settings.get("delta"), tuple(settings.get("start_scale", ())))
+                   settings.get("delta"), tuple(settings.get("start_scale", ())), settings.get("statistic", "tick"))
 
 
 def file_hashes(folder: str | Path) -> dict[str, str]:
