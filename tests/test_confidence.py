@@ -8,6 +8,7 @@ import torch
 from conftest import goal_seeker
 from gymnasium import spaces
 
+from policydistill.bundle import save_bundle
 from policydistill.cli import main
 from policydistill.data.shards import EpisodeStore
 from policydistill.distill.algorithm import Context
@@ -16,6 +17,9 @@ from policydistill.distill.dagger import DAgger, DAggerConfig
 from policydistill.distill.runner import DistillConfig, distill
 from policydistill.models.mlp import MLPPolicy
 from policydistill.models.students import StudentConfig
+from policydistill.teachers import policies_for_suite
+from policydistill.teachers.ensemble import EnsembleTeacher
+from policydistill.teachers.load import teacher_identities
 from policydistill.types import ActionLabel
 
 
@@ -148,3 +152,36 @@ def test_label_std_is_the_action_space_std(default_suite, post):
     np.testing.assert_allclose(samples.std(0), label.std[0], rtol=0.05)
     np.testing.assert_allclose(samples.mean(0), label.mean[0], atol=3 * label.std[0].max())
     assert goal_seeker().label({g: v[:1] for g, v in many.items()}).std is None
+
+
+def test_an_ensemble_of_teachers_labels_with_its_mean_and_weighs_by_agreement(default_suite, tmp_path):
+    """A task folder of bundles is one teacher: the members' mean action, their spread its label std; with
+    method.confidence=teacher_std the steps where they agree weigh more."""
+    members = []
+    for k in range(3):
+        torch.manual_seed(k)
+        space = spaces.Dict({"policy": default_suite.spaces[0][0]["policy"]})
+        members.append(MLPPolicy(("policy",), space, default_suite.spaces[0][1], hidden=(8,)).frozen())
+        for task in default_suite.task_names:
+            save_bundle(members[-1], tmp_path / "zoo" / task / f"m{k}")
+    teachers = policies_for_suite(tmp_path / "zoo", default_suite, device="cpu")
+    teacher = teachers["north"]
+    assert isinstance(teacher, EnsembleTeacher) and len(teacher.members) == 3
+    obs = {"policy": np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)}
+    acts = np.stack([m.act(obs) for m in members])
+    label = teacher.label(obs)
+    np.testing.assert_allclose(label.mean, acts.mean(0), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(label.std, acts.std(0), rtol=1e-5, atol=1e-7)
+    assert teacher_identities(tmp_path / "zoo", default_suite)["north"].startswith("ensemble bundle sha256:")
+    method = DAggerConfig(rounds=1, episodes_per_task=1, updates_per_round=5, confidence="teacher_std")
+    cfg = DistillConfig(teachers=str(tmp_path / "zoo"), out=str(tmp_path / "run"), eval_episodes=1,
+                        final_episodes=0, method=method)
+    distill(cfg, default_suite, teachers)
+    stored = EpisodeStore(tmp_path / "run" / "episodes").load(["label_std", "obs/policy", "obs/task"])
+    north = stored["obs/task"].argmax(1) == 0
+    spread = teacher.label({"policy": stored["obs/policy"][north]}).std
+    np.testing.assert_allclose(stored["label_std"][north], spread, rtol=1e-5, atol=1e-6)  # what the weights read
+    assert np.ptp(spread) > 0
+    save_bundle(members[0], tmp_path / "lonely" / "north" / "only")
+    with pytest.raises(ValueError, match="no bundle \\(nor a folder of bundles\\) for tasks"):
+        policies_for_suite(tmp_path / "lonely", default_suite, device="cpu")

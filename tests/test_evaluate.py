@@ -55,7 +55,7 @@ def test_one_bundle_serves_every_task(tiny_experts, two_tasks):
 def test_folder_missing_a_task_is_a_clear_error(tiny_experts, caplog):
     caplog.set_level(logging.ERROR)
     assert main(["evaluate", f"policy={tiny_experts}", "suite=default"]) == 2
-    assert "no bundle for tasks ['south', 'west']" in caplog.text and "north" in caplog.text
+    assert "no bundle (nor a folder of bundles) for tasks ['south', 'west']" in caplog.text and "north" in caplog.text
 
 
 def test_bundle_whose_spaces_do_not_match_is_refused_before_any_rollout(tmp_path, caplog):

@@ -223,12 +223,14 @@ def test_a_changed_policy_json_is_refused_naming_it(tmp_path):
 
 def test_the_committed_zoo_bundles_are_hashed_whole(caplog):
     caplog.set_level(logging.WARNING)
-    found = sorted((ROOT / "envs" / "zoo").glob("*/*/policy.json"))
+    zoo = ROOT / "envs" / "zoo"
+    found = sorted(zoo.glob("*/*/policy.json")) + sorted(zoo.glob("*/*/*/policy.json"))  # the latter: ensembles
     for file in found:
         assert "bundle_sha256" in json.loads(file.read_text()), file
         load_bundle(file.parent, device="cpu")
-    zoo = ROOT / "envs" / "zoo"
-    listed = sum(len(json.loads(z.read_text())["training"]) for z in zoo.glob("*/zoo.json"))
+    records = [json.loads(z.read_text()) for z in zoo.glob("*/zoo.json")]
+    listed = sum(len(r["training"]) if "training" in r else sum(len(m["training"]) for m in r["members"].values())
+                 for r in records)
     listed += len(list(zoo.glob("diffusion/*/zoo.json")))  # one diffusion teacher per suite that has one
     assert len(found) == listed >= 12 and "not covered by a hash" not in caplog.text
 

@@ -1,4 +1,5 @@
-"""Policies from what a user names: a bundle, a folder of bundles (one per task), ``module:attr``, or ``suite``."""
+"""Policies from what a user names: a bundle, a folder of bundles (one per task, or a folder of several: an
+ensemble), ``module:attr``, or ``suite``."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from policydistill.files import file_sha256
 from policydistill.models import resolve_device
 from policydistill.policy import CallablePolicy, ModulePolicy, Policy
 from policydistill.suites import Suite
+from policydistill.teachers.ensemble import EnsembleTeacher
 
 
 def _takes_no_arguments(fn: Any) -> bool:
@@ -64,7 +66,8 @@ def policies_for_suite(spec: str | Path, suite: Suite, device: str = "auto") -> 
     """The policy of every task of ``suite`` from ``spec``.
 
     ``spec``: one bundle or ``module:callable`` (serves every task); a folder of bundles named by task
-    (one per task); or ``suite`` (each task's own ``teacher`` from the suite file).
+    (one per task, or a folder of bundles per task: an :class:`EnsembleTeacher` of them); or ``suite`` (each
+    task's own ``teacher`` from the suite file).
     """
     if str(spec) == "suite":
         missing = [t.name for t in suite.tasks if not t.teacher]
@@ -79,11 +82,19 @@ def policies_for_suite(spec: str | Path, suite: Suite, device: str = "auto") -> 
         raise FileNotFoundError(f"no policy bundle or folder of bundles at '{path}' "
                                 "(expected a bundle, a folder of bundles, 'module:callable' or 'suite')")
     found = find_bundles(path)
-    missing = [n for n in suite.task_names if n not in found]
+    members = {n: _members(path / n) for n in suite.task_names if n not in found}
+    missing = [n for n, m in members.items() if not m]
     if missing:
-        raise ValueError(f"'{path}' has no bundle for tasks {missing} of suite '{suite.name}'; "
-                         f"it has bundles {sorted(found)}")
-    return {n: load_bundle(found[n], device=device) for n in suite.task_names}
+        raise ValueError(f"'{path}' has no bundle (nor a folder of bundles) for tasks {missing} of suite "
+                         f"'{suite.name}'; it has bundles {sorted(found)}")
+    return {n: load_bundle(found[n], device=device) if n in found
+            else EnsembleTeacher([load_bundle(m, device=device) for m in members[n]]) for n in suite.task_names}
+
+
+def _members(folder: Path) -> list[Path]:
+    """The bundles of a task's ensemble folder, by name (none if it holds fewer than 2)."""
+    bundles = find_bundles(folder) if folder.is_dir() else {}
+    return [bundles[k] for k in sorted(bundles)] if len(bundles) >= 2 else []
 
 
 def _identity(spec: str | Path) -> str:
@@ -103,4 +114,5 @@ def teacher_identities(spec: str | Path, suite: Suite) -> dict[str, str]:
     if is_bundle(path) or not path.is_dir():
         return dict.fromkeys(suite.task_names, _identity(spec))
     found = find_bundles(path)
-    return {n: _identity(found.get(n, path)) for n in suite.task_names}
+    return {n: _identity(found[n]) if n in found else
+            "ensemble " + ", ".join(_identity(m) for m in _members(path / n)) for n in suite.task_names}
