@@ -71,7 +71,7 @@ def timing_args(p: argparse.ArgumentParser, iters: int, rounds: int = 5) -> None
 def _cap(value: Any, tiny: Any) -> Any:
     if isinstance(tiny, list):
         return list(value)[:len(tiny)] if value else tiny
-    return tiny if value is None else min(value, tiny)
+    return tiny if value is None or tiny is None else min(value, tiny)
 
 
 def parse(p: argparse.ArgumentParser, argv: list[str] | None, smoke: dict[str, Any]) -> argparse.Namespace:

@@ -212,8 +212,10 @@ class Controller:
         self.monitor, self.on_alarm, self.teacher = monitor, on_alarm, teacher
         self.monitor_time = LatencyRecorder()
         self._alarmed: np.ndarray | None = None  # (n,) envs whose alarm was raised this episode
-        self._episode_ticks: np.ndarray | None = None  # (n,) each env's monitored ticks since its reset
-        self._score_sums: np.ndarray | None = None  # (n, 2) each env's scores summed, and counted, since its reset
+        self._episode_ticks: np.ndarray | None = None  # (n,) each env's ticks since its reset, while one is starting
+        self._starting = False  # some env is within the monitor's start_scale ticks of its reset
+        self._score_sums: np.ndarray | None = None  # (n,) each env's scores summed since its reset (statistic mean)
+        self._scored: np.ndarray | None = None  # (n,) and how many there were
         self.taught: np.ndarray | None = None
         """(n, act_dim) the teacher's actions of this tick where it acted after an alarm, NaN elsewhere (None: it
         did not act)."""
@@ -308,7 +310,8 @@ class Controller:
         if self._alarmed is not None:
             self._alarmed[mask] = False
             self._episode_ticks[mask] = 0
-            self._score_sums[mask] = 0.0
+            self._starting = bool(self.monitor.start_scale)
+            self._score_sums[mask], self._scored[mask] = 0.0, 0
         if self._queue is not None:
             self._queue.clear(mask)
         self._epoch[mask] += 1
@@ -390,12 +393,14 @@ class Controller:
         t0 = perf_counter()
         if self._alarmed is None:
             self._alarmed, self._episode_ticks = np.zeros(self._n, dtype=bool), np.zeros(self._n, dtype=np.int64)
-            self._score_sums = np.zeros((self._n, 2))
-        score = self.monitor.score(obs, self._episode_ticks)
-        self._episode_ticks += 1
+            self._score_sums, self._scored = np.zeros(self._n), np.zeros(self._n, dtype=np.int64)
+            self._starting = bool(self.monitor.start_scale)
+        score = self.monitor.score(obs, self._episode_ticks if self._starting else None)
+        self._advance_episodes()
         if self.monitor.statistic == "mean":
-            self._score_sums += np.stack([score, np.ones_like(score)], axis=1)
-            score = self._score_sums[:, 0] / self._score_sums[:, 1]
+            self._score_sums += score
+            self._scored += 1
+            score = self._score_sums / self._scored
         self.monitor_time.add(perf_counter() - t0)
         over = score > self.monitor.threshold
         fresh = over & ~self._alarmed
@@ -456,9 +461,16 @@ class Controller:
         self.taught = None
         self.counts["missed"] += 1
         if self._episode_ticks is not None:  # the envs' episodes go on without a score
-            self._episode_ticks += 1
+            self._advance_episodes()
         self._last = actions = self._guard(self._fallback_actions())
         return actions
+
+    def _advance_episodes(self) -> None:
+        """One more tick of every env's episode; counted only while some env is in its start (the per-tick path
+        past it does nothing)."""
+        if self._starting:
+            self._episode_ticks += 1
+            self._starting = bool(self._episode_ticks.min() < len(self.monitor.start_scale))
 
     def _fallback_actions(self) -> np.ndarray:
         """The fallback of every env: ``hold`` the last action sent, or the safe action (always after a stop)."""
