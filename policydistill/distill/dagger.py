@@ -205,12 +205,12 @@ class OnPolicy(Algorithm):
         if cfg.confidence == "teacher_std" and not has_std:
             raise ValueError(f"method.confidence={cfg.confidence} weighs labels by the teachers' std; these teachers "
                              "are deterministic (SB3 PPO and SAC experts label with a std)")
-        if cfg.confidence == "advantage" and (self.offline or self.name == "gated" or any(
-                getattr(t, "critic", None) is None for t in teachers)):
+        if cfg.confidence == "advantage" and (self.offline or any(getattr(t, "critic", None) is None
+                                                                  for t in teachers)):
             why = "" if teachers else "; teachers=none has none"
             raise ValueError("method.confidence=advantage weighs labels by the teachers' critics as they label: it "
-                             "needs teachers that keep one (SB3 SAC and TD3 experts, as policydistill converts them) "
-                             f"and a method that collects every label (bc, dagger, onpolicy){why}")
+                             "needs teachers that keep one (SB3 SAC and TD3 experts, as policydistill converts "
+                             f"them){why}")
         if self.plan_options()["teacher_noise"] > 0 and not has_std:
             raise ValueError("teacher_noise needs teachers with a label std (e.g. SB3/PPO experts); these teachers "
                              "are deterministic")

@@ -54,6 +54,9 @@ class GatedConfig(ExtraFields, RelabelFields, FitFields, RoundFields):
         require_choice("gate", self.gate, GATES)
         require_number("query_rate", self.query_rate, 0.0, 1.0, low_open=True)
         require_number("intervene_at", self.intervene_at, 0.0, low_open=True)
+        if self.confidence == "advantage":
+            raise ValueError("method.confidence=advantage judges every label as it is collected; method=gated labels "
+                             "only where its gate asks: use method.confidence=none|teacher_std")
         if self.collect_steps is not None:
             require_int("collect_steps", self.collect_steps)
         unread = {f.name for f in dataclasses.fields(RelabelFields)}

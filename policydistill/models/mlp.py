@@ -167,13 +167,23 @@ class MLPPolicy(TorchPolicy):
     def q_value(self, obs: ObsGroups, actions: np.ndarray) -> np.ndarray:
         """The critic's value of taking ``actions`` (n, act_dim), in the action space, in ``obs``: (n,), the minimum
         over its Q networks."""
+        with torch.inference_mode():
+            return self._q(*self._critic_inputs(obs, actions)).cpu().numpy()
+
+    def advantage(self, obs: ObsGroups, actions: np.ndarray) -> np.ndarray:
+        """Q(s, ``actions``) - Q(s, the policy's deterministic action) (n,): how much better (> 0) or worse an
+        action is than the policy's own, by its critic."""
+        with torch.inference_mode():
+            x, a = self._critic_inputs(obs, actions)
+            return (self._q(x, a) - self._q(x, self.forward(x))).cpu().numpy()
+
+    def _critic_inputs(self, obs: ObsGroups, actions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """obs and actions as tensors x (n, obs_dim), a (n, act_dim); an error if there is no critic."""
         if self.critic is None:
             raise ValueError("this policy has no critic (an SB3 SAC or TD3 expert converted by policydistill keeps "
                              "its Q networks)")
-        with torch.inference_mode():
-            x = self.checked_tensor(obs)
-            a = torch.as_tensor(np.asarray(actions, dtype=np.float32), device=x.device)
-            return self._q(x, a).cpu().numpy()
+        x = self.checked_tensor(obs)
+        return x, torch.as_tensor(np.asarray(actions, dtype=np.float32), device=x.device)
 
     def _q(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """x (n, obs_dim), a (n, act_dim) in the action space -> min over the Q networks (n,)."""
@@ -181,14 +191,6 @@ class MLPPolicy(TorchPolicy):
         scaled = 2.0 * (a - self.action_low) / (self.action_high - self.action_low) - 1.0
         xa = torch.cat([self.normalizer(x), scaled.clamp(-1.0, 1.0)], dim=-1)
         return torch.stack([q(xa)[:, 0] for q in self.critic]).min(0).values
-
-    def advantage(self, obs: ObsGroups, actions: np.ndarray) -> np.ndarray:
-        """Q(s, ``actions``) - Q(s, the policy's deterministic action) (n,): how much better (> 0) or worse an
-        action is than the policy's own, by its critic."""
-        with torch.inference_mode():
-            x = self.checked_tensor(obs)
-            a = torch.as_tensor(np.asarray(actions, dtype=np.float32), device=x.device)
-            return (self._q(x, a) - self._q(x, self.forward(x))).cpu().numpy()
 
     def export_graph(self) -> ExportGraph:
         """``forward`` as an export graph: ``obs`` (n, obs_dim) -> ``action`` (n, act_dim), stateless.

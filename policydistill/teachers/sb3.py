@@ -145,12 +145,12 @@ def _mlp_policy(algo: str, layers: list[Layer], activation: str | None, log_std:
     if std_head is not None and std_head[0].shape != layers[-1][0].shape:
         raise _unsupported(f"the SAC log std layer has shape {tuple(std_head[0].shape)}, the action head "
                            f"{tuple(layers[-1][0].shape)}")
-    critic_hidden = None if not critic else [w.shape[0] for w, _ in critic[0][:-1]]
-    if critic and any([(w.shape[1], w.shape[0]) for w, _ in net] != [(w.shape[1], w.shape[0]) for w, _ in critic[0]]
-                      or net[0][0].shape[1] != obs_dim + action_space.shape[0] or net[-1][0].shape[0] != 1
-                      for net in critic):
+    shapes = [[tuple(w.shape) for w, _ in net] for net in critic or []]  # (out, in) per Linear, chained
+    if shapes and (any(s != shapes[0] for s in shapes) or shapes[0][0][1] != obs_dim + action_space.shape[0]
+                   or shapes[0][-1][0] != 1):
         raise _unsupported(f"the {algo.upper()} Q networks do not read the {obs_dim} observation and "
                            f"{action_space.shape[0]} action dims into one value alike")
+    critic_hidden = [out for out, _ in shapes[0][:-1]] if shapes else None
     post, out_act = _POST[algo]
     out = MLPPolicy(groups, obs_space, action_space, hidden=[w.shape[0] for w, _ in layers[:-1]],
                     activation=activation or "tanh", post=post, out_activation=out_act, normalizer=normalizer,
@@ -300,21 +300,32 @@ def _linear(state: dict[str, torch.Tensor], name: str, zip_path: Path | None) ->
     return w, b
 
 
-def _actor_layers(state: dict[str, torch.Tensor], algo: str, zip_path: Path) -> list[Layer]:
-    """The actor's Linear layers (weight, bias) from ``policy.pth``, the action head last."""
-    stack, head = _ACTOR[algo]
+def _stack_names(state: dict[str, torch.Tensor], stack: str, zip_path: Path | None) -> list[str]:
+    """The Linear layers' names of a ``stack.<i>`` Linear + activation stack in a state dict (i = 0, 2, ...)."""
     index = sorted({int(k[len(stack):].split(".")[0]) for k in state
                     if k.startswith(stack) and k[len(stack):].split(".")[0].isdigit()})
     if index != list(range(0, 2 * len(index), 2)):
         raise _unsupported(f"{stack[:-1]} is not a stack of Linear + activation layers", zip_path)
-    names = [f"{stack}{i}" for i in index] + ([head[:-1]] if head else [])
-    if not names:
-        raise _unsupported(f"policy.pth has no {stack[:-1]} layers", zip_path)
+    return [f"{stack}{i}" for i in index]
+
+
+def _chained(state: dict[str, torch.Tensor], names: list[str], zip_path: Path | None) -> list[Layer]:
+    """The Linear layers ``names`` (weight, bias), each checked to read what the one before it gives."""
     layers = [_linear(state, n, zip_path) for n in names]
     for (w0, _), (w1, _), n in zip(layers, layers[1:], names[1:], strict=False):
         if w1.shape[1] != w0.shape[0]:
             raise _unsupported(f"layer '{n}' reads {w1.shape[1]} features, the layer before it gives "
                                f"{w0.shape[0]}", zip_path)
+    return layers
+
+
+def _actor_layers(state: dict[str, torch.Tensor], algo: str, zip_path: Path) -> list[Layer]:
+    """The actor's Linear layers (weight, bias) from ``policy.pth``, the action head last."""
+    stack, head = _ACTOR[algo]
+    names = _stack_names(state, stack, zip_path) + ([head[:-1]] if head else [])
+    if not names:
+        raise _unsupported(f"policy.pth has no {stack[:-1]} layers", zip_path)
+    layers = _chained(state, names, zip_path)
     used = {f"{n}.{p}" for n in names for p in ("weight", "bias")}
     other = sorted(k for k in state if k not in used and not k.startswith(_NOT_ACTOR[algo]))
     if other:
@@ -330,14 +341,7 @@ def _critic_layers(state: dict[str, torch.Tensor], algo: str, zip_path: Path | N
         return None
     nets = sorted({int(k.split(".")[1][2:]) for k in state if k.startswith("critic.qf") and
                    k.split(".")[1][2:].isdigit()})
-    out = []
-    for i in nets:
-        stack = f"critic.qf{i}."
-        index = sorted({int(k[len(stack):].split(".")[0]) for k in state if k.startswith(stack)})
-        if index != list(range(0, 2 * len(index), 2)):
-            raise _unsupported(f"{stack[:-1]} is not a stack of Linear + activation layers", zip_path)
-        out.append([_linear(state, f"{stack}{j}", zip_path) for j in index])
-    return out or None
+    return [_chained(state, _stack_names(state, f"critic.qf{i}.", zip_path), zip_path) for i in nets] or None
 
 
 def _activation(data: dict[str, Any], algo: str, zip_path: Path) -> str:
