@@ -19,7 +19,8 @@ The teachers can be made imperfect demonstrators, as a human or a noisy planner 
 label alike, and their reference numbers are those of their own noisy actions:
 
 - ``--sampled``: with samples of their own SAC policy, the std of each label being the policy's there;
-- ``--slips P``: on a fraction P of the steps (drawn per step) with a uniformly random action instead.
+- ``--slips P``: on a fraction P of the steps (drawn per step, from a generator seeded by the run's seed) with a
+  uniformly random action instead.
 """
 
 from __future__ import annotations
@@ -84,6 +85,15 @@ class Demonstrator:
         """Stateless."""
 
 
+def reseed(teachers: dict[str, Any], seed: int) -> None:
+    """Demonstrators draw their slips from one generator seeded ``seed``: a run's slips depend on its seed, not on
+    the runs before it in this process."""
+    rng = np.random.default_rng(seed)
+    for teacher in teachers.values():
+        if isinstance(teacher, Demonstrator):
+            teacher.rng = rng
+
+
 def measured(suite: Suite, policies: dict[str, Any], episodes: int) -> dict[str, dict[str, float]]:
     """Per task: mean return and success rate of ``policies`` (one per task) on the test seeds."""
     rows = evaluate_per_task(suite, policies, episodes, TEST_SEED)
@@ -99,10 +109,11 @@ def piece(cache: Path, variant: str, seed: int, suite: Suite, teachers: dict[str
     first = next(iter(teachers.values()))
     settings = {"method": asdict(method), "student": asdict(student), "eval_episodes": episodes,
                 "teachers": shown(zoo), "sampled": getattr(first, "sampled", False),
-                "slips": getattr(first, "slips", 0.0)}
+                "slips": getattr(first, "slips", 0.0), "slips_seeded": "per run"}
     cached = read_json(path) if path.is_file() else None
     if cached is not None and cached["settings"] == settings:
         return cached
+    reseed(teachers, seed)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = DistillConfig(suite=suite.name, teachers=zoo, out=tmp, seed=seed, device="cpu", method=method,
                             student=student, final_episodes=0)
@@ -142,8 +153,8 @@ def main(argv: list[str] | None = None) -> dict:
     teachers = policies_for_suite(args.teachers, suite, device="cpu")
     if args.sampled or args.slips:
         torch.manual_seed(0)
-        rng = np.random.default_rng(0)
-        teachers = {n: Demonstrator(t, args.sampled, args.slips, rng) for n, t in teachers.items()}
+        teachers = {n: Demonstrator(t, args.sampled, args.slips, np.random.default_rng(0)) for n, t in teachers.items()}
+        reseed(teachers, 0)  # their reference numbers
     variants = ["none", *[v for v in args.variants if v != "none"]]
     weighted = variants[1:]
     method = DAggerConfig(rounds=args.rounds, episodes_per_task=args.episodes_per_task,
