@@ -6,23 +6,23 @@ it raise a false alarm in distribution, and what does it cost per tick?
         --shift '{"mass_range": [1.6, 2.0], "friction_range": [0.2, 0.4]}'
     .venv/bin/python -m bench failure_monitor --suite default --shift-suite default_hazard
 
-Per seed: a DAgger student is distilled from the suite's zoo (``--rounds`` rounds, linear beta 1 -> 0 over
-half of them), its monitor fitted on the run's episodes and calibrated (``--calibration-episodes`` per task,
+Per seed: a DAgger student is distilled from the suite's zoo (``--rounds`` rounds, linear beta 1 -> 0 over half
+of them), its monitor fitted on the run's episodes and calibrated (``--calibration-episodes`` per task,
 ``--alpha``, ``--delta``: the false-alarm rate holds for each calibration with probability 1 - delta, not only
 on average over calibrations; ``--start-ticks``: the longest episode start it scores against the calibration
-episodes' starts, 0 for none; ``--statistic``: ``tick`` or ``mean``, the score of the tick or its mean since the
-reset, see :class:`~policydistill.runtime.monitor.FailureMonitor`). Then the student runs ``--episodes``
-held-out episodes per task in distribution and as many under the shift (``--shift``: env keyword arguments set
-on every task; ``--shift-suite``: another suite with the same spaces, e.g. the pit of ``default_hazard`` that
-the ``default`` student never saw). An episode fails when it does not succeed. Its score for predicting that
-is the monitor's largest statistic before its last
-``--ahead`` steps (an alarm that would have come at least that many control steps before the end). Reported:
-AUROC of that score for failure over all episodes (and over the shifted ones alone: failure told apart from
-the shift itself), the alarm rate on failing and on succeeding shifted episodes, the alarm rate on
-in-distribution episodes (an alarm anywhere: what the threshold is calibrated on) and the false-alarm rate
-among them (an alarm on an episode that then succeeds, over all in-distribution episodes; the same where no
-in-distribution episode fails), and the monitor's cost per tick over the student's (one env; the monitor's
-work as a controller does it each tick, by the controller's own timer; measured alternately in one loop).
+episodes' starts, 0 for none; ``--statistic``: ``tick`` or ``mean``, the score of the tick or its mean since
+the reset, see :class:`~policydistill.runtime.monitor.FailureMonitor`; ``--hidden``: its networks' width). Then
+the student runs ``--episodes`` held-out episodes per task in distribution and as many under the shift
+(``--shift``: env keyword arguments set on every task; ``--shift-suite``: another suite with the same spaces,
+e.g. the pit of ``default_hazard`` that the ``default`` student never saw). An episode fails when it does not
+succeed. Its score for predicting that is the monitor's largest statistic before its last ``--ahead`` steps (an
+alarm that would have come at least that many control steps before the end). Reported: AUROC of that score for
+failure over all episodes (and over the shifted ones alone: failure told apart from the shift itself), the
+alarm rate on failing and on succeeding shifted episodes, the alarm rate on in-distribution episodes (an alarm
+anywhere: what the threshold is calibrated on) and the false-alarm rate among them (an alarm on an episode that
+then succeeds, over all in-distribution episodes; the same where no in-distribution episode fails), and the
+monitor's cost per tick over the student's (one env; the monitor's work as a controller does it each tick, by
+the controller's own timer; measured alternately in one loop).
 Targets: AUROC >= 0.9, false alarms <= 5%, cost <= 20% of the policy's
 tick.
 """
@@ -46,7 +46,7 @@ from bench import envelope  # noqa: E402
 from bench.common import distill_run, one_thread, parse, parser, setup_logging, zoo_teachers  # noqa: E402
 from policydistill import DAggerConfig, StudentConfig, Suite, load_bundle, load_suite  # noqa: E402
 from policydistill.data.shards import EpisodeStore  # noqa: E402
-from policydistill.distill.monitor import START_TICKS, episode_scores, fit_monitor, student_episodes  # noqa: E402
+from policydistill.distill.monitor import MONITOR_HIDDEN, START_TICKS, episode_scores, fit_monitor, student_episodes  # noqa: E402
 from policydistill.runtime.controller import Controller, PolicySource  # noqa: E402
 from policydistill.runtime.monitor import STATISTICS  # noqa: E402
 from policydistill.types import select_groups  # noqa: E402
@@ -73,8 +73,9 @@ def auroc(positive: np.ndarray, negative: np.ndarray) -> float | None:
 
 def tick_cost(monitor: Any, student: Any, suite: Suite, ticks: int) -> dict[str, float]:
     """Median microseconds of the student's ``act`` on one env's observation and of the monitor's work in a
-    controller's tick (as its own monitor timer measures it: the score at the env's tick since reset and, with
-    ``statistic=mean``, the running mean), alternated in one loop (the machine's load hits both alike)."""
+    controller's tick (as its own monitor timer measures it: the score at the env's tick since reset, with
+    ``statistic=mean`` the running mean, and the comparison with the threshold), alternated in one loop (the
+    machine's load hits both alike)."""
     env = suite.make_env(0)
     obs, _ = env.reset(seed=0)
     env.close()
@@ -99,7 +100,7 @@ def run_seed(seed: int, args: Any, suite: Suite, teachers: dict, shift_suite: Su
         student = load_bundle(out / "student", device="cpu")
         monitor = fit_monitor(suite, student, EpisodeStore(out / "episodes"), args.alpha, args.calibration_episodes,
                               seed=seed, delta=args.delta or None, start_ticks=args.start_ticks,
-                              statistic=args.statistic)
+                              statistic=args.statistic, hidden=args.hidden)
     inside = [r for r in student_episodes(suite, student, args.episodes, TEST_SEED + seed) if not r.episode.error]
     shift = [r for r in student_episodes(shift_suite, student, args.episodes, TEST_SEED + seed)
              if not r.episode.error]
@@ -150,6 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--start-ticks", type=int, default=START_TICKS,
                    help="the longest episode start the monitor learns to score (0: none)")
     p.add_argument("--statistic", default="tick", choices=STATISTICS, help="what the alarm compares with the threshold")
+    p.add_argument("--hidden", type=int, default=MONITOR_HIDDEN, help="the monitor's networks' width")
     p.add_argument("--ticks", type=int, default=2000, help="calls timed for the cost")
     p.add_argument("--tag", default="", help="suffix of the result file name")
     args = parse(p, argv, SMOKE)

@@ -39,6 +39,8 @@ CALIBRATION_SEED = 20_000
 """Calibration episodes are seeded from here: apart from the validation (5000) and test (1000) seeds."""
 START_TICKS = 100
 """The longest episode start whose scores the monitor learns (see :func:`start_profile`)."""
+MONITOR_HIDDEN = 32
+"""The width of the monitor's networks (small: they run every tick)."""
 
 
 def student_episodes(suite: Suite, student: Any, episodes: int, seed: int, n_envs: int = 8) -> list[EpisodeRecord]:
@@ -85,7 +87,7 @@ def start_profile(scores: list[np.ndarray], ticks: int = START_TICKS) -> tuple[f
 
 
 def fit_monitor(suite: Suite, student: Any, store: EpisodeStore, alpha: float = 0.05, episodes: int = 20,
-                ensemble_size: int = 5, updates: int = 2000, seed: int = 0, hidden: int = 32,
+                ensemble_size: int = 5, updates: int = 2000, seed: int = 0, hidden: int = MONITOR_HIDDEN,
                 delta: float | None = None, start_ticks: int = START_TICKS, statistic: str = "tick"
                 ) -> FailureMonitor:
     """A monitor for ``student`` fitted on ``store``'s labelled steps and calibrated to false-alarm rate

@@ -212,10 +212,11 @@ class Controller:
         self.monitor, self.on_alarm, self.teacher = monitor, on_alarm, teacher
         self.monitor_time = LatencyRecorder()
         self._alarmed: np.ndarray | None = None  # (n,) envs whose alarm was raised this episode
+        self._some_alarmed = False  # whether any is
         self._episode_ticks: np.ndarray | None = None  # (n,) each env's ticks since its reset, while one is starting
         self._starting = False  # some env is within the monitor's start_scale ticks of its reset
         self._score_sums: np.ndarray | None = None  # (n,) each env's scores summed since its reset (statistic mean)
-        self._scored: np.ndarray | None = None  # (n,) and how many there were
+        self._allowance: np.ndarray | None = None  # (n,) and the threshold as many times: an alarm once passed
         self.taught: np.ndarray | None = None
         """(n, act_dim) the teacher's actions of this tick where it acted after an alarm, NaN elsewhere (None: it
         did not act)."""
@@ -309,9 +310,10 @@ class Controller:
             return
         if self._alarmed is not None:
             self._alarmed[mask] = False
+            self._some_alarmed = bool(self._alarmed.any())
             self._episode_ticks[mask] = 0
             self._starting = bool(self.monitor.start_scale)
-            self._score_sums[mask], self._scored[mask] = 0.0, 0
+            self._score_sums[mask], self._allowance[mask] = 0.0, 0.0
         if self._queue is not None:
             self._queue.clear(mask)
         self._epoch[mask] += 1
@@ -393,35 +395,50 @@ class Controller:
         t0 = perf_counter()
         if self._alarmed is None:
             self._alarmed, self._episode_ticks = np.zeros(self._n, dtype=bool), np.zeros(self._n, dtype=np.int64)
-            self._score_sums, self._scored = np.zeros(self._n), np.zeros(self._n, dtype=np.int64)
+            self._score_sums, self._allowance = np.zeros(self._n), np.zeros(self._n)
             self._starting = bool(self.monitor.start_scale)
         score = self.monitor.score(obs, self._episode_ticks if self._starting else None)
         self._advance_episodes()
-        if self.monitor.statistic == "mean":
+        threshold = self.monitor.threshold
+        if self.monitor.statistic == "mean":  # the mean since reset passes the threshold: the sum passes its multiple
             self._score_sums += score
-            self._scored += 1
-            score = self._score_sums / self._scored
+            self._allowance += threshold
+            over = self._score_sums > self._allowance
+        else:
+            over = score > threshold
         self.monitor_time.add(perf_counter() - t0)
-        over = score > self.monitor.threshold
-        fresh = over & ~self._alarmed
-        self._alarmed |= over
-        self.counts["monitor_alarm_ticks"] += int(over.sum())
-        if fresh.any():
-            self.counts["monitor_alarms"] += int(fresh.sum())
-            envs = np.flatnonzero(fresh).tolist()
-            self._warn("monitor", f"failure monitor alarm at tick {tick} on envs {envs}: score "
-                                  f"{float(score[fresh].max()):.3g} > threshold {self.monitor.threshold:.3g}")
-            if self.on_alarm == "stop":
-                self.stopped = {"tick": tick, "reason": "failure monitor alarm", "consecutive_faults": 0,
-                                "last_fault": None}
-        if self.on_alarm == "fallback" and self._alarmed.any():
+        if over.any():  # most ticks no env is over: one check
+            self._raise(over, score, tick)
+        if not self._some_alarmed:
+            return actions
+        if self.on_alarm == "fallback":
             actions = np.where(self._alarmed[:, None], self._fallback_actions(), actions)
-        elif self.on_alarm == "teacher" and self._alarmed.any():
+        elif self.on_alarm == "teacher":
             own = np.asarray(self.teacher.act(select_groups(obs, self.teacher.groups), deterministic=True))
             actions = np.where(self._alarmed[:, None], own, actions)
             self.taught = np.where(self._alarmed[:, None], own, np.nan).astype(np.float32)
             self.counts["teacher_env_ticks"] += int(self._alarmed.sum())
         return actions
+
+    def _raise(self, over: np.ndarray, score: np.ndarray, tick: int) -> None:
+        """Count the envs over the threshold (n,) bool this tick, raise (log, and stop with ``on_alarm=stop``) the
+        alarm of those not yet alarmed this episode."""
+        fresh = over & ~self._alarmed
+        self._alarmed |= over
+        self._some_alarmed = True
+        self.counts["monitor_alarm_ticks"] += int(over.sum())
+        if not fresh.any():
+            return
+        self.counts["monitor_alarms"] += int(fresh.sum())
+        envs = np.flatnonzero(fresh).tolist()
+        threshold = self.monitor.threshold
+        if self.monitor.statistic == "mean":
+            score = threshold * self._score_sums / self._allowance
+        self._warn("monitor", f"failure monitor alarm at tick {tick} on envs {envs}: {self.monitor.statistic} "
+                              f"score {float(score[fresh].max()):.3g} > threshold {threshold:.3g}")
+        if self.on_alarm == "stop":
+            self.stopped = {"tick": tick, "reason": "failure monitor alarm", "consecutive_faults": 0,
+                            "last_fault": None}
 
     def _batch_size(self, obs: Mapping[str, np.ndarray]) -> int:
         """The number of envs of the first observation (a clear error if it is not (n, dim) arrays)."""
