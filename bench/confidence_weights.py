@@ -64,8 +64,9 @@ class Demonstrator:
     """A SAC teacher acting and labelling with its own samples (``sampled``) and/or, on a fraction ``slips`` of
     the steps, a uniformly random action; its label std and its critic are the policy's."""
 
-    def __init__(self, policy: Any, sampled: bool, slips: float, rng: np.random.Generator) -> None:
-        self.policy, self.groups, self.sampled, self.slips, self.rng = policy, policy.groups, sampled, slips, rng
+    def __init__(self, policy: Any, sampled: bool, slips: float) -> None:
+        self.policy, self.groups, self.sampled, self.slips = policy, policy.groups, sampled, slips
+        self.rng = np.random.default_rng(0)  # replaced by :func:`reseed` before each run
         self.critic = policy.critic
         self.low, self.high = policy.action_space.low, policy.action_space.high
 
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     teachers = policies_for_suite(args.teachers, suite, device="cpu")
     if args.sampled or args.slips:
         torch.manual_seed(0)
-        teachers = {n: Demonstrator(t, args.sampled, args.slips, np.random.default_rng(0)) for n, t in teachers.items()}
+        teachers = {n: Demonstrator(t, args.sampled, args.slips) for n, t in teachers.items()}
         reseed(teachers, 0)  # their reference numbers
     variants = ["none", *[v for v in args.variants if v != "none"]]
     weighted = variants[1:]

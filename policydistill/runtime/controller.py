@@ -212,7 +212,6 @@ class Controller:
         self.monitor, self.on_alarm, self.teacher = monitor, on_alarm, teacher
         self.monitor_time = LatencyRecorder()
         self._alarmed: np.ndarray | None = None  # (n,) envs whose alarm was raised this episode
-        self._some_alarmed = False  # whether any is
         self._episode_ticks: np.ndarray | None = None  # (n,) each env's ticks since its reset, while one is starting
         self._starting = False  # some env is within the monitor's start_scale ticks of its reset
         self._score_sums: np.ndarray | None = None  # (n,) each env's scores summed since its reset (statistic mean)
@@ -310,7 +309,6 @@ class Controller:
             return
         if self._alarmed is not None:
             self._alarmed[mask] = False
-            self._some_alarmed = bool(self._alarmed.any())
             self._episode_ticks[mask] = 0
             self._starting = bool(self.monitor.start_scale)
             self._score_sums[mask], self._allowance[mask] = 0.0, 0.0
@@ -409,11 +407,11 @@ class Controller:
         self.monitor_time.add(perf_counter() - t0)
         if over.any():  # most ticks no env is over: one check
             self._raise(over, score, tick)
-        if not self._some_alarmed:
+        if self.on_alarm not in ("fallback", "teacher") or not self._alarmed.any():
             return actions
         if self.on_alarm == "fallback":
             actions = np.where(self._alarmed[:, None], self._fallback_actions(), actions)
-        elif self.on_alarm == "teacher":
+        else:
             own = np.asarray(self.teacher.act(select_groups(obs, self.teacher.groups), deterministic=True))
             actions = np.where(self._alarmed[:, None], own, actions)
             self.taught = np.where(self._alarmed[:, None], own, np.nan).astype(np.float32)
@@ -425,7 +423,6 @@ class Controller:
         alarm of those not yet alarmed this episode."""
         fresh = over & ~self._alarmed
         self._alarmed |= over
-        self._some_alarmed = True
         self.counts["monitor_alarm_ticks"] += int(over.sum())
         if not fresh.any():
             return
