@@ -65,8 +65,10 @@ def test_numpy_monitor_equals_the_torch_networks():
         theirs = {"disagreement": model.heads(t).var(0).mean(-1).numpy(),
                   "novelty": ((model.predictor(t) - model.target(t)) ** 2).mean(-1)[0].numpy()}
     ours = monitor.raw_scores(probe)
+    alone = [monitor.raw_scores(row[None]) for row in probe]  # one env: the controller's usual tick
     for k in KINDS:
         np.testing.assert_allclose(ours[k], theirs[k], rtol=2e-4, atol=1e-7)
+        np.testing.assert_allclose(np.concatenate([a[k] for a in alone]), ours[k], rtol=1e-5, atol=1e-9)
 
 
 def test_false_alarms_on_held_out_episodes_stay_within_the_calibration_bound(run, default_suite, tmp_path):

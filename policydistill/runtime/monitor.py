@@ -137,7 +137,7 @@ class ScoreNetworks:
         b3 = np.concatenate([a["heads.2.b"].reshape(-1) @ centre, a["predictor.2.b"][0, 0] - a["target.2.b"][0, 0]])
         mean, inv_std = a["x_mean"].astype(np.float32), (1.0 / a["x_std"]).astype(np.float32)
         (d, _), (m, hidden, _), out = w1.shape, w2.shape, w3.shape[1]
-        # Every bias is the weight of a constant unit: the input ends with a 1 (see inputs) and each network's
+        # Every bias is the weight of a constant unit: the input ends with a 1 (see squared_outputs) and each network's
         # hidden layers have one more unit whose pre-activation is _SATURATE, which tanh maps to 1.0 exactly.
         # ((x - mean) / std) @ w1 + b1 equals [x, 1] @ [w1 / std; b1 - (mean / std) @ w1].
         first = np.zeros((d + 1, m, hidden + 1), np.float32)
@@ -154,31 +154,28 @@ class ScoreNetworks:
         self.mean[:k * act, 0] = 1.0 / ((k - 1) * act)  # the heads' variance (unbiased) averaged over dims
         self.mean[k * act:, 1] = 1.0 / 16  # the predictor's squared error averaged over its outputs
 
-    def inputs(self, parts: Sequence[np.ndarray]) -> np.ndarray:
-        """The input (n, d + 1) of :meth:`squared_outputs`: ``parts`` (n, d_i) side by side, then a column of ones."""
-        n = len(parts[0])
+    def squared_outputs(self, parts: Sequence[np.ndarray]) -> np.ndarray:
+        """The input's ``parts`` (n, d_i), side by side (d in all) -> the squared centred head outputs and predictor
+        errors (n, k * act + 16)."""
+        w1, w2, w3 = self._weights
+        n, (m, width, _) = len(parts[0]), w2.shape
         ones = self._ones.get(n)
         if ones is None:
             ones = np.ones((n, 1), np.float32)
             if n <= 64:  # the batch sizes of a control loop, kept
                 self._ones[n] = ones
-        return np.concatenate([*parts, ones], axis=-1, dtype=np.float32)
-
-    def squared_outputs(self, x1: np.ndarray) -> np.ndarray:
-        """x1 (n, d + 1) from :meth:`inputs` -> the squared centred head outputs and predictor errors
-        (n, k * act + 16)."""
-        w1, w2, w3 = self._weights
-        n, (m, width, _) = len(x1), w2.shape
-        h = np.dot(x1, w1)  # np.dot: the least call overhead of numpy's products, for the small ones of a tick
-        h = np.tanh(h, out=h).reshape(n, m, width).transpose(1, 0, 2)  # (m, n, hidden + 1)
-        g = np.matmul(h, w2)
-        out = np.dot(np.tanh(g, out=g).transpose(1, 0, 2).reshape(n, m * width), w3)
+        h = np.dot(np.concatenate([*parts, ones], axis=-1, dtype=np.float32), w1)  # np.dot: the least call
+        np.tanh(h, out=h)  # overhead of numpy's products, for the small ones of a tick
+        # (m, n, hidden + 1) and back; one env (a controller's usual tick) needs no transpose
+        g = np.matmul(h.reshape(m, 1, width) if n == 1 else h.reshape(n, m, width).transpose(1, 0, 2), w2)
+        np.tanh(g, out=g)
+        out = np.dot(g.reshape(1, m * width) if n == 1 else g.transpose(1, 0, 2).reshape(n, m * width), w3)
         return np.square(out, out=out)
 
     def raw_scores(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """x (n, d) -> ``disagreement`` (n,) the heads' variance averaged over label dims and ``novelty`` (n,)
         the predictor's squared error averaged over its outputs."""
-        both = self.squared_outputs(self.inputs([np.asarray(x, dtype=np.float32)])) @ self.mean
+        both = self.squared_outputs([np.asarray(x, dtype=np.float32)]) @ self.mean
         return {"disagreement": both[:, 0], "novelty": both[:, 1]}
 
 
@@ -222,8 +219,9 @@ class FailureMonitor:
             parts = [obs[g] for g in self.groups]
         except KeyError:
             parts = [concat_groups(obs, self.groups)]
-        ratios = np.dot(self.networks.squared_outputs(self.networks.inputs(parts)), self._over_medians)  # (n, 2)
-        return self.over_start(np.maximum(ratios[:, 0], ratios[:, 1]), ticks)
+        ratios = np.dot(self.networks.squared_outputs(parts), self._over_medians)  # (n, 2)
+        score = np.maximum(ratios[:, 0], ratios[:, 1])
+        return score if ticks is None else self.over_start(score, ticks)
 
     def trace(self, scores: np.ndarray) -> np.ndarray:
         """One episode's scores (T,) from its reset on -> what is compared with the threshold at each tick (T,):
