@@ -1,5 +1,6 @@
 """Gated DAgger: the teacher labels only where a gate asks, with real envs, teachers, stores and training."""
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -86,20 +87,25 @@ def test_uncertainty_gate_asks_where_the_student_strays(default_suite):
     box = default_suite.spaces[0][1]
     held_out, _ = states(None, 1.0, 100)
     strayed, _ = states(RandomPolicy(box), 0.0, 200)
+    def rate(x: np.ndarray, gate: UncertaintyGate) -> float:
+        obs = {"policy": x[:, :-4], "task": x[:, -4:]}
+        return float((gate.decide(obs, np.zeros((len(x), 2)), None, box) != NOT_ASKED).mean())
+
     for kinds in (("disagreement",), ("novelty",), ("disagreement", "novelty")):
-        gate = UncertaintyGate.calibrated(model, GROUPS, kinds, x, 0.05)
-
-        def rate(x: np.ndarray, gate=gate) -> float:
-            obs = {"policy": x[:, :-4], "task": x[:, -4:]}
-            return float((gate.decide(obs, np.zeros((len(x), 2)), None, box) != NOT_ASKED).mean())
-
-        assert rate(x) == pytest.approx(0.05, abs=0.01)  # calibrated on these
-        assert rate(held_out) < 0.1  # a student acting like the teacher is rarely asked about
-        assert rate(strayed) > 0.5  # one that strays, mostly
+        gate = UncertaintyGate.calibrated(model, GROUPS, kinds, x, 0.05, cap=False)
+        assert rate(x, gate) == pytest.approx(0.05, abs=0.01)  # calibrated on these
+        assert rate(held_out, gate) < 0.1  # a student acting like the teacher is rarely asked about
+        assert rate(strayed, gate) > 0.5  # one that strays, mostly
         # calibrated on a straying student's round, as after a round of it: once it acts like the teacher, the
         # gate asks less than the rate it was calibrated to
-        gate = UncertaintyGate.calibrated(model, GROUPS, kinds, strayed, 0.2)
+        gate = UncertaintyGate.calibrated(model, GROUPS, kinds, strayed, 0.2, cap=False)
         assert rate(strayed, gate) == pytest.approx(0.2, abs=0.02) and rate(held_out, gate) < 0.05
+        # with the cap, a student whose every state looks new is asked about the most uncertain ones, at the rate
+        capped = UncertaintyGate.calibrated(model, GROUPS, kinds, x, 0.05)
+        assert rate(strayed[:len(x) // 50], capped) > 0.5  # the window still holds the calibration's ratios
+        for _ in range(math.ceil(len(x) / len(strayed))):  # until the window holds the straying student's only
+            rate(strayed, capped)
+        assert rate(strayed, capped) == pytest.approx(0.05, abs=0.01)
 
 
 def test_intervention_gate_measures_in_half_ranges():

@@ -7,7 +7,8 @@ inputs only (loss weight 0). After every update an uncertainty gate is refitted 
 calibrated on the states of the round just collected (the student's, labelled or not): it fires on
 ``query_rate / takeover_steps`` of them, about ``query_rate`` of the steps labelled if the student goes where
 it went. A student that improves strays less from what was labelled and is asked less than that; one that
-meets new states, more (the realised rate is in each round's ``info``). Labels are counted as the teacher
+meets new states would be asked more, but the gate's cap (``cap_rate``) keeps it to that share of the states it
+saw lately, the most uncertain ones (the realised rate is in each round's ``info``). Labels are counted as the teacher
 gave them; every stored step keeps why it was labelled (the store's ``query`` field) and every round of
 ``distill.json`` counts the queries by reason.
 """
@@ -26,7 +27,7 @@ from policydistill.distill.dagger import ExtraFields, FitFields, OnPolicy, Relab
 from policydistill.distill.gates import GATES, AskAlways, InterventionGate, UncertaintyGate, fit_gate_model
 from policydistill.types import concat_groups
 
-UNCERTAINTY_KEYS = ("query_rate", "ensemble_size", "gate_updates")
+UNCERTAINTY_KEYS = ("query_rate", "ensemble_size", "gate_updates", "cap_rate")
 
 
 @dataclass
@@ -35,7 +36,10 @@ class GatedConfig(ExtraFields, RelabelFields, FitFields, RoundFields):
     heads, each fitted on a bootstrap of the labelled steps for ``gate_updates`` updates), ``novelty`` (a random
     network distillation predictor fitted alongside), ``disagreement+novelty`` (either) or ``intervention`` (the
     teacher watches and takes over where the student's action is farther than ``intervene_at`` from its own, in
-    half-ranges of the action bounds). ``max_steps``: the stored steps kept (oldest rounds evicted first)."""
+    half-ranges of the action bounds). ``cap_rate``: an uncertainty gate also asks on at most its calibrated share
+    of the last states it saw (as many as it was calibrated on), so a student whose every state looks new to the gate
+    (as after round 0, calibrated on the teacher's states) is asked about the most uncertain of them, not about all.
+    ``max_steps``: the stored steps kept (oldest rounds evicted first)."""
 
     gate: str = "disagreement+novelty"
     query_rate: float = 0.1
@@ -44,6 +48,7 @@ class GatedConfig(ExtraFields, RelabelFields, FitFields, RoundFields):
     gate_updates: int = 1000
     intervene_at: float = 0.3
     max_steps: int = 200_000
+    cap_rate: bool = True
 
     def __post_init__(self) -> None:
         self.check_fit()
@@ -120,7 +125,7 @@ class Gated(OnPolicy):
         recent = store.load(names, where=lambda meta: meta["round"] == round)
         kinds = ("disagreement", "novelty") if cfg.gate == "disagreement+novelty" else (cfg.gate,)
         return UncertaintyGate.calibrated(model, groups, kinds, concat_groups(
-            {g: recent[f"obs/{g}"] for g in groups}, groups), cfg.fire_rate)
+            {g: recent[f"obs/{g}"] for g in groups}, groups), cfg.fire_rate, cfg.cap_rate)
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

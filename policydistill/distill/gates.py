@@ -118,25 +118,32 @@ def fit_gate_model(x: np.ndarray, y: np.ndarray, k: int, updates: int, rng: np.r
 class UncertaintyGate:
     """Asks where the ensemble disagrees or the inputs are novel (see the module doc). ``kinds``: the scores it
     reads (``disagreement``, ``novelty``); ``medians``: each one's median on the calibration inputs;
-    ``threshold``: on the largest score-over-median ratio."""
+    ``threshold``: on the largest score-over-median ratio. ``recent`` (W,) and ``rate``: a cap, the gate also asks
+    only where the ratio is within the top ``rate`` of the last W ratios it saw (``recent``, first the calibration
+    inputs'), so that a student whose every state looks new is asked about the most uncertain of them, not about
+    all; None: no cap."""
 
     watches = False
 
     def __init__(self, model: GateModel, groups: tuple[str, ...], kinds: tuple[str, ...], medians: dict[str, float],
-                 threshold: float) -> None:
+                 threshold: float, recent: np.ndarray | None = None, rate: float | None = None) -> None:
         self.model, self.groups, self.kinds = model, groups, kinds
         self.medians, self.threshold = medians, threshold
         self.networks = ScoreNetworks(model.arrays())
+        self.recent, self.rate, self._at = recent, rate, 0
 
     @classmethod
     def calibrated(cls, model: GateModel, groups: tuple[str, ...], kinds: tuple[str, ...], x: np.ndarray,
-                   rate: float) -> UncertaintyGate:
-        """The gate that asks on a ``rate`` share of the calibration inputs x (N, d_in)."""
+                   rate: float, cap: bool = True) -> UncertaintyGate:
+        """The gate that asks on a ``rate`` share of the calibration inputs x (N, d_in); ``cap``: and on at most that
+        share of the last N inputs it is shown."""
         gate = cls(model, groups, kinds, {}, math.inf)
         scores = gate.networks.raw_scores(x)
         gate.medians = {k: max(float(np.median(scores[k])), 1e-12) for k in kinds}
         ratio = np.max([scores[k] / gate.medians[k] for k in kinds], axis=0)
         gate.threshold = float(np.quantile(ratio, 1.0 - rate))
+        if cap:
+            gate.recent, gate.rate = ratio.astype(np.float64), rate
         return gate
 
     def decide(self, obs: ObsGroups, student_action: np.ndarray, teacher_action: np.ndarray | None,
@@ -144,19 +151,29 @@ class UncertaintyGate:
         """Per env, the reason code to ask the teacher (0: do not): (n,) uint8."""
         scores = self.networks.raw_scores(concat_groups(obs, self.groups))
         ratios = np.stack([scores[k] / self.medians[k] for k in self.kinds])  # (kinds, n)
+        ratio = ratios.max(0)
+        ask = ratio > self.threshold
+        if self.recent is not None and self.rate is not None:
+            window = len(self.recent)
+            self.recent[(self._at + np.arange(len(ratio))) % window] = ratio
+            self._at = (self._at + len(ratio)) % window
+            ask &= ratio > np.quantile(self.recent, 1.0 - self.rate)
         codes = np.asarray([SCORES[k] for k in self.kinds], dtype=np.uint8)
-        return np.where(ratios.max(0) > self.threshold, codes[ratios.argmax(0)], NOT_ASKED).astype(np.uint8)
+        return np.where(ask, codes[ratios.argmax(0)], NOT_ASKED).astype(np.uint8)
 
     def state(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "kinds": list(self.kinds), "medians": self.medians,
                 "threshold": self.threshold, "shape": [len(self.model.x_mean), len(self.model.y_mean),
-                                                       *self.model.heads.weights[0].shape[::2]]}
+                                                       *self.model.heads.weights[0].shape[::2]],
+                "recent": None if self.recent is None else self.recent.tolist(), "rate": self.rate}
 
     @classmethod
     def from_state(cls, state: dict[str, Any], groups: tuple[str, ...], device: torch.device | str) -> UncertaintyGate:
         model = GateModel(*state["shape"]).to(device)
         model.load_state_dict(state["model"])
-        return cls(model, groups, tuple(state["kinds"]), dict(state["medians"]), float(state["threshold"]))
+        recent = state.get("recent")
+        return cls(model, groups, tuple(state["kinds"]), dict(state["medians"]), float(state["threshold"]),
+                   None if recent is None else np.asarray(recent, dtype=np.float64), state.get("rate"))
 
 
 class InterventionGate:
