@@ -88,7 +88,8 @@ class DistillConfig:
 
     ``student``: the network the method trains (``student=<kind>``; not read by ``diffusion`` and
     ``onestep``, whose policies follow from their method). ``n_envs``: envs stepped side by side when
-    collecting and evaluating; ``eval_episodes`` per task each round, on seeds ``eval_seed``, ...;
+    collecting and evaluating; the student's validation, ``eval_episodes`` per task each round on seeds
+    ``eval_seed``, ..., steps all of a task's episodes side by side when they are more (:attr:`eval_envs`);
     ``stop_score``: stop after the first round whose mean (random-normalised) score reaches it (None: run every
     round). ``collector``: ``local`` or ``ray`` (rollout actors, see ``ray``), for methods that collect
     through the runner. ``regression_margin``: a task whose success rate (score, where the suite defines no
@@ -158,6 +159,12 @@ class DistillConfig:
     def final_max_episodes(self) -> int:
         """The most episodes per task of an adaptive final evaluation (``final_episodes`` None)."""
         return FINAL_PER_EVAL_EPISODE * self.eval_episodes
+
+    @property
+    def eval_envs(self) -> int:
+        """Envs stepped side by side in a round's validation: a task's ``eval_episodes`` in one batch (at least
+        ``n_envs``). Episodes are seeded: a deterministic student scores the same whatever the batch."""
+        return max(self.n_envs, self.eval_episodes)
 
     @property
     def method_name(self) -> str:
@@ -413,7 +420,7 @@ class Runner:
         stats = algo.update(store, r, fit_with)
         t2 = time.perf_counter()
         student = algo.policy()
-        evals = evaluate_per_task(self.suite, student, cfg.eval_episodes, cfg.eval_seed, cfg.n_envs)
+        evals = evaluate_per_task(self.suite, student, cfg.eval_episodes, cfg.eval_seed, cfg.eval_envs)
         t3 = time.perf_counter()
         teacher, randoms = self.summary["teacher"], self.summary["random"]
         per_task = {n: {"return_mean": e["return_mean"], "return_ci95": e["return_ci95"],
