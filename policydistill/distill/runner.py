@@ -163,7 +163,8 @@ class DistillConfig:
     @property
     def eval_envs(self) -> int:
         """Envs stepped side by side in a round's validation: a task's ``eval_episodes`` in one batch (at least
-        ``n_envs``). Episodes are seeded: a deterministic student scores the same whatever the batch."""
+        ``n_envs``). Episodes are seeded; the batch size changes a deterministic student's actions only in their
+        last bits (torch's products round differently by batch size), which a chaotic task can grow."""
         return max(self.n_envs, self.eval_episodes)
 
     @property
