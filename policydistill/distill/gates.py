@@ -153,11 +153,11 @@ class UncertaintyGate:
         ratios = np.stack([scores[k] / self.medians[k] for k in self.kinds])  # (kinds, n)
         ratio = ratios.max(0)
         ask = ratio > self.threshold
-        if self.recent is not None and self.rate is not None:
+        if self.recent is not None:  # set with rate, see calibrated
             window = len(self.recent)
             self.recent[(self._at + np.arange(len(ratio))) % window] = ratio
             self._at = (self._at + len(ratio)) % window
-            ask &= ratio > np.quantile(self.recent, 1.0 - self.rate)
+            ask &= ratio > np.quantile(self.recent, 1.0 - float(self.rate))
         codes = np.asarray([SCORES[k] for k in self.kinds], dtype=np.uint8)
         return np.where(ask, codes[ratios.argmax(0)], NOT_ASKED).astype(np.uint8)
 
