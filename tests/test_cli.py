@@ -121,6 +121,8 @@ def test_a_torch_module_named_as_module_attr_is_a_teacher(tmp_path, monkeypatch)
     (["pipeline", "ray.workers=3"], "launcher=local does not read ray.workers: the ray.* keys are read with "
                                     "launcher=ray"),
     (["train-experts", "tasks=[nope]"], "suite 'default' has no task 'nope'"),
+    (["distill", "suite=default", "method=gated", "method.cap_rate=3"], "method.cap_rate=3: expected true or false"),
+    (["distill", "suite=default", "method.lr_decay=yes"], "method.lr_decay=yes: expected true or false"),
     (["evaluate", "policy=x", "-m", "seed=[1,2"], "invalid config for 'evaluate': no viable alternative"),
     (["import-sb3", "model=MODEL", "groups=[nope]"], "groups=['nope'] does not fit task 'north' of suite 'default'"),
     (["import-sb3", "model=MODEL"], "is not a stable-baselines3 model zip"),

@@ -25,6 +25,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from omegaconf.nodes import BooleanNode
 
 from policydistill.cli.commands import COMMANDS
 from policydistill.distill.methods import METHODS
@@ -93,9 +94,24 @@ def compose_raw(command: str, overrides: list[str]) -> DictConfig:
     _register(command)
     try:
         with initialize_config_dir(config_dir=str(resources.files("policydistill_configs")), version_base="1.3"):
-            return compose(config_name=command, overrides=overrides)
+            cfg = compose(config_name=command, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as e:
         raise _config_error(command, e, overrides) from None
+    _check_booleans(cfg, overrides)
+    return cfg
+
+
+def _check_booleans(cfg: DictConfig, overrides: list[str]) -> None:
+    """Refuse an override of a true/false key with anything but true or false (OmegaConf reads ``3`` or ``yes``
+    as true)."""
+    for o in OverridesParser.create().parse_overrides(overrides):
+        if o.is_sweep_override() or o.is_delete():
+            continue
+        parent, _, leaf = o.key_or_group.rpartition(".")
+        owner = OmegaConf.select(cfg, parent) if parent else cfg
+        node = owner._get_node(leaf) if isinstance(owner, DictConfig) else None
+        if isinstance(node, BooleanNode) and not isinstance(o.value(), bool):
+            raise ConfigError(f"{o.key_or_group}={o.get_value_element_as_str()}: expected true or false")
 
 
 def _config_error(command: str, e: Exception, overrides: list[str]) -> ConfigError:
