@@ -278,8 +278,51 @@ def test_bank_labels_match_each_teacher_on_recorded_obs(experts):
         assert counted[i].calls == [rows.sum()]
     assert label.std is None  # TD3 has no std, so the mixed bank gives none
     np.testing.assert_array_equal(bank.act(batch), label.mean)
-    both_ppo = TeacherBank([ppo, ppo]).label(batch)
-    np.testing.assert_array_equal(both_ppo.std, ppo.label({"policy": obs}).std)
+    both_ppo = TeacherBank([ppo, ppo]).label(batch)  # stacked
+    np.testing.assert_allclose(both_ppo.std, ppo.label({"policy": obs}).std, rtol=1e-6)
+
+
+@pytest.mark.parametrize("algo", list(ALGOS))
+def test_frozen_mlp_teachers_of_one_shape_are_stacked_and_label_as_each_alone(experts, algo):
+    """PPO (log std, normaliser, clip), SAC (std head, tanh) and TD3 (tanh output, no std): the bank runs them as
+    one batched network, and each row's label is its own teacher's, up to float rounding."""
+    model, vn = experts[algo]
+    first = policy_from_sb3(model, OBS_SPACE, ["policy"], vecnormalize=vn)
+    second = policy_from_sb3(model, OBS_SPACE, ["policy"], vecnormalize=vn)
+    with torch.no_grad():
+        for p in second.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        second.normalizer.mean.add_(0.5)
+    obs = recorded_obs(40)
+    tasks = np.random.default_rng(4).integers(0, 2, size=len(obs))
+    batch = {"policy": obs, "task": np.eye(2, dtype=np.float32)[tasks]}
+    bank = TeacherBank([first, second])
+    assert bank.stacked is not None
+    label = bank.label(batch)
+    for i, teacher in enumerate((first, second)):
+        alone = teacher.label({"policy": obs[tasks == i]})
+        np.testing.assert_allclose(label.mean[tasks == i], alone.mean, rtol=0, atol=1e-5)
+        assert (label.std is None) == (alone.std is None) == (algo == "td3")
+        if alone.std is not None:
+            np.testing.assert_allclose(label.std[tasks == i], alone.std, rtol=1e-5, atol=1e-6)
+    assert not np.array_equal(label.mean[tasks == 0], second.label({"policy": obs[tasks == 0]}).mean)
+    np.testing.assert_array_equal(bank.act(batch), label.mean)
+    one_task = {"policy": obs[:5], "task": np.eye(2, dtype=np.float32)[[1] * 5]}  # a teacher without rows
+    np.testing.assert_allclose(bank.label(one_task).mean, second.label({"policy": obs[:5]}).mean, atol=1e-5)
+    bad = {**batch, "policy": np.where(np.arange(3) == 1, np.nan, obs).astype(np.float32)}
+    with pytest.raises(ValueError, match="group 'policy' has a non-finite value"):
+        bank.label(bad)
+
+
+def test_teachers_of_different_shapes_or_trainable_are_not_stacked(experts):
+    ppo = policy_from_sb3(experts["ppo"][0], OBS_SPACE, ["policy"], vecnormalize=experts["ppo"][1])
+    td3 = policy_from_sb3(experts["td3"][0], OBS_SPACE, ["policy"], vecnormalize=None)
+    trainable = policy_from_sb3(experts["ppo"][0], OBS_SPACE, ["policy"], vecnormalize=experts["ppo"][1])
+    trainable.requires_grad_(True)
+    assert TeacherBank([ppo, td3]).stacked is None
+    assert TeacherBank([ppo, trainable]).stacked is None
+    assert TeacherBank([ppo]).stacked is None
+    assert TeacherBank([ppo, ppo]).stacked is not None
 
 
 def test_bank_reset_reaches_teachers_rows():

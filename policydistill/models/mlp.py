@@ -52,6 +52,22 @@ def mlp_stack(n_in: int, hidden: Sequence[int], n_out: int, activation: str) -> 
     return nn.Sequential(*layers, nn.Linear(n_in, n_out))
 
 
+def post_action(y: torch.Tensor, post: str, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """Network output y (..., act_dim) -> action (..., act_dim) in [low, high] (each broadcast to y) by ``post``."""
+    if post == "clip":
+        return torch.clamp(y, low, high)
+    u = torch.tanh(y) if post == "tanh_unscale" else torch.clamp(y, -1.0, 1.0)
+    return low + 0.5 * (u + 1.0) * (high - low)
+
+
+def post_slope(y: torch.Tensor, post: str, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """d action / d y of :func:`post_action` at y (..., act_dim)."""
+    if post == "clip":
+        return torch.ones_like(y)
+    half = 0.5 * (high - low)
+    return half * (1.0 - torch.tanh(y) ** 2) if post == "tanh_unscale" else half.expand_as(y)
+
+
 def _choice(name: str, value: str, allowed: Sequence[str]) -> str:
     if value not in allowed:
         raise ValueError(f"MLPPolicy {name} '{value}' is not one of {list(allowed)}")
@@ -132,17 +148,11 @@ class MLPPolicy(TorchPolicy):
 
     def _slope(self, y: torch.Tensor) -> torch.Tensor:
         """d action / d y of ``post`` at y (n, act_dim)."""
-        if self.post == "clip":
-            return torch.ones_like(y)
-        half = 0.5 * (self.action_high - self.action_low)
-        return half * (1.0 - torch.tanh(y) ** 2) if self.post == "tanh_unscale" else half.expand_as(y)
+        return post_slope(y, self.post, self.action_low, self.action_high)
 
     def postprocess(self, y: torch.Tensor) -> torch.Tensor:
         """Network output y (n, act_dim) -> action (n, act_dim) in the action space."""
-        if self.post == "clip":
-            return torch.clamp(y, self.action_low, self.action_high)
-        u = torch.tanh(y) if self.post == "tanh_unscale" else torch.clamp(y, -1.0, 1.0)
-        return self.action_low + 0.5 * (u + 1.0) * (self.action_high - self.action_low)
+        return post_action(y, self.post, self.action_low, self.action_high)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Deterministic action: x (n, obs_dim) -> action (n, act_dim)."""

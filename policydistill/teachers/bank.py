@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from policydistill.policy import Teacher
+from policydistill.teachers.stacked import StackedMLPs
 from policydistill.types import TASK, ActionLabel, ObsGroups
 
 
@@ -14,8 +15,10 @@ class TeacherBank:
     """Teacher ``i`` acts for the envs whose ``task`` one-hot (n, n_tasks) has its argmax at ``i``.
 
     ``act`` and ``label`` call each teacher once per batch, on its own rows only, and reassemble
-    the results in env order. ``groups`` is the union of the teachers' groups plus ``task``. A
-    stateful teacher sees its rows in env order, so envs should keep their task across steps.
+    the results in env order; frozen MLP teachers of one shape are instead run as one batched network
+    (:class:`StackedMLPs`) for ``label`` and deterministic ``act``. ``groups`` is the union of the teachers'
+    groups plus ``task``. A stateful teacher sees its rows in env order, so envs should keep their task across
+    steps.
     """
 
     def __init__(self, teachers: Sequence[Teacher]) -> None:
@@ -27,6 +30,7 @@ class TeacherBank:
             groups += [g for g in t.groups if g not in groups]
         self.groups: tuple[str, ...] = (*groups, TASK) if TASK not in groups else tuple(groups)
         self._rows: list[np.ndarray] | None = None
+        self.stacked = StackedMLPs.of(self.teachers)
 
     def route(self, obs: ObsGroups) -> list[np.ndarray]:
         """Row indices (into the batch) for each teacher: a list of int arrays, one per teacher."""
@@ -49,6 +53,8 @@ class TeacherBank:
 
     def act(self, obs: ObsGroups, deterministic: bool = True) -> np.ndarray:
         """obs {group: (n, dim)} -> actions (n, act_dim), each row from its task's teacher."""
+        if deterministic and self.stacked is not None:
+            return self.stacked.label(obs, self.route(obs)).mean
         out: np.ndarray | None = None
         for teacher, rows in zip(self.teachers, self.route(obs), strict=True):
             if len(rows) == 0:
@@ -65,6 +71,8 @@ class TeacherBank:
 
     def label(self, obs: ObsGroups) -> ActionLabel:
         """Each row labelled by its task's teacher; ``std`` only if every teacher used gives one."""
+        if self.stacked is not None:
+            return self.stacked.label(obs, self.route(obs))
         means: np.ndarray | None = None
         stds: np.ndarray | None = None
         has_std = True
