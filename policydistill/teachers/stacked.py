@@ -10,7 +10,7 @@ import torch
 from policydistill.models.mlp import LOG_STD_RANGE, MLPPolicy, post_action, post_slope
 from policydistill.types import ActionLabel, ObsGroups, check_obs, group_array
 
-Layer = tuple[torch.Tensor, torch.Tensor]  # weight (T, in, out), bias (T, 1, out)
+Layer = tuple[torch.Tensor, torch.Tensor]  # weight (T, out, in), bias (T, 1, out)
 
 
 def _shape(t: MLPPolicy) -> tuple:
@@ -21,7 +21,7 @@ def _shape(t: MLPPolicy) -> tuple:
 
 
 def _layer(linears: Sequence[torch.nn.Linear]) -> Layer:
-    return (torch.stack([m.weight.detach().T for m in linears]).contiguous(),
+    return (torch.stack([m.weight.detach() for m in linears]),
             torch.stack([m.bias.detach() for m in linears])[:, None, :].clone())
 
 
@@ -79,13 +79,13 @@ class StackedMLPs:
             if self.normalize:
                 h = torch.clamp((h - self.mean) * self.inv_std, -self.clip, self.clip)
             for weight, bias in self.body:
-                h = self.activation(torch.baddbmm(bias, h, weight))
-            y = torch.baddbmm(self.head[1], h, self.head[0])
+                h = self.activation(torch.baddbmm(bias, h, weight.transpose(1, 2)))
+            y = torch.baddbmm(self.head[1], h, self.head[0].transpose(1, 2))
             y = torch.tanh(y) if self.tanh_out else y
             mean = post_action(y, self.post, self.low, self.high)
             std = None
             if self.std_head is not None:
-                log_std = torch.baddbmm(self.std_head[1], h, self.std_head[0]).clamp(*LOG_STD_RANGE)
+                log_std = torch.baddbmm(self.std_head[1], h, self.std_head[0].transpose(1, 2)).clamp(*LOG_STD_RANGE)
                 std = torch.exp(log_std) * post_slope(y, self.post, self.low, self.high)
             elif self.log_std is not None:
                 std = torch.exp(self.log_std).expand_as(y) * post_slope(y, self.post, self.low, self.high)
