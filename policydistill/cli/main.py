@@ -25,7 +25,6 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from omegaconf.nodes import BooleanNode
 
 from policydistill.cli.commands import COMMANDS
 from policydistill.distill.methods import METHODS
@@ -107,10 +106,7 @@ def _check_booleans(cfg: DictConfig, overrides: list[str]) -> None:
     for o in OverridesParser.create().parse_overrides(overrides):
         if o.is_sweep_override() or o.is_delete():
             continue
-        parent, _, leaf = o.key_or_group.rpartition(".")
-        owner = OmegaConf.select(cfg, parent) if parent else cfg
-        node = owner._get_node(leaf) if isinstance(owner, DictConfig) else None
-        if isinstance(node, BooleanNode) and not isinstance(o.value(), bool):
+        if isinstance(OmegaConf.select(cfg, o.key_or_group), bool) and not isinstance(o.value(), bool):
             raise ConfigError(f"{o.key_or_group}={o.get_value_element_as_str()}: expected true or false")
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from policydistill.models.mlp import LOG_STD_RANGE, MLPPolicy, post_action, post_slope
-from policydistill.types import ActionLabel, ObsGroups, check_obs, group_array
+from policydistill.types import ActionLabel, ObsGroups
 
 Layer = tuple[torch.Tensor, torch.Tensor]  # weight (T, out, in), bias (T, 1, out)
 
@@ -34,13 +34,9 @@ class StackedMLPs:
     """
 
     def __init__(self, teachers: Sequence[MLPPolicy]) -> None:
-        first = teachers[0]
-        self.groups, self.space, self.post = first.groups, first.observation_space, first.post
-        self.dims = {g: int(first.observation_space[g].shape[0]) for g in first.groups}
-        self.act_dim, self.tanh_out = first.act_dim, first.out_activation == "tanh"
+        first = self.first = teachers[0]  # its input check and normaliser settings are every teacher's
+        self.post, self.tanh_out = first.post, first.out_activation == "tanh"
         self.activation = torch.tanh if first.activation == "tanh" else torch.relu
-        norm = first.normalizer
-        self.normalize, self.clip = norm.enabled, norm.clip
         self.mean = torch.stack([t.normalizer.affine()[0] for t in teachers])[:, None, :].clone()
         self.inv_std = torch.stack([t.normalizer.affine()[1] for t in teachers])[:, None, :].clone()
         hidden = [[m for m in t.body if isinstance(m, torch.nn.Linear)] for t in teachers]
@@ -51,7 +47,6 @@ class StackedMLPs:
             torch.stack([t.log_std.detach() for t in teachers])[:, None, :].clone()
         self.low = torch.stack([t.action_low for t in teachers])[:, None, :].clone()
         self.high = torch.stack([t.action_high for t in teachers])[:, None, :].clone()
-        self.device = first.device
 
     @classmethod
     def of(cls, teachers: Sequence[object]) -> StackedMLPs | None:
@@ -66,18 +61,15 @@ class StackedMLPs:
     def label(self, obs: ObsGroups, rows: Sequence[np.ndarray]) -> ActionLabel:
         """obs {group: (n, dim)} and each teacher's rows (T int arrays) -> each row's label by its teacher: mean
         (n, act_dim) and std (n, act_dim), or None for deterministic teachers."""
-        check_obs(obs, self.groups, self.dims)
-        n, m = len(obs[self.groups[0]]), max(len(r) for r in rows)
+        m = max(len(r) for r in rows)
         if m == 0:
             raise ValueError("TeacherBank got an empty batch")
         index, valid = np.zeros((len(rows), m), dtype=np.int64), np.zeros((len(rows), m), dtype=bool)
         for t, r in enumerate(rows):
             index[t, :len(r)], valid[t, :len(r)] = r, True
-        x = torch.as_tensor(group_array(obs, self.groups, self.space), device=self.device)
+        x = self.first.checked_tensor(obs)  # (n, obs_dim)
         with torch.inference_mode():
-            h = x[torch.as_tensor(index, device=self.device)]  # (T, m, obs_dim)
-            if self.normalize:
-                h = torch.clamp((h - self.mean) * self.inv_std, -self.clip, self.clip)
+            h = self.first.normalizer(x[torch.as_tensor(index, device=x.device)], (self.mean, self.inv_std))
             for weight, bias in self.body:
                 h = self.activation(torch.baddbmm(bias, h, weight.transpose(1, 2)))
             y = torch.baddbmm(self.head[1], h, self.head[0].transpose(1, 2))
@@ -89,8 +81,8 @@ class StackedMLPs:
                 std = torch.exp(log_std) * post_slope(y, self.post, self.low, self.high)
             elif self.log_std is not None:
                 std = torch.exp(self.log_std).expand_as(y) * post_slope(y, self.post, self.low, self.high)
-        return ActionLabel(mean=_scatter(mean, index, valid, n), std=None if std is None else
-                           _scatter(std, index, valid, n))
+        return ActionLabel(mean=_scatter(mean, index, valid, len(x)), std=None if std is None else
+                           _scatter(std, index, valid, len(x)))
 
 
 def _scatter(block: torch.Tensor, index: np.ndarray, valid: np.ndarray, n: int) -> np.ndarray:
