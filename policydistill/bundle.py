@@ -23,6 +23,7 @@ One writer per bundle path at a time.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import json
@@ -133,6 +134,12 @@ def _class_name(policy: Any) -> str:
 
 def library_versions() -> dict[str, str | None]:
     """Versions of python and the libraries a bundle depends on (None when not installed)."""
+    return dict(_versions())
+
+
+@functools.cache
+def _versions() -> tuple[tuple[str, str | None], ...]:
+    """:func:`library_versions`, read once per process (reading package metadata costs milliseconds a call)."""
     out: dict[str, str | None] = {"python": platform.python_version()}
     for dist in ("torch", "numpy", "gymnasium", "stable-baselines3", "safetensors"):
         try:
@@ -140,7 +147,7 @@ def library_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             out[dist.replace("-", "_")] = None
     out["policydistill"] = policydistill.__version__
-    return out
+    return tuple(out.items())
 
 
 def bundle_sha256(doc: dict[str, Any]) -> str:

@@ -94,3 +94,22 @@ def test_import_sb3_zip_gives_the_same_policy_as_the_trained_bundle(tiny_experts
     env = load_suite("default").make_env("east")
     obs = stack_obs([env.reset(seed=s)[0] for s in range(16)])
     np.testing.assert_allclose(imported.act(obs), trained.act(obs), atol=1e-6)
+
+
+def test_envs_reused_from_a_pool_evaluate_as_fresh_envs():
+    """A run validates on envs built once; an env that ran other episodes (other body masses and frictions drawn)
+    gives the same seeded episodes as a fresh one."""
+    from pathlib import Path
+
+    from policydistill.eval.evaluate import evaluate_per_task
+    from policydistill.suites.batched import EnvPool
+
+    suite = load_suite("locomotion")
+    teachers = policies_for_suite(Path(__file__).resolve().parents[1] / "envs/zoo/locomotion", suite, device="cpu")
+    fresh = evaluate_per_task(suite, teachers, 2, seed=7, n_envs=2)
+    pool = EnvPool(suite)
+    evaluate_per_task(suite, teachers, 2, seed=11, n_envs=2, pool=pool)  # other episodes first
+    pooled = evaluate_per_task(suite, teachers, 2, seed=7, n_envs=2, pool=pool)
+    assert sum(len(v) for v in pool.free.values()) == 2 * len(suite.tasks)
+    assert pooled == fresh
+    pool.close()

@@ -66,6 +66,7 @@ from policydistill.policy import Policy
 from policydistill.run_folder import RunFolder, resume_mode
 from policydistill.scale.ray_session import ENGINES, RayConfig
 from policydistill.suites import Suite, load_suite
+from policydistill.suites.batched import EnvPool
 from policydistill.teachers import policies_for_suite
 from policydistill.teachers.load import teacher_identities
 
@@ -303,6 +304,7 @@ class Runner:
         torch.manual_seed(cfg.seed)  # the student's initial weights
         self.algo: Algorithm = METHODS[self.name].build(cfg.method, self.ctx)
         self.collector: Collector | None = None
+        self.eval_pool = EnvPool(self.suite)  # the validation envs, built once
         self.store_root = self.out / "episodes"
 
     def _check_offline(self) -> None:
@@ -339,6 +341,7 @@ class Runner:
                 return self._run()
         finally:
             self.algo.close()
+            self.eval_pool.close()
             if self.collector is not None:
                 self.collector.close()
 
@@ -346,8 +349,9 @@ class Runner:
         cfg, algo = self.cfg, self.algo
         if self.summary is None:
             reference = data_reference(self.suite, cfg.method.data) if self.offline else \
-                evaluate_per_task(self.suite, algo.reference(), cfg.eval_episodes, cfg.eval_seed, cfg.n_envs)
-            randoms = random_baseline(self.suite, cfg.eval_episodes, cfg.eval_seed, cfg.n_envs)
+                evaluate_per_task(self.suite, algo.reference(), cfg.eval_episodes, cfg.eval_seed, cfg.eval_envs,
+                                  self.eval_pool)
+            randoms = random_baseline(self.suite, cfg.eval_episodes, cfg.eval_seed, cfg.eval_envs, self.eval_pool)
             self.summary = {"schema_version": SCHEMA_VERSION, "method": self.name, "suite": self.suite.name,
                             "config": cfg.to_dict(), "teachers": str(cfg.teachers), "info": algo.run_info(),
                             "teacher": reference,
@@ -393,10 +397,10 @@ class Runner:
         student = load_bundle(self.out / "best", device=self.ctx.device)
         if cfg.final_episodes:  # exactly final_episodes per task, in one batch
             tasks = evaluate_to_interval(self.suite, student, cfg.test_seed, 0.0, cfg.final_episodes,
-                                         batch=cfg.final_episodes, n_envs=cfg.n_envs)
+                                         batch=cfg.final_episodes, n_envs=cfg.n_envs, pool=self.eval_pool)
         else:
             tasks = evaluate_to_interval(self.suite, student, cfg.test_seed, cfg.final_ci, cfg.final_max_episodes,
-                                         n_envs=cfg.n_envs)
+                                         n_envs=cfg.n_envs, pool=self.eval_pool)
         keep = ("episodes", "return_mean", "return_ci95", "success_rate", "success_ci95", "dropped")
         final = {"round": r, "seeds": f"{cfg.test_seed}, {cfg.test_seed + 1}, ...",
                  "tasks": {n: {k: t[k] for k in keep} for n, t in tasks.items()},
@@ -421,7 +425,8 @@ class Runner:
         stats = algo.update(store, r, fit_with)
         t2 = time.perf_counter()
         student = algo.policy()
-        evals = evaluate_per_task(self.suite, student, cfg.eval_episodes, cfg.eval_seed, cfg.eval_envs)
+        evals = evaluate_per_task(self.suite, student, cfg.eval_episodes, cfg.eval_seed, cfg.eval_envs,
+                                  self.eval_pool)
         t3 = time.perf_counter()
         teacher, randoms = self.summary["teacher"], self.summary["random"]
         per_task = {n: {"return_mean": e["return_mean"], "return_ci95": e["return_ci95"],

@@ -15,6 +15,7 @@ from policydistill.eval.rollout import run_episodes
 from policydistill.eval.video import record_video
 from policydistill.policy import Policy, RandomPolicy
 from policydistill.suites import Suite
+from policydistill.suites.batched import EnvPool
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,12 @@ class EvaluateConfig:
 
 
 def evaluate_per_task(suite: Suite, policy: Policy | dict[str, Policy], episodes: int, seed: int,
-                      n_envs: int = 8) -> dict[str, dict[str, Any]]:
+                      n_envs: int = 8, pool: EnvPool | None = None) -> dict[str, dict[str, Any]]:
     """Seeded evaluation of every task (one policy for all, or one per task), each in its own spaces:
-    ``{task: summarise(...)}``, with ``dropped`` (int) and ``faults`` for the episodes a fault ended."""
+    ``{task: summarise(...)}``, with ``dropped`` (int) and ``faults`` for the episodes a fault ended; ``pool``:
+    the suite's envs to borrow."""
     return {n: summarise(run_episodes(suite, n, policy[n] if isinstance(policy, dict) else policy, episodes,
-                                      n_envs=n_envs, seed=seed)) for n in suite.task_names}
+                                      n_envs=n_envs, seed=seed, pool=pool)) for n in suite.task_names}
 
 
 def random_policies(suite: Suite, seed: int) -> dict[str, RandomPolicy]:
@@ -57,14 +59,16 @@ def random_policies(suite: Suite, seed: int) -> dict[str, RandomPolicy]:
     return {name: RandomPolicy(suite.spaces[i][1], seed=seed + i) for i, name in enumerate(suite.task_names)}
 
 
-def random_baseline(suite: Suite, episodes: int, seed: int, n_envs: int = 8) -> dict[str, dict[str, Any]]:
+def random_baseline(suite: Suite, episodes: int, seed: int, n_envs: int = 8,
+                    pool: EnvPool | None = None) -> dict[str, dict[str, Any]]:
     """Per task, a uniform random policy's :func:`summarise` row on the seeded episodes ``seed``, ``seed`` + 1,
     ... (the 0 of the random-normalised score)."""
-    return evaluate_per_task(suite, random_policies(suite, seed), episodes, seed, n_envs)
+    return evaluate_per_task(suite, random_policies(suite, seed), episodes, seed, n_envs, pool)
 
 
 def evaluate_to_interval(suite: Suite, policy: Policy, seed: int, half_width: float = 0.05,
-                         max_episodes: int = 400, batch: int = 50, n_envs: int = 8) -> dict[str, dict[str, Any]]:
+                         max_episodes: int = 400, batch: int = 50, n_envs: int = 8,
+                         pool: EnvPool | None = None) -> dict[str, dict[str, Any]]:
     """Per task, seeded episodes (seeds ``seed``, ``seed`` + 1, ...) in batches of ``batch`` until the 95% Wilson
     interval of its success rate is within ``± half_width``, or ``max_episodes``; one batch for a task without
     success. Each task's row is :func:`summarise`'s plus ``success_ci95`` (the interval's half-width, None
@@ -74,7 +78,7 @@ def evaluate_to_interval(suite: Suite, policy: Policy, seed: int, half_width: fl
         episodes: list = []
         while True:
             n = min(batch, max_episodes - len(episodes))
-            episodes += run_episodes(suite, name, policy, n, n_envs=n_envs, seed=seed + len(episodes))
+            episodes += run_episodes(suite, name, policy, n, n_envs=n_envs, seed=seed + len(episodes), pool=pool)
             row = summarise(episodes)
             rate = row["success_rate"]
             width = None if rate is None else wilson_half_width(rate, len(episodes))

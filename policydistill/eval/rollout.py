@@ -239,14 +239,15 @@ def _finite_rows(obs: dict[str, np.ndarray]) -> np.ndarray:
 
 def run_episodes(suite: Suite, task: int | str, policy: Policy, episodes: int, n_envs: int = 8,
                  seed: int = 0, deterministic: bool = True,
-                 on_step: Callable[[int], None] | None = None) -> list[Episode]:
+                 on_step: Callable[[int], None] | None = None, pool: EnvPool | None = None) -> list[Episode]:
     """Evaluate ``policy`` on ``episodes`` seeded episodes of one task; it is handed only its own groups. Where
-    the task defines no success (:attr:`Suite.has_success`), each episode's ``success`` is None."""
+    the task defines no success (:attr:`Suite.has_success`), each episode's ``success`` is None. ``pool``: the
+    suite's envs to borrow (a run that evaluates every round builds them once)."""
     t = suite.index(task) if isinstance(task, str) else task
     check_policy_fits(policy, suite, t)
     policy.reset(None)
     records = rollout(suite, [t],
                       lambda obs: (np.asarray(policy.act(select_groups(obs, policy.groups), deterministic)), {}),
-                      episodes, n_envs=n_envs, seed=seed, on_reset=policy.reset, on_step=on_step)
+                      episodes, n_envs=n_envs, seed=seed, on_reset=policy.reset, on_step=on_step, pool=pool)
     defined = suite.has_success[t]
     return [r.episode if defined else dataclasses.replace(r.episode, success=None) for r in records]
