@@ -296,3 +296,28 @@ def test_padded_export_parity(heads, tmp_path):
     got = runners["onnx"].act({"task": mixed_task, "observation": mixed_obs})
     np.testing.assert_allclose(got[:3, :1], student.act({g: v[:3] for g, v in rows[0].items()}), rtol=0, atol=1e-4)
     np.testing.assert_allclose(got[3:], student.act({g: v[:3] for g, v in rows[1].items()}), rtol=0, atol=1e-4)
+
+
+def test_an_input_the_training_data_never_varied_is_read_as_its_training_value(recorded, tmp_path):
+    """The locomotion recording's first privileged dims (body mass and friction scales, one draw an episode) do not
+    vary within its episode: a student fitted on it acts the same whatever they hold later, in torch and exported,
+    where their own near-zero variance would scale any change to the normaliser's clip."""
+    obs = {g: v[:400] for g, v in recorded["locomotion"].items()}  # the first task's episode
+    groups = ("policy", "privileged", "task")
+    x = concat_groups(obs, groups)
+    constant = np.flatnonzero(x.std(0) == 0)
+    assert len(constant) >= 3 and (x.std(0) > 0).sum() >= 10
+    torch.manual_seed(0)
+    space = spaces.Dict({g: spaces.Box(-np.inf, np.inf, (obs[g].shape[1],), dtype=np.float32) for g in groups})
+    student = MLPPolicy(groups, space, spaces.Box(-1.0, 1.0, (6,)), hidden=(32, 32),
+                        normalizer={"enabled": True}).eval()
+    student.fit_normalizer(x)
+    starts = np.cumsum([0] + [obs[g].shape[1] for g in groups])
+    shifted = {g: v.copy() for g, v in obs.items()}
+    for c in constant:  # another mass and friction (and task id), as another episode would have
+        i = int(np.searchsorted(starts, c, side="right")) - 1
+        shifted[groups[i]][:, c - starts[i]] += 0.3
+    np.testing.assert_array_equal(student.act(shifted), student.act(obs))
+    assert np.abs(student.act(obs) - student.act({**obs, "policy": obs["policy"] + 0.3})).max() > 1e-3
+    runner = OnnxPolicy(export_policy(student, "onnx", tmp_path / "student.onnx"))
+    np.testing.assert_allclose(runner.act(shifted), student.act(obs), rtol=0, atol=TOL["onnx"])

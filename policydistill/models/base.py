@@ -103,8 +103,9 @@ class TorchPolicy(nn.Module):
     # ---- training --------------------------------------------------------------------------------
 
     def fit_normalizer(self, x: np.ndarray) -> None:
-        """Set the input normaliser's statistics from training inputs x (N, obs_dim)."""
-        self.normalizer.set_stats(x.mean(0), x.var(0))
+        """Set the input normaliser's statistics from training inputs x (N, obs_dim) (see
+        :meth:`~policydistill.models.normalizer.ObsNormalizer.fit`)."""
+        self.normalizer.fit(x)
 
     def compute_loss(self, batch: dict[str, torch.Tensor], loss_fn: Any) -> tuple[torch.Tensor, Stats]:
         """The distillation loss on a batch of rows: ``x`` (B, obs_dim) the student's groups, ``label_mean``

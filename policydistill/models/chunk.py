@@ -219,7 +219,7 @@ class ChunkPolicy(TorchPolicy):
 
     def fit_normalizers(self, obs: np.ndarray, actions: np.ndarray) -> None:
         """Observation mean/var (obs (N, obs_dim)) and action range (actions (N, act_dim)) of training data."""
-        self.obs_normalizer.set_stats(obs.mean(0), obs.var(0))
+        self.obs_normalizer.fit(obs)
         self.action_normalizer.set_stats(actions.min(0), actions.max(0))
 
     # ---- config ------------------------------------------------------------------------------
@@ -231,9 +231,7 @@ class ChunkPolicy(TorchPolicy):
 
     def example_obs(self, n: int, generator: torch.Generator, steps: int = 1) -> torch.Tensor:
         """Observations (n, steps, obs_dim) spread around the normaliser's statistics, past its clip range."""
-        z = 3.0 * torch.randn(n, steps, self.obs_dim, generator=generator)
-        norm = self.obs_normalizer
-        return norm.mean.cpu() + z * torch.sqrt(norm.var.cpu() + norm.eps)
+        return self.obs_normalizer.examples(3.0 * torch.randn(n, steps, self.obs_dim, generator=generator))
 
     def extra_repr(self) -> str:
         return (f"groups={list(self.groups)}, obs_dim={self.obs_dim}, act_dim={self.act_dim}, "

@@ -44,6 +44,7 @@ from policydistill.data.batches import BatchSource
 from policydistill.graph import OBS, ExportGraph, TensorSpec
 from policydistill.models.base import Stats, TorchPolicy
 from policydistill.models.mlp import ACTIVATIONS, NORMALIZER_KEYS
+from policydistill.models.normalizer import spread, unvaried
 from policydistill.spaces import space_to_json
 from policydistill.types import TASK, ObsGroups, check_groups
 
@@ -151,7 +152,8 @@ class TaskNormalizer(nn.Module):
         return x * self.obs_mask[task]
 
     def fit(self, x: np.ndarray) -> None:
-        """Statistics from padded rows x (N, dim), real entries only; a column no row fills keeps var 1."""
+        """Statistics from padded rows x (N, dim), real entries only; a column no row fills keeps var 1, one its rows
+        do not vary is read as constant (see :meth:`~policydistill.models.normalizer.ObsNormalizer.fit`)."""
         x = np.asarray(x, dtype=np.float64)
         mask = self.obs_mask.cpu().numpy().astype(np.float64)
         task = x[:, slice(*self.task_slice)].argmax(1)
@@ -163,7 +165,7 @@ class TaskNormalizer(nn.Module):
                 rows = x[task == t]
                 mean[t], var[t] = _masked_stats(rows, np.broadcast_to(mask[t], rows.shape))
         self.mean.copy_(torch.as_tensor(mean, dtype=self.mean.dtype))
-        self.var.copy_(torch.as_tensor(var, dtype=self.var.dtype))
+        self.var.copy_(torch.as_tensor(unvaried(mean, var), dtype=self.var.dtype))
 
     def config(self) -> dict[str, Any]:
         return {"enabled": self.enabled, "clip": self.clip, "eps": self.eps, "stats": self.stats}
@@ -478,7 +480,7 @@ class GeneralistPolicy(TorchPolicy):
             task = torch.randint(self.n_tasks, (n,), generator=generator)
             mean, var = self.normalizer.mean.cpu(), self.normalizer.var.cpu()
             mean, var = (mean[task], var[task]) if mean.ndim == 2 else (mean, var)
-            x = mean + 3.0 * torch.sqrt(var) * torch.randn(n, self.obs_dim, generator=generator)
+            x = mean + 3.0 * spread(var) * torch.randn(n, self.obs_dim, generator=generator)
             x[:, slice(*self.slices[TASK])] = torch.nn.functional.one_hot(task, self.n_tasks).float()
             out = torch.zeros(n, self.n_tasks + module.width + 1)  # the last column gathers the padded zeros
             out.scatter_(1, module.table.cpu()[task], x * self.obs_mask.cpu()[task])

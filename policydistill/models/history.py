@@ -263,9 +263,7 @@ class HistoryPolicy(TorchPolicy):
         """``forward`` as an export graph: (``obs`` (n, obs_dim), ``state``) -> (``action``, ``next_state``)."""
 
         def example(graph: ExportGraph, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-            z = 3.0 * torch.randn(n, self.obs_dim, generator=generator)
-            norm = self.normalizer
-            x = norm.mean.cpu() + z * torch.sqrt(norm.var.cpu() + norm.eps) if norm.enabled else z
+            x = self.normalizer.examples(3.0 * torch.randn(n, self.obs_dim, generator=generator))
             state = torch.randn(n, *self.state_shape, generator=generator)
             if isinstance(self.encoder, WindowEncoder):
                 state[..., -1] = (torch.rand(n, self.state_shape[0], generator=generator) < 0.7).float()

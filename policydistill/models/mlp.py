@@ -208,9 +208,7 @@ class MLPPolicy(TorchPolicy):
         Example inputs spread around the normaliser's statistics, past its clip range too."""
 
         def example(graph: ExportGraph, n: int, generator: torch.Generator) -> tuple[torch.Tensor]:
-            z = 3.0 * torch.randn(n, self.obs_dim, generator=generator)
-            norm = self.normalizer
-            return (norm.mean.cpu() + z * torch.sqrt(norm.var.cpu() + norm.eps) if norm.enabled else z,)
+            return (self.normalizer.examples(3.0 * torch.randn(n, self.obs_dim, generator=generator)),)
 
         return ExportGraph(self, (TensorSpec(OBS, (self.obs_dim,), "observation"),),
                            (TensorSpec("action", (self.act_dim,), "action"),), example=example)

@@ -4,8 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+
+CONSTANT_VAR = 1e30
+"""The variance :meth:`ObsNormalizer.fit` gives a dim its data never varied: its input then normalises to 0 (a
+scale of 1e-15), whatever value it holds later."""
+
+
+def unvaried(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """``var`` (..., dim) with :data:`CONSTANT_VAR` where its std is within 1e-6 of the scale of ``mean``."""
+    return np.where(np.sqrt(var) <= 1e-6 * np.maximum(1.0, np.abs(mean)), CONSTANT_VAR, var)
+
+
+def spread(var: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
+    """The std (..., dim) that export examples are drawn with: ``sqrt(var + eps)``, 1 for a dim read as constant."""
+    return torch.where(var >= CONSTANT_VAR, 1.0, torch.sqrt(var + eps))
 
 
 class ObsNormalizer(nn.Module):
@@ -25,6 +40,20 @@ class ObsNormalizer(nn.Module):
         """Set the statistics from arrays of shape (dim,)."""
         self.mean.copy_(torch.as_tensor(mean, dtype=self.mean.dtype).reshape(self.mean.shape))
         self.var.copy_(torch.as_tensor(var, dtype=self.var.dtype).reshape(self.var.shape))
+
+    def fit(self, x: np.ndarray) -> None:
+        """The statistics of training inputs x (N, dim). A dim that does not vary in x (std within 1e-6 of its
+        scale) gets :data:`CONSTANT_VAR`: the model reads it as its training value ever after. With its own
+        tiny variance, a value never seen would be scaled by up to 1e4 to the clip, into weights that never
+        learned from that input (it was 0 throughout training)."""
+        self.set_stats(x.mean(0), unvaried(x.mean(0), x.var(0)))
+
+    def examples(self, z: torch.Tensor) -> torch.Tensor:
+        """Standard normal draws z (..., dim) -> inputs (..., dim) spread as the training data was (a dim read as
+        constant by std 1), for checking an export; z itself when disabled."""
+        if not self.enabled:
+            return z
+        return self.mean.cpu() + z * spread(self.var.cpu(), self.eps)
 
     def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mean, 1 / sqrt(var + eps))``, each (dim,)."""
