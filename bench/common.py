@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import statistics
 import tempfile
@@ -173,6 +174,23 @@ def median(values: list[float | None]) -> float | None:
     """The median of the values that are not None (None when there are none)."""
     kept = [v for v in values if v is not None]
     return float(statistics.median(kept)) if kept else None
+
+
+def median_interval(values: list[float], level: float = 0.95, draws: int = 10_000) -> tuple[float, float]:
+    """The percentile bootstrap interval of the median of ``values`` (one per seed; ``inf`` for a seed that never got
+    there): ``level`` of the medians of ``draws`` resamples (seeded) lie within it. Each bound is a resampled median,
+    not an interpolation (so a bound can be ``inf``)."""
+    v = np.asarray(values, dtype=float)
+    medians = np.median(np.random.default_rng(0).choice(v, (draws, len(v))), axis=1)
+    low, high = np.quantile(medians, [(1 - level) / 2, (1 + level) / 2], method="inverted_cdf")
+    return float(low), float(high)
+
+
+def interval_text(low: float, high: float, fmt: str = ".3f") -> str:
+    """``95% interval 0.880-0.910`` (``never`` for an infinite bound)."""
+    if math.isinf(low):
+        return "95% interval: never"
+    return f"95% interval {low:{fmt}}-{'never' if math.isinf(high) else format(high, fmt)}"
 
 
 # ---- distillation ------------------------------------------------------------------------------

@@ -43,7 +43,16 @@ if not __package__:  # python bench/<name>.py: the bench package lives one folde
 import numpy as np  # noqa: E402
 
 from bench import envelope  # noqa: E402
-from bench.common import distill_run, one_thread, parse, parser, setup_logging, zoo_teachers  # noqa: E402
+from bench.common import (  # noqa: E402
+    distill_run,
+    interval_text,
+    median_interval,
+    one_thread,
+    parse,
+    parser,
+    setup_logging,
+    zoo_teachers,
+)
 from policydistill import DAggerConfig, StudentConfig, Suite, load_bundle, load_suite  # noqa: E402
 from policydistill.data.shards import EpisodeStore  # noqa: E402
 from policydistill.distill.monitor import MONITOR_HIDDEN, START_TICKS, episode_scores, fit_monitor, student_episodes  # noqa: E402
@@ -177,16 +186,22 @@ def main(argv: list[str] | None = None) -> dict:
                "alarm_rate_failing": med(lambda r: r["shifted"]["alarm_rate_failing"])}
     targets = {"auroc": (">=", AUROC_TARGET), "false_alarm_rate": ("<=", FALSE_ALARM_TARGET),
                "cost_ratio": ("<=", COST_TARGET)}
+    per_seed = {"auroc": [r["auroc"] for r in rows],
+                "false_alarm_rate": [r["in_distribution"]["false_alarm_rate"] for r in rows],
+                "cost_ratio": [r["cost_ratio"] for r in rows]}
+    intervals = {k: median_interval(v) for k, v in per_seed.items() if v and None not in v}
     for key, (op, target) in targets.items():
         got = medians[key]
         met = got is not None and (got >= target if op == ">=" else got <= target)
         shown = "n/a" if got is None else f"{got:.3f}"
-        print(f"target: {key} {op} {target}   measured (median over {len(rows)} seeds): {shown} -> "
+        spread = f" ({interval_text(*intervals[key])})" if key in intervals else ""
+        print(f"target: {key} {op} {target}   measured (median over {len(rows)} seeds): {shown}{spread} -> "
               f"{'met' if met else 'not met'}")
     what = args.shift_suite or "_".join(f"{k}{v}" for k, v in shift.items())
     return envelope.write("failure_monitor", args, started, runs=len(rows), medians=medians,
                           ratios={"monitor_over_policy_tick": medians["cost_ratio"]},
-                          results={"shift": shift or args.shift_suite, "rows": rows},
+                          results={"shift": shift or args.shift_suite, "rows": rows,
+                                   "median_intervals": {k: list(v) for k, v in intervals.items()}},
                           tag=args.tag or f"_{args.suite}_{what}".replace(" ", "").replace(",", "_"))
 
 

@@ -42,7 +42,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from bench import envelope  # noqa: E402
-from bench.common import one_thread, parse, parser, run_distill, schedule_keys, zoo_teachers  # noqa: E402
+from bench.common import (  # noqa: E402
+    interval_text,
+    median_interval,
+    one_thread,
+    parse,
+    parser,
+    run_distill,
+    schedule_keys,
+    zoo_teachers,
+)
 from policydistill import BCConfig, DAggerConfig, GatedConfig, StudentConfig, Suite  # noqa: E402
 from policydistill.eval.report import save_figure  # noqa: E402
 
@@ -185,8 +194,11 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{name} seed {seed}: labels to {args.target}: {runs[-1]['labels_to_target']}, curve "
                   + " ".join(f"{lab}:{s:.2f}" for lab, s in runs[-1]["curve"]), flush=True)
         median = median_labels([r["labels_to_target"] for r in runs])
+        interval = median_interval([math.inf if r["labels_to_target"] is None else r["labels_to_target"]
+                                    for r in runs])
         result["methods"][name] = {"rounds": rounds[name], "budget_labels": rounds[name] * per_round,
                                    "runs": runs, "median_labels": median,
+                                   "median_interval": [None if math.isinf(x) else x for x in interval],
                                    "reached": f"{sum(r['labels_to_target'] is not None for r in runs)}/{len(runs)}"}
         if name == "dagger":
             want = math.ceil(args.budget_multiple * median / per_round) if median else args.rounds
@@ -194,6 +206,11 @@ def main(argv: list[str] | None = None) -> dict:
     medians = {m: v["median_labels"] for m, v in result["methods"].items()}
     ratios: dict[str, float | None] = {}
     lines = []
+
+    def spread(method: str) -> str:
+        low, high = (math.inf if x is None else x for x in result["methods"][method]["median_interval"])
+        return interval_text(low, high, ".0f")
+
     if "bc" in medians:
         bc, dagger = medians["bc"], medians["dagger"]
         bc_budget = result["methods"]["bc"]["budget_labels"]
@@ -205,8 +222,9 @@ def main(argv: list[str] | None = None) -> dict:
                        "paired_median_dagger_over_bc_labels": statistics.median(paired) if all(paired) else None,
                        "bc_budget_over_dagger_labels": bc_budget / dagger if dagger else None})
         result["verdict"], result["target_met"] = verdict(bc, dagger, bc_budget, args.target)
-        lines.append(f"BC {bc} ({result['methods']['bc']['reached']} reached, budget {bc_budget}), DAgger {dagger} "
-                     f"({result['methods']['dagger']['reached']} reached): {result['verdict']} -> target "
+        lines.append(f"BC {bc} ({result['methods']['bc']['reached']} reached, budget {bc_budget}; {spread('bc')}), "
+                     f"DAgger {dagger} ({result['methods']['dagger']['reached']} reached; {spread('dagger')}): "
+                     f"{result['verdict']} -> target "
                      f"{'met' if result['target_met'] else 'not met'} (<= {RATIO_TARGET}x, or BC never reaching it "
                      f"within {BUDGET_TARGET:g}x)")
     else:
@@ -220,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
         met = got["dagger"] is not None and got["dagger"] <= GATED_OVER_DAGGER and (
             "bc" not in medians or (got["bc"] is not None and got["bc"] <= RATIO_TARGET))
         result["methods"][name]["target_met"] = met
-        lines.append(f"{name}: {own} labels ({result['methods'][name]['reached']} reached): "
+        lines.append(f"{name}: {own} labels ({result['methods'][name]['reached']} reached; {spread(name)}): "
                      + ", ".join(f"{v:.2f}x {k}'s" if v is not None else f"vs {k}: n/a" for k, v in got.items())
                      + f" -> target {'met' if met else 'not met'} (<= {RATIO_TARGET}x BC's, <= "
                        f"{GATED_OVER_DAGGER}x DAgger's)")
