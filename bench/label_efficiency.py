@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
     result: dict[str, Any] = {"tasks": suite.task_names, "target": args.target, "labels_per_round": per_round,
                               "dagger_schedule": schedule, "gate_params": gate_params, "methods": {}}
     rounds = {m: args.rounds for m in METHODS}
+    intervals: dict[str, tuple[float, float]] = {}  # per method, the 95% interval of its median labels
     for name in [m for m in METHODS if m == "dagger" or m in args.methods]:
         method = method_config(name, rounds[name], common, schedule, gate_params)
         runs = []
@@ -194,11 +195,11 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{name} seed {seed}: labels to {args.target}: {runs[-1]['labels_to_target']}, curve "
                   + " ".join(f"{lab}:{s:.2f}" for lab, s in runs[-1]["curve"]), flush=True)
         median = median_labels([r["labels_to_target"] for r in runs])
-        interval = median_interval([math.inf if r["labels_to_target"] is None else r["labels_to_target"]
-                                    for r in runs])
+        intervals[name] = median_interval([math.inf if r["labels_to_target"] is None else r["labels_to_target"]
+                                           for r in runs])
         result["methods"][name] = {"rounds": rounds[name], "budget_labels": rounds[name] * per_round,
                                    "runs": runs, "median_labels": median,
-                                   "median_interval": [None if math.isinf(x) else x for x in interval],
+                                   "median_interval": [None if math.isinf(x) else x for x in intervals[name]],
                                    "reached": f"{sum(r['labels_to_target'] is not None for r in runs)}/{len(runs)}"}
         if name == "dagger":
             want = math.ceil(args.budget_multiple * median / per_round) if median else args.rounds
@@ -208,8 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
     lines = []
 
     def spread(method: str) -> str:
-        low, high = (math.inf if x is None else x for x in result["methods"][method]["median_interval"])
-        return interval_text(low, high, ".0f")
+        return interval_text(*intervals[method], ".0f")
 
     if "bc" in medians:
         bc, dagger = medians["bc"], medians["dagger"]

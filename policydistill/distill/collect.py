@@ -248,12 +248,13 @@ class Collector(Protocol):
 
 class LocalCollector:
     """Collect in this process, drawing the actors' coins and the teacher noise from the round's ``rng``, and
-    append to the store at ``root``. Envs stay open across rounds."""
+    append to the store at ``root``. Envs stay open across rounds; ``pool``: envs of ``suite`` to borrow for
+    uncut episodes (a runner's evaluation envs), else the collector builds its own."""
 
-    def __init__(self, suite: Suite, n_envs: int, root: Path) -> None:
+    def __init__(self, suite: Suite, n_envs: int, root: Path, pool: EnvPool | None = None) -> None:
         self.suite, self.n_envs, self.writer = suite, n_envs, ShardWriter(root)
         self.layout = suite_layout(suite)
-        self.views: dict[int | None, tuple[Suite, EnvPool]] = {}
+        self.views: dict[int | None, tuple[Suite, EnvPool]] = {} if pool is None else {None: (suite, pool)}
         self.has_std: dict[int, bool] = {}  # per teacher (id): whether it labels with a std
 
     def view(self, episode_steps: int | None) -> tuple[Suite, EnvPool]:

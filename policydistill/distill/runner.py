@@ -304,7 +304,7 @@ class Runner:
         torch.manual_seed(cfg.seed)  # the student's initial weights
         self.algo: Algorithm = METHODS[self.name].build(cfg.method, self.ctx)
         self.collector: Collector | None = None
-        self.eval_pool = EnvPool(self.suite)  # the validation envs, built once
+        self.eval_pool = EnvPool(self.suite)  # the envs of evaluations and uncut collections, built once
         self.store_root = self.out / "episodes"
 
     def _check_offline(self) -> None:
@@ -475,7 +475,7 @@ class Runner:
             from policydistill.scale.ray_collect import RayCollector
 
             return RayCollector(self.cfg.ray, self.suite, self.cfg.n_envs, self.store_root)
-        return LocalCollector(self.suite, self.cfg.n_envs, self.store_root)
+        return LocalCollector(self.suite, self.cfg.n_envs, self.store_root, self.eval_pool)
 
     # ---- checkpoints -------------------------------------------------------------------------
 

@@ -46,7 +46,8 @@ class ObsNormalizer(nn.Module):
         scale) gets :data:`CONSTANT_VAR`: the model reads it as its training value ever after. With its own
         tiny variance, a value never seen would be scaled by up to 1e4 to the clip, into weights that never
         learned from that input (it was 0 throughout training)."""
-        self.set_stats(x.mean(0), unvaried(x.mean(0), x.var(0)))
+        mean = x.mean(0)
+        self.set_stats(mean, unvaried(mean, x.var(0)))
 
     def examples(self, z: torch.Tensor) -> torch.Tensor:
         """Standard normal draws z (..., dim) -> inputs (..., dim) spread as the training data was (a dim read as
