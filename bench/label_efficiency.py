@@ -4,14 +4,18 @@
         --updates 250 --seeds 0 1 2 3 4 5 6 7 8 9 --tag _hazard_u250   # also 500 (_hazard) and 1000 (_hazard_u1000)
     .venv/bin/python -m bench label_efficiency --suite default_hazard --groups policy task --rounds 10 \
         --updates 500 --seeds 0 1 2 3 4 --methods dagger gated intervention bc --tag _gated
+    .venv/bin/python -m bench label_efficiency --suite default_hazard --groups policy task --rounds 10 \
+        --updates 500 --seeds 0 1 2 3 4 --methods dagger gated intervention bc --tag _budgeted \
+        --method-params '{"intervention": {"query_rate": 0.1, "teacher_round_steps": 50, "rounds": 20}}'
 
 Every method runs the same loop with the same collection per round (``--episodes-per-task`` episodes of every
 task, cut at ``--collect-steps``), student, updates, teacher noise and evaluation. BC: the teacher always acts.
 DAgger: ``--schedule``, by default the teacher acts in round 0 and the student from round 1 on. ``gated``
 (``method=gated``, ensemble disagreement or novelty) and ``intervention`` (``method=gated
 method.gate=intervention``): the teacher acts in round 0, then only where the gate asks, with the keys of
-``--gate-params``. Labels are counted as the teacher gave them: a round whose episodes end early (e.g. in the
-pit of ``default_hazard``) or whose gate asks on few steps uses fewer. Each run stops at the first round whose
+``--gate-params``; ``--method-params`` sets a method's own keys (its ``rounds`` too). Labels are counted as the
+teacher gave them: a round whose episodes end early (e.g. in the pit of ``default_hazard``) or whose gate asks on
+few steps uses fewer. Each run stops at the first round whose
 mean score reaches ``--target``. DAgger and the gated methods get ``--rounds`` rounds; BC gets as many as
 ``--budget-multiple`` times DAgger's median labels to the target need (at least ``--rounds``), so "BC never
 reached it within 10x" is measured, not assumed. A run that never reaches the target counts as not reached;
@@ -125,8 +129,10 @@ def plot(path: Path, result: dict[str, Any], title: str) -> None:
 
 
 def method_config(name: str, rounds: int, common: dict[str, Any], schedule: dict[str, Any],
-                  gate_params: dict[str, Any]) -> Any:
-    """The distillation config of bench method ``name``."""
+                  gate_params: dict[str, Any], own: dict[str, Any] | None = None) -> Any:
+    """The distillation config of bench method ``name``; ``own``: its own keys (``rounds`` included), set last."""
+    own = dict(own or {})
+    rounds = own.pop("rounds", rounds)
     if name == "bc":
         return BCConfig(rounds=rounds, **common)
     if name == "dagger":
@@ -134,8 +140,8 @@ def method_config(name: str, rounds: int, common: dict[str, Any], schedule: dict
     keys = {k: v for k, v in gate_params.items()
             if (k == "intervene_at") == (name == "intervention") or k == "takeover_steps"}
     gated = {k: v for k, v in common.items() if k != "teacher_noise"}
-    return GatedConfig(rounds=rounds, gate="intervention" if name == "intervention" else "disagreement+novelty",
-                       **gated, **keys)
+    gate = "intervention" if name == "intervention" else "disagreement+novelty"
+    return GatedConfig(**{"rounds": rounds, "gate": gate, **gated, **keys, **own})
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -160,6 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="dagger (always run: it sets BC's budget) and any of gated, intervention, bc")
     p.add_argument("--gate-params", default='{"query_rate": 0.1, "takeover_steps": 5, "intervene_at": 0.3}',
                    help="JSON: the gated methods' keys (intervene_at: intervention only)")
+    p.add_argument("--method-params", default="{}",
+                   help='JSON: keys of one method\'s config, e.g. {"intervention": {"query_rate": 0.1, "rounds": 24}}')
     p.add_argument("--tag", default="", help="suffix of the result file name")
     args = parse(p, argv, SMOKE)
     started = envelope.start()
@@ -173,15 +181,21 @@ def main(argv: list[str] | None = None) -> dict:
               "teacher_noise": args.teacher_noise, "collect_steps": args.collect_steps}
     schedule = schedule_keys(args.schedule, json.loads(args.schedule_params))
     gate_params = json.loads(args.gate_params)
+    method_params = json.loads(args.method_params)
+    if set(method_params) - set(args.methods) - {"dagger"}:
+        p.error(f"--method-params names methods not run: {sorted(set(method_params) - set(args.methods))}")
+    if args.smoke:  # the smoke run's rounds for every method
+        method_params = {m: {k: v for k, v in keys.items() if k != "rounds"} for m, keys in method_params.items()}
     if args.teacher_noise and {"gated", "intervention"} & set(args.methods):
         p.error("--teacher-noise is not read by the gated methods (the teacher's actions there are its labels)")
     student = StudentConfig(groups=list(args.groups), hidden=list(args.hidden))
     result: dict[str, Any] = {"tasks": suite.task_names, "target": args.target, "labels_per_round": per_round,
-                              "dagger_schedule": schedule, "gate_params": gate_params, "methods": {}}
+                              "dagger_schedule": schedule, "gate_params": gate_params,
+                              "method_params": method_params, "methods": {}}
     rounds = {m: args.rounds for m in METHODS}
     intervals: dict[str, tuple[float, float]] = {}  # per method, the 95% interval of its median labels
     for name in [m for m in METHODS if m == "dagger" or m in args.methods]:
-        method = method_config(name, rounds[name], common, schedule, gate_params)
+        method = method_config(name, rounds[name], common, schedule, gate_params, method_params.get(name))
         runs = []
         for seed in args.seeds:
             rows = run_distill(suite, teachers, seed, method, student, args.eval_episodes,
@@ -197,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
         median = median_labels([r["labels_to_target"] for r in runs])
         intervals[name] = median_interval([math.inf if r["labels_to_target"] is None else r["labels_to_target"]
                                            for r in runs])
-        result["methods"][name] = {"rounds": rounds[name], "budget_labels": rounds[name] * per_round,
+        result["methods"][name] = {"rounds": method.rounds, "budget_labels": method.rounds * per_round,
                                    "runs": runs, "median_labels": median,
                                    "median_interval": [None if math.isinf(x) else x for x in intervals[name]],
                                    "reached": f"{sum(r['labels_to_target'] is not None for r in runs)}/{len(runs)}"}

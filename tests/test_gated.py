@@ -43,11 +43,16 @@ def gated_run(tmp_path: Path, suite, teachers, **method) -> dict:
     return distill(cfg, suite, teachers)
 
 
-@pytest.mark.parametrize("gate", ["disagreement+novelty", "intervention"])
+GATE_KEYS = {"disagreement+novelty": {"query_rate": 0.3, "takeover_steps": 3},
+             "intervention": {"intervene_at": 0.05},
+             "intervention at a rate": {"intervene_at": 0.05, "query_rate": 0.2, "teacher_round_steps": 50}}
+
+
+@pytest.mark.parametrize("gate", GATE_KEYS)
 def test_labels_only_where_the_teacher_was_asked(default_suite, tmp_path, gate):
     teachers = policies_for_suite(zoo_dir("default"), default_suite, device="cpu")  # PPO experts: labels with a std
-    keys = {"intervene_at": 0.05} if gate == "intervention" else {"query_rate": 0.3, "takeover_steps": 3}
-    summary = gated_run(tmp_path, default_suite, teachers, gate=gate, **keys)
+    keys = GATE_KEYS[gate]
+    summary = gated_run(tmp_path, default_suite, teachers, gate=gate.split()[0], **keys)
     store = EpisodeStore(tmp_path / "run" / "episodes")
     bank = TeacherBank([teachers[n] for n in default_suite.task_names])
     labels_so_far = 0
@@ -65,10 +70,10 @@ def test_labels_only_where_the_teacher_was_asked(default_suite, tmp_path, gate):
         assert row["info"]["queries"] == counts
         labels_so_far += int(asked.sum())
         assert row["labels_used"] == labels_so_far
-    assert summary["rounds"][0]["info"]["queries"] == {"teacher_round": 4 * 2 * 100}
+    assert summary["rounds"][0]["info"]["queries"] == {"teacher_round": 4 * 2 * keys.get("teacher_round_steps", 100)}
     later = summary["rounds"][1:]
-    assert all(0 < row["info"]["query_rate"] < 1 for row in later)
-    if gate == "intervention":
+    assert all(0 < row["info"]["query_rate"] < min(1, 1.5 * keys.get("query_rate", 1)) for row in later)
+    if gate.startswith("intervention"):
         assert all(row["info"]["watched_steps"] == row["env_steps"] - prev["env_steps"]
                    for prev, row in zip(summary["rounds"], later, strict=False))
 
@@ -114,6 +119,35 @@ def test_intervention_gate_measures_in_half_ranges():
     teacher = np.array([[0.0, 5.0], [0.0, 5.0], [0.0, 5.0]])
     student = np.array([[0.1, 5.5], [0.3, 5.0], [0.0, 7.0]])  # RMS distances 0.1, 0.21, 0.28 half-ranges
     assert gate.decide({}, student, teacher, box).tolist() == [NOT_ASKED, INTERVENTION, INTERVENTION]
+
+
+def test_intervention_at_a_rate_takes_over_at_the_largest_errors():
+    box = spaces.Box(-np.ones(2, np.float32), np.ones(2, np.float32))
+    rng = np.random.default_rng(0)
+    teacher = np.zeros((8, 2))
+
+    def asked(gate: InterventionGate, spread: float) -> tuple[np.ndarray, np.ndarray]:
+        student = rng.normal(0.0, spread, size=(8, 2))
+        distance = np.sqrt(np.mean(student ** 2, axis=1))
+        return gate.decide({}, student, teacher, box) != NOT_ASKED, distance
+
+    gate = InterventionGate(0.01, rate=0.1)
+    first = [asked(gate, 0.5) for _ in range(100)]  # a round of 800 watched steps
+    ask, distance = (np.concatenate(x) for x in zip(*first, strict=True))
+    assert ask.mean() == pytest.approx(0.1, abs=0.03)  # the rate, not every step farther than 0.01
+    assert distance[ask].min() > np.quantile(distance, 0.8)  # at the largest errors
+    assert InterventionGate(0.01).decide({}, rng.normal(0.0, 0.5, (8, 2)), teacher, box).all()  # without a rate
+    gate.new_round()  # the next round compares with the last one's 800 distances
+    assert np.mean([asked(gate, 0.1)[0].mean() for _ in range(20)]) < 0.02  # a student that improved: asked less
+    # one that errs more is asked more while the window still holds its better steps, then at the rate
+    assert np.mean([asked(gate, 2.0)[0].mean() for _ in range(100)]) > 0.2
+    assert np.mean([asked(gate, 2.0)[0].mean() for _ in range(100)]) == pytest.approx(0.1, abs=0.03)
+    restored = InterventionGate(0.01, rate=0.1)
+    restored.load_state(gate.state())
+    gate.new_round()
+    restored.new_round()
+    student = rng.normal(0.0, 1.0, size=(8, 2))
+    assert gate.decide({}, student, teacher, box).tolist() == restored.decide({}, student, teacher, box).tolist()
 
 
 def test_weight_zero_changes_nothing(default_suite):
@@ -182,8 +216,8 @@ def test_gate_survives_a_checkpoint(default_suite, tmp_path):
 
 
 def test_gated_refuses_what_it_does_not_read(tmp_path, caplog):
-    with pytest.raises(ValueError, match="gate 'intervention' does not read method.query_rate"):
-        GatedConfig(gate="intervention", query_rate=0.2)
+    with pytest.raises(ValueError, match="gate 'intervention' does not read method.cap_rate"):
+        GatedConfig(gate="intervention", cap_rate=False)
     with pytest.raises(ValueError, match="does not read method.intervene_at"):
         GatedConfig(intervene_at=0.5)
     with pytest.raises(ValueError, match="does not read method.relabel_noise"):
@@ -199,3 +233,16 @@ def test_gated_refuses_what_it_does_not_read(tmp_path, caplog):
                  "method.gate=nope"]) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "unknown gate 'nope'" in errors[0] and not out.exists()
+
+
+def test_a_resumed_intervention_at_a_rate_goes_on_as_one_run(tmp_path):
+    # its window of distances is part of the checkpoint: two rounds, then two more, end where four rounds end
+    argv = ["distill", "method=gated", "method.gate=intervention", "teachers=conftest:goal_seeker", "eval_episodes=2",
+            "final_episodes=0", "n_envs=2", "method.episodes_per_task=1", "method.updates_per_round=100",
+            "method.intervene_at=0.05", "method.query_rate=0.3", "method.teacher_round_steps=50"]
+    assert main([*argv, "method.rounds=4", f"out={tmp_path / 'straight'}"]) == 0
+    assert main([*argv, "method.rounds=2", f"out={tmp_path / 'resumed'}"]) == 0
+    assert main([*argv, "method.rounds=4", f"out={tmp_path / 'resumed'}", "resume=extend"]) == 0
+    straight, resumed = (read_json(tmp_path / d / "distill.json")["rounds"] for d in ("straight", "resumed"))
+    assert [r["info"]["queries"] for r in straight] == [r["info"]["queries"] for r in resumed]
+    assert [r["labels_used"] for r in straight] == [r["labels_used"] for r in resumed]

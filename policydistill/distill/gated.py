@@ -1,6 +1,7 @@
 """Gated DAgger (``method=gated``): the teacher labels only where a gate asks, so labels go where they matter.
 
-Round 0 the teacher acts and labels every step (a BC round: something to train and calibrate on). From
+Round 0 the teacher acts and labels every step (a BC round: something to train and calibrate on; its episodes
+cut at ``teacher_round_steps`` if set). From
 round 1 the student acts, and the teacher is asked only where the gate (:mod:`policydistill.distill.gates`)
 says so; it then acts and labels for ``takeover_steps`` steps. Unlabelled steps are stored for their
 inputs only (loss weight 0). After every update an uncertainty gate is refitted on the labelled steps and
@@ -8,7 +9,9 @@ calibrated on the states of the round just collected (the student's, labelled or
 ``query_rate / takeover_steps`` of them, about ``query_rate`` of the steps labelled if the student goes where
 it went. A student that improves strays less from what was labelled and is asked less than that; one that
 meets new states would be asked more, but the gate's cap (``cap_rate``) keeps it to that share of the states it
-saw lately, the most uncertain ones (the realised rate is in each round's ``info``). Labels are counted as the teacher
+saw lately, the most uncertain ones (the realised rate is in each round's ``info``). The intervention gate, given a
+``query_rate``, likewise takes over only at the largest of the student's errors it watched lately, at about that
+rate. Labels are counted as the teacher
 gave them; every stored step keeps why it was labelled (the store's ``query`` field) and every round of
 ``distill.json`` counts the queries by reason.
 """
@@ -27,7 +30,9 @@ from policydistill.distill.dagger import ExtraFields, FitFields, OnPolicy, Relab
 from policydistill.distill.gates import GATES, AskAlways, InterventionGate, UncertaintyGate, fit_gate_model
 from policydistill.types import concat_groups
 
-UNCERTAINTY_KEYS = ("query_rate", "ensemble_size", "gate_updates", "cap_rate")
+UNCERTAINTY_KEYS = ("ensemble_size", "gate_updates", "cap_rate")
+QUERY_RATE = 0.1
+"""An uncertainty gate's ``query_rate`` unless set."""
 
 
 @dataclass
@@ -36,19 +41,24 @@ class GatedConfig(ExtraFields, RelabelFields, FitFields, RoundFields):
     heads, each fitted on a bootstrap of the labelled steps for ``gate_updates`` updates), ``novelty`` (a random
     network distillation predictor fitted alongside), ``disagreement+novelty`` (either) or ``intervention`` (the
     teacher watches and takes over where the student's action is farther than ``intervene_at`` from its own, in
-    half-ranges of the action bounds). ``cap_rate``: an uncertainty gate also asks on at most its calibrated share
+    half-ranges of the action bounds). ``query_rate``: about the share of the student's steps labelled; an
+    uncertainty gate's is 0.1 unless set; the intervention gate, given one, takes over only at the largest
+    ``query_rate / takeover_steps`` of the distances it watched over the last round's worth of steps (else wherever
+    the student is farther). ``teacher_round_steps``: round 0's episodes (the teacher's) cut at this many steps (None:
+    at ``collect_steps``). ``cap_rate``: an uncertainty gate also asks on at most its calibrated share
     of the last states it saw (as many as it was calibrated on), so a student whose every state looks new to the gate
     (as after round 0, calibrated on the teacher's states) is asked about the most uncertain of them, not about all.
     ``max_steps``: the stored steps kept (oldest rounds evicted first)."""
 
     gate: str = "disagreement+novelty"
-    query_rate: float = 0.1
+    query_rate: float | None = None
     takeover_steps: int = 5
     ensemble_size: int = 5
     gate_updates: int = 1000
     intervene_at: float = 0.3
     max_steps: int = 200_000
     cap_rate: bool = True
+    teacher_round_steps: int | None = None
 
     def __post_init__(self) -> None:
         self.check_fit()
@@ -57,21 +67,26 @@ class GatedConfig(ExtraFields, RelabelFields, FitFields, RoundFields):
             require_int(name, getattr(self, name))
         require_int("ensemble_size", self.ensemble_size, 2)
         require_choice("gate", self.gate, GATES)
-        require_number("query_rate", self.query_rate, 0.0, 1.0, low_open=True)
+        if self.query_rate is not None:
+            require_number("query_rate", self.query_rate, 0.0, 1.0, low_open=True)
         require_number("intervene_at", self.intervene_at, 0.0, low_open=True)
         if self.confidence == "advantage":
             raise ValueError("method.confidence=advantage judges every label as it is collected; method=gated labels "
                              "only where its gate asks: use method.confidence=none|teacher_std")
-        if self.collect_steps is not None:
-            require_int("collect_steps", self.collect_steps)
+        for name in ("collect_steps", "teacher_round_steps"):
+            if getattr(self, name) is not None:
+                require_int(name, getattr(self, name))
         unread = {f.name for f in dataclasses.fields(RelabelFields)}
         unread |= set(UNCERTAINTY_KEYS) if self.gate == "intervention" else {"intervene_at"}
         refuse_unread(self, {f.name for f in dataclasses.fields(self)} - unread, f"gate '{self.gate}'", "method.")
 
     @property
-    def fire_rate(self) -> float:
-        """The share of calibration inputs an uncertainty gate fires on: each firing labels ``takeover_steps``."""
-        return self.query_rate / self.takeover_steps
+    def fire_rate(self) -> float | None:
+        """The share of the inputs a gate fires on (None: the intervention gate's wherever the student is farther):
+        each firing labels ``takeover_steps``."""
+        if self.query_rate is None and self.gate == "intervention":
+            return None
+        return (QUERY_RATE if self.query_rate is None else self.query_rate) / self.takeover_steps
 
 
 class Gated(OnPolicy):
@@ -86,7 +101,7 @@ class Gated(OnPolicy):
                              "their observation and action spaces")
         super().__init__(cfg, ctx)
         self.gate: UncertaintyGate | InterventionGate | None = (
-            InterventionGate(cfg.intervene_at) if cfg.gate == "intervention" else None)
+            InterventionGate(cfg.intervene_at, cfg.fire_rate) if cfg.gate == "intervention" else None)
 
     def beta(self, round: int, prev: dict[str, Any] | None, teacher_return: float) -> float:
         return 1.0 if round == 0 else 0.0
@@ -98,8 +113,10 @@ class Gated(OnPolicy):
     def collect(self, round: int, prev: dict[str, Any] | None, teacher_return: float) -> CollectPlan:
         cfg = self.cfg
         if round == 0 or self.gate is None:
-            return CollectPlan(1.0, cfg.episodes_per_task, None, gate=AskAlways(), episode_steps=cfg.collect_steps,
-                               **self.plan_options())
+            return CollectPlan(1.0, cfg.episodes_per_task, None, gate=AskAlways(),
+                               episode_steps=cfg.teacher_round_steps or cfg.collect_steps, **self.plan_options())
+        if isinstance(self.gate, InterventionGate):
+            self.gate.new_round()
         return CollectPlan(0.0, cfg.episodes_per_task, self.student, gate=self.gate, takeover_steps=cfg.takeover_steps,
                            episode_steps=cfg.collect_steps, **self.plan_options())
 
@@ -125,16 +142,18 @@ class Gated(OnPolicy):
         recent = store.load(names, where=lambda meta: meta["round"] == round)
         kinds = ("disagreement", "novelty") if cfg.gate == "disagreement+novelty" else (cfg.gate,)
         return UncertaintyGate.calibrated(model, groups, kinds, concat_groups(
-            {g: recent[f"obs/{g}"] for g in groups}, groups), cfg.fire_rate, cfg.cap_rate)
+            {g: recent[f"obs/{g}"] for g in groups}, groups), cfg.fire_rate or 0.0, cfg.cap_rate)
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        if isinstance(self.gate, UncertaintyGate):
+        if self.gate is not None:
             state["gate"] = self.gate.state()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        if "gate" in state:
+        if isinstance(self.gate, InterventionGate) and "gate" in state:
+            self.gate.load_state(state["gate"])
+        elif "gate" in state:
             self.gate = UncertaintyGate.from_state(state["gate"], tuple(self.student.groups), self.student.device)
 

@@ -12,7 +12,8 @@ should be asked (a code of :data:`REASONS`) or 0. Once asked, the teacher acts a
   makes it ask on ``rate`` of those inputs.
 - :class:`InterventionGate` (HG-DAgger style): the teacher watches every step and takes over where the
   student's action is farther than ``intervene_at`` from its own (root mean square over the action dims, in
-  half-ranges of the action bounds). Watching is not labelling: only the takeover steps are stored as labels.
+  half-ranges of the action bounds), and, given a ``rate``, only at the largest such distances of late.
+  Watching is not labelling: only the takeover steps are stored as labels.
 """
 
 from __future__ import annotations
@@ -115,13 +116,31 @@ def fit_gate_model(x: np.ndarray, y: np.ndarray, k: int, updates: int, rng: np.r
     return model
 
 
+class TopShare:
+    """A window of the last ``size`` values seen (None: every one), first ``values`` (W,): whether new values are
+    within its top ``rate`` once they are in it."""
+
+    def __init__(self, rate: float, values: np.ndarray, size: int | None) -> None:
+        self.rate, self.size, self._at = rate, size, 0
+        self.values = np.array(values, dtype=np.float64)
+
+    def admits(self, values: np.ndarray) -> np.ndarray:
+        """values (n,) -> (n,) bool, each within the top ``rate`` of the window."""
+        if self.size is None:
+            self.values = np.concatenate([self.values, values])
+        else:
+            self.values[(self._at + np.arange(len(values))) % self.size] = values
+            self._at = (self._at + len(values)) % self.size
+        return values > np.quantile(self.values, 1.0 - self.rate)
+
+
 class UncertaintyGate:
     """Asks where the ensemble disagrees or the inputs are novel (see the module doc). ``kinds``: the scores it
     reads (``disagreement``, ``novelty``); ``medians``: each one's median on the calibration inputs;
     ``threshold``: on the largest score-over-median ratio. ``recent`` (W,) and ``rate``: a cap, the gate also asks
     only where the ratio is within the top ``rate`` of the last W ratios it saw (``recent``, first the calibration
-    inputs'), so that a student whose every state looks new is asked about the most uncertain of them, not about
-    all; None: no cap."""
+    inputs'; see :class:`TopShare`), so that a student whose every state looks new is asked about the most uncertain
+    of them, not about all; None: no cap."""
 
     watches = False
 
@@ -130,7 +149,7 @@ class UncertaintyGate:
         self.model, self.groups, self.kinds = model, groups, kinds
         self.medians, self.threshold = medians, threshold
         self.networks = ScoreNetworks(model.arrays())
-        self.recent, self.rate, self._at = recent, rate, 0
+        self.cap = None if recent is None or rate is None else TopShare(rate, recent, len(recent))
 
     @classmethod
     def calibrated(cls, model: GateModel, groups: tuple[str, ...], kinds: tuple[str, ...], x: np.ndarray,
@@ -143,7 +162,7 @@ class UncertaintyGate:
         ratio = np.max([scores[k] / gate.medians[k] for k in kinds], axis=0)
         gate.threshold = float(np.quantile(ratio, 1.0 - rate))
         if cap:
-            gate.recent, gate.rate = ratio.astype(np.float64), rate
+            gate.cap = TopShare(rate, ratio, len(ratio))
         return gate
 
     def decide(self, obs: ObsGroups, student_action: np.ndarray, teacher_action: np.ndarray | None,
@@ -153,11 +172,8 @@ class UncertaintyGate:
         ratios = np.stack([scores[k] / self.medians[k] for k in self.kinds])  # (kinds, n)
         ratio = ratios.max(0)
         ask = ratio > self.threshold
-        if self.recent is not None:  # set with rate, see calibrated
-            window = len(self.recent)
-            self.recent[(self._at + np.arange(len(ratio))) % window] = ratio
-            self._at = (self._at + len(ratio)) % window
-            ask &= ratio > np.quantile(self.recent, 1.0 - float(self.rate))
+        if self.cap is not None:
+            ask &= self.cap.admits(ratio)
         codes = np.asarray([SCORES[k] for k in self.kinds], dtype=np.uint8)
         return np.where(ask, codes[ratios.argmax(0)], NOT_ASKED).astype(np.uint8)
 
@@ -165,7 +181,8 @@ class UncertaintyGate:
         return {"model": self.model.state_dict(), "kinds": list(self.kinds), "medians": self.medians,
                 "threshold": self.threshold, "shape": [len(self.model.x_mean), len(self.model.y_mean),
                                                        *self.model.heads.weights[0].shape[::2]],
-                "recent": None if self.recent is None else self.recent.tolist(), "rate": self.rate}
+                "recent": None if self.cap is None else self.cap.values.tolist(),
+                "rate": None if self.cap is None else self.cap.rate}
 
     @classmethod
     def from_state(cls, state: dict[str, Any], groups: tuple[str, ...], device: torch.device | str) -> UncertaintyGate:
@@ -178,19 +195,41 @@ class UncertaintyGate:
 
 class InterventionGate:
     """Takes over where the student's action is farther than ``intervene_at`` from the teacher's (RMS over the
-    action dims, in half-ranges of the bounds); the teacher watches every step."""
+    action dims, in half-ranges of the bounds); the teacher watches every step. ``rate``: and only where the
+    distance is within the top ``rate`` of the distances it watched lately (as many as in the round before, every
+    one of the round in the first; see :meth:`new_round`), so that labels go to the student's largest errors, at
+    about that rate, as long as the student keeps making them; None: wherever it is farther."""
 
     watches = True
 
-    def __init__(self, intervene_at: float) -> None:
-        self.intervene_at = intervene_at
+    def __init__(self, intervene_at: float, rate: float | None = None) -> None:
+        self.intervene_at, self.rate = intervene_at, rate
+        self.window: TopShare | None = None if rate is None else TopShare(rate, np.zeros(0), None)
+        self.round: list[np.ndarray] = []  # this round's distances
+
+    def new_round(self) -> None:
+        """Start a round: the window keeps as many distances as the last round watched."""
+        if self.rate is not None and self.round:
+            last = np.concatenate(self.round)
+            self.window, self.round = TopShare(self.rate, last, len(last)), []
 
     def decide(self, obs: ObsGroups, student_action: np.ndarray, teacher_action: np.ndarray | None,
                bounds: spaces.Box) -> np.ndarray:
         assert teacher_action is not None
         half = np.where(np.isfinite(bounds.high - bounds.low), (bounds.high - bounds.low) / 2.0, 1.0)
         distance = np.sqrt(np.mean(((student_action - teacher_action) / half) ** 2, axis=1))
-        return np.where(distance > self.intervene_at, INTERVENTION, NOT_ASKED).astype(np.uint8)
+        ask = distance > self.intervene_at
+        if self.window is not None:
+            self.round.append(distance)
+            ask &= self.window.admits(distance)
+        return np.where(ask, INTERVENTION, NOT_ASKED).astype(np.uint8)
+
+    def state(self) -> dict[str, Any]:
+        """What :meth:`new_round` starts the next round from: this round's distances."""
+        return {"round": np.concatenate(self.round).tolist() if self.round else []}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.round = [np.asarray(state["round"], dtype=np.float64)] if state["round"] else []
 
 
 class AskAlways:
