@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import math
 import os
@@ -60,6 +61,17 @@ def parser(name: str, doc: str) -> argparse.ArgumentParser:
     p.add_argument("--results-dir", default=None,
                    help="where the result JSON goes (default: bench/results; with --smoke runs/bench/smoke/results)")
     return p
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """An argument's JSON object (an argparse ``type``: anything else is a one-line usage error)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e.msg} at character {e.pos}): {text}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object ({{\"key\": value, ...}}), got {text}")
+    return value
 
 
 def timing_args(p: argparse.ArgumentParser, iters: int, rounds: int = 5) -> None:

@@ -14,7 +14,6 @@ threshold) where the task-conditioned student fails none.
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 from dataclasses import asdict
@@ -26,7 +25,7 @@ if not __package__:  # python bench/<name>.py: the bench package lives one folde
 
 
 from bench import envelope
-from bench.common import one_thread, parse, parser, run_distill, schedule_keys, zoo_teachers
+from bench.common import json_object, one_thread, parse, parser, run_distill, schedule_keys, zoo_teachers
 from policydistill import DAggerConfig, StudentConfig, Suite
 
 TARGETS = {"default": {"mean": 0.98, "min": 0.95, "success_gap": 0.02}, "locomotion": {"mean": 0.95}}
@@ -55,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--episodes-per-task", type=int, default=4)
     p.add_argument("--updates", type=int, default=500)
     p.add_argument("--schedule", default="linear")
-    p.add_argument("--schedule-params", default=None,
+    p.add_argument("--schedule-params", type=json_object, default=None,
                    help='JSON: the schedule\'s parameters (default {"rounds": rounds - 2}: linear 1 -> 0)')
     p.add_argument("--lr-decay", action="store_true", help="cosine lr decay within each round")
     p.add_argument("--teacher-noise", type=float, default=0.0, help="DART-style noise on the teacher's actions")
@@ -69,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     started = envelope.start()
     one_thread()
     suite, teachers = zoo_teachers(args.suite)
-    params = json.loads(args.schedule_params) if args.schedule_params else {"rounds": max(1, args.rounds - 2)}
+    params = args.schedule_params or {"rounds": max(1, args.rounds - 2)}
     method = DAggerConfig(rounds=args.rounds, episodes_per_task=args.episodes_per_task, updates_per_round=args.updates,
                           batch_size=args.batch_size, lr_decay=args.lr_decay, teacher_noise=args.teacher_noise,
                           collect_steps=args.collect_steps, **schedule_keys(args.schedule, params))

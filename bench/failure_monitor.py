@@ -30,7 +30,6 @@ tick.
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 import sys
 import time
@@ -46,6 +45,7 @@ from bench import envelope  # noqa: E402
 from bench.common import (  # noqa: E402
     distill_run,
     interval_text,
+    json_object,
     median_interval,
     one_thread,
     parse,
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = parser("failure_monitor", __doc__)
     p.add_argument("--suite", default="terrain")
     p.add_argument("--groups", nargs="+", default=["policy", "task"], help="the student's observation groups")
-    p.add_argument("--shift", default="{}", help="JSON: env keyword arguments set on every task")
+    p.add_argument("--shift", type=json_object, default="{}", help="JSON: env keyword arguments set on every task")
     p.add_argument("--shift-suite", default=None, help="a suite with the same spaces to shift to instead")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--rounds", type=int, default=6)
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--ticks", type=int, default=2000, help="calls timed for the cost")
     p.add_argument("--tag", default="", help="suffix of the result file name")
     args = parse(p, argv, SMOKE)
-    shift = json.loads(args.shift)
+    shift = args.shift
     if bool(shift) == bool(args.shift_suite):
         p.error("give exactly one of --shift and --shift-suite")
     started = envelope.start()

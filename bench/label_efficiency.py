@@ -48,6 +48,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from bench import envelope  # noqa: E402
 from bench.common import (  # noqa: E402
     interval_text,
+    json_object,
     median_interval,
     one_thread,
     parse,
@@ -159,14 +160,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
     p.add_argument("--updates", type=int, default=1000)
     p.add_argument("--schedule", default="step")
-    p.add_argument("--schedule-params", default='{"switch_round": 1}', help="JSON: DAgger's schedule's parameters")
+    p.add_argument("--schedule-params", type=json_object, default='{"switch_round": 1}',
+                   help="JSON: DAgger's schedule's parameters")
     p.add_argument("--eval-episodes", type=int, default=20)
     p.add_argument("--target", type=float, default=0.95)
     p.add_argument("--methods", nargs="+", default=["dagger", "bc"], choices=METHODS,
                    help="dagger (always run: it sets BC's budget) and any of gated, intervention, bc")
-    p.add_argument("--gate-params", default='{"query_rate": 0.1, "takeover_steps": 5, "intervene_at": 0.3}',
+    p.add_argument("--gate-params", type=json_object,
+                   default='{"query_rate": 0.1, "takeover_steps": 5, "intervene_at": 0.3}',
                    help="JSON: the gated methods' keys (intervene_at: intervention only)")
-    p.add_argument("--method-params", default="{}",
+    p.add_argument("--method-params", type=json_object, default="{}",
                    help='JSON: keys of one method\'s config, e.g. {"intervention": {"query_rate": 0.1, "rounds": 24}}')
     p.add_argument("--tag", default="", help="suffix of the result file name")
     args = parse(p, argv, SMOKE)
@@ -179,13 +182,19 @@ def main(argv: list[str] | None = None) -> dict:
     per_round = round_labels(suite, args.episodes_per_task, args.collect_steps)
     common = {"episodes_per_task": args.episodes_per_task, "updates_per_round": args.updates,
               "teacher_noise": args.teacher_noise, "collect_steps": args.collect_steps}
-    schedule = schedule_keys(args.schedule, json.loads(args.schedule_params))
-    gate_params = json.loads(args.gate_params)
-    method_params = json.loads(args.method_params)
-    if set(method_params) - set(args.methods) - {"dagger"}:
-        p.error(f"--method-params names methods not run: {sorted(set(method_params) - set(args.methods))}")
+    schedule = schedule_keys(args.schedule, args.schedule_params)
+    gate_params, method_params = args.gate_params, args.method_params
+    run = {"dagger", *args.methods}
+    if set(method_params) - run or not all(isinstance(v, dict) for v in method_params.values()):
+        p.error(f"--method-params: expected {{method: {{key: value}}}} for methods run ({sorted(run)}), "
+                f"got {json.dumps(method_params)}")
     if args.smoke:  # the smoke run's rounds for every method
         method_params = {m: {k: v for k, v in keys.items() if k != "rounds"} for m, keys in method_params.items()}
+    for name in sorted(run):  # every config is checked before any run
+        try:
+            method_config(name, args.rounds, common, schedule, gate_params, method_params.get(name))
+        except (TypeError, ValueError) as e:
+            p.error(f"method {name}: {e}")
     if args.teacher_noise and {"gated", "intervention"} & set(args.methods):
         p.error("--teacher-noise is not read by the gated methods (the teacher's actions there are its labels)")
     student = StudentConfig(groups=list(args.groups), hidden=list(args.hidden))

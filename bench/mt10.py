@@ -16,7 +16,6 @@ same held-out episodes. Targets (held-out goals, medians over the seeds): MT10 m
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import tempfile
@@ -29,7 +28,7 @@ if not __package__:  # python bench/<name>.py: the bench package lives one folde
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import envelope
-from bench.common import one_thread, parse, parser, schedule_keys
+from bench.common import json_object, one_thread, parse, parser, schedule_keys
 from policydistill import DAggerConfig, StudentConfig
 from policydistill.bundle import load_bundle
 from policydistill.distill.runner import DistillConfig, distill
@@ -64,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--relabel-noise", type=float, default=0.1,
                    help="DAgger's relabel_noise: teacher-labelled perturbed copies of the stored states (0: off)")
     p.add_argument("--schedule", default="linear")
-    p.add_argument("--schedule-params", default=None,
+    p.add_argument("--schedule-params", type=json_object, default=None,
                    help='JSON: the schedule\'s parameters (default {"rounds": rounds - 2}: linear 1 -> 0)')
     p.add_argument("--n-envs", type=int, default=8)
     p.add_argument("--val-episodes", type=int, default=10, help="validation episodes per task each round")
@@ -76,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     suite, held_out = load_suite(args.suite), load_suite(f"{args.suite}_heldout")
     assert held_out.task_names == suite.task_names, "the held-out suite must list the same tasks in the same order"
     teachers = policies_for_suite("suite", suite, device="cpu")
-    params = json.loads(args.schedule_params) if args.schedule_params else {"rounds": max(1, args.rounds - 2)}
+    params = args.schedule_params or {"rounds": max(1, args.rounds - 2)}
     method = DAggerConfig(rounds=args.rounds, episodes_per_task=args.episodes_per_task, updates_per_round=args.updates,
                           batch_size=args.batch_size, lr=args.lr, lr_decay=True, collect_steps=args.collect_steps,
                           max_steps=1_000_000, relabel_noise=args.relabel_noise, **schedule_keys(args.schedule, params))

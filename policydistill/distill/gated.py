@@ -141,8 +141,10 @@ class Gated(OnPolicy):
                                stream(self.ctx.seed, round, 4), self.student.device)
         recent = store.load(names, where=lambda meta: meta["round"] == round)
         kinds = ("disagreement", "novelty") if cfg.gate == "disagreement+novelty" else (cfg.gate,)
+        rate = cfg.fire_rate
+        assert rate is not None  # an uncertainty gate's rate is always set
         return UncertaintyGate.calibrated(model, groups, kinds, concat_groups(
-            {g: recent[f"obs/{g}"] for g in groups}, groups), cfg.fire_rate or 0.0, cfg.cap_rate)
+            {g: recent[f"obs/{g}"] for g in groups}, groups), rate, cfg.cap_rate)
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
