@@ -5,24 +5,27 @@ it raise a false alarm in distribution, and what does it cost per tick?
     .venv/bin/python -m bench failure_monitor --suite locomotion --groups policy privileged task \
         --shift '{"mass_range": [1.6, 2.0], "friction_range": [0.2, 0.4]}'
     .venv/bin/python -m bench failure_monitor --suite default --shift-suite default_hazard
+    .venv/bin/python -m bench failure_monitor --suite default --shift-suite default_hazard \
+        --env-kwargs '{"pit_sensor": 0.1}' --groups policy extero task --ahead 2
 
-Per seed: a DAgger student is distilled from the suite's zoo (``--rounds`` rounds, linear beta 1 -> 0 over half
-of them), its monitor fitted on the run's episodes and calibrated (``--calibration-episodes`` per task,
-``--alpha``, ``--delta``: the false-alarm rate holds for each calibration with probability 1 - delta, not only
-on average over calibrations; ``--start-ticks``: the longest episode start it scores against the calibration
-episodes' starts, 0 for none; ``--statistic``: ``tick`` or ``mean``, the score of the tick or its mean since
-the reset, see :class:`~policydistill.runtime.monitor.FailureMonitor`; ``--hidden``: its networks' width). Then
-the student runs ``--episodes`` held-out episodes per task in distribution and as many under the shift
-(``--shift``: env keyword arguments set on every task; ``--shift-suite``: another suite with the same spaces,
-e.g. the pit of ``default_hazard`` that the ``default`` student never saw). An episode fails when it does not
+Per seed: a DAgger student is distilled from the suite's zoo (``--rounds`` rounds, linear beta 1 -> 0 over half of
+them), its monitor fitted on the run's episodes and calibrated (``--calibration-episodes`` per task, ``--alpha``,
+``--delta``: the false-alarm rate holds for each calibration with probability 1 - delta, not only on average over
+calibrations; ``--start-ticks``: the longest episode start it scores against the calibration episodes' starts, 0 for
+none; ``--statistic``: ``tick`` or ``mean``, the score of the tick or its mean since the reset, see
+:class:`~policydistill.runtime.monitor.FailureMonitor`; ``--hidden``: its networks' width). Then the student runs
+``--episodes`` held-out episodes per task in distribution and as many under the shift (``--shift``: env keyword
+arguments set on every task; ``--shift-suite``: another suite with the same spaces, e.g. the pit of
+``default_hazard`` that the ``default`` student never saw; ``--env-kwargs``: env keyword arguments set on every task
+of both, e.g. PointReach's pit sensor, which reads nothing in ``default``). An episode fails when it does not
 succeed. Its score for predicting that is the monitor's largest statistic before its last ``--ahead`` steps (an
 alarm that would have come at least that many control steps before the end). Reported: AUROC of that score for
-failure over all episodes (and over the shifted ones alone: failure told apart from the shift itself), the
-alarm rate on failing and on succeeding shifted episodes, the alarm rate on in-distribution episodes (an alarm
-anywhere: what the threshold is calibrated on) and the false-alarm rate among them (an alarm on an episode that
-then succeeds, over all in-distribution episodes; the same where no in-distribution episode fails), and the
-monitor's cost per tick over the student's (one env; the monitor's work as a controller does it each tick, by
-the controller's own timer; measured alternately in one loop).
+failure over all episodes (and over the shifted ones alone: failure told apart from the shift itself), the alarm
+rate on failing and on succeeding shifted episodes, the alarm rate on in-distribution episodes (an alarm anywhere:
+what the threshold is calibrated on) and the false-alarm rate among them (an alarm on an episode that then succeeds,
+over all in-distribution episodes; the same where no in-distribution episode fails), and the monitor's cost per tick
+over the student's (one env; the monitor's work as a controller does it each tick, by the controller's own timer;
+measured alternately in one loop).
 Targets: AUROC >= 0.9, false alarms <= 5%, cost <= 20% of the policy's
 tick.
 """
@@ -118,6 +121,7 @@ def run_seed(seed: int, args: Any, suite: Suite, teachers: dict, shift_suite: Su
     failed = [np.asarray([not r.episode.success for r in recs]) for recs in (inside, shift)]
     scores, fails = np.concatenate(ahead), np.concatenate(failed)
     shift_alarm = ahead[1] > monitor.threshold
+    lengths = [len(r.steps["reward"]) for r in shift]
     inside_alarm = whole[0] > monitor.threshold  # an alarm anywhere: what the threshold is calibrated on
     cost = tick_cost(monitor, student, suite, args.ticks)
     out_row = {"seed": seed, "threshold": monitor.threshold, "calibration_episodes": monitor.episodes,
@@ -126,6 +130,7 @@ def run_seed(seed: int, args: Any, suite: Suite, teachers: dict, shift_suite: Su
                                    "alarm_rate": float(inside_alarm.mean()),
                                    "false_alarm_rate": float((inside_alarm & ~failed[0]).mean())},
                "shifted": {"episodes": len(shift), "failed": int(failed[1].sum()),
+                           "steps_min_median_max": [float(f(lengths)) for f in (np.min, np.median, np.max)],
                            "alarm_rate_failing": float(shift_alarm[failed[1]].mean()) if failed[1].any() else None,
                            "alarm_rate_succeeding": float(shift_alarm[~failed[1]].mean())
                            if (~failed[1]).any() else None},
@@ -147,6 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--groups", nargs="+", default=["policy", "task"], help="the student's observation groups")
     p.add_argument("--shift", type=json_object, default="{}", help="JSON: env keyword arguments set on every task")
     p.add_argument("--shift-suite", default=None, help="a suite with the same spaces to shift to instead")
+    p.add_argument("--env-kwargs", type=json_object, default="{}",
+                   help="JSON: env keyword arguments set on every task, in distribution and shifted")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--episodes-per-task", type=int, default=8)
@@ -172,6 +179,8 @@ def main(argv: list[str] | None = None) -> dict:
     setup_logging()
     suite, teachers = zoo_teachers(args.suite)
     shift_suite = load_suite(args.shift_suite) if args.shift_suite else shifted(suite, shift)
+    if args.env_kwargs:
+        suite, shift_suite = shifted(suite, args.env_kwargs), shifted(shift_suite, args.env_kwargs)
     rows = [run_seed(seed, args, suite, teachers, shift_suite) for seed in args.seeds]
 
     def med(get: Any) -> float | None:
@@ -197,7 +206,8 @@ def main(argv: list[str] | None = None) -> dict:
         spread = f" ({interval_text(*intervals[key])})" if key in intervals else ""
         print(f"target: {key} {op} {target}   measured (median over {len(rows)} seeds): {shown}{spread} -> "
               f"{'met' if met else 'not met'}")
-    what = args.shift_suite or "_".join(f"{k}{v}" for k, v in shift.items())
+    what = "_".join([args.shift_suite] if args.shift_suite else [f"{k}{v}" for k, v in shift.items()])
+    what += "".join(f"_{k}{v}" for k, v in args.env_kwargs.items())
     return envelope.write("failure_monitor", args, started, runs=len(rows), medians=medians,
                           ratios={"monitor_over_policy_tick": medians["cost_ratio"]},
                           results={"shift": shift or args.shift_suite, "rows": rows,

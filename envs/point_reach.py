@@ -49,6 +49,10 @@ class PointReachEnv(MujocoEnv):
     straight line to the goal crosses it, so a policy must pass it on the left or on the right; the
     env is mirror-symmetric about the start-goal axis (:meth:`mirror_maps`), so both ways are equally
     good and the average of the two is a fall into the pit.
+
+    ``pit_sensor`` > 0 (off by default) adds the group ``extero`` (2,): a proximity sensor of that range
+    pointing at the pit, ``max(0, 1 - d / pit_sensor) * u`` where d is the distance to the pit's edge and u the
+    unit vector towards its centre; zero while the pit is out of range, and always without a pit.
     """
 
     metadata = {"render_modes": ["human", "rgb_array", "depth_array"], "render_fps": 25}
@@ -61,6 +65,7 @@ class PointReachEnv(MujocoEnv):
         reset_noise: float = 0.05,
         frame_skip: int = 4,
         hazard_radius: float = 0.0,
+        pit_sensor: float = 0.0,
         render_mode: str | None = None,
         width: int = 160,
         height: int = 120,
@@ -74,12 +79,16 @@ class PointReachEnv(MujocoEnv):
         if not (np.isfinite(self.hazard_radius) and 0.0 <= self.hazard_radius < 0.5 * np.linalg.norm(self.goal)):
             raise ValueError(f"hazard_radius must be in [0, |goal| / 2), got {hazard_radius!r}")
         self.hazard_center = 0.5 * self.goal
-        observation_space = spaces.Dict(
-            {
-                "policy": spaces.Box(-np.inf, np.inf, shape=(4,), dtype=np.float32),
-                "privileged": spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32),
-            }
-        )
+        self.pit_sensor = float(pit_sensor)
+        if not (np.isfinite(self.pit_sensor) and self.pit_sensor >= 0.0):
+            raise ValueError(f"pit_sensor must be a range >= 0 (0: no sensor), got {pit_sensor!r}")
+        groups = {
+            "policy": spaces.Box(-np.inf, np.inf, shape=(4,), dtype=np.float32),
+            "privileged": spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32),
+        }
+        if self.pit_sensor > 0:
+            groups["extero"] = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+        observation_space = spaces.Dict(groups)
         self.metadata = {**self.metadata, "render_fps": int(round(1.0 / (0.01 * frame_skip)))}
         super().__init__(
             str(ASSET),
@@ -114,11 +123,23 @@ class PointReachEnv(MujocoEnv):
         """Euclidean distance from the point to the goal."""
         return float(np.linalg.norm(self.data.qpos[:2] - self.goal))
 
+    def sense_pit(self) -> np.ndarray:
+        """The pit sensor's reading (2,): proximity in [0, 1] times the unit vector towards the pit's centre."""
+        if self.hazard_radius == 0:
+            return np.zeros(2, dtype=np.float32)
+        offset = self.hazard_center - self.data.qpos[:2]
+        centre = float(np.linalg.norm(offset))
+        proximity = max(0.0, 1.0 - max(centre - self.hazard_radius, 0.0) / self.pit_sensor)
+        return (proximity * offset / max(centre, 1e-9)).astype(np.float32)
+
     def _get_obs(self) -> dict[str, np.ndarray]:
-        return {
+        obs = {
             "policy": np.concatenate([self.data.qpos[:2], self.data.qvel[:2]]).astype(np.float32),
             "privileged": self.goal.astype(np.float32),
         }
+        if self.pit_sensor > 0:
+            obs["extero"] = self.sense_pit()
+        return obs
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         action = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)

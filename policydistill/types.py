@@ -3,7 +3,8 @@
 An observation is a dict of named groups, each batched: ``{group: array (n_envs, dim)}``.
 ``policy`` is what a deployed robot senses, ``privileged`` is simulator-only state, ``task`` is the
 task id (one-hot over the suite's tasks), ``goal`` the goal a goal-conditioned env asks for (its
-``desired_goal``), which a student reads like ``task``.
+``desired_goal``), which a student reads like ``task``, ``extero`` what a robot senses of its surroundings
+(a range or proximity sensor) where an env has such a sensor.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ TASK = "task"
 GOAL = "goal"
 LAST_ACTION = "last_action"
 """The action of the step before, where an env observes it (a history student can read it; see RMA)."""
-GROUPS: tuple[str, ...] = (POLICY, PRIVILEGED, TASK, LAST_ACTION, GOAL)
+EXTERO = "extero"
+"""Exteroception: what a sensor reads of the robot's surroundings, where an env has one (PointReach's pit sensor)."""
+GROUPS: tuple[str, ...] = (POLICY, PRIVILEGED, TASK, LAST_ACTION, GOAL, EXTERO)
 
 ObsGroups = Mapping[str, np.ndarray]
 

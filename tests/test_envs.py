@@ -266,3 +266,30 @@ def test_cheetah_prints_no_mujoco_warning_and_restores_the_handler(capfd, caplog
     logged = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG and "MuJoCo" in r.getMessage()]
     assert logged == [f"MuJoCo: {w}" for w in warned]
     assert mujoco.get_mju_user_warning() is before
+
+
+def test_the_pit_sensor_reads_the_pit_within_its_range_only() -> None:
+    """``extero`` exists only with the sensor, reads 0 without a pit and out of range, and points at the pit
+    with a proximity that grows to 1 at its edge."""
+    assert "extero" not in gym.make(POINT_REACH_ID, hazard_radius=0.1).observation_space.spaces
+    blind = gym.make(POINT_REACH_ID, target="north", pit_sensor=0.1)
+    obs, _ = blind.reset(seed=0)
+    assert blind.observation_space["extero"].contains(obs["extero"]) and not obs["extero"].any()
+    env = gym.make(POINT_REACH_ID, target="north", hazard_radius=0.1, pit_sensor=0.1)
+    obs, _ = env.reset(seed=0)
+    readings = [obs["extero"]]
+    while True:  # drive north, into the pit (centre (0, 0.25), edge at y = 0.15)
+        obs, _, terminated, _, info = env.step(np.array([0.0, 0.3], dtype=np.float32))
+        readings.append(obs["extero"])
+        if terminated:
+            break
+    assert info["hazard"]
+    proximity = np.linalg.norm(readings, axis=1)
+    assert proximity[0] == 0.0 and proximity[-1] == pytest.approx(1.0)
+    assert np.all(np.diff(proximity) >= -1e-6), proximity  # it nears the pit all the way
+    sensed = np.asarray(readings)[proximity > 0]
+    assert np.all(sensed[:, 1] > 0) and np.all(np.abs(sensed[:, 0]) < sensed[:, 1])  # the pit lies north
+    blind.close()
+    env.close()
+    with pytest.raises(ValueError, match="pit_sensor must be a range >= 0"):
+        PointReachEnv(pit_sensor=-1.0)

@@ -71,6 +71,20 @@ def test_numpy_monitor_equals_the_torch_networks():
         np.testing.assert_allclose(np.concatenate([a[k] for a in alone]), ours[k], rtol=1e-5, atol=1e-9)
 
 
+def test_an_input_that_never_varied_in_training_is_novel_once_it_does():
+    """A sensor that read 0 all through training (PointReach's pit sensor without a pit): the student's
+    normaliser reads it as 0 whatever it says, the monitor must not. A small reading scores far above any
+    training input's novelty."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(size=(500, 4)), np.zeros((500, 2))], axis=1).astype(np.float32)
+    model = fit_gate_model(x, rng.normal(size=(500, 2)).astype(np.float32), 5, 200, rng, hidden=32)
+    monitor = FailureMonitor(("policy",), model.arrays(), dict.fromkeys(KINDS, 1.0), 1.0, 0.05, 19)
+    sensed = x[:50].copy()
+    sensed[:, 4:] = rng.uniform(-0.05, 0.05, size=(50, 2))
+    seen, novel = monitor.raw_scores(x)["novelty"], monitor.raw_scores(sensed)["novelty"]
+    assert novel.min() > 10 * seen.max(), (novel.min(), seen.max())
+
+
 def test_false_alarms_on_held_out_episodes_stay_within_the_calibration_bound(run, default_suite, tmp_path):
     student = load_bundle(run / "student", device="cpu")
     monitor = fit_monitor(default_suite, student, EpisodeStore(run / "episodes"), alpha=0.1, episodes=10,
