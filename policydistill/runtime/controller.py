@@ -214,8 +214,10 @@ class Controller:
         self._alarmed: np.ndarray | None = None  # (n,) envs whose alarm was raised this episode
         self._episode_ticks: np.ndarray | None = None  # (n,) each env's ticks since its reset, while one is starting
         self._starting = False  # some env is within the monitor's start_scale ticks of its reset
-        self._score_sums: np.ndarray | None = None  # (n,) each env's scores summed since its reset (statistic mean)
-        self._allowance: np.ndarray | None = None  # (n,) and the threshold as many times: an alarm once passed
+        # statistic mean: (2, n) each env's scores summed since its reset and the threshold summed as many times (an
+        # alarm once the first passes the second); (2, n) what a tick adds to them (the threshold read at the start)
+        self._sums: np.ndarray | None = None
+        self._added: np.ndarray | None = None
         self.taught: np.ndarray | None = None
         """(n, act_dim) the teacher's actions of this tick where it acted after an alarm, NaN elsewhere (None: it
         did not act)."""
@@ -311,7 +313,7 @@ class Controller:
             self._alarmed[mask] = False
             self._episode_ticks[mask] = 0
             self._starting = bool(self.monitor.start_scale)
-            self._score_sums[mask], self._allowance[mask] = 0.0, 0.0
+            self._sums[:, mask] = 0.0
         if self._queue is not None:
             self._queue.clear(mask)
         self._epoch[mask] += 1
@@ -393,17 +395,16 @@ class Controller:
         t0 = perf_counter()
         if self._alarmed is None:
             self._alarmed, self._episode_ticks = np.zeros(self._n, dtype=bool), np.zeros(self._n, dtype=np.int64)
-            self._score_sums, self._allowance = np.zeros(self._n), np.zeros(self._n)
+            self._sums, self._added = np.zeros((2, self._n)), np.full((2, self._n), self.monitor.threshold)
             self._starting = bool(self.monitor.start_scale)
         score = self.monitor.score(obs, self._episode_ticks if self._starting else None)
         self._advance_episodes()
-        threshold = self.monitor.threshold
         if self.monitor.statistic == "mean":  # the mean since reset passes the threshold: the sum passes its multiple
-            self._score_sums += score
-            self._allowance += threshold
-            over = self._score_sums > self._allowance
+            self._added[0] = score  # one array operation on both rows: far cheaper than two on (n,) arrays
+            self._sums += self._added
+            over = self._sums[0] > self._sums[1]
         else:
-            over = score > threshold
+            over = score > self.monitor.threshold
         self.monitor_time.add(perf_counter() - t0)
         if over.any():  # most ticks no env is over: one check
             self._raise(over, score, tick)
@@ -430,7 +431,7 @@ class Controller:
         envs = np.flatnonzero(fresh).tolist()
         threshold = self.monitor.threshold
         if self.monitor.statistic == "mean":
-            score = threshold * self._score_sums / self._allowance
+            score = threshold * self._sums[0] / self._sums[1]
         self._warn("monitor", f"failure monitor alarm at tick {tick} on envs {envs}: {self.monitor.statistic} "
                               f"score {float(score[fresh].max()):.3g} > threshold {threshold:.3g}")
         if self.on_alarm == "stop":
