@@ -111,13 +111,15 @@ class PointReachEnv(MujocoEnv):
 
     def mirror_maps(self) -> dict[str, np.ndarray]:
         """The reflection about the start-goal axis that maps this env onto itself, as matrices:
-        ``policy`` (4, 4) on [x, y, vx, vy], ``privileged`` (2, 2) on the goal, ``action`` (2, 2).
+        ``policy`` (4, 4) on [x, y, vx, vy], ``privileged`` (2, 2) on the goal, ``action`` (2, 2) (and ``extero``
+        (2, 2) on the pit sensor's vector, with the sensor).
 
         A policy ``pi`` and its mirror image ``obs -> A pi(M obs)`` earn the same returns here."""
         u = self.goal / np.linalg.norm(self.goal)
         r = (2.0 * np.outer(u, u) - np.eye(2)).astype(np.float32)
         zero = np.zeros((2, 2), dtype=np.float32)
-        return {"policy": np.block([[r, zero], [zero, r]]), "privileged": r, "action": r}
+        maps = {"policy": np.block([[r, zero], [zero, r]]), "privileged": r, "action": r}
+        return {**maps, "extero": r} if self.pit_sensor > 0 else maps
 
     def distance(self) -> float:
         """Euclidean distance from the point to the goal."""

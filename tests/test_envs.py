@@ -291,5 +291,14 @@ def test_the_pit_sensor_reads_the_pit_within_its_range_only() -> None:
     assert np.all(sensed[:, 1] > 0) and np.all(np.abs(sensed[:, 0]) < sensed[:, 1])  # the pit lies north
     blind.close()
     env.close()
+    east = PointReachEnv(target="east", hazard_radius=0.1, pit_sensor=0.1)  # mirrored about the x axis
+    east.reset(seed=0)
+    readings = []
+    for y in (0.07, -0.07):
+        east.set_state(np.array([0.2, y]), np.zeros(2))
+        readings.append(east.sense_pit())
+    assert np.linalg.norm(readings[0]) > 0
+    np.testing.assert_allclose(east.mirror_maps()["extero"] @ readings[0], readings[1], atol=1e-6)
+    east.close()
     with pytest.raises(ValueError, match="pit_sensor must be a range >= 0"):
         PointReachEnv(pit_sensor=-1.0)
