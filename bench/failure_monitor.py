@@ -69,10 +69,11 @@ SMOKE = {"seeds": [0], "rounds": 1, "episodes_per_task": 1, "updates": 10, "cali
          "episodes": 2, "ticks": 50, "delta": None}
 
 
-def shifted(suite: Suite, shift: dict[str, Any]) -> Suite:
-    """``suite`` with ``shift`` set on every task's env keyword arguments."""
+def shifted(suite: Suite, shift: dict[str, Any], name: str | None = None) -> Suite:
+    """``suite`` with ``shift`` set on every task's env keyword arguments, named ``name`` (None: the suite's name
+    and ``_shifted``)."""
     tasks = tuple(dataclasses.replace(t, kwargs={**t.kwargs, **shift}) for t in suite.tasks)
-    return dataclasses.replace(suite, name=f"{suite.name}_shifted", tasks=tasks)
+    return dataclasses.replace(suite, name=name or f"{suite.name}_shifted", tasks=tasks)
 
 
 def auroc(positive: np.ndarray, negative: np.ndarray) -> float | None:
@@ -180,7 +181,12 @@ def main(argv: list[str] | None = None) -> dict:
     suite, teachers = zoo_teachers(args.suite)
     shift_suite = load_suite(args.shift_suite) if args.shift_suite else shifted(suite, shift)
     if args.env_kwargs:
-        suite, shift_suite = shifted(suite, args.env_kwargs), shifted(shift_suite, args.env_kwargs)
+        suite, shift_suite = (shifted(s, args.env_kwargs, s.name) for s in (suite, shift_suite))
+    for checked in (suite, shift_suite):  # an env argument it does not take: a usage error before any run
+        try:
+            checked.make_env(0).close()
+        except (TypeError, ValueError) as e:
+            p.error(f"--shift / --env-kwargs: suite '{checked.name}': {str(e).splitlines()[0]}")
     rows = [run_seed(seed, args, suite, teachers, shift_suite) for seed in args.seeds]
 
     def med(get: Any) -> float | None:
