@@ -235,11 +235,14 @@ def test_gated_refuses_what_it_does_not_read(tmp_path, caplog):
     assert len(errors) == 1 and "unknown gate 'nope'" in errors[0] and not out.exists()
 
 
-def test_a_resumed_intervention_at_a_rate_goes_on_as_one_run(tmp_path):
-    # its window of distances is part of the checkpoint: two rounds, then two more, end where four rounds end
-    argv = ["distill", "method=gated", "method.gate=intervention", "teachers=conftest:goal_seeker", "eval_episodes=2",
-            "final_episodes=0", "n_envs=2", "method.episodes_per_task=1", "method.updates_per_round=100",
-            "method.intervene_at=0.05", "method.query_rate=0.3", "method.teacher_round_steps=50"]
+@pytest.mark.parametrize("gate", [["method.gate=intervention", "method.intervene_at=0.05",
+                                   "method.teacher_round_steps=50"], ["method.gate=disagreement"]],
+                         ids=["intervention", "disagreement"])
+def test_a_resumed_gate_at_a_rate_goes_on_as_one_run(gate, tmp_path):
+    # the gate's window (intervention: the distances; uncertainty: the recent ratios of its cap) is part of the
+    # checkpoint: two rounds, then two more, end where four rounds end
+    argv = ["distill", "method=gated", "teachers=conftest:goal_seeker", "eval_episodes=2", "final_episodes=0",
+            "n_envs=2", "method.episodes_per_task=1", "method.updates_per_round=100", "method.query_rate=0.3", *gate]
     assert main([*argv, "method.rounds=4", f"out={tmp_path / 'straight'}"]) == 0
     assert main([*argv, "method.rounds=2", f"out={tmp_path / 'resumed'}"]) == 0
     assert main([*argv, "method.rounds=4", f"out={tmp_path / 'resumed'}", "resume=extend"]) == 0
