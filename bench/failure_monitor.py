@@ -7,6 +7,8 @@ it raise a false alarm in distribution, and what does it cost per tick?
     .venv/bin/python -m bench failure_monitor --suite default --shift-suite default_hazard
     .venv/bin/python -m bench failure_monitor --suite default --shift-suite default_hazard \
         --env-kwargs '{"pit_sensor": 0.1}' --groups policy extero task --ahead 2
+    .venv/bin/python -m bench failure_monitor --suite default --shift-suite default_hazard \
+        --env-kwargs '{"pit_sensor": 0.3, "frame_skip": 2}' --groups policy extero task   # at 50 Hz
 
 Per seed: a DAgger student is distilled from the suite's zoo (``--rounds`` rounds, linear beta 1 -> 0 over half of
 them), its monitor fitted on the run's episodes and calibrated (``--calibration-episodes`` per task, ``--alpha``,
