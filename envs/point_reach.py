@@ -82,6 +82,9 @@ class PointReachEnv(MujocoEnv):
         self.pit_sensor = float(pit_sensor)
         if not (np.isfinite(self.pit_sensor) and self.pit_sensor >= 0.0):
             raise ValueError(f"pit_sensor must be a range >= 0 (0: no sensor), got {pit_sensor!r}")
+        if isinstance(frame_skip, bool) or not isinstance(frame_skip, int) or frame_skip < 1:
+            raise ValueError(f"frame_skip must be an integer >= 1 (simulation steps per control step), "
+                             f"got {frame_skip!r}")
         groups = {
             "policy": spaces.Box(-np.inf, np.inf, shape=(4,), dtype=np.float32),
             "privileged": spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32),

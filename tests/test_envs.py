@@ -302,3 +302,9 @@ def test_the_pit_sensor_reads_the_pit_within_its_range_only() -> None:
     east.close()
     with pytest.raises(ValueError, match="pit_sensor must be a range >= 0"):
         PointReachEnv(pit_sensor=-1.0)
+
+
+@pytest.mark.parametrize("frame_skip", [0, -1, 2.5, True])
+def test_a_frame_skip_that_is_not_a_positive_integer_is_refused(frame_skip) -> None:
+    with pytest.raises(ValueError, match="frame_skip must be an integer >= 1"):
+        PointReachEnv(frame_skip=frame_skip)
