@@ -24,10 +24,16 @@ medians treat it as above every label count (a median of "not reached" means mos
 gets there within 10x); a gated method at most 0.3x BC's and 0.5x DAgger's. Writes a plot of the score against
 labels beside the result (``label_efficiency_<suite><tag>.png``): per method the mean over seeds of the score
 each run had reached with that many labels, with its 95% interval.
+
+``--merge A.json B.json ...`` runs nothing: it reads results written before (one suite, the same settings) and
+writes them as one result and one plot, each method's seeds from any of them. A method and seed found in several
+files must be the same run (the shorter curve a start of the longer, as a run with fewer rounds is); the longer is
+kept, so a method's runs come from files that gave it the same rounds and keys.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -77,6 +83,14 @@ def median_labels(labels: list[int | None]) -> float | None:
     that median is infinite (most seeds did not reach it)."""
     m = statistics.median(math.inf if x is None else x for x in labels)
     return None if math.isinf(m) else m
+
+
+def method_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A method's median labels to the target over its runs, the median's 95% interval and how many reached it."""
+    labels = [r["labels_to_target"] for r in runs]
+    interval = median_interval([math.inf if x is None else x for x in labels])
+    return {"median_labels": median_labels(labels), "median_interval": [None if math.isinf(x) else x for x in interval],
+            "reached": f"{sum(x is not None for x in labels)}/{len(runs)}"}
 
 
 def round_labels(suite: Suite, episodes_per_task: int, collect_steps: int | None) -> int:
@@ -172,8 +186,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--method-params", type=json_object, default="{}",
                    help='JSON: keys of one method\'s config, e.g. {"intervention": {"query_rate": 0.1, "rounds": 24}}')
     p.add_argument("--tag", default="", help="suffix of the result file name")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="run nothing: write these earlier results (one suite, the same settings) as one result and "
+                        "plot, a method's seeds from any of them")
     args = parse(p, argv, SMOKE)
     started = envelope.start()
+    if args.merge:
+        return write(args, started, merged(p, args, argv))
     one_thread()
     suite, teachers = zoo_teachers(args.suite)
     if args.tasks:
@@ -202,7 +221,6 @@ def main(argv: list[str] | None = None) -> dict:
                               "dagger_schedule": schedule, "gate_params": gate_params,
                               "method_params": method_params, "methods": {}}
     rounds = {m: args.rounds for m in METHODS}
-    intervals: dict[str, tuple[float, float]] = {}  # per method, the 95% interval of its median labels
     for name in [m for m in METHODS if m == "dagger" or m in args.methods]:
         method = method_config(name, rounds[name], common, schedule, gate_params, method_params.get(name))
         runs = []
@@ -217,22 +235,26 @@ def main(argv: list[str] | None = None) -> dict:
                                          for n, t in rows[-1]["tasks"].items()}})
             print(f"{name} seed {seed}: labels to {args.target}: {runs[-1]['labels_to_target']}, curve "
                   + " ".join(f"{lab}:{s:.2f}" for lab, s in runs[-1]["curve"]), flush=True)
-        median = median_labels([r["labels_to_target"] for r in runs])
-        intervals[name] = median_interval([math.inf if r["labels_to_target"] is None else r["labels_to_target"]
-                                           for r in runs])
-        result["methods"][name] = {"rounds": method.rounds, "budget_labels": method.rounds * per_round,
-                                   "runs": runs, "median_labels": median,
-                                   "median_interval": [None if math.isinf(x) else x for x in intervals[name]],
-                                   "reached": f"{sum(r['labels_to_target'] is not None for r in runs)}/{len(runs)}"}
+        result["methods"][name] = {"rounds": method.rounds, "budget_labels": method.rounds * per_round, "runs": runs,
+                                   **method_summary(runs)}
+        median = result["methods"][name]["median_labels"]
         if name == "dagger":
             want = math.ceil(args.budget_multiple * median / per_round) if median else args.rounds
             rounds["bc"] = max(args.rounds, want)
+    return write(args, started, result)
+
+
+def write(args: Any, started: envelope.Start, result: dict[str, Any]) -> dict:
+    """Ratios and verdicts of ``result`` (its ``methods`` each with runs and their summary), printed and written
+    with the plot."""
     medians = {m: v["median_labels"] for m, v in result["methods"].items()}
+    target = result["target"]
     ratios: dict[str, float | None] = {}
     lines = []
 
     def spread(method: str) -> str:
-        return interval_text(*intervals[method], ".0f")
+        low, high = (math.inf if x is None else x for x in result["methods"][method]["median_interval"])
+        return interval_text(low, high, ".0f")
 
     if "bc" in medians:
         bc, dagger = medians["bc"], medians["dagger"]
@@ -244,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
         ratios.update({"dagger_over_bc_labels": dagger / bc if bc and dagger else None,
                        "paired_median_dagger_over_bc_labels": statistics.median(paired) if all(paired) else None,
                        "bc_budget_over_dagger_labels": bc_budget / dagger if dagger else None})
-        result["verdict"], result["target_met"] = verdict(bc, dagger, bc_budget, args.target)
+        result["verdict"], result["target_met"] = verdict(bc, dagger, bc_budget, target)
         lines.append(f"BC {bc} ({result['methods']['bc']['reached']} reached, budget {bc_budget}; {spread('bc')}), "
                      f"DAgger {dagger} ({result['methods']['dagger']['reached']} reached; {spread('dagger')}): "
                      f"{result['verdict']} -> target "
@@ -267,10 +289,73 @@ def main(argv: list[str] | None = None) -> dict:
                        f"{GATED_OVER_DAGGER}x DAgger's)")
     name = f"label_efficiency_{args.suite}{args.tag}"
     plot(Path(args.results_dir) / f"{name}.png", result, f"{args.suite}{args.tag}")
-    print(f"median labels to {args.target}:\n" + "\n".join(lines))
-    return envelope.write("label_efficiency", args, started, runs=len(args.seeds),
+    print(f"median labels to {target}:\n" + "\n".join(lines))
+    seeds = {r["seed"] for info in result["methods"].values() for r in info["runs"]}
+    return envelope.write("label_efficiency", args, started, runs=len(seeds),
                           medians={f"{m}_labels_to_target": v for m, v in medians.items()}, ratios=ratios,
                           results=result, tag=f"_{args.suite}{args.tag}")
+
+
+SHARED = ("suite", "tasks", "groups", "episodes_per_task", "collect_steps", "teacher_noise", "hidden", "updates",
+          "schedule", "schedule_params", "eval_episodes", "target", "gate_params")
+"""The settings that results must share to be merged."""
+
+
+def merged(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
+    """The result of ``args.merge``'s files as one (see the module doc); ``args`` takes their shared settings, seeds
+    and methods. A file that is not such a result, or results that differ, are a usage error."""
+    given, default = vars(p.parse_args(argv)), vars(p.parse_args([]))
+    extra = sorted(k for k, v in given.items() if v != default[k] and k not in ("merge", "tag", "results_dir", "smoke"))
+    if extra:
+        p.error("--merge reads only --tag and --results-dir (the rest comes from the files); also given: "
+                + ", ".join(f"--{k.replace('_', '-')}" for k in extra))
+    files = []
+    for path in args.merge:
+        try:
+            data = json.loads(Path(path).read_text())
+            if data["bench"] != "label_efficiency":
+                raise ValueError(f"a result of bench {data['bench']}")
+            files.append((path, data["args"], data["results"]))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            p.error(f"--merge: {path} is not a label_efficiency result ({type(e).__name__}: {e})")
+    first_path, first, _ = files[0]
+    for path, own, _ in files[1:]:
+        for key in SHARED:
+            if own.get(key) != first.get(key):
+                p.error(f"--merge: {path} has {key} {json.dumps(own.get(key))}, {first_path} "
+                        f"{json.dumps(first.get(key))}: results to merge share {', '.join(SHARED)}")
+    runs: dict[str, dict[int, tuple[dict[str, Any], str, dict[str, Any]]]] = {}  # method -> seed -> (run, file, info)
+    for path, _, result in files:
+        for method, info in result["methods"].items():
+            for run in info["runs"]:
+                kept = runs.setdefault(method, {}).get(run["seed"])
+                if kept is not None:
+                    short, long = sorted((kept[0]["curve"], run["curve"]), key=len)
+                    if not all(a[0] == b[0] and math.isclose(a[1], b[1], abs_tol=1e-9)
+                               for a, b in zip(short, long[:len(short)], strict=True)):
+                        p.error(f"--merge: {method} seed {run['seed']} differs between {kept[1]} and {path}: "
+                                "one seed of a method must be the same run in every file")
+                    if len(run["curve"]) <= len(kept[0]["curve"]):
+                        continue
+                runs[method][run["seed"]] = (run, path, {**info, "own": result["method_params"].get(method)})
+    result: dict[str, Any] = {**files[0][2], "methods": {}, "merged_from": [str(f[0]) for f in files]}
+    result["method_params"] = {}
+    for method in [m for m in METHODS if m in runs]:
+        chosen = [runs[method][seed] for seed in sorted(runs[method])]
+        infos = {json.dumps([info["rounds"], info["own"]]) for _, _, info in chosen}
+        if len(infos) > 1:
+            p.error(f"--merge: the runs kept for {method} come from files that gave it different rounds or keys "
+                    f"({' / '.join(sorted(infos))})")
+        info = chosen[0][2]
+        if info["own"] is not None:
+            result["method_params"][method] = info["own"]
+        result["methods"][method] = {"rounds": info["rounds"], "budget_labels": info["budget_labels"],
+                                     "runs": [r for r, _, _ in chosen], **method_summary([r for r, _, _ in chosen])}
+    for key in SHARED:
+        setattr(args, key, first.get(key))
+    args.seeds = sorted({r["seed"] for info in result["methods"].values() for r in info["runs"]})
+    args.methods = list(result["methods"])
+    return result
 
 
 if __name__ == "__main__":

@@ -1,0 +1,88 @@
+"""``bench label_efficiency --merge``: results of separate runs written as one, and results that are not one run's
+parts refused with one line (exit code 2, nothing written). The parts are real smoke runs of the benchmark."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.label_efficiency import main
+
+pytestmark = pytest.mark.slow  # two learning runs, if on a smoke budget
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = ["-m", "bench", "label_efficiency", "--smoke", "--suite", "default", "--groups", "policy", "task"]
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two smoke runs: DAgger and BC (``_a``), DAgger and the uncertainty gate (``_b``)."""
+    out = tmp_path_factory.mktemp("parts")
+    for tag, method in (("_a", "bc"), ("_b", "gated")):
+        subprocess.run([sys.executable, *SMOKE, "--methods", method, "--results-dir", str(out), "--tag", tag],
+                       cwd=REPO, check=True, capture_output=True)
+    return {tag: out / f"label_efficiency_default{tag}.json" for tag in ("_a", "_b")}
+
+
+def merge(files: list[Path], out: Path, *extra: str) -> dict:
+    return main(["--merge", *map(str, files), "--results-dir", str(out), "--tag", "_ab", *extra])
+
+
+def test_merged_results_hold_every_method_of_the_parts_once(parts: dict[str, Path], tmp_path: Path) -> None:
+    a, b = (json.loads(parts[t].read_text())["results"] for t in ("_a", "_b"))
+    assert a["methods"]["dagger"]["runs"] == b["methods"]["dagger"]["runs"]  # the same seeded run in both
+    merged = merge([parts["_a"], parts["_b"]], tmp_path)
+    assert (tmp_path / "label_efficiency_default_ab.json").is_file()
+    assert (tmp_path / "label_efficiency_default_ab.png").is_file()
+    methods = merged["results"]["methods"]
+    assert list(methods) == ["dagger", "gated", "bc"]
+    assert methods["bc"]["runs"] == a["methods"]["bc"]["runs"]
+    assert methods["gated"]["runs"] == b["methods"]["gated"]["runs"]
+    assert methods["gated"]["median_labels"] == b["methods"]["gated"]["median_labels"]
+    assert merged["args"]["suite"] == "default" and merged["args"]["groups"] == ["policy", "task"]
+    assert merged["results"]["merged_from"] == [str(parts["_a"]), str(parts["_b"])]
+    assert set(merged["ratios"]) >= {"dagger_over_bc_labels", "gated_over_bc_labels", "gated_over_dagger_labels"}
+
+
+def edited(path: Path, out: Path, edit) -> Path:
+    """A copy of result ``path`` changed by ``edit(envelope)``."""
+    data = json.loads(path.read_text())
+    edit(data)
+    copy = out / f"edited_{path.name}"
+    copy.write_text(json.dumps(data))
+    return copy
+
+
+def refused(capsys: pytest.CaptureFixture[str], files: list[Path], out: Path, *extra: str) -> str:
+    with pytest.raises(SystemExit) as e:
+        merge(files, out / "merged", *extra)
+    assert e.value.code == 2 and not (out / "merged").exists()
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "Traceback" not in err
+    return err
+
+
+def test_results_of_other_settings_are_refused(parts: dict[str, Path], tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    other = edited(parts["_b"], tmp_path, lambda d: d["args"].update(updates=11))
+    assert "has updates 11" in refused(capsys, [parts["_a"], other], tmp_path)
+
+
+def test_a_seed_that_is_another_run_is_refused(parts: dict[str, Path], tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    def other_curve(d: dict) -> None:
+        d["results"]["methods"]["dagger"]["runs"][0]["curve"][0][1] += 0.01
+
+    other = edited(parts["_b"], tmp_path, other_curve)
+    assert "dagger seed 0 differs between" in refused(capsys, [parts["_a"], other], tmp_path)
+
+
+def test_a_file_that_is_not_a_result_and_a_run_setting_are_refused(parts: dict[str, Path], tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    junk = tmp_path / "junk.json"
+    junk.write_text("[1, 2]")
+    assert "junk.json is not a label_efficiency result" in refused(capsys, [parts["_a"], junk], tmp_path)
+    assert "also given: --seeds" in refused(capsys, [parts["_a"], parts["_b"]], tmp_path, "--seeds", "3")
