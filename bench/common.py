@@ -209,9 +209,12 @@ def interval_text(low: float, high: float, fmt: str = ".3f") -> str:
 
 
 def zoo_teachers(suite_name: str) -> tuple[Suite, dict[str, Any]]:
-    """Suite ``suite_name`` and its committed zoo teachers, on the CPU."""
+    """Suite ``suite_name`` and its committed zoo teachers on the CPU; a suite without a zoo whose tasks each name
+    their teacher (Metaworld's scripted policies) gets those."""
     suite = load_suite(suite_name)
-    return suite, policies_for_suite(zoo_dir(suite_name), suite, device="cpu")
+    zoo = zoo_dir(suite_name)
+    own = not zoo.is_dir() and all(t.teacher for t in suite.tasks)
+    return suite, policies_for_suite("suite" if own else zoo, suite, device="cpu")
 
 
 SCHEDULE_PARAMS = {"rounds": "beta_rounds", "start": "beta_start", "end": "beta_end", "decay": "beta_decay",

@@ -21,9 +21,9 @@ mean score reaches ``--target``. DAgger and the gated methods get ``--rounds`` r
 reached it within 10x" is measured, not assumed. A run that never reaches the target counts as not reached;
 medians treat it as above every label count (a median of "not reached" means most seeds did not reach it).
 ``--tasks`` keeps a subset of the suite's tasks. Targets: DAgger needs at most 0.3x BC's labels (or BC never
-gets there within 10x); a gated method at most 0.3x BC's and 0.5x DAgger's. Writes a plot of the score against
-labels beside the result (``label_efficiency_<suite><tag>.png``): per method the mean over seeds of the score
-each run had reached with that many labels, with its 95% interval.
+gets there within 10x); a gated method at most 0.3x BC's and 0.5x DAgger's. Writes a plot of the score
+(``--metric``) against labels beside the result (``label_efficiency_<suite><tag>.png``): per method the mean over
+seeds of the score each run had reached with that many labels, with its 95% interval.
 
 ``--merge A.json B.json ...`` runs nothing: it reads results written before (one suite, the same settings) and
 writes them as one result and one plot, each method's seeds from any of them. A method and seed found in several
@@ -74,8 +74,12 @@ COLORS = {"bc": "tab:blue", "dagger": "tab:orange", "gated": "tab:green", "inter
 SMOKE = {"seeds": [0], "rounds": 2, "updates": 10, "eval_episodes": 2, "budget_multiple": 1.0}
 
 
-def labels_to_reach(rounds: list[dict], target: float) -> int | None:
-    return next((r["labels_used"] for r in rounds if (r["mean_score"] or 0.0) >= target), None)
+METRICS = {"score": "mean_score", "success": "mean_success_ratio"}
+"""``--metric``: the round's value it reads."""
+
+
+def labels_to_reach(rounds: list[dict], target: float, metric: str = "score") -> int | None:
+    return next((r["labels_used"] for r in rounds if (r[METRICS[metric]] or 0.0) >= target), None)
 
 
 def median_labels(labels: list[int | None]) -> float | None:
@@ -135,8 +139,9 @@ def plot(path: Path, result: dict[str, Any], title: str) -> None:
         ax.plot(grid, mean, drawstyle="steps-post", color=COLORS[method], label=f"{method} ({len(curves)} seeds)")
         ax.fill_between(grid, mean - half, mean + half, step="post", color=COLORS[method], alpha=0.15)
     ax.axhline(result["target"], color="grey", ls="--", lw=0.8)
+    measure = "success ratio" if result.get("metric") == "success" else "score"
     ax.set(xscale="log", ylim=(max(-0.5, ax.get_ylim()[0]), 1.05), xlabel="teacher labels used",
-           ylabel="mean score (95% interval over seeds)", title=f"{title}: {result['verdict']}")
+           ylabel=f"mean {measure} (95% interval over seeds)", title=f"{title}: {result['verdict']}")
     ax.title.set_fontsize(8)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -178,6 +183,10 @@ def main(argv: list[str] | None = None) -> dict:
                    help="JSON: DAgger's schedule's parameters")
     p.add_argument("--eval-episodes", type=int, default=20)
     p.add_argument("--target", type=float, default=0.95)
+    p.add_argument("--metric", choices=list(METRICS), default="score",
+                   help="what must reach --target: score (the random-normalised return over the teachers') or "
+                        "success (the success rate over the teachers', per task; for suites that define success, "
+                        "as Metaworld's; every round runs, as the runner stops on the score only)")
     p.add_argument("--methods", nargs="+", default=["dagger", "bc"], choices=METHODS,
                    help="dagger (always run: it sets BC's budget) and any of gated, intervention, bc")
     p.add_argument("--gate-params", type=json_object,
@@ -217,7 +226,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.teacher_noise and {"gated", "intervention"} & set(args.methods):
         p.error("--teacher-noise is not read by the gated methods (the teacher's actions there are its labels)")
     student = StudentConfig(groups=list(args.groups), hidden=list(args.hidden))
-    result: dict[str, Any] = {"tasks": suite.task_names, "target": args.target, "labels_per_round": per_round,
+    result: dict[str, Any] = {"tasks": suite.task_names, "target": args.target, "metric": args.metric,
+                              "labels_per_round": per_round,
                               "dagger_schedule": schedule, "gate_params": gate_params,
                               "method_params": method_params, "methods": {}}
     rounds = {m: args.rounds for m in METHODS}
@@ -226,10 +236,13 @@ def main(argv: list[str] | None = None) -> dict:
         runs = []
         for seed in args.seeds:
             rows = run_distill(suite, teachers, seed, method, student, args.eval_episodes,
-                               stop_score=args.target)["rounds"]
-            runs.append({"seed": seed, "labels_to_target": labels_to_reach(rows, args.target),
+                               stop_score=args.target if args.metric == "score" else None)["rounds"]
+            if rows[0][METRICS[args.metric]] is None:
+                p.error(f"--metric {args.metric}: suite {args.suite} defines no success for its tasks "
+                        "(expected --metric score)")
+            runs.append({"seed": seed, "labels_to_target": labels_to_reach(rows, args.target, args.metric),
                          "labels_used": rows[-1]["labels_used"], "rounds_run": len(rows),
-                         "curve": [(r["labels_used"], r["mean_score"]) for r in rows],
+                         "curve": [(r["labels_used"], r[METRICS[args.metric]]) for r in rows],
                          "queries": [r["info"].get("queries") for r in rows],
                          "final_tasks": {n: {"score": t["score"], "success_rate": t["success_rate"]}
                                          for n, t in rows[-1]["tasks"].items()}})
@@ -259,9 +272,10 @@ def write(args: Any, started: envelope.Start, result: dict[str, Any]) -> dict:
     if "bc" in medians:
         bc, dagger = medians["bc"], medians["dagger"]
         bc_budget = result["methods"]["bc"]["budget_labels"]
-        for b, d in zip(result["methods"]["bc"]["runs"], result["methods"]["dagger"]["runs"], strict=True):
-            b["dagger_over_bc"] = d["labels_to_target"] / b["labels_to_target"] \
-                if b["labels_to_target"] and d["labels_to_target"] else None
+        dagger_at = {d["seed"]: d["labels_to_target"] for d in result["methods"]["dagger"]["runs"]}
+        for b in result["methods"]["bc"]["runs"]:  # paired by seed
+            d = dagger_at.get(b["seed"])
+            b["dagger_over_bc"] = d / b["labels_to_target"] if b["labels_to_target"] and d else None
         paired = [b["dagger_over_bc"] for b in result["methods"]["bc"]["runs"]]
         ratios.update({"dagger_over_bc_labels": dagger / bc if bc and dagger else None,
                        "paired_median_dagger_over_bc_labels": statistics.median(paired) if all(paired) else None,
@@ -296,9 +310,10 @@ def write(args: Any, started: envelope.Start, result: dict[str, Any]) -> dict:
                           results=result, tag=f"_{args.suite}{args.tag}")
 
 
-SHARED = ("suite", "tasks", "groups", "episodes_per_task", "collect_steps", "teacher_noise", "hidden", "updates",
-          "schedule", "schedule_params", "eval_episodes", "target", "gate_params")
-"""The settings that results must share to be merged."""
+SHARED = {"suite": None, "tasks": None, "groups": None, "episodes_per_task": None, "collect_steps": None,
+          "teacher_noise": None, "hidden": None, "updates": None, "schedule": None, "schedule_params": None,
+          "eval_episodes": None, "target": None, "gate_params": None, "metric": "score"}
+"""The settings that results must share to be merged, each with its value in results that predate it."""
 
 
 def merged(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
@@ -320,10 +335,10 @@ def merged(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]
             p.error(f"--merge: {path} is not a label_efficiency result ({type(e).__name__}: {e})")
     first_path, first, _ = files[0]
     for path, own, _ in files[1:]:
-        for key in SHARED:
-            if own.get(key) != first.get(key):
-                p.error(f"--merge: {path} has {key} {json.dumps(own.get(key))}, {first_path} "
-                        f"{json.dumps(first.get(key))}: results to merge share {', '.join(SHARED)}")
+        for key, old in SHARED.items():
+            if own.get(key, old) != first.get(key, old):
+                p.error(f"--merge: {path} has {key} {json.dumps(own.get(key, old))}, {first_path} "
+                        f"{json.dumps(first.get(key, old))}: results to merge share {', '.join(SHARED)}")
     runs: dict[str, dict[int, tuple[dict[str, Any], str, dict[str, Any]]]] = {}  # method -> seed -> (run, file, info)
     for path, _, result in files:
         for method, info in result["methods"].items():
@@ -351,8 +366,8 @@ def merged(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]
             result["method_params"][method] = info["own"]
         result["methods"][method] = {"rounds": info["rounds"], "budget_labels": info["budget_labels"],
                                      "runs": [r for r, _, _ in chosen], **method_summary([r for r, _, _ in chosen])}
-    for key in SHARED:
-        setattr(args, key, first.get(key))
+    for key, old in SHARED.items():
+        setattr(args, key, first.get(key, old))
     args.seeds = sorted({r["seed"] for info in result["methods"].values() for r in info["runs"]})
     args.methods = list(result["methods"])
     return result

@@ -1,5 +1,6 @@
-"""``bench label_efficiency --merge``: results of separate runs written as one, and results that are not one run's
-parts refused with one line (exit code 2, nothing written). The parts are real smoke runs of the benchmark."""
+"""``bench label_efficiency``: ``--merge`` writes results of separate runs as one, and refuses results that are not one
+run's parts with one line (exit code 2, nothing written); ``--metric success`` reads the success ratio, and is refused
+on a suite without success. The parts are real smoke runs of the benchmark."""
 
 from __future__ import annotations
 
@@ -19,12 +20,13 @@ SMOKE = ["-m", "bench", "label_efficiency", "--smoke", "--suite", "default", "--
 
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Two smoke runs: DAgger and BC (``_a``), DAgger and the uncertainty gate (``_b``)."""
+    """Three smoke runs: DAgger and BC (``_a``), DAgger and the uncertainty gate (``_b``), DAgger to a success ratio
+    (``_s``)."""
     out = tmp_path_factory.mktemp("parts")
-    for tag, method in (("_a", "bc"), ("_b", "gated")):
-        subprocess.run([sys.executable, *SMOKE, "--methods", method, "--results-dir", str(out), "--tag", tag],
+    for tag, extra in (("_a", ["--methods", "bc"]), ("_b", ["--methods", "gated"]), ("_s", ["--metric", "success"])):
+        subprocess.run([sys.executable, *SMOKE, *extra, "--results-dir", str(out), "--tag", tag],
                        cwd=REPO, check=True, capture_output=True)
-    return {tag: out / f"label_efficiency_default{tag}.json" for tag in ("_a", "_b")}
+    return {tag: out / f"label_efficiency_default{tag}.json" for tag in ("_a", "_b", "_s")}
 
 
 def merge(files: list[Path], out: Path, *extra: str) -> dict:
@@ -86,3 +88,23 @@ def test_a_file_that_is_not_a_result_and_a_run_setting_are_refused(parts: dict[s
     junk.write_text("[1, 2]")
     assert "junk.json is not a label_efficiency result" in refused(capsys, [parts["_a"], junk], tmp_path)
     assert "also given: --seeds" in refused(capsys, [parts["_a"], parts["_b"]], tmp_path, "--seeds", "3")
+
+
+def test_the_success_metric_reads_success_ratios_and_is_not_merged_with_scores(
+        parts: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    score, success = (json.loads(parts[t].read_text())["results"] for t in ("_a", "_s"))
+    assert success["metric"] == "success" and score["metric"] == "score"
+    got, had = (r["methods"]["dagger"]["runs"][0]["curve"] for r in (success, score))
+    assert [c[0] for c in got] == [c[0] for c in had]  # the same run ...
+    assert [c[1] for c in got] != [c[1] for c in had]  # ... read by another measure
+    assert all(0.0 <= c[1] <= 1.5 for c in got)  # a success rate over the teacher's, per task
+    assert "has metric \"success\"" in refused(capsys, [parts["_a"], parts["_s"]], tmp_path)
+
+
+def test_the_success_metric_is_refused_on_a_suite_without_success(tmp_path: Path) -> None:
+    run = subprocess.run([sys.executable, "-m", "bench", "label_efficiency", "--smoke", "--suite", "pendulum_reacher",
+                          "--metric", "success", "--results-dir", str(tmp_path / "out")],
+                         cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 2 and not (tmp_path / "out").exists()
+    assert run.stderr.strip().splitlines()[-1].endswith(
+        "--metric success: suite pendulum_reacher defines no success for its tasks (expected --metric score)")
