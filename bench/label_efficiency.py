@@ -39,6 +39,7 @@ import json
 import math
 import statistics
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +136,9 @@ def plot(path: Path, result: dict[str, Any], title: str) -> None:
         at = np.stack([score_at(curve, grid) for curve in curves])  # (seeds, grid)
         n = np.sum(~np.isnan(at), axis=0)
         mean = np.nanmean(at, axis=0)
-        half = 1.96 * np.nanstd(at, axis=0, ddof=1) / np.sqrt(n) if len(curves) > 1 else np.zeros_like(mean)
+        with warnings.catch_warnings():  # a label count only one seed has: no interval there
+            warnings.simplefilter("ignore", RuntimeWarning)
+            half = 1.96 * np.nanstd(at, axis=0, ddof=1) / np.sqrt(n) if len(curves) > 1 else np.zeros_like(mean)
         ax.plot(grid, mean, drawstyle="steps-post", color=COLORS[method], label=f"{method} ({len(curves)} seeds)")
         ax.fill_between(grid, mean - half, mean + half, step="post", color=COLORS[method], alpha=0.15)
     ax.axhline(result["target"], color="grey", ls="--", lw=0.8)
