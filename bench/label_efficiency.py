@@ -355,7 +355,8 @@ def merged(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]
                                 "one seed of a method must be the same run in every file")
                     if len(run["curve"]) <= len(kept[0]["curve"]):
                         continue
-                runs[method][run["seed"]] = (run, path, {**info, "own": result["method_params"].get(method)})
+                own = result.get("method_params", {}).get(method)  # results before --method-params have none
+                runs[method][run["seed"]] = (run, path, {**info, "own": own})
     result: dict[str, Any] = {**files[0][2], "methods": {}, "merged_from": [str(f[0]) for f in files]}
     result["method_params"] = {}
     for method in [m for m in METHODS if m in runs]:

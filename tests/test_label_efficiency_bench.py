@@ -49,6 +49,13 @@ def test_merged_results_hold_every_method_of_the_parts_once(parts: dict[str, Pat
     assert set(merged["ratios"]) >= {"dagger_over_bc_labels", "gated_over_bc_labels", "gated_over_dagger_labels"}
 
 
+def test_results_written_before_method_keys_existed_merge(parts: dict[str, Path], tmp_path: Path) -> None:
+    older = [edited(parts[t], tmp_path, lambda d: d["results"].pop("method_params")) for t in ("_a", "_b")]
+    merged = merge(older, tmp_path)
+    assert list(merged["results"]["methods"]) == ["dagger", "gated", "bc"]
+    assert merged["results"]["method_params"] == {}
+
+
 def edited(path: Path, out: Path, edit) -> Path:
     """A copy of result ``path`` changed by ``edit(envelope)``."""
     data = json.loads(path.read_text())
