@@ -63,6 +63,14 @@ def test_main_reports_errors_with_exit_code_2(caplog, tmp_path):
     assert main(["--help"]) == 0
 
 
+@pytest.mark.parametrize("command", ["distill", "dataset", "run"])
+def test_help_after_a_command_prints_its_usage(command, capsys):
+    assert main([command, "method=bc", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: policydistill {command} ") and COMMANDS[command].usage in out
+    assert f"'policydistill {command} --cfg'" in out
+
+
 def test_video_without_a_renderer_is_one_clear_error(caplog, tmp_path):
     """Classic-control envs render with pygame, which the default install lacks: refused before any episode."""
     if importlib.util.find_spec("pygame") is not None:

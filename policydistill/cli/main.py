@@ -41,6 +41,13 @@ def usage() -> str:
             "(e.g. -m seed=0,1,2).")
 
 
+def command_usage(command: str) -> str:
+    """``policydistill <command> --help``: what the command does and where its keys are listed."""
+    return (f"usage: policydistill {command} [key=value ...] [--cfg] [-m]\n\n  {COMMANDS[command].usage}\n\n"
+            f"'policydistill {command} --cfg' prints its composed config with every valid key (and "
+            f"'policydistill {command} <key>=<value> --cfg' the config that value gives).")
+
+
 class ConfigError(ValueError):
     """A user's config or override is invalid; the message says what and what is valid."""
 
@@ -215,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     command, args = argv[0], argv[1:]
+    if command in COMMANDS and any(a in ("-h", "--help") for a in args):
+        print(command_usage(command))
+        return 0
     if command == "dataset" and args and "=" not in args[0] and not args[0].startswith("-"):
         args = [f"action={args[0]}", *args[1:]]  # policydistill dataset <action> key=value ...
     multirun = any(a in ("-m", "--multirun") for a in args)
