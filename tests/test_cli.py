@@ -134,6 +134,11 @@ def test_a_torch_module_named_as_module_attr_is_a_teacher(tmp_path, monkeypatch)
     (["evaluate", "policy=x", "-m", "seed=[1,2"], "invalid config for 'evaluate': no viable alternative"),
     (["import-sb3", "model=MODEL", "groups=[nope]"], "groups=['nope'] does not fit task 'north' of suite 'default'"),
     (["import-sb3", "model=MODEL"], "is not a stable-baselines3 model zip"),
+    (["distill", "-x"], "unknown option '-x'; expected key=value overrides and the options --cfg, -m"),
+    (["distill", "method="], "method= needs a value; expected one of ['bc', 'dagger', "),
+    (["distill", "method=gated", "method.query_rate=high"], "method.query_rate=high: expected a number"),
+    (["distill", "seed=1.5"], "seed=1.5: expected an integer"),
+    (["distill", "student.hidden=64"], "student.hidden=64: expected a list, as student.hidden=[a,b]"),
 ])
 def test_bad_input_is_one_line_exit_2_nothing_written(args, message, caplog, tmp_path):
     """Refused before any stage runs: one line naming the key and what is valid, exit code 2, no out folder."""

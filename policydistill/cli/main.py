@@ -31,6 +31,8 @@ from policydistill.distill.methods import METHODS
 from policydistill.files import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("policydistill")
+OPTIONS = ("--cfg", "-m", "--multirun", "-h", "--help")
+"""What may follow a command besides ``key=value`` overrides."""
 
 
 def usage() -> str:
@@ -129,12 +131,23 @@ def _config_error(command: str, e: Exception, overrides: list[str]) -> ConfigErr
         hint = f" or join env ids with '+' ({name}={value.replace(',', '+')})" if name == "suite" else ""
         return ConfigError(f"{name}={value} is a sweep over {len(value.split(','))} values: add -m to run one job "
                            f"per value{hint}, or write a list as {name}=[{value}]")
-    option = re.search(r"Could not find '([^']+)/([^']+)'", text)
+    option = re.search(r"Could not find '([^']+)/([^']*)'", text)
     if option:
         group, name = option.groups()
         valid = sorted(METHODS) if group == "method" else \
             sorted(p.stem for p in Path(str(resources.files("policydistill_configs") / group)).glob("*.yaml"))
-        return ConfigError(f"unknown {group} '{name}'; expected one of {valid}")
+        what = f"unknown {group} '{name}'" if name else f"{group}= needs a value"
+        return ConfigError(f"{what}; expected one of {valid}")
+    convert = re.search(r"Value '(.*?)' of type '\w+' could not be converted to (\w+)\s+full_key: (\S+)", text)
+    if convert:
+        value, kind, key = convert.groups()
+        expected = {"Integer": "an integer", "Float": "a number"}.get(kind, kind.lower())
+        return ConfigError(f"{key}={value}: expected {expected}")
+    listed = re.search(r"is not a ListConfig, list or tuple\.\s+full_key: (\S+)", text)
+    if listed:
+        key = listed.group(1)
+        value = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == key), "")
+        return ConfigError(f"{key}={value}: expected a list, as {key}=[a,b]")
     lexer = re.search(r"LexerNoViableAltException: (\S+?)=(\S*)", text)
     if lexer:
         key, value = lexer.groups()
@@ -227,6 +240,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if command == "dataset" and args and "=" not in args[0] and not args[0].startswith("-"):
         args = [f"action={args[0]}", *args[1:]]  # policydistill dataset <action> key=value ...
+    unknown = [a for a in args if a.startswith("-") and a not in OPTIONS]
+    if unknown:
+        log.error("unknown option '%s'; expected key=value overrides and the options %s", unknown[0],
+                  ", ".join(OPTIONS))
+        return 2
     multirun = any(a in ("-m", "--multirun") for a in args)
     args = [a for a in args if a not in ("-m", "--multirun")]
     # Policies here are small MLPs run at small batch sizes, where torch's intra-op thread pool costs
