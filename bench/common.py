@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -52,9 +52,17 @@ log = logging.getLogger("bench")
 # ---- command line ------------------------------------------------------------------------------
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, ``<prog>: <what was wrong>``, exit code 2 (``--help`` lists
+    the arguments)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message}\n")
+
+
 def parser(name: str, doc: str) -> argparse.ArgumentParser:
     """Benchmark ``name``'s parser (description: the first line of ``doc``) with ``--smoke`` and ``--results-dir``."""
-    p = argparse.ArgumentParser(prog=f"python -m bench {name}", description=doc.splitlines()[0])
+    p = OneLineParser(prog=f"python -m bench {name}", description=doc.splitlines()[0])
     p.add_argument("--smoke", action="store_true",
                    help="the same code path on a tiny budget (seconds): caps the budget arguments, keeps its "
                         "policies apart (runs/bench/smoke, temporary folders) and never writes into bench/results")

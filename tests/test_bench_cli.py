@@ -1,0 +1,23 @@
+"""``python -m bench``: a bad argument is one line naming it, exit code 2, nothing run or written."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["label_efficiency", "--rounds", "x"], "python -m bench label_efficiency: argument --rounds: invalid int value"),
+    (["label_efficiency", "--merge"], "python -m bench label_efficiency: argument --merge: expected at least one"),
+    (["imitation_peer", "--labelz", "5"], "python -m bench imitation_peer: unrecognized arguments: --labelz 5"),
+    (["nope"], "unknown benchmark 'nope'; benchmarks: async_inference, "),
+])
+def test_a_bad_argument_is_one_line_and_exit_code_2(args: list[str], message: str, tmp_path: Path) -> None:
+    run = subprocess.run([sys.executable, "-m", "bench", *args, "--results-dir", str(tmp_path / "out")], cwd=REPO,
+                         capture_output=True, text=True)
+    lines = (run.stdout + run.stderr).strip().splitlines()
+    assert run.returncode == 2 and len(lines) == 1 and lines[0].startswith(message), lines
+    assert not (tmp_path / "out").exists()
