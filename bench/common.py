@@ -237,8 +237,8 @@ def schedule_keys(schedule: str, params: dict[str, Any]) -> dict[str, Any]:
 
 @contextmanager
 def distill_run(suite: Suite, teachers: dict[str, Any], seed: int, method: Any, student: StudentConfig,
-                eval_episodes: int, n_envs: int = 8, stop_score: float | None = None
-                ) -> Iterator[tuple[dict[str, Any], Path]]:
+                eval_episodes: int, n_envs: int = 8, stop_score: float | None = None,
+                stop_success: float | None = None) -> Iterator[tuple[dict[str, Any], Path]]:
     """One distillation run from the zoo ``teachers`` of ``suite`` in a temporary folder, on the CPU (students
     evaluated on the validation seeds, 5000, ...; no final evaluation: a benchmark evaluates what it compares
     itself): its ``distill.json`` content and the folder (with the final ``student`` bundle), which lives as
@@ -246,14 +246,16 @@ def distill_run(suite: Suite, teachers: dict[str, Any], seed: int, method: Any, 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = DistillConfig(suite=suite.name, teachers=str(zoo_dir(suite.name)), out=tmp, seed=seed, device="cpu",
                             method=method, student=student, n_envs=n_envs, eval_episodes=eval_episodes,
-                            stop_score=stop_score, final_episodes=0)
+                            stop_score=stop_score, stop_success=stop_success, final_episodes=0)
         yield distill(cfg, suite, teachers), Path(tmp)
 
 
 def run_distill(suite: Suite, teachers: dict[str, Any], seed: int, method: Any, student: StudentConfig,
-                eval_episodes: int, n_envs: int = 8, stop_score: float | None = None) -> dict[str, Any]:
+                eval_episodes: int, n_envs: int = 8, stop_score: float | None = None,
+                stop_success: float | None = None) -> dict[str, Any]:
     """:func:`distill_run`'s ``distill.json`` content alone."""
-    with distill_run(suite, teachers, seed, method, student, eval_episodes, n_envs, stop_score) as (summary, _):
+    with distill_run(suite, teachers, seed, method, student, eval_episodes, n_envs, stop_score,
+                     stop_success) as (summary, _):
         return summary
 
 

@@ -15,8 +15,8 @@ DAgger: ``--schedule``, by default the teacher acts in round 0 and the student f
 method.gate=intervention``): the teacher acts in round 0, then only where the gate asks, with the keys of
 ``--gate-params``; ``--method-params`` sets a method's own keys (its ``rounds`` too). Labels are counted as the
 teacher gave them: a round whose episodes end early (e.g. in the pit of ``default_hazard``) or whose gate asks on
-few steps uses fewer. Each run stops at the first round whose
-mean score reaches ``--target``. DAgger and the gated methods get ``--rounds`` rounds; BC gets as many as
+few steps uses fewer. Each run stops at the first round whose mean score (or with ``--metric success`` mean
+success ratio) reaches ``--target``. DAgger and the gated methods get ``--rounds`` rounds; BC gets as many as
 ``--budget-multiple`` times DAgger's median labels to the target need (at least ``--rounds``), so "BC never
 reached it within 10x" is measured, not assumed. A run that never reaches the target counts as not reached;
 medians treat it as above every label count (a median of "not reached" means most seeds did not reach it).
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--metric", choices=list(METRICS), default="score",
                    help="what must reach --target: score (the random-normalised return over the teachers') or "
                         "success (the success rate over the teachers', per task; for suites that define success, "
-                        "as Metaworld's; every round runs, as the runner stops on the score only)")
+                        "as Metaworld's)")
     p.add_argument("--methods", nargs="+", default=["dagger", "bc"], choices=METHODS,
                    help="dagger (always run: it sets BC's budget) and any of gated, intervention, bc")
     p.add_argument("--gate-params", type=json_object,
@@ -226,6 +226,8 @@ def main(argv: list[str] | None = None) -> dict:
             method_config(name, args.rounds, common, schedule, gate_params, method_params.get(name))
         except (TypeError, ValueError) as e:
             p.error(f"method {name}: {e}")
+    if args.metric == "success" and not all(suite.has_success):
+        p.error(f"--metric success: suite {args.suite} defines no success for its tasks (expected --metric score)")
     if args.teacher_noise and {"gated", "intervention"} & set(args.methods):
         p.error("--teacher-noise is not read by the gated methods (the teacher's actions there are its labels)")
     student = StudentConfig(groups=list(args.groups), hidden=list(args.hidden))
@@ -238,11 +240,8 @@ def main(argv: list[str] | None = None) -> dict:
         method = method_config(name, rounds[name], common, schedule, gate_params, method_params.get(name))
         runs = []
         for seed in args.seeds:
-            rows = run_distill(suite, teachers, seed, method, student, args.eval_episodes,
-                               stop_score=args.target if args.metric == "score" else None)["rounds"]
-            if rows[0][METRICS[args.metric]] is None:
-                p.error(f"--metric {args.metric}: suite {args.suite} defines no success for its tasks "
-                        "(expected --metric score)")
+            stop = {"stop_score" if args.metric == "score" else "stop_success": args.target}
+            rows = run_distill(suite, teachers, seed, method, student, args.eval_episodes, **stop)["rounds"]
             runs.append({"seed": seed, "labels_to_target": labels_to_reach(rows, args.target, args.metric),
                          "labels_used": rows[-1]["labels_used"], "rounds_run": len(rows),
                          "curve": [(r["labels_used"], r[METRICS[args.metric]]) for r in rows],

@@ -1,9 +1,10 @@
 """The runner, once for every method: a key the method does not read is refused with the keys it reads; a run
-killed (a real process, SIGKILL) resumes and ends where an uninterrupted run ends; TensorBoard and
-``stop_score``; a changed config is refused with its diff."""
+killed (a real process, SIGKILL) resumes and ends where an uninterrupted run ends; TensorBoard,
+``stop_score`` and ``stop_success``; a changed config is refused with its diff."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,21 @@ def test_stop_score_ends_the_run_after_the_first_round_reaching_it(tmp_path):
     assert len(read_json(tmp_path / "high" / "distill.json")["rounds"]) == 3  # never reached: every round runs
     with pytest.raises(ConfigError, match="stop_score must be a finite number"):
         compose_config("distill", ["teachers=x", "stop_score=nan"])
+
+
+def test_stop_success_ends_the_run_on_the_success_ratio_on_suites_with_success(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    assert main([*args("dagger", tmp_path / "low", Path()), "stop_success=0"]) == 0
+    rows = read_json(tmp_path / "low" / "distill.json")["rounds"]
+    assert len(rows) == 1 and rows[0]["mean_success_ratio"] >= 0  # round 0 already reached it
+    assert "stopping after round 0: mean success ratio " in caplog.text
+    assert main([*args("dagger", tmp_path / "high", Path()), "stop_success=1e6"]) == 0
+    assert len(read_json(tmp_path / "high" / "distill.json")["rounds"]) == 3
+    out = tmp_path / "pendulum"  # no success defined: refused before anything is written
+    assert main(["distill", "suite=pendulum_reacher", "teachers=envs/zoo/pendulum_reacher", f"out={out}",
+                 "stop_success=0.9"]) == 2
+    assert "stop_success: suite 'pendulum_reacher' defines no success for tasks ['pendulum'" in caplog.text
+    assert not out.exists()
 
 
 UNREAD = {

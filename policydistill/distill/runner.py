@@ -4,7 +4,8 @@ Per round: the method says what to collect (a plan, or nothing), the runner's co
 (in this process, or on Ray rollout actors with ``collector=ray``) into the run's episode store, the
 method updates from the store through the fit loop, the student is evaluated on every task on the
 validation seeds (``eval_seed``), and the round is checkpointed and appended to ``distill.json``. The run
-stops after ``rounds`` rounds, or after the first round whose mean score reaches ``stop_score``.
+stops after ``rounds`` rounds, or after the first round whose mean score reaches ``stop_score`` (or whose mean
+success ratio reaches ``stop_success``).
 
 Per task, a round reports the student's success rate and return, its ``score`` (random-normalised:
 (student - random) / (teacher - random) mean return, the teachers and a uniform random policy evaluated once
@@ -27,8 +28,8 @@ A rerun with the same config resumes: after the last finished round, or inside t
 collection, when complete, is kept; its fit continues from its checkpoint); what an interrupted collection
 stored is removed first. The folder is a :class:`~policydistill.run_folder.RunFolder`: locked while the run
 writes, refused when it holds something else, and a rerun whose config or teachers differ is refused with the
-differing keys, unless ``resume=extend`` (``method.rounds`` and ``stop_score`` may change) or ``resume=false``
-(start over).
+differing keys, unless ``resume=extend`` (``method.rounds``, ``stop_score`` and ``stop_success`` may change) or
+``resume=false`` (start over).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ from policydistill.teachers.load import teacher_identities
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 4
-EXTENDABLE = ("method.rounds", "stop_score")
+EXTENDABLE = ("method.rounds", "stop_score", "stop_success")
 """Config keys ``resume=extend`` lets change."""
 FINAL_PER_EVAL_EPISODE = 40
 """With ``final_episodes`` None, the final evaluation runs at most this many times ``eval_episodes`` per task (400 at
@@ -92,7 +93,9 @@ class DistillConfig:
     collecting and evaluating; the student's validation, ``eval_episodes`` per task each round on seeds
     ``eval_seed``, ..., steps all of a task's episodes side by side when they are more (:attr:`eval_envs`);
     ``stop_score``: stop after the first round whose mean (random-normalised) score reaches it (None: run every
-    round). ``collector``: ``local`` or ``ray`` (rollout actors, see ``ray``), for methods that collect
+    round); ``stop_success``: after the first whose mean success ratio (each task's success rate over its teacher's)
+    reaches it, on a suite whose every task defines success (where episodes end at success, as on Metaworld, the
+    score says little). ``collector``: ``local`` or ``ray`` (rollout actors, see ``ray``), for methods that collect
     through the runner. ``regression_margin``: a task whose success rate (score, where the suite defines no
     success) drops by more than it from one round to the next is flagged. After the last round, the student of
     the best round (``best/``) is evaluated on held-out seeds ``test_seed``, ...: ``final_episodes`` per task
@@ -110,6 +113,7 @@ class DistillConfig:
     eval_episodes: int = 10
     eval_seed: int = 5000
     stop_score: float | None = None
+    stop_success: float | None = None
     collector: str = "local"
     ray: RayConfig = field(default_factory=RayConfig)
     resume: str = "auto"
@@ -139,8 +143,9 @@ class DistillConfig:
                              f"validation seeds {self.eval_seed}..{self.eval_seed + self.eval_episodes - 1} "
                              "(eval_seed): choose test_seed apart")
         require_choice("collector", self.collector, ENGINES)
-        if self.stop_score is not None:
-            require_number("stop_score", self.stop_score)
+        for name in ("stop_score", "stop_success"):
+            if getattr(self, name) is not None:
+                require_number(name, getattr(self, name))
         unread = []
         if not cls.uses_student:
             unread += [f"student.{k}" for k in set_keys(self.student)]
@@ -247,10 +252,17 @@ def _per_task(row: dict[str, Any]) -> str:
     return f"{first}{one('success', row['mean_success'], 'success_rate')}; {one('score', row['mean_score'], 'score')}"
 
 
-def _reached(row: dict[str, Any] | None, stop_score: float | None) -> bool:
-    """Whether ``row``'s mean score reaches ``stop_score`` (never when either is None)."""
-    return stop_score is not None and row is not None and row["mean_score"] is not None \
-        and row["mean_score"] >= stop_score
+STOPS = (("stop_score", "mean_score", "mean score"), ("stop_success", "mean_success_ratio", "mean success ratio"))
+"""(config key, the round's value it is compared with, its name in the log)."""
+
+
+def _reached(row: dict[str, Any] | None, cfg: DistillConfig) -> str | None:
+    """Why the run stops after ``row``: the first of :data:`STOPS` whose value reaches its key (None: it goes on)."""
+    for key, value, name in STOPS:
+        stop = getattr(cfg, key)
+        if stop is not None and row is not None and row[value] is not None and row[value] >= stop:
+            return f"{name} {row[value]:.3f} >= {key} {stop}"
+    return None
 
 
 def final_line(final: dict[str, Any]) -> str:
@@ -283,6 +295,11 @@ class Runner:
         self.offline = cfg.teachers == NO_TEACHERS and teachers is None
         self._check_offline()
         self.suite = suite or load_suite(cfg.suite)
+        if cfg.stop_success is not None:
+            without = [t.name for t, has in zip(self.suite.tasks, self.suite.has_success, strict=True) if not has]
+            if without:
+                raise ValueError(f"stop_success: suite '{self.suite.name}' defines no success for tasks {without} "
+                                 "(expected stop_score, on the mean score)")
         if self.offline:
             self.teachers: dict[str, Policy] = {}
         else:
@@ -370,9 +387,9 @@ class Runner:
             for r in tqdm(range(start, algo.rounds), desc=f"distill ({self.name})", unit="round", initial=start,
                           total=algo.rounds, leave=False):
                 prev = rows[-1] if rows else None
-                if _reached(prev, cfg.stop_score):
-                    log.info("stopping after round %d: mean score %.3f >= stop_score %s", r - 1, prev["mean_score"],
-                             cfg.stop_score)
+                reached = _reached(prev, cfg)
+                if reached:
+                    log.info("stopping after round %d: %s", r - 1, reached)
                     break
                 row = self._round(r, prev, tb)
                 self._commit(r, row)
