@@ -59,7 +59,7 @@ AUTO_UPDATES = (50, 500)
 @dataclass
 class FitFields:
     """How the student is fitted every round: ``updates_per_round`` steps on minibatches of ``batch_size``
-    (None: as many as :data:`AUTO_EPOCHS` passes over the round's training rows take, between
+    (None: as many as :data:`AUTO_EPOCHS` passes over the round's training rows (those of nonzero weight) take, between
     :data:`AUTO_UPDATES` (50, 500), so that small datasets are not fitted 500 times a round) (``balance_tasks``:
     every task the same share) of ``loss`` (with ``loss_params``) at learning rate ``lr``;
     ``lr_decay`` anneals it to ``lr / 100`` within each round (a cosine). ``confidence``: per-step loss weights,
@@ -320,8 +320,9 @@ class OnPolicy(Algorithm):
         self.student.fit_normalizer(data["x"])
         batches = self.student.batches(data, lengths, batch_size or cfg.batch_size,
                                        task if cfg.balance_tasks else None, self.ctx.student.tbptt)
+        rows = int(np.count_nonzero(data["weight"])) if "weight" in data else len(data["x"])  # rows ever drawn
         return FitJob(self.student, lambda model, batch: model.compute_loss(batch, loss_fn), batches,
-                      cfg.fit_config(len(data["x"]), steps, lr), self.optimizer)
+                      cfg.fit_config(rows, steps, lr), self.optimizer)
 
     def update(self, store: EpisodeStore | None, round: int, fit_with: FitWith) -> dict[str, Any]:
         assert store is not None or self.offline
