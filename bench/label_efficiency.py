@@ -104,6 +104,15 @@ def round_labels(suite: Suite, episodes_per_task: int, collect_steps: int | None
     return sum(episodes_per_task * t.max_episode_steps for t in cut.tasks)
 
 
+def updates_arg(text: str) -> int | None:
+    """``--updates``: a positive int, or ``auto`` (None: the runner's own count)."""
+    if text == "auto":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int or auto, got {text!r}")
+    return int(text)
+
+
 def verdict(bc: float | None, dagger: float | None, bc_budget: int, target: float) -> tuple[str, bool]:
     """A one-line verdict and whether the label-efficiency target is met."""
     if bc and dagger:
@@ -180,7 +189,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--collect-steps", type=int, default=None, help="cut collected episodes at this many steps")
     p.add_argument("--teacher-noise", type=float, default=0.0, help="DART-style noise whenever the teacher acts")
     p.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
-    p.add_argument("--updates", type=int, default=1000)
+    p.add_argument("--updates", type=updates_arg, default=1000,
+                   help="updates per round of every method, or auto: the runner's default (ten passes over a "
+                        "round's labelled steps, 50-500)")
     p.add_argument("--schedule", default="step")
     p.add_argument("--schedule-params", type=json_object, default='{"switch_round": 1}',
                    help="JSON: DAgger's schedule's parameters")

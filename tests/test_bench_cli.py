@@ -12,6 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize(("args", "message"), [
     (["label_efficiency", "--rounds", "x"], "python -m bench label_efficiency: argument --rounds: invalid int value"),
     (["label_efficiency", "--merge"], "python -m bench label_efficiency: argument --merge: expected at least one"),
+    (["label_efficiency", "--updates", "0"], "python -m bench label_efficiency: argument --updates: expected a"),
     (["imitation_peer", "--labelz", "5"], "python -m bench imitation_peer: unrecognized arguments: --labelz 5"),
     (["nope"], "unknown benchmark 'nope'; benchmarks: async_inference, "),
 ])
