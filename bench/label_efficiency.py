@@ -21,7 +21,8 @@ success ratio) reaches ``--target``. DAgger and the gated methods get ``--rounds
 reached it within 10x" is measured, not assumed. A run that never reaches the target counts as not reached;
 medians treat it as above every label count (a median of "not reached" means most seeds did not reach it).
 ``--tasks`` keeps a subset of the suite's tasks. Targets: DAgger needs at most 0.3x BC's labels (or BC never
-gets there within 10x); a gated method at most 0.3x BC's and 0.5x DAgger's. Writes a plot of the score
+gets there within 10x); a gated method at most 0.3x BC's and 0.5x DAgger's (against a method whose median was not
+reached within its budget, the gate's labels over that budget: a bound, printed as ``< x``). Writes a plot of the score
 (``--metric``) against labels beside the result (``label_efficiency_<suite><tag>.png``): per method the mean over
 seeds of the score each run had reached with that many labels, with its 95% interval.
 
@@ -282,6 +283,16 @@ def write(args: Any, started: envelope.Start, result: dict[str, Any]) -> dict:
         low, high = (math.inf if x is None else x for x in result["methods"][method]["median_interval"])
         return interval_text(low, high, ".0f")
 
+    def ratio_to(own: float | None, baseline: str) -> tuple[float | None, bool]:
+        """A gate's labels over a baseline's median, and whether that is a bound: a baseline whose median was
+        not reached within its budget needs more than the budget, so the ratio is below own / budget."""
+        theirs = medians[baseline]
+        if not own:
+            return None, False
+        if theirs:
+            return own / theirs, False
+        return own / result["methods"][baseline]["budget_labels"], True
+
     if "bc" in medians:
         bc, dagger = medians["bc"], medians["dagger"]
         bc_budget = result["methods"]["bc"]["budget_labels"]
@@ -304,14 +315,16 @@ def write(args: Any, started: envelope.Start, result: dict[str, Any]) -> dict:
     for name in ("gated", "intervention"):
         if name not in medians:
             continue
-        own, vs = medians[name], {"bc": medians.get("bc"), "dagger": medians["dagger"]}
-        got = {k: own / v if own and v else None for k, v in vs.items()}
-        ratios.update({f"{name}_over_{k}_labels": v for k, v in got.items()})
-        met = got["dagger"] is not None and got["dagger"] <= GATED_OVER_DAGGER and (
-            "bc" not in medians or (got["bc"] is not None and got["bc"] <= RATIO_TARGET))
+        own = medians[name]
+        got = {k: ratio_to(own, k) for k in ("bc", "dagger") if k in medians}
+        ratios.update({f"{name}_over_{k}_labels": v for k, (v, _) in got.items()})
+        ratios.update({f"{name}_over_{k}_labels_below": v for k, (v, below) in got.items() if below})
+        met = got["dagger"][0] is not None and got["dagger"][0] <= GATED_OVER_DAGGER and (
+            "bc" not in got or (got["bc"][0] is not None and got["bc"][0] <= RATIO_TARGET))
         result["methods"][name]["target_met"] = met
         lines.append(f"{name}: {own} labels ({result['methods'][name]['reached']} reached; {spread(name)}): "
-                     + ", ".join(f"{v:.2f}x {k}'s" if v is not None else f"vs {k}: n/a" for k, v in got.items())
+                     + ", ".join(f"{'< ' if below else ''}{v:.2f}x {k}'s" if v is not None else f"vs {k}: n/a"
+                                 for k, (v, below) in got.items())
                      + f" -> target {'met' if met else 'not met'} (<= {RATIO_TARGET}x BC's, <= "
                        f"{GATED_OVER_DAGGER}x DAgger's)")
     name = f"label_efficiency_{args.suite}{args.tag}"

@@ -115,3 +115,16 @@ def test_the_success_metric_is_refused_on_a_suite_without_success(tmp_path: Path
     assert run.returncode == 2 and not (tmp_path / "out").exists()
     assert run.stderr.strip().splitlines()[-1].endswith(
         "--metric success: suite pendulum_reacher defines no success for its tasks (expected --metric score)")
+
+
+def test_a_gate_against_a_baseline_that_never_reached_the_target_is_a_bound(parts: dict[str, Path],
+                                                                             tmp_path: Path) -> None:
+    def never(d: dict) -> None:  # DAgger did not reach the target; the gate did, with 50 labels
+        for run in d["results"]["methods"]["dagger"]["runs"]:
+            run["labels_to_target"] = None
+        for run in d["results"]["methods"]["gated"]["runs"]:
+            run["labels_to_target"] = 50
+    merged = merge([edited(parts["_b"], tmp_path, never)], tmp_path)
+    budget = merged["results"]["methods"]["dagger"]["budget_labels"]
+    assert merged["ratios"]["gated_over_dagger_labels_below"] == pytest.approx(50 / budget)
+    assert merged["results"]["methods"]["gated"]["target_met"] == (50 / budget <= 0.5)
