@@ -1,9 +1,10 @@
 """The one result envelope every benchmark writes: ``<results dir>/<name><tag>.json``.
 
 Keys: ``bench`` (name), ``created`` (UTC, ISO 8601, when the run started), ``wall_time_s``, ``machine`` (CPU
-model, logical cores, load average at the start and the end of the run), ``versions`` (python and the packages
-a result depends on), ``args`` (the parsed arguments), ``runs`` (repeated runs or seeds), ``medians``,
-``ratios`` (the side-by-side ratios the benchmark exists for) and ``results`` (everything else it measured).
+model, its family/model and widest vector extension, logical cores, load average at the start and the end of the
+run), ``versions`` (python and the packages a result depends on), ``args`` (the parsed arguments), ``runs``
+(repeated runs or seeds), ``medians``, ``ratios`` (the side-by-side ratios the benchmark exists for) and
+``results`` (everything else it measured).
 """
 
 from __future__ import annotations
@@ -40,14 +41,26 @@ def start() -> Start:
     return Start()
 
 
-def cpu_model() -> str:
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of ``/proc/cpuinfo`` (empty where there is none)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        block = Path("/proc/cpuinfo").read_text().split("\n\n", 1)[0]
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return {}
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in block.splitlines())}
+
+
+def cpu_model() -> str:
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_kind() -> str:
+    """The CPU's family/model and widest vector extension, e.g. ``25/17 avx512f``: seeded runs round differently
+    across CPUs, and a model name alone (``AMD EPYC``) may not tell two apart."""
+    info = _cpuinfo()
+    flags = set(info.get("flags", "").split())
+    vector = next((f for f in ("avx512f", "avx2", "avx", "neon", "asimd") if f in flags), "")
+    return f"{info.get('cpu family', '?')}/{info.get('model', '?')} {vector}".strip()
 
 
 def versions() -> dict[str, str]:
@@ -85,7 +98,7 @@ def write(name: str, args: argparse.Namespace, started: Start, *, runs: int, med
     out = Path(args.results_dir) / f"{name}{tag}.json"
     envelope = {
         "bench": name, "created": started.created, "wall_time_s": round(time.perf_counter() - started.t0, 1),
-        "machine": {"cpu": cpu_model(), "logical_cores": os.cpu_count(),
+        "machine": {"cpu": cpu_model(), "cpu_kind": cpu_kind(), "logical_cores": os.cpu_count(),
                     "loadavg_start": [round(x, 2) for x in started.loadavg],
                     "loadavg_end": [round(x, 2) for x in os.getloadavg()]},
         "versions": versions(), "args": {k: _shown(v) for k, v in vars(args).items()}, "runs": runs,

@@ -27,8 +27,9 @@ reached within its budget, the gate's labels over that budget: a bound, printed 
 seeds of the score each run had reached with that many labels, with its 95% interval.
 
 ``--merge A.json B.json ...`` runs nothing: it reads results written before (one suite, the same settings) and
-writes them as one result and one plot, each method's seeds from any of them. A method and seed found in several
-files must be the same run (the shorter curve a start of the longer, as a run with fewer rounds is); the longer is
+writes them as one result and one plot, each method's seeds from any of them. They must have run on one kind of CPU
+(the envelope's ``cpu_kind``: seeded runs differ across kinds), and a method and seed found in several files must be
+the same run (the shorter curve a start of the longer, as a run with fewer rounds is); the longer is
 kept, so a method's runs come from files that gave it the same rounds and keys.
 """
 
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
     p.add_argument("--updates", type=updates_arg, default=1000,
                    help="updates per round of every method, or auto: the runner's default (ten passes over a "
-                        "round's labelled steps, 50-500)")
+                        "round's labelled steps, 50-500; 500 in a gate's teacher round)")
     p.add_argument("--schedule", default="step")
     p.add_argument("--schedule-params", type=json_object, default='{"switch_round": 1}',
                    help="JSON: DAgger's schedule's parameters")
@@ -350,15 +351,20 @@ def merged(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]
     if extra:
         p.error("--merge reads only --tag and --results-dir (the rest comes from the files); also given: "
                 + ", ".join(f"--{k.replace('_', '-')}" for k in extra))
-    files = []
+    files, kinds = [], {}
     for path in args.merge:
         try:
             data = json.loads(Path(path).read_text())
             if data["bench"] != "label_efficiency":
                 raise ValueError(f"a result of bench {data['bench']}")
             files.append((path, data["args"], data["results"]))
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            kinds[path] = data["machine"].get("cpu_kind")  # results before it was recorded: unknown
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             p.error(f"--merge: {path} is not a label_efficiency result ({type(e).__name__}: {e})")
+    if len(set(kinds.values()) - {None}) > 1:
+        ran = ", ".join(f"{path}: {kind}" for path, kind in kinds.items())
+        p.error(f"--merge: the results ran on different kinds of CPU ({ran}), where one seed is not the same run: "
+                "compare their medians instead")
     first_path, first, _ = files[0]
     for path, own, _ in files[1:]:
         for key, old in SHARED.items():

@@ -178,11 +178,13 @@ def test_weight_zero_changes_nothing(default_suite):
 
 
 def test_automatic_updates_count_the_labelled_steps_only(default_suite, tmp_path):
-    """With ``updates_per_round`` None a round makes 10 passes over its training rows: the labelled ones, as the
-    unlabelled steps stored beside them are never drawn."""
+    """With ``updates_per_round`` None the teacher's round takes the most updates (500) and every later round 10
+    passes over its training rows: the labelled ones, as the unlabelled steps stored beside them are never drawn."""
     teachers = policies_for_suite(zoo_dir("default"), default_suite, device="cpu")
     summary = gated_run(tmp_path, default_suite, teachers, updates_per_round=None, batch_size=32, query_rate=0.1)
-    for row in summary["rounds"]:
+    first, *later = summary["rounds"]
+    assert first["updates"] == 500 and later
+    for row in later:
         assert row["updates"] == min(500, max(50, math.ceil(10 * row["labels_used"] / 32)))
     assert summary["rounds"][-1]["env_steps"] > 1.5 * summary["rounds"][-1]["labels_used"]  # unlabelled steps stored
 

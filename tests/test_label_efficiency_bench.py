@@ -78,6 +78,9 @@ def test_results_of_other_settings_are_refused(parts: dict[str, Path], tmp_path:
                                                capsys: pytest.CaptureFixture[str]) -> None:
     other = edited(parts["_b"], tmp_path, lambda d: d["args"].update(updates=11))
     assert "has updates 11" in refused(capsys, [parts["_a"], other], tmp_path)
+    elsewhere = edited(parts["_b"], tmp_path, lambda d: d["machine"].update(cpu_kind="6/85 avx512f"))
+    assert json.loads(parts["_a"].read_text())["machine"]["cpu_kind"] != "6/85 avx512f"
+    assert "ran on different kinds of CPU" in refused(capsys, [parts["_a"], elsewhere], tmp_path)
 
 
 def test_a_seed_that_is_another_run_is_refused(parts: dict[str, Path], tmp_path: Path,

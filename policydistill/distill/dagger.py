@@ -60,7 +60,8 @@ AUTO_UPDATES = (50, 500)
 class FitFields:
     """How the student is fitted every round: ``updates_per_round`` steps on minibatches of ``batch_size``
     (None: as many as :data:`AUTO_EPOCHS` passes over the round's training rows (those of nonzero weight) take, between
-    :data:`AUTO_UPDATES` (50, 500), so that small datasets are not fitted 500 times a round) (``balance_tasks``:
+    :data:`AUTO_UPDATES` (50, 500), so that small datasets are not fitted 500 times a round; ``method=gated``'s teacher
+    round takes 500) (``balance_tasks``:
     every task the same share) of ``loss`` (with ``loss_params``) at learning rate ``lr``;
     ``lr_decay`` anneals it to ``lr / 100`` within each round (a cosine). ``confidence``: per-step loss weights,
     ``none``, ``teacher_std`` (each label's precision) or ``advantage`` (how the teacher's critic judges each
@@ -340,13 +341,17 @@ class OnPolicy(Algorithm):
             labels = len(extra_task) if round == 0 else 0
             data = {k: np.concatenate([v, extra[k]]) for k, v in data.items()}
             lengths, task = np.concatenate([lengths, extra_lengths]), np.concatenate([task, extra_task])
-        result = fit_with(self.job(data, lengths, task))
+        result = fit_with(self.job(data, lengths, task, self.round_steps(round)))
         out: dict[str, Any] = {"loss": result.loss, "losses": result.stats, "updates": result.steps, "info": {},
                                "labels": labels}
         if diagnose:
             self.diagnosed = True
             out["info"]["predictability"] = check_predictable(self.ctx, self.cfg, self.loss_fn, raw, lengths)
         return out
+
+    def round_steps(self, round: int) -> int | None:
+        """The updates of round ``round`` when the method sets them (None: ``updates_per_round``'s rule)."""
+        return None
 
     def teachers_see_more(self) -> bool:
         """Whether the teachers read a group the student does not: else their labels are a function of the

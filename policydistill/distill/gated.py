@@ -1,7 +1,7 @@
 """Gated DAgger (``method=gated``): the teacher labels only where a gate asks, so labels go where they matter.
 
 Round 0 the teacher acts and labels every step (a BC round: something to train and calibrate on; its episodes
-cut at ``teacher_round_steps`` if set). From
+cut at ``teacher_round_steps`` if set; with ``updates_per_round`` None it is fitted for 500 updates). From
 round 1 the student acts, and the teacher is asked only where the gate (:mod:`policydistill.distill.gates`)
 says so; it then acts and labels for ``takeover_steps`` steps. Unlabelled steps are stored for their
 inputs only (loss weight 0). After every update an uncertainty gate is refitted on the labelled steps and
@@ -26,7 +26,7 @@ from policydistill.configs import refuse_unread, require_choice, require_int, re
 from policydistill.data.shards import EpisodeStore
 from policydistill.distill.algorithm import Context, FitWith, stream
 from policydistill.distill.collect import CollectPlan
-from policydistill.distill.dagger import ExtraFields, FitFields, OnPolicy, RelabelFields, RoundFields
+from policydistill.distill.dagger import AUTO_UPDATES, ExtraFields, FitFields, OnPolicy, RelabelFields, RoundFields
 from policydistill.distill.gates import GATES, AskAlways, InterventionGate, UncertaintyGate, fit_gate_model
 from policydistill.types import concat_groups
 
@@ -119,6 +119,11 @@ class Gated(OnPolicy):
             self.gate.new_round()
         return CollectPlan(0.0, cfg.episodes_per_task, self.student, gate=self.gate, takeover_steps=cfg.takeover_steps,
                            episode_steps=cfg.collect_steps, **self.plan_options())
+
+    def round_steps(self, round: int) -> int | None:
+        """The teacher's round takes the most automatic updates (:data:`AUTO_UPDATES`), not ten passes over its few
+        labels: from round 1 the student acts, and where it goes decides what the gate asks."""
+        return AUTO_UPDATES[1] if round == 0 and self.cfg.updates_per_round is None else None
 
     def update(self, store: EpisodeStore | None, round: int, fit_with: FitWith) -> dict[str, Any]:
         out = super().update(store, round, fit_with)
