@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import platform
 import time
@@ -41,6 +42,7 @@ def start() -> Start:
     return Start()
 
 
+@functools.cache
 def _cpuinfo() -> dict[str, str]:
     """The first processor's fields of ``/proc/cpuinfo`` (empty where there is none)."""
     try:
@@ -92,13 +94,15 @@ def _shown(value: Any) -> Any:
 
 
 def write(name: str, args: argparse.Namespace, started: Start, *, runs: int, medians: dict[str, Any],
-          ratios: dict[str, Any], results: dict[str, Any], tag: str = "") -> dict[str, Any]:
+          ratios: dict[str, Any], results: dict[str, Any], tag: str = "", cpu: dict[str, Any] | None = None
+          ) -> dict[str, Any]:
     """Write the envelope of benchmark ``name`` atomically to ``args.results_dir``/``<name><tag>.json``, print its
-    ratios and the path; returns the envelope."""
+    ratios and the path; returns the envelope. ``cpu``: the ``cpu`` and ``cpu_kind`` the results ran on when that was
+    not this machine (results merged from earlier runs; a kind None: not recorded)."""
     out = Path(args.results_dir) / f"{name}{tag}.json"
     envelope = {
         "bench": name, "created": started.created, "wall_time_s": round(time.perf_counter() - started.t0, 1),
-        "machine": {"cpu": cpu_model(), "cpu_kind": cpu_kind(), "logical_cores": os.cpu_count(),
+        "machine": {"cpu": cpu_model(), "cpu_kind": cpu_kind(), **(cpu or {}), "logical_cores": os.cpu_count(),
                     "loadavg_start": [round(x, 2) for x in started.loadavg],
                     "loadavg_end": [round(x, 2) for x in os.getloadavg()]},
         "versions": versions(), "args": {k: _shown(v) for k, v in vars(args).items()}, "runs": runs,

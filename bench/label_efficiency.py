@@ -168,9 +168,9 @@ def method_config(name: str, rounds: int, common: dict[str, Any], schedule: dict
     own = dict(own or {})
     rounds = own.pop("rounds", rounds)
     if name == "bc":
-        return BCConfig(rounds=rounds, **common)
+        return BCConfig(**{"rounds": rounds, **common, **own})
     if name == "dagger":
-        return DAggerConfig(rounds=rounds, **common, **schedule)
+        return DAggerConfig(**{"rounds": rounds, **common, **schedule, **own})
     keys = {k: v for k, v in gate_params.items()
             if (k == "intervene_at") == (name == "intervention") or k == "takeover_steps"}
     gated = {k: v for k, v in common.items() if k != "teacher_noise"}
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse(p, argv, SMOKE)
     started = envelope.start()
     if args.merge:
-        return write(args, started, merged(p, args, argv))
+        return write(args, started, *merged(p, args, argv))
     one_thread()
     suite, teachers = zoo_teachers(args.suite)
     if args.tasks:
@@ -272,9 +272,9 @@ def main(argv: list[str] | None = None) -> dict:
     return write(args, started, result)
 
 
-def write(args: Any, started: envelope.Start, result: dict[str, Any]) -> dict:
+def write(args: Any, started: envelope.Start, result: dict[str, Any], cpu: dict[str, Any] | None = None) -> dict:
     """Ratios and verdicts of ``result`` (its ``methods`` each with runs and their summary), printed and written
-    with the plot."""
+    with the plot (``cpu``: the CPU that ran them, when not this one)."""
     medians = {m: v["median_labels"] for m, v in result["methods"].items()}
     target = result["target"]
     ratios: dict[str, float | None] = {}
@@ -334,7 +334,7 @@ def write(args: Any, started: envelope.Start, result: dict[str, Any]) -> dict:
     seeds = {r["seed"] for info in result["methods"].values() for r in info["runs"]}
     return envelope.write("label_efficiency", args, started, runs=len(seeds),
                           medians={f"{m}_labels_to_target": v for m, v in medians.items()}, ratios=ratios,
-                          results=result, tag=f"_{args.suite}{args.tag}")
+                          results=result, tag=f"_{args.suite}{args.tag}", cpu=cpu)
 
 
 SHARED = {"suite": None, "tasks": None, "groups": None, "episodes_per_task": None, "collect_steps": None,
@@ -343,15 +343,17 @@ SHARED = {"suite": None, "tasks": None, "groups": None, "episodes_per_task": Non
 """The settings that results must share to be merged, each with its value in results that predate it."""
 
 
-def merged(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
-    """The result of ``args.merge``'s files as one (see the module doc); ``args`` takes their shared settings, seeds
-    and methods. A file that is not such a result, or results that differ, are a usage error."""
+def merged(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None
+           ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The result of ``args.merge``'s files as one (see the module doc) and the CPU they ran on (``cpu``,
+    ``cpu_kind``); ``args`` takes their shared settings, seeds and methods. A file that is not such a result, or
+    results that differ, are a usage error."""
     given, default = vars(p.parse_args(argv)), vars(p.parse_args([]))
     extra = sorted(k for k, v in given.items() if v != default[k] and k not in ("merge", "tag", "results_dir", "smoke"))
     if extra:
         p.error("--merge reads only --tag and --results-dir (the rest comes from the files); also given: "
                 + ", ".join(f"--{k.replace('_', '-')}" for k in extra))
-    files, kinds = [], {}
+    files, kinds, cpus = [], {}, {}  # path -> the part's args and result, its CPU's kind, its CPU
     for path in args.merge:
         try:
             data = json.loads(Path(path).read_text())
@@ -359,6 +361,7 @@ def merged(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]
                 raise ValueError(f"a result of bench {data['bench']}")
             files.append((path, data["args"], data["results"]))
             kinds[path] = data["machine"].get("cpu_kind")  # results before it was recorded: unknown
+            cpus[path] = data["machine"].get("cpu")
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             p.error(f"--merge: {path} is not a label_efficiency result ({type(e).__name__}: {e})")
     if len(set(kinds.values()) - {None}) > 1:
@@ -403,7 +406,8 @@ def merged(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]
         setattr(args, key, first.get(key, old))
     args.seeds = sorted({r["seed"] for info in result["methods"].values() for r in info["runs"]})
     args.methods = list(result["methods"])
-    return result
+    kind = next((k for k in kinds.values() if k is not None), None)
+    return result, {"cpu": next(cpus[path] for path in kinds if kinds[path] == kind), "cpu_kind": kind}
 
 
 if __name__ == "__main__":

@@ -50,10 +50,11 @@ def kill_after(argv: list[str], delay: float) -> bool:
 
 
 def chaos(argv: list[str], out: Path, straight_s: float, seed: int) -> int:
-    """Kill ``argv`` (writing to ``out``) ``KILLS`` times at seeded moments within the time an uninterrupted run
+    """Kill ``argv`` with ``out=<out>`` ``KILLS`` times at seeded moments within the time an uninterrupted run
     took, then run it to the end; returns how many kills hit a running process. When none did (the machine was
     slower while timing), ``out`` is cleared and the kills come twice as early, up to ``ATTEMPTS`` times."""
     rng = np.random.default_rng(seed)
+    argv = [*argv, f"out={out}"]
     for attempt in range(ATTEMPTS):
         shutil.rmtree(out, ignore_errors=True)
         scale = straight_s / 2**attempt
@@ -95,7 +96,7 @@ def no_temp_files(folder: Path) -> bool:
 def test_distill_killed_at_random_moments_ends_as_an_uninterrupted_run(argv, seed, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     took = timed([*argv, f"out={straight}"])
-    hits = chaos([*argv, f"out={killed}"], killed, took, seed)
+    hits = chaos(argv, killed, took, seed)
     assert hits >= 1
     assert same_weights(straight / "student", killed / "student")
     assert rows(straight) == rows(killed)
@@ -108,7 +109,7 @@ def test_train_student_killed_at_random_moments_ends_as_an_uninterrupted_run(tmp
     assert main([*DISTILL, "method.rounds=1", f"out={run}"]) == 0
     argv = ["train-student", f"run={run}", "updates=1500", "batch_size=64", "checkpoint_every=100"]
     took = timed([*argv, f"out={tmp_path / 'straight'}"])
-    hits = chaos([*argv, f"out={tmp_path / 'killed'}"], tmp_path / "killed", took, seed=2)
+    hits = chaos(argv, tmp_path / "killed", took, seed=2)
     assert hits >= 1
     assert same_weights(tmp_path / "straight" / "bundle", tmp_path / "killed" / "bundle")
     a, b = (read_json(tmp_path / d / "train_student.json") for d in ("straight", "killed"))
@@ -121,7 +122,7 @@ def test_train_experts_killed_at_random_moments_ends_finished_and_loadable(tmp_p
     argv = ["train-experts", "suite=default", "workers=2", "tasks=[north,east]", *TINY,
             "expert.total_steps=4096", "expert.checkpoint_every=512"]
     took = timed([*argv, f"out={tmp_path / 'straight'}"])
-    hits = chaos([*argv, f"out={out}"], out, took, seed=3)
+    hits = chaos(argv, out, took, seed=3)
     assert hits >= 1
     summary = read_json(out / "experts.json")
     assert sorted(summary["tasks"]) == ["east", "north"]

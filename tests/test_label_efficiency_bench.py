@@ -56,6 +56,17 @@ def test_results_written_before_method_keys_existed_merge(parts: dict[str, Path]
     assert merged["results"]["method_params"] == {}
 
 
+def test_a_merge_records_the_cpu_its_parts_ran_on(parts: dict[str, Path], tmp_path: Path) -> None:
+    def elsewhere(d: dict) -> None:
+        d["machine"].update(cpu="Intel(R) Xeon(R)", cpu_kind="6/85 avx512f")
+
+    merged = merge([edited(parts[t], tmp_path, elsewhere) for t in ("_a", "_b")], tmp_path)
+    assert merged["machine"]["cpu"] == "Intel(R) Xeon(R)" and merged["machine"]["cpu_kind"] == "6/85 avx512f"
+    unrecorded = merge([edited(parts[t], tmp_path, lambda d: d["machine"].pop("cpu_kind")) for t in ("_a", "_b")],
+                       tmp_path)
+    assert unrecorded["machine"]["cpu_kind"] is None
+
+
 def edited(path: Path, out: Path, edit) -> Path:
     """A copy of result ``path`` changed by ``edit(envelope)``."""
     data = json.loads(path.read_text())
