@@ -26,7 +26,7 @@ from policydistill.configs import refuse_unread, require_choice, require_int, re
 from policydistill.data.shards import EpisodeStore
 from policydistill.distill.algorithm import Context, FitWith, stream
 from policydistill.distill.collect import CollectPlan
-from policydistill.distill.dagger import AUTO_UPDATES, ExtraFields, FitFields, OnPolicy, RelabelFields, RoundFields
+from policydistill.distill.dagger import ExtraFields, FitFields, OnPolicy, RelabelFields, RoundFields
 from policydistill.distill.gates import GATES, AskAlways, InterventionGate, UncertaintyGate, fit_gate_model
 from policydistill.types import concat_groups
 
@@ -121,9 +121,9 @@ class Gated(OnPolicy):
                            episode_steps=cfg.collect_steps, **self.plan_options())
 
     def round_steps(self, round: int) -> int | None:
-        """The teacher's round takes the most automatic updates (:data:`AUTO_UPDATES`), not ten passes over its few
-        labels: from round 1 the student acts, and where it goes decides what the gate asks."""
-        return AUTO_UPDATES[1] if round == 0 and self.cfg.updates_per_round is None else None
+        """The teacher's round takes the most automatic updates (:meth:`FitFields.round_updates`), not ten passes
+        over its few labels: from round 1 the student acts, and where it goes decides what the gate asks."""
+        return self.cfg.round_updates(0, whole=True) if round == 0 else None
 
     def update(self, store: EpisodeStore | None, round: int, fit_with: FitWith) -> dict[str, Any]:
         out = super().update(store, round, fit_with)
