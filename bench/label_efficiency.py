@@ -353,17 +353,17 @@ def merged(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]
     if extra:
         p.error("--merge reads only --tag and --results-dir (the rest comes from the files); also given: "
                 + ", ".join(f"--{k.replace('_', '-')}" for k in extra))
-    files, kinds, cpus = [], {}, {}  # path -> the part's args and result, its CPU's kind, its CPU
+    files, machines = [], {}  # (path, args, result) of each part; path -> its envelope's machine
     for path in args.merge:
         try:
             data = json.loads(Path(path).read_text())
             if data["bench"] != "label_efficiency":
                 raise ValueError(f"a result of bench {data['bench']}")
             files.append((path, data["args"], data["results"]))
-            kinds[path] = data["machine"].get("cpu_kind")  # results before it was recorded: unknown
-            cpus[path] = data["machine"].get("cpu")
+            machines[path] = dict(data["machine"])
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             p.error(f"--merge: {path} is not a label_efficiency result ({type(e).__name__}: {e})")
+    kinds = {path: machine.get("cpu_kind") for path, machine in machines.items()}  # None: not recorded then
     if len(set(kinds.values()) - {None}) > 1:
         ran = ", ".join(f"{path}: {kind}" for path, kind in kinds.items())
         p.error(f"--merge: the results ran on different kinds of CPU ({ran}), where one seed is not the same run: "
@@ -406,8 +406,8 @@ def merged(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]
         setattr(args, key, first.get(key, old))
     args.seeds = sorted({r["seed"] for info in result["methods"].values() for r in info["runs"]})
     args.methods = list(result["methods"])
-    kind = next((k for k in kinds.values() if k is not None), None)
-    return result, {"cpu": next(cpus[path] for path in kinds if kinds[path] == kind), "cpu_kind": kind}
+    ran = next((machines[path] for path, kind in kinds.items() if kind is not None), machines[first_path])
+    return result, {"cpu": ran.get("cpu"), "cpu_kind": ran.get("cpu_kind")}
 
 
 if __name__ == "__main__":
