@@ -64,6 +64,7 @@ from bench.common import (  # noqa: E402
     parser,
     run_distill,
     schedule_keys,
+    shown,
     zoo_teachers,
 )
 from policydistill import BCConfig, DAggerConfig, GatedConfig, StudentConfig, Suite  # noqa: E402
@@ -139,7 +140,8 @@ def score_at(curve: list[tuple[int, float]], grid: np.ndarray) -> np.ndarray:
 
 
 def plot(path: Path, result: dict[str, Any], title: str) -> None:
-    """Per method, the mean score over seeds against labels used with its 95% interval, the target dashed."""
+    """Per method, the mean score over seeds against labels used with its 95% interval, the target dashed;
+    ``title`` over the verdicts (``result["verdict"]``, then each gate's ``verdict``)."""
     fig, ax = plt.subplots(figsize=(7, 4))
     for method, info in result["methods"].items():
         curves = [run["curve"] for run in info["runs"]]
@@ -154,8 +156,9 @@ def plot(path: Path, result: dict[str, Any], title: str) -> None:
         ax.fill_between(grid, mean - half, mean + half, step="post", color=COLORS[method], alpha=0.15)
     ax.axhline(result["target"], color="grey", ls="--", lw=0.8)
     measure = "success ratio" if result.get("metric") == "success" else "score"
+    verdicts = [result["verdict"]] + [info["verdict"] for info in result["methods"].values() if "verdict" in info]
     ax.set(xscale="log", ylim=(max(-0.5, ax.get_ylim()[0]), 1.05), xlabel="teacher labels used",
-           ylabel=f"mean {measure} (95% interval over seeds)", title=f"{title}: {result['verdict']}")
+           ylabel=f"mean {measure} (95% interval over seeds)", title=f"{title}: " + "\n".join(verdicts))
     ax.title.set_fontsize(8)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -323,9 +326,10 @@ def write(args: Any, started: envelope.Start, result: dict[str, Any], cpu: dict[
         met = got["dagger"][0] is not None and got["dagger"][0] <= GATED_OVER_DAGGER and (
             "bc" not in got or (got["bc"][0] is not None and got["bc"][0] <= RATIO_TARGET))
         result["methods"][name]["target_met"] = met
-        lines.append(f"{name}: {own} labels ({result['methods'][name]['reached']} reached; {spread(name)}): "
-                     + ", ".join(f"{'< ' if below else ''}{v:.2f}x {k}'s" if v is not None else f"vs {k}: n/a"
-                                 for k, (v, below) in got.items())
+        gist = ", ".join(f"{'< ' if below else ''}{v:.2f}x {k}'s" if v is not None else f"vs {k}: n/a"
+                         for k, (v, below) in got.items())
+        result["methods"][name]["verdict"] = f"{name} {gist}"
+        lines.append(f"{name}: {own} labels ({result['methods'][name]['reached']} reached; {spread(name)}): {gist}"
                      + f" -> target {'met' if met else 'not met'} (<= {RATIO_TARGET}x BC's, <= "
                        f"{GATED_OVER_DAGGER}x DAgger's)")
     name = f"label_efficiency_{args.suite}{args.tag}"
@@ -389,7 +393,7 @@ def merged(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]
                         continue
                 own = result.get("method_params", {}).get(method)  # results before --method-params have none
                 runs[method][run["seed"]] = (run, path, {**info, "own": own})
-    result: dict[str, Any] = {**files[0][2], "methods": {}, "merged_from": [str(f[0]) for f in files]}
+    result: dict[str, Any] = {**files[0][2], "methods": {}, "merged_from": [shown(f[0]) for f in files]}
     result["method_params"] = {}
     for method in [m for m in METHODS if m in runs]:
         chosen = [runs[method][seed] for seed in sorted(runs[method])]

@@ -44,8 +44,9 @@ def test_merged_results_hold_every_method_of_the_parts_once(parts: dict[str, Pat
     assert methods["bc"]["runs"] == a["methods"]["bc"]["runs"]
     assert methods["gated"]["runs"] == b["methods"]["gated"]["runs"]
     assert methods["gated"]["median_labels"] == b["methods"]["gated"]["median_labels"]
+    assert methods["gated"]["verdict"].startswith("gated ") and "bc" in methods["gated"]["verdict"]  # a plot title line
     assert merged["args"]["suite"] == "default" and merged["args"]["groups"] == ["policy", "task"]
-    assert merged["results"]["merged_from"] == [str(parts["_a"]), str(parts["_b"])]
+    assert merged["results"]["merged_from"] == [str(parts["_a"].resolve()), str(parts["_b"].resolve())]
     assert set(merged["ratios"]) >= {"dagger_over_bc_labels", "gated_over_bc_labels", "gated_over_dagger_labels"}
 
 
