@@ -397,14 +397,17 @@ def merged(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]
     result["method_params"] = {}
     for method in [m for m in METHODS if m in runs]:
         chosen = [runs[method][seed] for seed in sorted(runs[method])]
-        infos = {json.dumps([info["rounds"], info["own"]]) for _, _, info in chosen}
+        rounds, budget = min((info["rounds"], info["budget_labels"]) for _, _, info in chosen)
+        # budgets may differ where every run reached the target within the smallest: then they decided nothing
+        within = all(r["labels_to_target"] is not None and r["labels_to_target"] <= budget for r, _, _ in chosen)
+        infos = {json.dumps([None if within else info["rounds"], info["own"]]) for _, _, info in chosen}
         if len(infos) > 1:
             p.error(f"--merge: the runs kept for {method} come from files that gave it different rounds or keys "
-                    f"({' / '.join(sorted(infos))})")
-        info = chosen[0][2]
-        if info["own"] is not None:
-            result["method_params"][method] = info["own"]
-        result["methods"][method] = {"rounds": info["rounds"], "budget_labels": info["budget_labels"],
+                    f"({' / '.join(sorted(infos))}), and not every run reached the target within the fewest rounds")
+        own = chosen[0][2]["own"]
+        if own is not None:
+            result["method_params"][method] = own
+        result["methods"][method] = {"rounds": rounds, "budget_labels": budget,
                                      "runs": [r for r, _, _ in chosen], **method_summary([r for r, _, _ in chosen])}
     for key, old in SHARED.items():
         setattr(args, key, first.get(key, old))

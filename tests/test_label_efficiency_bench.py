@@ -104,6 +104,33 @@ def test_a_seed_that_is_another_run_is_refused(parts: dict[str, Path], tmp_path:
     assert "dagger seed 0 differs between" in refused(capsys, [parts["_a"], other], tmp_path)
 
 
+def test_budgets_may_differ_only_where_every_run_reached_the_target(parts: dict[str, Path], tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """BC's rounds follow DAgger's median, so parts of one setting can give BC different budgets: they merge when
+    every kept run reached the target within the smallest budget (it then decided nothing), under that budget."""
+    def bc_runs(seed: int, reached: int | None, budget_times: int):
+        def edit(d: dict) -> None:
+            for info in d["results"]["methods"].values():
+                for run in info["runs"]:
+                    run["seed"] = seed  # as another seed's runs
+            bc = d["results"]["methods"]["bc"]
+            bc["rounds"], bc["budget_labels"] = bc["rounds"] * budget_times, bc["budget_labels"] * budget_times
+            for run in bc["runs"]:
+                run["labels_to_target"] = reached
+        return edit
+
+    base = json.loads(parts["_a"].read_text())["results"]["methods"]["bc"]
+    reached = base["budget_labels"] // 2
+    (tmp_path / "x").mkdir()
+    first = edited(parts["_a"], tmp_path, bc_runs(0, reached, 1))
+    larger = edited(parts["_a"], tmp_path / "x", bc_runs(1, reached, 10))
+    bc = merge([first, larger], tmp_path / "ok")["results"]["methods"]["bc"]
+    assert (bc["rounds"], bc["budget_labels"]) == (base["rounds"], base["budget_labels"])
+    assert [r["seed"] for r in bc["runs"]] == [0, 1] and bc["median_labels"] == reached
+    unreached = edited(parts["_a"], tmp_path / "x", bc_runs(1, None, 10))
+    assert "different rounds or keys" in refused(capsys, [first, unreached], tmp_path)
+
+
 def test_a_file_that_is_not_a_result_and_a_run_setting_are_refused(parts: dict[str, Path], tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     junk = tmp_path / "junk.json"
