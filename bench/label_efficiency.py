@@ -326,7 +326,7 @@ def write(args: Any, started: envelope.Start, result: dict[str, Any], cpu: dict[
         met = got["dagger"][0] is not None and got["dagger"][0] <= GATED_OVER_DAGGER and (
             "bc" not in got or (got["bc"][0] is not None and got["bc"][0] <= RATIO_TARGET))
         result["methods"][name]["target_met"] = met
-        gist = ", ".join(f"{'< ' if below else ''}{v:.2f}x {k}'s" if v is not None else f"vs {k}: n/a"
+        gist = ", ".join(f"{'< ' if below else ''}{v:.2f}x {SHOWN[k]}'s" if v is not None else f"vs {SHOWN[k]}: n/a"
                          for k, (v, below) in got.items())
         result["methods"][name]["verdict"] = f"{name} {gist}"
         lines.append(f"{name}: {own} labels ({result['methods'][name]['reached']} reached; {spread(name)}): {gist}"
@@ -340,6 +340,9 @@ def write(args: Any, started: envelope.Start, result: dict[str, Any], cpu: dict[
                           medians={f"{m}_labels_to_target": v for m, v in medians.items()}, ratios=ratios,
                           results=result, tag=f"_{args.suite}{args.tag}", cpu=cpu)
 
+
+SHOWN = {"bc": "BC", "dagger": "DAgger"}
+"""The baselines as the verdicts name them."""
 
 SHARED = {"suite": None, "tasks": None, "groups": None, "episodes_per_task": None, "collect_steps": None,
           "teacher_noise": None, "hidden": None, "updates": None, "schedule": None, "schedule_params": None,
@@ -400,10 +403,14 @@ def merged(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]
         rounds, budget = min((info["rounds"], info["budget_labels"]) for _, _, info in chosen)
         # budgets may differ where every run reached the target within the smallest: then they decided nothing
         within = all(r["labels_to_target"] is not None and r["labels_to_target"] <= budget for r, _, _ in chosen)
-        infos = {json.dumps([None if within else info["rounds"], info["own"]]) for _, _, info in chosen}
-        if len(infos) > 1:
-            p.error(f"--merge: the runs kept for {method} come from files that gave it different rounds or keys "
-                    f"({' / '.join(sorted(infos))}), and not every run reached the target within the fewest rounds")
+        owns = {json.dumps(info["own"]) for _, _, info in chosen}
+        if len(owns) > 1:
+            p.error(f"--merge: the runs kept for {method} come from files that gave it different keys "
+                    f"({' / '.join(sorted(owns))})")
+        if not within and len({info["rounds"] for _, _, info in chosen}) > 1:
+            p.error(f"--merge: the runs kept for {method} come from files that gave it different rounds "
+                    f"({' / '.join(str(r) for r in sorted({info['rounds'] for _, _, info in chosen}))}), and not "
+                    "every run reached the target within the fewest")
         own = chosen[0][2]["own"]
         if own is not None:
             result["method_params"][method] = own

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.common import shown
 from bench.label_efficiency import main
 
 pytestmark = pytest.mark.slow  # two learning runs, if on a smoke budget
@@ -44,10 +45,15 @@ def test_merged_results_hold_every_method_of_the_parts_once(parts: dict[str, Pat
     assert methods["bc"]["runs"] == a["methods"]["bc"]["runs"]
     assert methods["gated"]["runs"] == b["methods"]["gated"]["runs"]
     assert methods["gated"]["median_labels"] == b["methods"]["gated"]["median_labels"]
-    assert methods["gated"]["verdict"].startswith("gated ") and "bc" in methods["gated"]["verdict"]  # a plot title line
+    assert methods["gated"]["verdict"].startswith("gated ") and "BC" in methods["gated"]["verdict"]  # a title line
     assert merged["args"]["suite"] == "default" and merged["args"]["groups"] == ["policy", "task"]
     assert merged["results"]["merged_from"] == [str(parts["_a"].resolve()), str(parts["_b"].resolve())]
     assert set(merged["ratios"]) >= {"dagger_over_bc_labels", "gated_over_bc_labels", "gated_over_dagger_labels"}
+
+
+def test_parts_inside_the_repository_are_named_relative_to_it(tmp_path: Path) -> None:
+    assert shown(REPO / "bench" / "results" / "x.json") == "bench/results/x.json"
+    assert shown(tmp_path / "x.json") == str(tmp_path.resolve() / "x.json")
 
 
 def test_results_written_before_method_keys_existed_merge(parts: dict[str, Path], tmp_path: Path) -> None:
@@ -128,7 +134,10 @@ def test_budgets_may_differ_only_where_every_run_reached_the_target(parts: dict[
     assert (bc["rounds"], bc["budget_labels"]) == (base["rounds"], base["budget_labels"])
     assert [r["seed"] for r in bc["runs"]] == [0, 1] and bc["median_labels"] == reached
     unreached = edited(parts["_a"], tmp_path / "x", bc_runs(1, None, 10))
-    assert "different rounds or keys" in refused(capsys, [first, unreached], tmp_path)
+    assert "different rounds (" in refused(capsys, [first, unreached], tmp_path)
+    other_keys = edited(parts["_a"], tmp_path / "x", lambda d: (bc_runs(1, reached, 1)(d), d["results"].update(
+        method_params={"bc": {"lr": 0.0005}})))
+    assert "gave it different keys" in refused(capsys, [first, other_keys], tmp_path)
 
 
 def test_a_file_that_is_not_a_result_and_a_run_setting_are_refused(parts: dict[str, Path], tmp_path: Path,

@@ -89,13 +89,16 @@ class FitFields:
         require_int("batch_size", self.batch_size)
         require_lr("lr", self.lr)
 
-    def round_updates(self, rows: int, whole: bool = False) -> int:
-        """The updates of a round that trains on ``rows`` rows (see ``updates_per_round``); ``whole``: a round
-        fitted for the most automatic updates whatever its rows (``method=gated``'s teacher round)."""
+    def round_updates(self, rows: int) -> int:
+        """The updates of a round that trains on ``rows`` rows (see ``updates_per_round``)."""
         if self.updates_per_round is not None:
             return self.updates_per_round
         low, high = AUTO_UPDATES
-        return high if whole else min(high, max(low, math.ceil(AUTO_EPOCHS * rows / self.batch_size)))
+        return min(high, max(low, math.ceil(AUTO_EPOCHS * rows / self.batch_size)))
+
+    def most_updates(self) -> int:
+        """``updates_per_round``, else the most automatic updates of a round whatever its rows."""
+        return self.updates_per_round if self.updates_per_round is not None else AUTO_UPDATES[1]
 
     def fit_config(self, rows: int, steps: int | None = None, lr: float | None = None) -> FitConfig:
         """The fit of a round on ``rows`` training rows (``steps``, ``lr``: overrides)."""

@@ -121,9 +121,9 @@ class Gated(OnPolicy):
                            episode_steps=cfg.collect_steps, **self.plan_options())
 
     def round_steps(self, round: int) -> int | None:
-        """The teacher's round takes the most automatic updates (:meth:`FitFields.round_updates`), not ten passes
+        """The teacher's round takes the most automatic updates (:meth:`FitFields.most_updates`), not ten passes
         over its few labels: from round 1 the student acts, and where it goes decides what the gate asks."""
-        return self.cfg.round_updates(0, whole=True) if round == 0 else None
+        return self.cfg.most_updates() if round == 0 else None
 
     def update(self, store: EpisodeStore | None, round: int, fit_with: FitWith) -> dict[str, Any]:
         out = super().update(store, round, fit_with)
