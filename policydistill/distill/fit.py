@@ -265,8 +265,9 @@ def fit(job: FitJob, rng: np.random.Generator, checkpoint: str | Path | None = N
         module = nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda"
                                                      else None, find_unused_parameters=unused)
     model.train()
-    for step in tqdm(range(start, cfg.steps), desc=desc, unit="upd", leave=False, disable=rank != 0 or not progress,
-                     initial=start, total=cfg.steps, dynamic_ncols=True):
+    off = {"disable": True} if rank != 0 or not progress else {}  # else tqdm's default, which TQDM_DISABLE sets
+    for step in tqdm(range(start, cfg.steps), desc=desc, unit="upd", leave=False, initial=start, total=cfg.steps,
+                     dynamic_ncols=True, **off):
         factor = cfg.lr_factor(step)
         _set_lr(job.optimizer, cfg.lr * factor)
         aux_losses = []

@@ -34,7 +34,7 @@ class PipelineConfig:
     processes (``launcher=ray``: Ray tasks), evaluated on ``episodes`` seeded episodes per task (seeds
     ``eval_seed``, ...) with a video per task (``video``). Then the stages ``distill`` (the DAgger generalist),
     ``diffusion`` (diffusion -> one-step, on its own suite) and ``privileged`` (students without privileged
-    state, on its own suite), each with its own keys."""
+    state, on its own suite, distilled on ``workers`` processes), each with its own keys."""
 
     suite: str = "default"
     out: str = "runs/pipeline"

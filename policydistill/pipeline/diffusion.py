@@ -26,6 +26,7 @@ from policydistill.eval.latency import chunk_latency
 from policydistill.eval.metrics import mean_of, mean_rate, ordering, teacher_normalised
 from policydistill.files import atomic_write_json, read_json
 from policydistill.models.diffusion import DiffusionPolicy
+from policydistill.pipeline.workers import distill_all
 from policydistill.suites import Suite, diffusion_zoo_dir, load_suite, zoo_dir
 from policydistill.teachers import policies_for_suite
 from policydistill.types import stack_obs
@@ -163,15 +164,14 @@ def stage_diffusion(cfg: Any, suite: Suite, out: Path, report: Report) -> None:
     dsuite = load_suite(stage.suite)
     root = out / "diffusion"
 
-    def run(method: Any, teachers: Path, to: Path) -> dict[str, Any]:
-        return distill(DistillConfig(suite=stage.suite, teachers=str(teachers), out=str(to), seed=cfg.seed,
-                                     device=cfg.device, method=method, eval_episodes=stage.eval_episodes,
-                                     final_episodes=0),  # compare() evaluates every policy side by side
-                       dsuite, policies_for_suite(teachers, dsuite, device=cfg.device))
+    def job(method: Any, teachers: Path, to: Path) -> DistillConfig:
+        return DistillConfig(suite=stage.suite, teachers=str(teachers), out=str(to), seed=cfg.seed,
+                             device=cfg.device, method=method, eval_episodes=stage.eval_episodes,
+                             final_episodes=0)  # compare() evaluates every policy side by side
 
     if stage.teacher_from == "train":
-        run(stage.teacher, zoo_dir(dsuite.name) if stage.teachers == "zoo" else Path(stage.teachers),
-            root / "teacher")
+        distill(job(stage.teacher, zoo_dir(dsuite.name) if stage.teachers == "zoo" else Path(stage.teachers),
+                    root / "teacher"))
         bundle = root / "teacher" / "student"
         source = "the expert zoo" if stage.teachers == "zoo" else f"`{stage.teachers}`"
         made = f"trained in this run from {source} ({stage.teacher.train_steps} updates)"
@@ -183,7 +183,9 @@ def stage_diffusion(cfg: Any, suite: Suite, out: Path, report: Report) -> None:
             made = (f"the committed one of the zoo (`envs/zoo/diffusion/{dsuite.name}`: {info['updates']} updates "
                     f"on {info['recipe']['episodes_per_task']} demonstrations per task, {info['wall_time_s']:.0f} s "
                     "on one core; `scripts/train_zoo.py --diffusion` retrains it)")
-    runs = {algo: run(stage.onestep.for_algo(algo), bundle, root / algo) for algo in stage.algos}
+    timed = distill_all({algo: job(stage.onestep.for_algo(algo), bundle, root / algo) for algo in stage.algos},
+                        cfg.workers, "one-step student")
+    runs = {algo: timed[algo][0] for algo in stage.algos}
     policies: dict[str, Any] = {}
     for k in TEACHER_STEPS:
         policies[f"teacher ddim {k}"] = load_bundle(bundle, device=cfg.device).set_sampler("ddim", k)

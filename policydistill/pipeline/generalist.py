@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 from policydistill.configs import require_int
 from policydistill.distill.dagger import DAggerConfig
-from policydistill.distill.runner import DistillConfig, distill, final_line
+from policydistill.distill.runner import DistillConfig, final_line
 from policydistill.eval.metrics import fmt_rate
 from policydistill.models.students import StudentConfig
+from policydistill.pipeline.workers import distill_all
 from policydistill.suites import Suite
-from policydistill.teachers import policies_for_suite
 
 if TYPE_CHECKING:
     from policydistill.eval.report import Report
@@ -37,17 +37,18 @@ def stage_distill(cfg: Any, suite: Suite, out: Path, report: Report) -> None:
     from policydistill.eval.report import markdown_table, plot_distill  # matplotlib: imported here
 
     stage = cfg.distill
-    teachers = policies_for_suite(out / "experts", suite, device=cfg.device)
-    runs = {}
+    configs = {}
     variants = {"dagger": stage.student.groups, "dagger, no task id": [g for g in stage.student.groups if g != "task"]}
     for name, groups in variants.items():
         if name != "dagger" and (len(suite.tasks) < 2 or groups == stage.student.groups):
             continue
-        dcfg = DistillConfig(suite=cfg.suite, teachers=str(out / "experts"), seed=cfg.seed, device=cfg.device,
-                             out=str(out / "distill" / name.replace(", ", "_").replace(" ", "_")),
-                             method=stage.method, student=replace(stage.student, groups=list(groups)),
-                             eval_episodes=stage.eval_episodes)
-        runs[name] = distill(dcfg, suite, teachers)
+        folder = out / "distill" / name.replace(", ", "_").replace(" ", "_")
+        configs[name] = DistillConfig(suite=cfg.suite, teachers=str(out / "experts"), seed=cfg.seed,
+                                      device=cfg.device, out=str(folder), method=stage.method,
+                                      student=replace(stage.student, groups=list(groups)),
+                                      eval_episodes=stage.eval_episodes)
+    timed = distill_all(configs, cfg.workers, "generalist")
+    runs = {name: timed[name][0] for name in configs}
     plot_distill(out / "distill.png", runs)
     rows = []
     for t in suite.task_names:

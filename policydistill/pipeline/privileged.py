@@ -9,8 +9,6 @@ success, and the predictability diagnostic of the proprio-only MLP.
 
 from __future__ import annotations
 
-import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,16 +16,14 @@ from typing import TYPE_CHECKING, Any
 from policydistill.configs import require_choice, require_int
 from policydistill.distill.dagger import DAggerConfig
 from policydistill.distill.predictability import predictability_of
-from policydistill.distill.runner import DistillConfig, distill
+from policydistill.distill.runner import DistillConfig
 from policydistill.eval.metrics import mean_rate
 from policydistill.models.students import STUDENT_KINDS, StudentConfig
+from policydistill.pipeline.workers import distill_all
 from policydistill.suites import Suite, load_suite, zoo_dir
-from policydistill.teachers import policies_for_suite
 
 if TYPE_CHECKING:
     from policydistill.eval.report import Report
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,6 +49,16 @@ class PrivilegedStageConfig:
             require_int(f"privileged.{name}", getattr(self, name))
 
 
+SLOWEST_FIRST = ("latent", "tcn", "gru", "history_mlp", "mlp")
+"""The student kinds by their time to distil here, longest first: the workers take them in this order, so that
+they end together."""
+
+
+def slowest_first(kind: str) -> int:
+    """Sort key of ``kind`` in :data:`SLOWEST_FIRST` (a kind not there goes last)."""
+    return SLOWEST_FIRST.index(kind) if kind in SLOWEST_FIRST else len(SLOWEST_FIRST)
+
+
 def student_config(kind: str, groups: list[str]) -> StudentConfig:
     """Defaults per kind as ``configs/student/<kind>.yaml`` sets them (history students: one head layer)."""
     return StudentConfig(kind=kind, groups=list(groups), hidden=[256, 256] if kind == "mlp" else [256])
@@ -66,18 +72,15 @@ def stage_privileged(cfg: Any, suite: Suite, out: Path, report: Report) -> None:
         return
     psuite = load_suite(pcfg.suite)
     spec = zoo_dir(psuite.name) if pcfg.teachers == "zoo" else Path(pcfg.teachers)
-    teachers = policies_for_suite(spec, psuite, device=cfg.device)
-    runs: dict[str, dict[str, Any]] = {}
-    times: dict[str, float] = {}
     method = DAggerConfig(rounds=pcfg.rounds, episodes_per_task=pcfg.episodes_per_task,
                           updates_per_round=pcfg.updates_per_round, beta_rounds=max(1, pcfg.rounds - 1))
-    for kind in pcfg.kinds:
-        t0 = time.perf_counter()
-        dcfg = DistillConfig(suite=psuite.name, teachers=str(spec), seed=cfg.seed, device=cfg.device,
-                             out=str(out / "privileged" / kind), method=method, eval_episodes=pcfg.eval_episodes,
-                             student=student_config(kind, pcfg.groups), final_episodes=0)  # compared below
-        runs[kind] = distill(dcfg, psuite, teachers)
-        times[kind] = time.perf_counter() - t0
+    configs = {kind: DistillConfig(suite=psuite.name, teachers=str(spec), seed=cfg.seed, device=cfg.device,
+                                   out=str(out / "privileged" / kind), method=method, eval_episodes=pcfg.eval_episodes,
+                                   student=student_config(kind, pcfg.groups), final_episodes=0)  # compared below
+               for kind in sorted(pcfg.kinds, key=slowest_first)}
+    timed = distill_all(configs, cfg.workers, "privileged student")
+    runs = {kind: timed[kind][0] for kind in pcfg.kinds}
+    times = {kind: timed[kind][1] for kind in pcfg.kinds}
     plot_distill(out / "privileged.png", runs)
     first = next(iter(runs.values()))
     rows = [["teacher (reads privileged)", "policy, privileged",
@@ -102,5 +105,6 @@ def stage_privileged(cfg: Any, suite: Suite, out: Path, report: Report) -> None:
         "(teacher - random) return, random being a uniform random policy, averaged over tasks. Predictability "
         "ratio: held-out action error of the student's architecture "
         "over that of the same architecture reading `privileged` too (above 2 the run warns that the student's "
-        "inputs cannot explain the teacher).\n\n![privileged students](privileged.png)"))
+        f"inputs cannot explain the teacher). Wall s: each student's distillation, {min(cfg.workers, len(runs))} at "
+        "a time on as many worker processes.\n\n![privileged students](privileged.png)"))
 
