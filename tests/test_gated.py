@@ -248,7 +248,8 @@ def test_gated_refuses_what_it_does_not_read(tmp_path, caplog):
 
 
 @pytest.mark.parametrize("gate", [["method.gate=intervention", "method.intervene_at=0.05",
-                                   "method.teacher_round_steps=50"], ["method.gate=disagreement"]],
+                                   "method.teacher_round_steps=50"],
+                                  ["method.gate=disagreement", "method.gate_updates=100"]],
                          ids=["intervention", "disagreement"])
 def test_a_resumed_gate_at_a_rate_goes_on_as_one_run(gate, tmp_path):
     # the gate's window (intervention: the distances; uncertainty: the recent ratios of its cap) is part of the
