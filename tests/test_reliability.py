@@ -4,10 +4,13 @@ of what later reads the run; bad input is one line, exit code 2, nothing written
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -111,6 +114,45 @@ def test_the_lock_of_a_killed_run_is_gone_and_the_run_resumes(tmp_path):
     run_and_kill(argv, lambda: (out / "distill.json").exists() and len(read_json(out / "distill.json")["rounds"]))
     assert (out / ".lock").exists()
     assert main(argv) == 0 and len(read_json(out / "distill.json")["rounds"]) == 3
+
+
+def group(pgid: int) -> dict[int, str]:
+    """The live processes (pid: command line) of process group ``pgid``, from ``/proc``."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+            cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:  # ended while read
+            continue
+        if int(pgrp) == pgid and state != "Z":
+            found[int(stat.parent.name)] = cmd
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="workers die with their parent on Linux (PR_SET_PDEATHSIG)")
+def test_the_workers_of_a_run_killed_alone_die_with_it(tmp_path):
+    argv = [sys.executable, "-m", "policydistill", "train-experts", "suite=default", f"out={tmp_path / 'experts'}",
+            "workers=2", "tasks=[north,east]", "expert.total_steps=1000000", *TINY]
+    proc = subprocess.Popen(argv, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while sum("spawn_main" in cmd for cmd in group(proc.pid).values()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)  # two workers and the manager of their progress queue
+        time.sleep(2)  # the workers are into their tasks
+        assert proc.poll() is None and sum("spawn_main" in cmd for cmd in group(proc.pid).values()) == 3
+        os.kill(proc.pid, signal.SIGKILL)  # the parent alone, as `kill -9 <pid>` does
+        proc.wait(10)
+        deadline = time.monotonic() + 10
+        while group(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert group(proc.pid) == {}
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the group is gone
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
 
 
 @pytest.mark.parametrize("content", ["notes.txt", "store", "distill.json"])

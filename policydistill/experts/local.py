@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import queue
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from tqdm import tqdm
 
 from policydistill.experts.run import ExpertConfig, train_task
 from policydistill.files import atomic_write_json
+from policydistill.processes import manager, worker_pool
 from policydistill.suites import Suite
 
 log = logging.getLogger(__name__)
@@ -20,14 +19,13 @@ log = logging.getLogger(__name__)
 def run_local(suite: Suite, pending: list[int], cfg: ExpertConfig, out: Path, workers: int, seed: int,
               device: str, summary: dict, summary_path: Path, failures: dict[str, str]) -> None:
     """Train the ``pending`` tasks on ``workers`` processes; fill ``summary`` (saved after each) and ``failures``."""
-    ctx = mp.get_context("spawn")
-    with ctx.Manager() as manager:
-        progress = manager.Queue()
+    with manager() as queues:
+        progress = queues.Queue()
         bars = {suite.tasks[i].name: tqdm(total=cfg.total_steps or suite.tasks[i].train_steps, position=k,
                                           desc=f"{suite.tasks[i].name:>12}", unit="step", leave=True,
                                           dynamic_ncols=True)
                 for k, i in enumerate(pending)}
-        with ProcessPoolExecutor(max_workers=max(1, min(workers, len(pending))), mp_context=ctx) as pool:
+        with worker_pool(max(1, min(workers, len(pending)))) as pool:
             futures = {pool.submit(train_task, suite, i, cfg, str(out), seed, device, progress):
                        suite.tasks[i].name for i in pending}
             while futures:

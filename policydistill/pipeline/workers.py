@@ -8,16 +8,16 @@ with ``TQDM_DISABLE`` set for them to read as they import.
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from policydistill.distill.runner import DistillConfig, distill
+from policydistill.processes import worker_pool
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def distill_all(configs: dict[str, DistillConfig], workers: int, what: str) -> d
     if not configs:
         return done
     before = os.environ.get("TQDM_DISABLE")
-    with ProcessPoolExecutor(max_workers=min(workers, len(configs)), mp_context=mp.get_context("spawn")) as pool:
+    with worker_pool(min(workers, len(configs))) as pool:
         os.environ["TQDM_DISABLE"] = "1"
         try:
             futures = {pool.submit(distill_timed, c, f"{what} {name}"): name for name, c in configs.items()}
