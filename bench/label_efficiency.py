@@ -31,6 +31,12 @@ writes them as one result and one plot, each method's seeds from any of them. Th
 (the envelope's ``cpu_kind``: seeded runs differ across kinds), and a method and seed found in several files must be
 the same run (the shorter curve a start of the longer, as a run with fewer rounds is); the longer is
 kept, so a method's runs come from files that gave it the same rounds and keys.
+
+``--best-of A.json B.json ...`` runs nothing either: of results with the same settings but the methods' own keys
+(``--method-params``, e.g. each method's learning rate), it keeps for each method the runs of the result where its
+median labels to the target were fewest (the first on a tie), so that each method is compared at its own best
+setting. A method is compared on the most seeds it ran on, which must be the same seeds in every result compared;
+results with fewer seeds of it are left out, as the output says.
 """
 
 from __future__ import annotations
@@ -152,7 +158,9 @@ def plot(path: Path, result: dict[str, Any], title: str) -> None:
         with warnings.catch_warnings():  # a label count only one seed has: no interval there
             warnings.simplefilter("ignore", RuntimeWarning)
             half = 1.96 * np.nanstd(at, axis=0, ddof=1) / np.sqrt(n) if len(curves) > 1 else np.zeros_like(mean)
-        ax.plot(grid, mean, drawstyle="steps-post", color=COLORS[method], label=f"{method} ({len(curves)} seeds)")
+        rate = {k: v for k, v in result.get("method_params", {}).get(method, {}).items() if k in ("lr", "lr_decay")}
+        label = f"{method} ({len(curves)} seeds{''.join(f', {k} {v}' for k, v in rate.items())})"
+        ax.plot(grid, mean, drawstyle="steps-post", color=COLORS[method], label=label)
         ax.fill_between(grid, mean - half, mean + half, step="post", color=COLORS[method], alpha=0.15)
     ax.axhline(result["target"], color="grey", ls="--", lw=0.8)
     measure = "success ratio" if result.get("metric") == "success" else "score"
@@ -217,10 +225,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                    help="run nothing: write these earlier results (one suite, the same settings) as one result and "
                         "plot, a method's seeds from any of them")
+    p.add_argument("--best-of", nargs="+", default=None, metavar="JSON",
+                   help="run nothing: write, of these earlier results (one suite, the same settings but the methods' "
+                        "own keys, e.g. their learning rates), each method's runs from the one where it needed "
+                        "fewest labels")
     args = parse(p, argv, SMOKE)
     started = envelope.start()
     if args.merge:
         return write(args, started, *merged(p, args, argv))
+    if args.best_of:
+        return write(args, started, *best_of(p, args, argv))
     one_thread()
     suite, teachers = zoo_teachers(args.suite)
     if args.tasks:
@@ -350,18 +364,19 @@ SHARED = {"suite": None, "tasks": None, "groups": None, "episodes_per_task": Non
 """The settings that results must share to be merged, each with its value in results that predate it."""
 
 
-def merged(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None
-           ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The result of ``args.merge``'s files as one (see the module doc) and the CPU they ran on (``cpu``,
-    ``cpu_kind``); ``args`` takes their shared settings, seeds and methods. A file that is not such a result, or
-    results that differ, are a usage error."""
+def read_parts(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None, flag: str
+               ) -> tuple[list[tuple[str, dict[str, Any], dict[str, Any]]], dict[str, Any]]:
+    """The results named by ``flag`` (``--merge`` or ``--best-of``) as (path, args, result), checked to be
+    label_efficiency results of one kind of CPU and the same :data:`SHARED` settings, and the machine they ran on
+    (``cpu``, ``cpu_kind``); ``args`` takes those settings. Anything else is a usage error."""
     given, default = vars(p.parse_args(argv)), vars(p.parse_args([]))
-    extra = sorted(k for k, v in given.items() if v != default[k] and k not in ("merge", "tag", "results_dir", "smoke"))
+    own = flag.removeprefix("--").replace("-", "_")
+    extra = sorted(k for k, v in given.items() if v != default[k] and k not in (own, "tag", "results_dir", "smoke"))
     if extra:
-        p.error("--merge reads only --tag and --results-dir (the rest comes from the files); also given: "
+        p.error(f"{flag} reads only --tag and --results-dir (the rest comes from the files); also given: "
                 + ", ".join(f"--{k.replace('_', '-')}" for k in extra))
     files, machines = [], {}  # (path, args, result) of each part; path -> its envelope's machine
-    for path in args.merge:
+    for path in getattr(args, own):
         try:
             data = json.loads(Path(path).read_text())
             if data["bench"] != "label_efficiency":
@@ -369,18 +384,30 @@ def merged(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]
             files.append((path, data["args"], data["results"]))
             machines[path] = dict(data["machine"])
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            p.error(f"--merge: {path} is not a label_efficiency result ({type(e).__name__}: {e})")
+            p.error(f"{flag}: {path} is not a label_efficiency result ({type(e).__name__}: {e})")
     kinds = {path: machine.get("cpu_kind") for path, machine in machines.items()}  # None: not recorded then
     if len(set(kinds.values()) - {None}) > 1:
         ran = ", ".join(f"{path}: {kind}" for path, kind in kinds.items())
-        p.error(f"--merge: the results ran on different kinds of CPU ({ran}), where one seed is not the same run: "
+        p.error(f"{flag}: the results ran on different kinds of CPU ({ran}), where one seed is not the same run: "
                 "compare their medians instead")
     first_path, first, _ = files[0]
-    for path, own, _ in files[1:]:
+    for path, theirs, _ in files[1:]:
         for key, old in SHARED.items():
-            if own.get(key, old) != first.get(key, old):
-                p.error(f"--merge: {path} has {key} {json.dumps(own.get(key, old))}, {first_path} "
-                        f"{json.dumps(first.get(key, old))}: results to merge share {', '.join(SHARED)}")
+            if theirs.get(key, old) != first.get(key, old):
+                p.error(f"{flag}: {path} has {key} {json.dumps(theirs.get(key, old))}, {first_path} "
+                        f"{json.dumps(first.get(key, old))}: the results share {', '.join(SHARED)}")
+    for key, old in SHARED.items():
+        setattr(args, key, first.get(key, old))
+    ran = next((machines[path] for path, kind in kinds.items() if kind is not None), machines[first_path])
+    return files, {"cpu": ran.get("cpu"), "cpu_kind": ran.get("cpu_kind")}
+
+
+def merged(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None
+           ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The result of ``args.merge``'s files as one (see the module doc) and the CPU they ran on (``cpu``,
+    ``cpu_kind``); ``args`` takes their shared settings, seeds and methods. A file that is not such a result, or
+    results that differ, are a usage error."""
+    files, cpu = read_parts(p, args, argv, "--merge")
     runs: dict[str, dict[int, tuple[dict[str, Any], str, dict[str, Any]]]] = {}  # method -> seed -> (run, file, info)
     for path, _, result in files:
         for method, info in result["methods"].items():
@@ -416,12 +443,44 @@ def merged(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]
             result["method_params"][method] = own
         result["methods"][method] = {"rounds": rounds, "budget_labels": budget,
                                      "runs": [r for r, _, _ in chosen], **method_summary([r for r, _, _ in chosen])}
-    for key, old in SHARED.items():
-        setattr(args, key, first.get(key, old))
     args.seeds = sorted({r["seed"] for info in result["methods"].values() for r in info["runs"]})
     args.methods = list(result["methods"])
-    ran = next((machines[path] for path, kind in kinds.items() if kind is not None), machines[first_path])
-    return result, {"cpu": ran.get("cpu"), "cpu_kind": ran.get("cpu_kind")}
+    return result, cpu
+
+
+def best_of(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None
+            ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One result holding each method's runs from the file of ``args.best_of`` where its median labels to the
+    target is lowest (the first on a tie; not reached counting as infinite), among the files that ran it on the
+    most seeds, which must be the same seeds; and the CPU they ran on. ``best_of`` in the result records each
+    method's medians per file and the file kept."""
+    files, cpu = read_parts(p, args, argv, "--best-of")
+    result: dict[str, Any] = {**files[0][2], "methods": {}, "method_params": {}, "best_of": {}}
+    result.pop("merged_from", None)
+    lines = []
+    for method in [m for m in METHODS if any(m in r["methods"] for _, _, r in files)]:
+        ran = {path: r for path, _, r in files if method in r["methods"]}
+        seeds = {path: sorted(run["seed"] for run in r["methods"][method]["runs"]) for path, r in ran.items()}
+        most = max(len(s) for s in seeds.values())
+        compared = [path for path in ran if len(seeds[path]) == most]
+        if len({tuple(seeds[path]) for path in compared}) > 1:
+            p.error(f"--best-of: {method} ran on different seeds ("
+                    + "; ".join(f"{path}: {seeds[path]}" for path in compared) + "): compare it on the same seeds")
+        medians = {path: ran[path]["methods"][method]["median_labels"] for path in compared}
+        kept = min(compared, key=lambda path: math.inf if medians[path] is None else medians[path])
+        result["methods"][method] = ran[kept]["methods"][method]
+        own = ran[kept].get("method_params", {}).get(method)
+        if own is not None:
+            result["method_params"][method] = own
+        result["best_of"][method] = {"kept": shown(kept), "medians": {shown(path): medians[path] for path in compared},
+                                     "left_out": [shown(path) for path in ran if path not in compared]}
+        lines.append(f"{method} on seeds {seeds[kept]}: " + ", ".join(
+            f"{shown(path)} {medians[path]}{' (kept)' if path == kept else ''}" for path in compared)
+            + "".join(f"; left out (fewer seeds): {shown(path)}" for path in ran if path not in compared))
+    print("median labels to the target, per file:\n" + "\n".join(lines))
+    args.seeds = sorted({r["seed"] for info in result["methods"].values() for r in info["runs"]})
+    args.methods = list(result["methods"])
+    return result, cpu
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 ``mkdocs build --strict`` builds the site. Then every command in the ``bash`` blocks of README.md and of
 the pages of ``mkdocs.yml`` runs, page after page in the order of the site, in one working folder where
-``envs`` links to the repository's ``envs/`` (so ``envs/zoo/default`` resolves) and where later commands
+``envs`` links to the repository's ``envs/`` (so ``envs/zoo/default`` resolves), ``bench/results`` to its stored
+benchmark results (which ``label_efficiency --best-of`` reads; benchmarks write elsewhere), and where later commands
 read what earlier ones wrote (``runs/diffusion`` then ``runs/onestep``), as a reader typing them would.
 A ``yaml`` block whose first line is ``# <name>.yaml`` is written to that file first (the suite files the
 pages show). Commands run on a tiny budget: ``policydistill`` commands in this process through
@@ -168,6 +169,8 @@ class Runner:
         self.root, self.work = root, root / "work"
         self.work.mkdir()
         (self.work / "envs").symlink_to(REPO / "envs")
+        (self.work / "bench").mkdir()  # no package here: ``-m bench`` imports the repository's
+        (self.work / "bench" / "results").symlink_to(REPO / "bench" / "results")
         self.done: set[str] = set()
         self.log: list[tuple[str, str, str]] = []  # (page, command, outcome)
         self.start_ray = start_ray  # the session's Ray instance, started when a Ray command first needs it

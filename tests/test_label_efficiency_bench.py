@@ -1,6 +1,7 @@
 """``bench label_efficiency``: ``--merge`` writes results of separate runs as one, and refuses results that are not one
-run's parts with one line (exit code 2, nothing written); ``--metric success`` reads the success ratio, and is refused
-on a suite without success. The parts are real smoke runs of the benchmark."""
+run's parts with one line (exit code 2, nothing written); ``--best-of`` keeps each method's runs from the result where
+it needed fewest labels, on the same seeds; ``--metric success`` reads the success ratio, and is refused on a suite
+without success. The parts are real smoke runs of the benchmark."""
 
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ def parts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {tag: out / f"label_efficiency_default{tag}.json" for tag in ("_a", "_b", "_s")}
 
 
-def merge(files: list[Path], out: Path, *extra: str) -> dict:
-    return main(["--merge", *map(str, files), "--results-dir", str(out), "--tag", "_ab", *extra])
+def merge(files: list[Path], out: Path, *extra: str, flag: str = "--merge") -> dict:
+    return main([flag, *map(str, files), "--results-dir", str(out), "--tag", "_ab", *extra])
 
 
 def test_merged_results_hold_every_method_of_the_parts_once(parts: dict[str, Path], tmp_path: Path) -> None:
@@ -49,6 +50,45 @@ def test_merged_results_hold_every_method_of_the_parts_once(parts: dict[str, Pat
     assert merged["args"]["suite"] == "default" and merged["args"]["groups"] == ["policy", "task"]
     assert merged["results"]["merged_from"] == [str(parts["_a"].resolve()), str(parts["_b"].resolve())]
     assert set(merged["ratios"]) >= {"dagger_over_bc_labels", "gated_over_bc_labels", "gated_over_dagger_labels"}
+
+
+def test_best_of_keeps_each_methods_runs_from_the_result_that_needed_fewest_labels(
+        parts: dict[str, Path], tmp_path: Path) -> None:
+    def cheaper_bc(d: dict) -> None:  # as a run of BC at another learning rate that needed 7 labels on seed 0
+        bc = d["results"]["methods"]["bc"]
+        bc["runs"][0]["labels_to_target"] = bc["median_labels"] = 7
+        d["results"]["method_params"] = {"bc": {"lr": 0.0005}}
+
+    cheaper = edited(parts["_a"], tmp_path, cheaper_bc)
+    b = json.loads(parts["_b"].read_text())["results"]
+    best = merge([parts["_a"], cheaper, parts["_b"]], tmp_path, flag="--best-of")
+    methods, kept = best["results"]["methods"], best["results"]["best_of"]
+    assert list(methods) == ["dagger", "gated", "bc"] and (tmp_path / "label_efficiency_default_ab.png").is_file()
+    assert methods["bc"]["median_labels"] == 7 and kept["bc"]["kept"] == shown(cheaper)
+    assert best["results"]["method_params"] == {"bc": {"lr": 0.0005}}  # the kept result's keys for BC
+    assert kept["dagger"]["kept"] == shown(parts["_a"])  # the same runs in all three: the first is kept
+    assert methods["gated"]["runs"] == b["methods"]["gated"]["runs"]
+    gated = b["methods"]["gated"]["median_labels"]
+    assert best["ratios"]["gated_over_bc_labels"] == (gated / 7 if gated else None)
+    assert "merged_from" not in best["results"]
+
+
+def test_best_of_compares_a_method_on_the_same_seeds(parts: dict[str, Path], tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    def bc_on_seed(seed: int):
+        def edit(d: dict) -> None:
+            d["results"]["methods"]["bc"]["runs"][0]["seed"] = seed
+        return edit
+
+    def bc_on_two_seeds(d: dict) -> None:
+        runs = d["results"]["methods"]["bc"]["runs"]
+        runs.append({**runs[0], "seed": 1})
+
+    other = edited(parts["_a"], tmp_path, bc_on_seed(1))
+    assert "--best-of: bc ran on different seeds" in refused(capsys, [parts["_a"], other], tmp_path, flag="--best-of")
+    more = edited(parts["_a"], tmp_path, bc_on_two_seeds)
+    best = merge([parts["_a"], more], tmp_path, flag="--best-of")["results"]["best_of"]["bc"]
+    assert best["kept"] == shown(more) and best["left_out"] == [shown(parts["_a"])]
 
 
 def test_parts_inside_the_repository_are_named_relative_to_it(tmp_path: Path) -> None:
@@ -83,9 +123,10 @@ def edited(path: Path, out: Path, edit) -> Path:
     return copy
 
 
-def refused(capsys: pytest.CaptureFixture[str], files: list[Path], out: Path, *extra: str) -> str:
+def refused(capsys: pytest.CaptureFixture[str], files: list[Path], out: Path, *extra: str,
+            flag: str = "--merge") -> str:
     with pytest.raises(SystemExit) as e:
-        merge(files, out / "merged", *extra)
+        merge(files, out / "merged", *extra, flag=flag)
     assert e.value.code == 2 and not (out / "merged").exists()
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "Traceback" not in err
