@@ -228,6 +228,19 @@ def test_wrong_width_or_none_actions_are_faults_naming_the_expected_shape():
                                "(n, act_dim)")
 
 
+def test_an_export_graph_reads_each_ticks_groups_whatever_came_before():
+    """The per-tick copy into the graph's input: new values every tick, a new batch size, float64 groups, a bad tick
+    between good ones."""
+    source = make_source(load_bundle(NORTH, device="cpu"))
+    rng = np.random.default_rng(0)
+    for n, dtype in ((3, np.float32), (3, np.float32), (5, np.float64), (3, np.float64), (3, np.float32)):
+        obs = {"policy": rng.normal(size=(n, 4)).astype(dtype), "privileged": rng.normal(size=(n, 2)).astype(dtype)}
+        np.testing.assert_array_equal(source.prepare(obs),
+                                      np.concatenate([obs["policy"], obs["privileged"]], axis=1).astype(np.float32))
+        with pytest.raises(ValueError, match="'privileged' has shape"):
+            source.prepare({**obs, "privileged": np.zeros((n, 3))})
+
+
 @pytest.mark.parametrize("make", ["bundle", "export graph"])
 def test_act_rejects_nan_none_and_flat_observations(make):
     north = load_bundle(NORTH, device="cpu")

@@ -64,7 +64,7 @@ from policydistill.runtime.exported import ExportedPolicy, ObsWindow, reset_mask
 from policydistill.runtime.latency import LatencyRecorder
 from policydistill.runtime.monitor import ON_ALARM, FailureMonitor
 from policydistill.runtime.safety import COUNTERS, OUT_OF_BOUNDS, ActionGuard, check_limit
-from policydistill.types import all_finite, check_obs, select_groups
+from policydistill.types import check_obs, select_groups
 
 log = logging.getLogger(__name__)
 
@@ -383,8 +383,9 @@ class Controller:
         if actions.shape != self._shape:
             raise ValueError(f"the policy returned actions of shape {actions.shape}, expected {self._shape} "
                              "(n envs, act_dim)")
-        # some envs' alone: replaced env by env, not a fault (all_finite first: the per-tick fast path)
-        if not all_finite(actions) and not np.isfinite(actions).all(axis=1).any():
+        # some envs' alone: replaced env by env, not a fault (the bounds first: the per-tick fast path, which the
+        # guard then does not repeat)
+        if not self._guard.inside(actions) and not np.isfinite(actions).all(axis=1).any():
             raise ValueError("the policy returned no finite action for any env")
         self._in_a_row = 0
         return actions, None

@@ -202,7 +202,7 @@ class ExportedPolicy:
         self._tick = 0
         self._spaces: tuple[Any, Any] | None = None
         self._x: np.ndarray | None = None
-        self._shapes: list[tuple[int, ...]] = []
+        self._columns: list[tuple[str, tuple[int, ...], np.ndarray]] = []  # (group, its shape, its columns of _x)
 
     @property
     def stateful(self) -> bool:
@@ -268,6 +268,21 @@ class ExportedPolicy:
         shape or a non-finite value a ValueError naming the group (:func:`check_obs`). The result is written
         into a buffer that the next call overwrites (copy it to keep it).
         """
+        try:  # the per-tick path: every group of the batch shape checked last time, copied into its columns
+            for group, shape, columns in self._columns:
+                part = obs[group]
+                if part.shape != shape:
+                    break
+                columns[...] = part
+            else:
+                if self._columns and all_finite(self._x):
+                    return self._x
+        except (KeyError, TypeError, AttributeError, IndexError, ValueError):
+            pass
+        return self._prepare_checked(obs)
+
+    def _prepare_checked(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """:meth:`prepare` with every check (a new batch shape, env keys, an error naming what is wrong)."""
         try:
             parts = [obs[g] for g in self.groups]
             shapes = [a.shape for a in parts]
@@ -276,23 +291,19 @@ class ExportedPolicy:
                 return self.prepare(self._from_keys(obs))
             check_obs(obs, self.groups, self.group_dims)  # raises the error naming the group
             raise
-        if shapes != self._shapes:  # checked once per batch shape
-            if is_keyed(obs, self.obs_keys, self.groups):  # an env key named like a group
-                return self.prepare(self._from_keys(obs))
-            check_obs(obs, self.groups, self.group_dims)
-            n = len(parts[0])
-            for g, shape in zip(self.groups, shapes, strict=True):
-                if shape != (n, self.group_dims[g]):
-                    raise ValueError(f"observation group '{g}' has shape {shape}, expected ({n}, "
-                                     f"{self.group_dims[g]}): every group one row per env")
-            self._shapes, self._x = shapes, np.empty((n, self.obs_dim), np.float32)
-        if len(parts) > 1:
-            x = np.concatenate(parts, axis=1, out=self._x, casting="unsafe")
-        else:
-            x = self._x
-            x[:] = parts[0]
-        if not all_finite(x):
-            check_obs(obs, self.groups, self.group_dims)
+        if is_keyed(obs, self.obs_keys, self.groups):  # an env key named like a group
+            return self.prepare(self._from_keys(obs))
+        check_obs(obs, self.groups, self.group_dims)
+        n = len(parts[0])
+        for g, shape in zip(self.groups, shapes, strict=True):
+            if shape != (n, self.group_dims[g]):
+                raise ValueError(f"observation group '{g}' has shape {shape}, expected ({n}, "
+                                 f"{self.group_dims[g]}): every group one row per env")
+        self._x = x = np.empty((n, self.obs_dim), np.float32)
+        ends = np.cumsum([self.group_dims[g] for g in self.groups]).tolist()
+        self._columns = [(g, shape, x[:, end - self.group_dims[g]:end])
+                         for g, shape, end in zip(self.groups, shapes, ends, strict=True)]
+        np.concatenate(parts, axis=1, out=x, casting="unsafe")
         return x
 
     def _from_keys(self, obs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -69,13 +69,23 @@ class ActionGuard:
         self._vel = np.zeros_like(self._prev)
         n = len(self._prev)  # bounds as lists for the per-tick check of small batches
         self._low_list, self._high_list = np.tile(self.low, n).tolist(), np.tile(self.high, n).tolist()
+        self._checked: np.ndarray | None = None  # the actions :meth:`inside` found inside, until the next call
 
     def __call__(self, actions: np.ndarray, ok: np.ndarray | None = None) -> np.ndarray:
         """The (n, act_dim) float32 actions to send for ``actions`` (n, act_dim); ``ok`` (n,) bool: the
         envs that have an action (None: all)."""
-        if ok is not None or not self._inside(actions):
+        if ok is not None or (actions is not self._checked and not self._inside(actions)):
             actions = self._repair(actions, ok)
+        self._checked = None
         return self._limit(actions) if self.limited else actions
+
+    def inside(self, actions: np.ndarray) -> bool:
+        """Whether every value of ``actions`` (n, act_dim) is within the bounds (so finite); if so, the next call
+        takes this same array without checking it again."""
+        if self._inside(actions):
+            self._checked = actions
+            return True
+        return False
 
     def _inside(self, actions: np.ndarray) -> bool:
         """Whether every value is within the bounds (so finite): Python comparisons for small batches,
