@@ -99,6 +99,22 @@ def test_out_of_bounds_actions_are_clipped_or_replaced_and_counted():
     assert "actions outside the bounds clipped into the bounds" in format_stats(stats) or stats["overruns"]
 
 
+def test_a_policy_rewriting_one_array_has_every_ticks_actions_checked():
+    """A tick's bounds check holds for that tick only: the actions of a policy that returns one array, rewritten in
+    place each call, are checked on every tick."""
+    buffer = np.zeros((2, 2), np.float32)
+
+    def rewrite(k: int, n: int) -> np.ndarray:
+        buffer[:] = [[0.5, -0.25], [0.125, 0.25]] if k % 2 == 0 else [[5.0, -3.0], [0.125, 0.25]]
+        return buffer
+
+    ctrl = Controller(PolicySource(Misbehaving(rewrite)), 0.01)
+    for k in range(4):
+        want = [[0.5, -0.25], [0.125, 0.25]] if k % 2 == 0 else [[1.0, -1.0], [0.125, 0.25]]
+        np.testing.assert_array_equal(ctrl.step(OBS), want)
+    assert ctrl.stats()["out_of_bounds_env_ticks"] == 2
+
+
 def test_nonfinite_actions_are_replaced_and_counted_as_such():
     nan = Misbehaving(lambda k, n: np.array([[np.nan, 0.0], [0.25, 0.25]], np.float32) if k == 1
                       else np.full((n, 2), 0.5, np.float32))

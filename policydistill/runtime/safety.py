@@ -82,10 +82,8 @@ class ActionGuard:
     def inside(self, actions: np.ndarray) -> bool:
         """Whether every value of ``actions`` (n, act_dim) is within the bounds (so finite); if so, the next call
         takes this same array without checking it again."""
-        if self._inside(actions):
-            self._checked = actions
-            return True
-        return False
+        self._checked = actions if self._inside(actions) else None
+        return self._checked is not None
 
     def _inside(self, actions: np.ndarray) -> bool:
         """Whether every value is within the bounds (so finite): Python comparisons for small batches,
