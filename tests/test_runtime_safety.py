@@ -101,7 +101,8 @@ def test_out_of_bounds_actions_are_clipped_or_replaced_and_counted():
 
 def test_a_policy_rewriting_one_array_has_every_ticks_actions_checked():
     """A tick's bounds check holds for that tick only: the actions of a policy that returns one array, rewritten in
-    place each call, are checked on every tick."""
+    place each call, are checked on every tick, and the action held after a fault is the one sent, not that array's
+    new values."""
     buffer = np.zeros((2, 2), np.float32)
 
     def rewrite(k: int, n: int) -> np.ndarray:
@@ -113,6 +114,15 @@ def test_a_policy_rewriting_one_array_has_every_ticks_actions_checked():
         want = [[0.5, -0.25], [0.125, 0.25]] if k % 2 == 0 else [[1.0, -1.0], [0.125, 0.25]]
         np.testing.assert_array_equal(ctrl.step(OBS), want)
     assert ctrl.stats()["out_of_bounds_env_ticks"] == 2
+
+    def then_nan(k: int, n: int) -> np.ndarray:
+        buffer[:] = [[0.5, -0.25], [0.125, 0.25]] if k == 0 else np.nan
+        return buffer
+
+    ctrl = Controller(PolicySource(Misbehaving(then_nan)), 0.01)
+    ctrl.step(OBS)
+    np.testing.assert_array_equal(ctrl.step(OBS), [[0.5, -0.25], [0.125, 0.25]])  # held: what was sent, not the array
+    assert ctrl.stats()["policy_faults"] == 1
 
 
 def test_nonfinite_actions_are_replaced_and_counted_as_such():

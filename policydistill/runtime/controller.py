@@ -107,7 +107,7 @@ class PolicySource:
         if out is None:
             raise ValueError(f"{type(self.policy).__name__}.{'predict_chunk' if chunk else 'act'} returned None, "
                              f"expected an array of shape {'(n, horizon, act_dim)' if chunk else '(n, act_dim)'}")
-        return np.asarray(out, dtype=np.float32)
+        return np.array(out, dtype=np.float32)  # a copy: the controller holds what it sent, which the policy may reuse
 
     def reset(self, env_mask: np.ndarray | None = None) -> None:
         self.policy.reset(env_mask)
