@@ -1,6 +1,7 @@
 """policydistill DAgger vs imitation's ``SimpleDAggerTrainer`` at equal labels, same SB3 expert and env.
 
     .venv/bin/python -m bench imitation_peer [--labels 2000 4000 8000] [--seeds 0 1 2] [--episodes 20]
+        [--eval-episodes 10]
 
 imitation 1.0.1 pins stable-baselines3 2.2 and gymnasium 0.29, so it runs in a venv of its own
 (``.venv-imitation``, made by ``scripts/setup_imitation.sh`` when missing) through
@@ -13,7 +14,8 @@ InvertedDoublePendulum-v4 trained there once (``runs/bench/imitation/expert.zip`
   of 4 episodes: the same number of teacher labels); no final evaluation.
 
 Timed: imitation's ``train()``; ours, the whole ``distill()`` call (which also evaluates the student on 10
-validation episodes after every round, what picks the shipped ``best/``) and its training alone (collection
+validation episodes after every round, what picks the shipped ``best/``; ``--eval-episodes`` sets another number,
+written to ``imitation_peer_v<N>.json``) and its training alone (collection
 and updates: the rounds' time without their evaluation). torch's one-time import of its compiler on the first
 optimizer (~0.8 s) is paid before either timer: imitation's ``BC`` builds its optimizer before ``train()``, and
 this benchmark builds one before ours. Each student (imitation's learner, our ``best/``) is
@@ -49,6 +51,7 @@ from policydistill.files import atomic_write_json, read_json
 ENV = "InvertedDoublePendulum-v4"
 PEER = ROOT / "bench/peers/imitation_dagger.py"
 TARGET = 0.5
+VALIDATION = DistillConfig.eval_episodes
 SMOKE = {"labels": [300], "seeds": [0], "episodes": 1, "expert_steps": 2048}
 
 
@@ -73,12 +76,13 @@ def expert(venv: Path, root: Path, steps: int) -> tuple[Path, dict[str, Any]]:
     return zip_path, read_json(info_path)
 
 
-def ours(teachers: Path, labels: int, seed: int, out: Path, episodes: int) -> dict[str, Any]:
-    """Our DAgger run with its defaults at ``labels`` teacher labels: times and the shipped student's return."""
+def ours(teachers: Path, labels: int, seed: int, out: Path, episodes: int, eval_episodes: int) -> dict[str, Any]:
+    """Our DAgger run with its defaults (but ``eval_episodes``) at ``labels`` teacher labels: times and the shipped
+    student's return."""
     shutil.rmtree(out, ignore_errors=True)
     method = DAggerConfig(collect_steps=max(1, labels // (DAggerConfig.rounds * DAggerConfig.episodes_per_task)))
     cfg = DistillConfig(suite=ENV, teachers=str(teachers), out=str(out), seed=seed, device="cpu", method=method,
-                        final_episodes=0)
+                        final_episodes=0, eval_episodes=eval_episodes)
     t0 = time.perf_counter()
     summary = distill(cfg)  # torch's first optimizer imports its compiler (~0.8 s): main() pays it before
     total = time.perf_counter() - t0
@@ -97,6 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--labels", type=int, nargs="+", default=[2000, 4000, 8000])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--episodes", type=int, default=20, help="test episodes per student")
+    p.add_argument("--eval-episodes", type=int, default=VALIDATION,
+                   help="our validation episodes after every round (default: distill's own)")
     p.add_argument("--expert-steps", type=int, default=300_000, help="PPO steps of the expert (trained once)")
     p.add_argument("--venv", default=str(ROOT / ".venv-imitation"), help="the imitation venv (made when missing)")
     args = parse(p, argv, SMOKE)
@@ -117,7 +123,8 @@ def main(argv: list[str] | None = None) -> dict:
         for seed in args.seeds:
             theirs = peer(venv, "dagger", "--expert", str(zip_path), "--labels", str(labels), "--seed", str(seed),
                           "--episodes", str(args.episodes))
-            mine = ours(root / "teachers", labels, seed, root / "ours" / f"{labels}_s{seed}", args.episodes)
+            mine = ours(root / "teachers", labels, seed, root / "ours" / f"{labels}_s{seed}", args.episodes,
+                        args.eval_episodes)
             runs[labels]["imitation"].append(theirs)
             runs[labels]["policydistill"].append(mine)
             print(f"labels {labels} seed {seed}: imitation {theirs['wall_time_s']:.2f} s, return "
@@ -135,7 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
             "ours_training_over_imitation_wall": med["policydistill"]["train_time_s"] / med["imitation"]["wall_time_s"],
             "return_ours_minus_imitation": med["policydistill"]["return_mean"] - med["imitation"]["return_mean"]}
     print(f"\nInvertedDoublePendulum-v4, SB3 PPO expert (return {expert_info['return_mean']:.0f}), medians over seeds "
-          f"{args.seeds}; target: ours <= {TARGET}x imitation's wall time at equal return")
+          f"{args.seeds}, our validation {args.eval_episodes} episode{'s' * (args.eval_episodes != 1)} a round; "
+          f"target: ours <= {TARGET}x imitation's wall time at equal return")
     print(f"{'labels':>7} {'imitation s':>12} {'return':>8} {'ours s':>8} {'training s':>11} {'return':>8} "
           f"{'ours/imit':>10} {'training/imit':>14}")
     for labels, med in medians.items():
@@ -144,7 +152,9 @@ def main(argv: list[str] | None = None) -> dict:
               f"{med['policydistill']['wall_time_s']:>8.2f} {med['policydistill']['train_time_s']:>11.2f} "
               f"{med['policydistill']['return_mean']:>8.0f} {r['ours_over_imitation_wall']:>10.2f} "
               f"{r['ours_training_over_imitation_wall']:>14.2f}")
-    return envelope.write("imitation_peer", args, started, runs=len(args.seeds), medians=medians, ratios=ratios,
+    tag = "" if args.eval_episodes == VALIDATION else f"_v{args.eval_episodes}"
+    return envelope.write("imitation_peer", args, started, tag=tag, runs=len(args.seeds), medians=medians,
+                          ratios=ratios,
                           results={"env": ENV, "expert": expert_info | {"expert": "runs/bench/imitation/expert.zip"},
                                    "runs": {str(k): v for k, v in runs.items()}, "target": TARGET})
 
