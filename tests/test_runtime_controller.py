@@ -73,22 +73,22 @@ def test_fallbacks_replace_non_finite_late_and_missed_actions(recorded):
 
     bad = CallablePolicy(act, groups=("policy",), batched=True, action_space=spaces.Box(-1.0, 1.0, (2,)))
     obs = {"policy": np.array([[0.1, 0.2, 0.3, 0.4], [-0.5, 0.0, 0.0, 0.0]], np.float32)}
-    for fallback, safe in (("hold", None), ("safe", [0.25, 2.0])):
+    for fallback, safe in (("hold", None), ("safe", [0.25, 0.75])):
         ctrl = Controller(PolicySource(bad), 0.01, fallback=fallback, safe_action=safe)
         first = ctrl.step(obs)
         np.testing.assert_allclose(first, np.tanh(obs["policy"][:, :2]), rtol=1e-6)
         flipped = {"policy": obs["policy"] * -1}
         second = ctrl.step(flipped)
-        want1 = first[1] if fallback == "hold" else [0.25, 1.0]  # the safe action is clipped into the bounds
+        want1 = first[1] if fallback == "hold" else [0.25, 0.75]
         np.testing.assert_allclose(second[1], want1, rtol=1e-6)
         np.testing.assert_allclose(second[0], np.tanh(flipped["policy"][0, :2]), rtol=1e-6)
         late = ctrl.step(obs, deadline=time.perf_counter() - 1.0)  # ready after its deadline: not executed
-        np.testing.assert_allclose(late, second if fallback == "hold" else [[0.25, 1.0]] * 2, rtol=1e-6)
+        np.testing.assert_allclose(late, second if fallback == "hold" else [[0.25, 0.75]] * 2, rtol=1e-6)
         np.testing.assert_allclose(ctrl.skip(10), late, rtol=1e-6)
         s = ctrl.stats()
         assert (s["overruns"], s["missed"], s["nonfinite_env_ticks"], s["ticks"]) == (1, 1, 1, 3)
     with pytest.raises(ValueError, match=r"safe_action must be 2 finite numbers"):
-        Controller(PolicySource(bad), 0.01, safe_action=[0.0]).step(obs)
+        Controller(PolicySource(bad), 0.01, safe_action=[0.0])
     with pytest.raises(ValueError, match="unknown fallback 'brake'"):
         Controller(PolicySource(bad), 0.01, fallback="brake")
     with pytest.raises(ValueError, match="async inference needs a chunk policy"):

@@ -254,6 +254,26 @@ def test_wrong_width_or_none_actions_are_faults_naming_the_expected_shape():
                                "(n, act_dim)")
 
 
+@pytest.mark.parametrize("bad", [np.full((2, 2), 0.5 + 1j), np.ones((2, 2), bool), np.full((2, 2), "0.5")])
+def test_actions_that_are_not_real_numbers_are_faults_not_cast(bad):
+    """Complex, bool or text actions are a policy's bug: the fallback is sent, not what a cast would make of them."""
+    odd = Misbehaving(lambda k, n: bad if k == 1 else np.full((n, 2), 0.2, np.float32))
+    ctrl = Controller(PolicySource(odd), 0.01)
+    sent = [ctrl.step(OBS) for _ in range(3)]
+    np.testing.assert_array_equal(sent[1], sent[0])  # the held action
+    assert ctrl.stats()["policy_faults"] == 1
+    assert f"Misbehaving.act returned {bad.dtype} values, expected real numbers" in ctrl.stats()["first_fault"]
+
+
+def test_a_safe_action_outside_the_bounds_is_refused_not_clipped():
+    odd = Misbehaving(lambda k, n: np.full((n, 2), np.nan, np.float32))
+    with pytest.raises(ValueError, match=r"safe_action \[1.5, 0.0\] is outside the action bounds: expected each "
+                                         r"value within low \[-1.0, -1.0\] and high \[1.0, 1.0\]"):
+        Controller(PolicySource(odd), 0.01, fallback="safe", safe_action=[1.5, 0.0])
+    ctrl = Controller(PolicySource(odd), 0.01, fallback="safe", safe_action=[1.0, -0.5])  # on the bound: taken
+    np.testing.assert_array_equal(ctrl.step(OBS), [[1.0, -0.5], [1.0, -0.5]])
+
+
 def test_an_export_graph_reads_each_ticks_groups_whatever_came_before():
     """The per-tick copy into the graph's input: new values every tick, a new batch size, float64 groups, a bad tick
     between good ones."""
@@ -301,6 +321,7 @@ def _one_error(caplog) -> str:
     ("runtime.max_rate=0", "runtime.max_rate must be a finite number > 0"),
     ("runtime.out_of_bounds=wrap", "unknown runtime.out_of_bounds 'wrap'; expected one of ['clip', 'fallback']"),
     ("runtime.max_consecutive_faults=0", "runtime.max_consecutive_faults must be an int >= 1, got 0"),
+    ("runtime.safe_action=[0,2]", "safe_action [0.0, 2.0] is outside the action bounds"),
     (f"policy={NORTH.parent}", f"policy '{NORTH.parent}' is a folder of 4 bundles (east, north, south, west), "
                                f"not one bundle: expected a bundle directory such as {NORTH.parent / 'east'}"),
 ])

@@ -22,10 +22,10 @@ graph, a :class:`PolicySource` around their ``act`` / ``predict_chunk``. Each ti
   action was ready, or a tick the loop missed) executes the fallback: ``hold`` the env's last
   executed action (the safe action before the first and after a reset) or the ``safe`` action
   (default: zeros clipped into the action bounds);
-- a *fault* (the policy raised, returned None, an array of the wrong shape or no finite action for
-  any env, or was given an observation it rejects) executes the fallback for every env; it is
-  counted and logged (the first at once, then at most one line every WARN_EVERY_S seconds, with the
-  count). After
+- a *fault* (the policy raised, returned None, an array of the wrong shape, values that are not real
+  numbers or no finite action for any env, or was given an observation it rejects) executes the
+  fallback for every env; it is counted and logged (the first at once, then at most one line every
+  WARN_EVERY_S seconds, with the count). After
   ``max_consecutive_faults`` faults without a good policy result in between, the controller stops:
   it no longer calls the policy and sends the safe action from then on (:attr:`Controller.stopped`
   says when and why; :attr:`Controller.halted` once the safe action is reached);
@@ -63,7 +63,7 @@ from policydistill.runtime.action_queue import MODES, ActionQueue
 from policydistill.runtime.exported import ExportedPolicy, ObsWindow, reset_mask
 from policydistill.runtime.latency import LatencyRecorder
 from policydistill.runtime.monitor import ON_ALARM, FailureMonitor
-from policydistill.runtime.safety import COUNTERS, OUT_OF_BOUNDS, ActionGuard, check_limit
+from policydistill.runtime.safety import COUNTERS, OUT_OF_BOUNDS, ActionGuard, check_limit, safe_action_for
 from policydistill.types import check_obs, select_groups
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,11 @@ class PolicySource:
         if out is None:
             raise ValueError(f"{type(self.policy).__name__}.{'predict_chunk' if chunk else 'act'} returned None, "
                              f"expected an array of shape {'(n, horizon, act_dim)' if chunk else '(n, act_dim)'}")
-        return np.array(out, dtype=np.float32)  # a copy: the controller holds what it sent, which the policy may reuse
+        actions = np.asarray(out)
+        if actions.dtype.kind not in "fiu":
+            raise ValueError(f"{type(self.policy).__name__}.{'predict_chunk' if chunk else 'act'} returned "
+                             f"{actions.dtype} values, expected real numbers")
+        return np.array(actions, dtype=np.float32)  # a copy: the controller holds what it sent; the policy may reuse it
 
     def reset(self, env_mask: np.ndarray | None = None) -> None:
         self.policy.reset(env_mask)
@@ -181,9 +185,10 @@ class Controller:
     ``n_action_steps``: ticks between chunk requests (default: the source's); ``latency_budget_s``:
     the inference latency async requests plan for (default: ``max(1, horizon - n_action_steps)``
     periods); ``safe_action`` (act_dim,): the fallback action of ``fallback="safe"``, of ``hold``
-    before any action and after a stop; ``realtime_inference``: run the inference thread with
-    SCHED_FIFO, below a real-time control loop, so that other processes cannot stall it while it
-    holds the GIL. ``out_of_bounds``: ``clip`` or ``fallback`` an action outside the bounds;
+    before any action and after a stop (within the action bounds; default zeros clipped into them);
+    ``realtime_inference``: run the inference thread with SCHED_FIFO, below a real-time control loop,
+    so that other processes cannot stall it while it holds the GIL. ``out_of_bounds``: ``clip`` or
+    ``fallback`` an action outside the bounds;
     ``max_rate`` / ``max_jerk``: limits of |a_t - a_t-1| and |a_t - 2 a_t-1 + a_t-2| per dimension
     (None: off); ``max_consecutive_faults``: faults in a row that stop the controller. ``monitor`` and
     ``on_alarm``: the failure monitor and what its alarm does (see the module doc).
@@ -258,6 +263,8 @@ class Controller:
         self._window = ObsWindow(source.n_obs_steps) if source.n_obs_steps > 1 else None
         low = source.action_low
         self.act_dim: int | None = int(getattr(source, "act_dim", 0) or (0 if low is None else len(low))) or None
+        if self.act_dim is not None:  # checked now where the action size is known, else at the first tick
+            safe_action_for(safe_action, self.act_dim, low, source.action_high)
         self._n: int | None = None
         self._shape: tuple[int, int] = (0, 0)
         self._guard: ActionGuard | None = None
@@ -499,11 +506,9 @@ class Controller:
             raise ValueError(f"{self._describe_source()}: the action size is unknown (no action_space)")
         if low is None:
             low, high = np.full(act_dim, -np.inf, np.float32), np.full(act_dim, np.inf, np.float32)
-        safe = np.zeros(act_dim) if self._safe_given is None else np.asarray(self._safe_given, dtype=np.float64)
-        if safe.shape != (act_dim,) or not np.all(np.isfinite(safe)):
-            raise ValueError(f"safe_action must be {act_dim} finite numbers, got {self._safe_given}")
+        safe = safe_action_for(self._safe_given, act_dim, low, high)
         self._n, self.act_dim, self._shape = n, act_dim, (n, act_dim)
-        self._safe = np.repeat(np.clip(safe, low, high).astype(np.float32)[None], n, axis=0)
+        self._safe = np.repeat(safe[None], n, axis=0)
         self._last = self._safe.copy()
         self._guard = ActionGuard(low, high, self._safe, self._fallback_actions, self.counts, self.out_of_bounds,
                                   self.max_rate, self.max_jerk)

@@ -43,6 +43,23 @@ def check_limit(name: str, value: float | None) -> float | None:
     return float(value)
 
 
+def safe_action_for(given: object, act_dim: int, low: np.ndarray | None, high: np.ndarray | None) -> np.ndarray:
+    """The safe action (act_dim,) float32: ``given`` (``act_dim`` finite numbers within the bounds ``low``,
+    ``high``), else zeros clipped into the bounds; a ValueError naming what is wrong otherwise."""
+    if given is None:
+        return np.zeros(act_dim, np.float32) if low is None else np.clip(0.0, low, high).astype(np.float32)
+    try:
+        safe = np.asarray(given, dtype=np.float64)
+    except (TypeError, ValueError):
+        safe = np.full(0, np.nan)
+    if safe.shape != (act_dim,) or not np.all(np.isfinite(safe)):
+        raise ValueError(f"safe_action must be {act_dim} finite numbers, got {given}")
+    if low is not None and not (np.all(safe >= low) and np.all(safe <= high)):
+        raise ValueError(f"safe_action {safe.tolist()} is outside the action bounds: expected each value within "
+                         f"low {np.asarray(low).tolist()} and high {np.asarray(high).tolist()}")
+    return safe.astype(np.float32)
+
+
 class ActionGuard:
     """Makes the actions of ``n`` envs safe to send (see the module docstring).
 
