@@ -26,11 +26,6 @@ def task_of(attr: str) -> str:
     return attr.replace("_", "-")
 
 
-def attr_of(task: str) -> str:
-    """The teacher attribute of a Metaworld task name: ``pick-place-v3`` -> ``pick_place_v3``."""
-    return task.replace("-", "_")
-
-
 def scripted_teacher(task: str) -> CallablePolicy:
     """The scripted policy of Metaworld task ``task`` (e.g. ``reach-v3``) as a Policy/Teacher."""
     from policydistill_envs.metaworld_tasks import require_metaworld

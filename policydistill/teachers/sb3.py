@@ -269,11 +269,6 @@ def _algo_from_data(zip_path: Path, data: dict[str, Any]) -> str:
                      f"TD3 are supported; pass algo= one of {list(SB3_ALGOS)} if it is one of them")
 
 
-def sb3_algo_of_zip(zip_path: str | Path) -> str:
-    """Which of PPO/SAC/TD3 saved a zip, read from its JSON ``data`` entry (no unpickling)."""
-    return _algo_from_data(Path(zip_path), _zip_data(Path(zip_path)))
-
-
 def _state_dict(zip_path: Path) -> dict[str, torch.Tensor]:
     """``policy.pth`` of an SB3 zip, loaded with ``weights_only=True`` (tensors only, nothing else unpickled)."""
     try:
