@@ -44,6 +44,7 @@ from bench import envelope
 from bench.common import ROOT, one_thread, parse, parser, runs_dir, setup_logging
 from policydistill import DAggerConfig, DistillConfig, load_bundle, load_suite
 from policydistill.cli import main as cli
+from policydistill.configs import require_int
 from policydistill.distill.runner import distill
 from policydistill.eval.evaluate import evaluate
 from policydistill.files import atomic_write_json, read_json
@@ -106,6 +107,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--expert-steps", type=int, default=300_000, help="PPO steps of the expert (trained once)")
     p.add_argument("--venv", default=str(ROOT / ".venv-imitation"), help="the imitation venv (made when missing)")
     args = parse(p, argv, SMOKE)
+    try:
+        require_int("--eval-episodes", args.eval_episodes)
+    except ValueError as e:
+        p.error(str(e))
     started = envelope.start()
     setup_logging()
     one_thread()

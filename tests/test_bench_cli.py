@@ -16,6 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
     (["label_efficiency", "--suite", "default", "--methods", "bc", "--method-params", '{"bc": {"lr_decayy": true}}'],
      "python -m bench label_efficiency: method bc: BCConfig.__init__() got an unexpected keyword argument 'lr_decayy'"),
     (["imitation_peer", "--labelz", "5"], "python -m bench imitation_peer: unrecognized arguments: --labelz 5"),
+    (["imitation_peer", "--eval-episodes", "0"],
+     "python -m bench imitation_peer: --eval-episodes must be an int >= 1, got 0"),
     (["nope"], "unknown benchmark 'nope'; benchmarks: async_inference, "),
 ])
 def test_a_bad_argument_is_one_line_and_exit_code_2(args: list[str], message: str, tmp_path: Path) -> None:
